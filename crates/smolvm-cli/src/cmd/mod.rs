@@ -1,0 +1,5 @@
+//! One module per command group. Each exposes clap argument structs and functions
+//! `fn(&Cli, &Args) -> anyhow::Result<ExitCode>`.
+
+pub mod doctor;
+pub mod list;

@@ -1,0 +1,133 @@
+//! Virtual machine monitors behind one small trait, so the manager never knows which one it drives and
+//! unit tests can check the exact QEMU argv or Firecracker request sequence without a VM.
+
+pub mod firecracker;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::BackendKind;
+use crate::process::ProcessIdentity;
+
+/// Everything a backend needs to boot one VM. Paths are final (the disk is already cloned, the sockets'
+/// directory exists); the backend only assembles its own configuration from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSpec {
+    /// VM id (used for names and logs).
+    pub vm_id: String,
+    /// Virtual CPUs.
+    pub vcpu_count: u32,
+    /// Guest memory in MiB.
+    pub mem_size_mib: u32,
+    /// Kernel: a bzImage for QEMU, an uncompressed ELF vmlinux for Firecracker.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initrd: Option<PathBuf>,
+    /// The complete kernel command line (config boot args plus smolvm's own parameters).
+    pub kernel_cmdline: String,
+    /// Root disk image.
+    pub disk: PathBuf,
+    /// Attach the root disk read-only.
+    pub disk_read_only: bool,
+    /// Network interface, if the VM has networking.
+    pub net: Option<NetAttachment>,
+    /// The VMM's control socket: QMP for QEMU, the API socket for Firecracker.
+    pub control_socket: PathBuf,
+    /// Host side of the agent channel.
+    pub agent: AgentEndpoint,
+    /// Guest serial console output.
+    pub console_log: PathBuf,
+    /// VMM stdout/stderr.
+    pub vmm_log: PathBuf,
+}
+
+/// How the guest's network interface is attached on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetAttachment {
+    /// A TAP device created by smolvm's network layer.
+    Tap {
+        /// TAP device name.
+        tap: String,
+        /// Guest MAC address.
+        mac: String,
+    },
+    /// QEMU user-mode networking (no privileges needed); SSH forwarded from 127.0.0.1.
+    User {
+        /// Guest MAC address.
+        mac: String,
+        /// Guest address inside the user-mode network.
+        guest_ip: std::net::Ipv4Addr,
+        /// Host port on 127.0.0.1 forwarded to the guest's port 22.
+        ssh_host_port: Option<u16>,
+    },
+}
+
+/// The host side of the host<->agent channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEndpoint {
+    /// A Unix socket that QEMU listens on and that is wired to a virtio-serial port in the guest:
+    /// connect and talk.
+    UnixSocket(PathBuf),
+    /// Firecracker's vsock device: connect to `uds_path`, send `CONNECT <port>\n`, read `OK <n>\n`.
+    FirecrackerVsock {
+        /// The vsock device's Unix socket.
+        uds_path: PathBuf,
+        /// The guest port the agent listens on.
+        port: u32,
+    },
+}
+
+impl AgentEndpoint {
+    /// The Unix socket path on the host.
+    pub fn path(&self) -> &Path {
+        match self {
+            AgentEndpoint::UnixSocket(p) => p,
+            AgentEndpoint::FirecrackerVsock { uds_path, .. } => uds_path,
+        }
+    }
+}
+
+/// A VMM behind smolvm.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Starts the VMM detached and boots the guest as `spec` says. Returns once the VMM runs (not when
+    /// the guest is ready: the caller waits for the agent). On error nothing is left running.
+    fn launch(&self, spec: &LaunchSpec) -> Result<ProcessIdentity, BackendError>;
+
+    /// Asks the guest to power off (ACPI power button for QEMU, Ctrl+Alt+Del for Firecracker). Returns
+    /// without waiting; the caller kills the process after its timeout.
+    fn request_shutdown(&self, control_socket: &Path) -> Result<(), BackendError>;
+
+    /// The agent endpoint for a VM whose sockets live in `socket_dir` under the prefix `vm_id`.
+    fn agent_endpoint(&self, socket_dir: &Path, vm_id: &str) -> AgentEndpoint;
+
+    /// The control socket path for a VM.
+    fn control_socket(&self, socket_dir: &Path, vm_id: &str) -> PathBuf;
+}
+
+/// Errors of the VMM backends.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// QEMU failed.
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    /// Firecracker failed.
+    #[error(transparent)]
+    Firecracker(#[from] firecracker::FirecrackerError),
+    /// The backend cannot run on this host.
+    #[error("the {backend} backend cannot run on this host: {reason}")]
+    Unavailable {
+        /// Which backend.
+        backend: BackendKind,
+        /// Why not, and what to do.
+        reason: String,
+    },
+}
+
+impl From<BackendError> for crate::Error {
+    fn from(e: BackendError) -> Self {
+        crate::Error::Backend(Box::new(e))
+    }
+}

@@ -1,0 +1,169 @@
+//! Where smolvm keeps things (spec: vm-manager constructor).
+//!
+//! * data_dir: explicit, else `$SMOLVM_DATA_DIR`, else `~/.local/state/smolvm`, else `/var/lib/smolvm`:
+//!   the first that is (or can be made) writable.
+//! * socket_dir: explicit, else a private per-user directory `/tmp/smolvm-<uid>` (mode 0700, owned by us;
+//!   refused otherwise, because sockets there control VMs).
+//! * disk_dir: `data_dir/disks`.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Environment variable that overrides the default data directory.
+pub const DATA_DIR_ENV: &str = "SMOLVM_DATA_DIR";
+/// System-wide fallback data directory.
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/smolvm";
+
+/// The resolved directories of one manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dirs {
+    /// State database, images, logs, per-VM files.
+    pub data_dir: PathBuf,
+    /// VMM control and agent sockets (kept short: Unix socket paths are limited to 107 bytes).
+    pub socket_dir: PathBuf,
+    /// Isolated VM disks.
+    pub disk_dir: PathBuf,
+}
+
+impl Dirs {
+    /// Resolves (and creates) the directories.
+    pub fn resolve(data_dir: Option<&Path>, socket_dir: Option<&Path>) -> Result<Dirs> {
+        let data_dir = match data_dir {
+            Some(d) => {
+                ensure_dir(d)?;
+                d.to_path_buf()
+            }
+            None => default_data_dir()?,
+        };
+        let socket_dir = match socket_dir {
+            Some(d) => {
+                ensure_dir(d)?;
+                d.to_path_buf()
+            }
+            None => default_socket_dir()?,
+        };
+        let disk_dir = data_dir.join("disks");
+        ensure_dir(&disk_dir)?;
+        Ok(Dirs {
+            data_dir,
+            socket_dir,
+            disk_dir,
+        })
+    }
+
+    /// The state database path.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("smolvm.db")
+    }
+
+    /// Per-VM directory for logs and small files.
+    pub fn vm_dir(&self, vm_id: &str) -> PathBuf {
+        self.data_dir.join("vms").join(vm_id)
+    }
+
+    /// Image cache directory.
+    pub fn image_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
+}
+
+/// The candidate default data directories, in order of preference.
+pub fn data_dir_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(d) = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()) {
+        out.push(PathBuf::from(d));
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        out.push(PathBuf::from(home).join(".local/state/smolvm"));
+    }
+    out.push(PathBuf::from(SYSTEM_DATA_DIR));
+    out
+}
+
+fn default_data_dir() -> Result<PathBuf> {
+    let candidates = data_dir_candidates();
+    let mut last_err = None;
+    for c in &candidates {
+        match ensure_dir(c).and_then(|_| check_writable(c)) {
+            Ok(()) => return Ok(c.clone()),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("at least the system candidate exists"))
+}
+
+fn default_socket_dir() -> Result<PathBuf> {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("smolvm-{uid}"));
+    match fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create socket directory", &dir, e)),
+    }
+    // symlink_metadata: a symlink planted by someone else must not redirect our sockets.
+    let meta = fs::symlink_metadata(&dir).map_err(|e| Error::io("inspect", &dir, e))?;
+    if !meta.is_dir() || meta.uid() != uid {
+        return Err(Error::io(
+            "refuse socket directory (not a directory owned by the current user)",
+            &dir,
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        ));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("chmod 0700", &dir, e))?;
+    }
+    Ok(dir)
+}
+
+/// Creates `dir` and its parents if missing.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
+}
+
+fn check_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".smolvm-write-probe-{}", std::process::id()));
+    fs::write(&probe, b"").map_err(|e| Error::io("write to", dir, e))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_dirs_are_used_and_disk_dir_is_under_data_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let sock = tmp.path().join("sock");
+        let d = Dirs::resolve(Some(&data), Some(&sock)).unwrap();
+        assert_eq!(d.data_dir, data);
+        assert_eq!(d.socket_dir, sock);
+        assert_eq!(d.disk_dir, data.join("disks"));
+        assert!(d.disk_dir.is_dir());
+        assert_eq!(d.db_path(), data.join("smolvm.db"));
+    }
+
+    #[test]
+    fn default_socket_dir_is_private() {
+        let d = default_socket_dir().unwrap();
+        let m = fs::metadata(&d).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700);
+        assert!(d.starts_with(std::env::temp_dir()));
+    }
+
+    #[test]
+    fn candidates_follow_the_spec_order() {
+        // Only inspects the tail, which does not depend on the environment.
+        let c = data_dir_candidates();
+        assert_eq!(c.last().unwrap(), Path::new(SYSTEM_DATA_DIR));
+        if let Some(home) = std::env::var_os("HOME") {
+            assert!(c.contains(&PathBuf::from(home).join(".local/state/smolvm")));
+        }
+    }
+}

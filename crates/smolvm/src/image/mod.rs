@@ -1,0 +1,1 @@
+//! Default guest image: kernel from the distribution, generated initramfs, rootfs, cache.

@@ -1,0 +1,112 @@
+//! Runtime information about a VM (spec: vm-info): `VmState`, `NetworkConfig`, `VmInfo`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmConfig;
+use crate::error::ValidationError;
+
+/// Lifecycle state of a VM, serialised as `created`, `running`, `stopped` or `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Configured and allocated but never started.
+    Created,
+    /// The VMM runs and the guest booted.
+    Running,
+    /// Shut down; can be started again.
+    Stopped,
+    /// Something failed (for example the VMM died unexpectedly); can still be deleted.
+    Error,
+}
+
+impl VmState {
+    /// All states, in lifecycle order.
+    pub const ALL: [VmState; 4] = [
+        VmState::Created,
+        VmState::Running,
+        VmState::Stopped,
+        VmState::Error,
+    ];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VmState {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        VmState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "status",
+                    format!("must be one of created, running, stopped, error; got {s:?}"),
+                )
+            })
+    }
+}
+
+/// Network configuration of a VM (spec: `NetworkConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    /// The guest's IPv4 address.
+    pub guest_ip: Ipv4Addr,
+    /// The host-side gateway address the guest routes through.
+    pub gateway_ip: Ipv4Addr,
+    /// Netmask of the guest network, dotted quad.
+    pub netmask: Ipv4Addr,
+    /// Host TAP device name (at most 15 characters).
+    pub tap_device: String,
+    /// Guest MAC address, `xx:xx:xx:xx:xx:xx`, locally administered.
+    pub guest_mac: String,
+    /// Host port on 127.0.0.1 forwarded to the guest's SSH port, when reserved.
+    pub ssh_host_port: Option<u16>,
+}
+
+/// Everything known about one VM (spec: `VMInfo`). Immutable: refresh to get a newer one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// The VM id.
+    pub vm_id: String,
+    /// Current lifecycle state.
+    pub status: VmState,
+    /// The configuration the VM was created with.
+    pub config: VmConfig,
+    /// Network configuration, `None` for a VM without networking.
+    pub network: Option<NetworkConfig>,
+    /// PID of the VMM process while it runs.
+    pub pid: Option<u32>,
+    /// The VMM's control socket (Firecracker API socket or QEMU QMP socket) while it runs.
+    pub socket_path: Option<PathBuf>,
+}
+
+impl VmInfo {
+    /// The guest IP, if the VM has networking.
+    pub fn guest_ip(&self) -> Option<Ipv4Addr> {
+        self.network.as_ref().map(|n| n.guest_ip)
+    }
+
+    /// The control socket path, if the VMM runs.
+    pub fn socket_path(&self) -> Option<&Path> {
+        self.socket_path.as_deref()
+    }
+}

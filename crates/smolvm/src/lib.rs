@@ -1,0 +1,20 @@
+//! smolvm: disposable, hardware-isolated Linux microVMs for programs (AI agents first).
+//!
+//! Layers, top to bottom (dependencies point down): facade (`SmolVm`) -> manager (`SmolVmManager`) ->
+//! state, backend, network, exec, image, host. See the README's architecture section.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod config;
+pub mod dirs;
+pub mod error;
+pub mod host;
+pub mod image;
+pub mod info;
+pub mod process;
+pub mod state;
+
+pub use config::{BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS};
+pub use error::{Error, Result, ValidationError};
+pub use info::{NetworkConfig, VmInfo, VmState};

@@ -1,0 +1,1 @@
+//! SQLite state store: VMs, leases (IP, TAP, MAC, SSH port) and port forwards.
