@@ -310,7 +310,7 @@ fn wait_for_socket(
     }
 }
 
-/// The last lines of the VMM log (best effort: empty when unreadable).
+/// The last lines of the VMM log (best effort).
 pub(crate) fn log_tail(path: &Path) -> String {
     let mut text = Vec::new();
     let read = File::open(path).and_then(|mut f| {
@@ -318,10 +318,10 @@ pub(crate) fn log_tail(path: &Path) -> String {
         f.seek(SeekFrom::Start(len.saturating_sub(8192)))?;
         f.read_to_end(&mut text)
     });
-    if read.is_err() {
-        return String::new();
-    }
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.trim_end().lines().collect();
+    if read.is_err() || lines.is_empty() {
+        return "(the log is empty or unreadable)".to_string();
+    }
     lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
 }

@@ -191,7 +191,7 @@ pub enum FirecrackerError {
         vm_id: String,
         /// The VMM log file.
         vmm_log: PathBuf,
-        /// Its last lines (empty if it could not be read).
+        /// Its last lines.
         log_tail: String,
         /// What failed.
         #[source]
