@@ -1,0 +1,327 @@
+//! The Firecracker backend: start `firecracker --api-sock <socket>` detached, wait for its API socket,
+//! configure the microVM over the API ([`configure`], separate from the process so that tests can drive
+//! it against a fake server) and start it.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::api::{
+    ActionType, BootSource, Drive, InstanceActionInfo, Logger, MachineConfiguration,
+    NetworkInterface, SerialDevice, Vsock,
+};
+use super::http::ApiClient;
+use super::FirecrackerError;
+use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttachment};
+use crate::config::BackendKind;
+use crate::process::{spawn_detached, ProcessIdentity};
+
+/// The guest vsock port the smolvm agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 52;
+/// The guest's vsock context id (0-2 are reserved; each Firecracker process has its own vsock device,
+/// so every guest can use the same one).
+pub const GUEST_CID: u32 = 3;
+/// Drive id of the root disk.
+pub const ROOT_DRIVE_ID: &str = "rootfs";
+/// Interface id of the guest's network interface.
+pub const NET_IFACE_ID: &str = "eth0";
+/// How long [`Backend::launch`] waits for the API socket to accept connections.
+pub const SOCKET_WAIT: Duration = Duration::from_secs(5);
+/// Longest Unix socket path: `sun_path` holds 108 bytes including the terminating NUL.
+pub const SUN_PATH_MAX: usize = 107;
+
+/// Limit for the shutdown request (the VMM may be busy, but it must not block a stop for long).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much of the VMM log goes into a launch error.
+const LOG_TAIL_LINES: usize = 20;
+
+/// Firecracker as a [`Backend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirecrackerBackend {
+    /// The `firecracker` binary.
+    pub binary: PathBuf,
+}
+
+impl FirecrackerBackend {
+    /// A backend running `binary`.
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
+        FirecrackerBackend {
+            binary: binary.into(),
+        }
+    }
+
+    /// The command line that starts the VMM for `spec`: the API socket, plus `--id` so Firecracker's
+    /// log lines name the VM when the id fits Firecracker's rule (1-64 alphanumerics and hyphens).
+    pub fn command(&self, spec: &LaunchSpec) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--api-sock").arg(&spec.control_socket);
+        let id = spec.vm_id.as_bytes();
+        if (1..=64).contains(&id.len())
+            && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        {
+            cmd.arg("--id").arg(&spec.vm_id);
+        }
+        cmd
+    }
+
+    /// [`Backend::launch`] with an explicit limit for the API socket to appear.
+    pub(crate) fn launch_with(
+        &self,
+        spec: &LaunchSpec,
+        socket_wait: Duration,
+    ) -> Result<ProcessIdentity, FirecrackerError> {
+        // Everything that can be checked without side effects is checked before anything is created.
+        preflight(spec)?;
+        remove_sockets(&spec.control_socket, &spec.agent)?;
+        // Older releases open serial_out_path without creating it; a fresh file per boot also keeps
+        // Firecracker (which writes from offset 0) from interleaving with an old console log.
+        File::create(&spec.console_log).map_err(|source| FirecrackerError::File {
+            action: "create console log",
+            path: spec.console_log.clone(),
+            source,
+        })?;
+        let identity = spawn_detached(self.command(spec), &spec.vmm_log).map_err(|source| {
+            FirecrackerError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            }
+        })?;
+        let result = wait_for_socket(&spec.control_socket, &identity, socket_wait).and_then(|()| {
+            let mut client = ApiClient::new(&spec.control_socket);
+            configure(&mut client, spec, None)
+        });
+        match result {
+            Ok(()) => Ok(identity),
+            Err(e) => {
+                identity.kill();
+                // The launch error matters more than a failed cleanup, which the manager's cleanup
+                // repeats anyway.
+                if let Err(cleanup) = remove_sockets(&spec.control_socket, &spec.agent) {
+                    tracing::warn!(error = %cleanup, "removing sockets after a failed launch");
+                }
+                Err(FirecrackerError::Launch {
+                    vm_id: spec.vm_id.clone(),
+                    vmm_log: spec.vmm_log.clone(),
+                    log_tail: log_tail(&spec.vmm_log),
+                    source: Box::new(e),
+                })
+            }
+        }
+    }
+}
+
+impl Backend for FirecrackerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Firecracker
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<ProcessIdentity, BackendError> {
+        Ok(self.launch_with(spec, SOCKET_WAIT)?)
+    }
+
+    fn request_shutdown(&self, control_socket: &Path) -> Result<(), BackendError> {
+        let mut client = ApiClient::new(control_socket).with_timeout(SHUTDOWN_TIMEOUT);
+        client.send(&InstanceActionInfo::new(ActionType::SendCtrlAltDel))?;
+        Ok(())
+    }
+
+    fn agent_endpoint(&self, socket_dir: &Path, vm_id: &str) -> AgentEndpoint {
+        AgentEndpoint::FirecrackerVsock {
+            uds_path: socket_dir.join(format!("{vm_id}.vsock")),
+            port: AGENT_VSOCK_PORT,
+        }
+    }
+
+    fn control_socket(&self, socket_dir: &Path, vm_id: &str) -> PathBuf {
+        socket_dir.join(format!("{vm_id}.fc.sock"))
+    }
+}
+
+/// Configures a Firecracker process that has not started its guest yet, then starts it. The sequence:
+/// `PUT /logger` (only when `logger` is given, first so that later failures are logged),
+/// `/machine-config`, `/boot-source`, `/drives/rootfs`, `/network-interfaces/eth0` (TAP only), `/vsock`,
+/// `/serial` (console to `spec.console_log`; skipped with a warning by releases without it), and
+/// `PUT /actions` `InstanceStart`. Stops at the first failure.
+pub fn configure(
+    client: &mut ApiClient,
+    spec: &LaunchSpec,
+    logger: Option<&Logger>,
+) -> Result<(), FirecrackerError> {
+    // Checked before the first request so that a spec Firecracker cannot run changes nothing.
+    let uds_path = vsock_uds(spec)?;
+    let net = match &spec.net {
+        None => None,
+        Some(NetAttachment::Tap { tap, mac }) => Some(NetworkInterface {
+            iface_id: NET_IFACE_ID.to_string(),
+            host_dev_name: tap.clone(),
+            guest_mac: Some(mac.clone()),
+            mtu: None,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        }),
+        Some(NetAttachment::User { .. }) => return Err(FirecrackerError::UnsupportedNetwork),
+    };
+
+    if let Some(logger) = logger {
+        client.send(logger)?;
+    }
+    client.send(&MachineConfiguration {
+        vcpu_count: spec.vcpu_count,
+        mem_size_mib: spec.mem_size_mib,
+        smt: None,
+        track_dirty_pages: None,
+        huge_pages: None,
+    })?;
+    client.send(&BootSource {
+        kernel_image_path: spec.kernel.clone(),
+        initrd_path: spec.initrd.clone(),
+        // An empty command line would replace Firecracker's default with nothing; absent keeps it.
+        boot_args: Some(spec.kernel_cmdline.clone()).filter(|a| !a.is_empty()),
+    })?;
+    client.send(&Drive::virtio_block(
+        ROOT_DRIVE_ID,
+        &spec.disk,
+        true,
+        spec.disk_read_only,
+    ))?;
+    if let Some(net) = net {
+        client.send(&net)?;
+    }
+    client.send(&Vsock {
+        guest_cid: GUEST_CID,
+        uds_path: uds_path.to_path_buf(),
+    })?;
+    put_serial(client, &spec.console_log)?;
+    client.send(&InstanceActionInfo::new(ActionType::InstanceStart))?;
+    Ok(())
+}
+
+/// `PUT /serial`, which releases before the v1.16 API lack: their "invalid path" answer is tolerated
+/// (the console then stays in the VMM log); any other failure is an error.
+fn put_serial(client: &mut ApiClient, console_log: &Path) -> Result<(), FirecrackerError> {
+    let serial = SerialDevice {
+        serial_out_path: Some(console_log.to_path_buf()),
+        rate_limiter: None,
+    };
+    match client.send(&serial) {
+        Ok(_) => Ok(()),
+        Err(FirecrackerError::Api {
+            status: 400,
+            fault_message,
+            ..
+        }) if fault_message.contains("Invalid request method and/or path") => {
+            tracing::warn!(%fault_message, "firecracker has no /serial; the console goes to the VMM log");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn vsock_uds(spec: &LaunchSpec) -> Result<&Path, FirecrackerError> {
+    match &spec.agent {
+        AgentEndpoint::FirecrackerVsock { uds_path, .. } => Ok(uds_path),
+        other => Err(FirecrackerError::WrongAgentEndpoint { got: other.clone() }),
+    }
+}
+
+/// Checks what can be checked before creating anything: socket path lengths, the network mode, the
+/// agent endpoint, and that the kernel is an ELF vmlinux.
+fn preflight(spec: &LaunchSpec) -> Result<(), FirecrackerError> {
+    check_socket_path(&spec.control_socket)?;
+    check_socket_path(vsock_uds(spec)?)?;
+    if let Some(NetAttachment::User { .. }) = spec.net {
+        return Err(FirecrackerError::UnsupportedNetwork);
+    }
+    let mut magic = [0u8; 4];
+    File::open(&spec.kernel)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|source| FirecrackerError::File {
+            action: "read kernel",
+            path: spec.kernel.clone(),
+            source,
+        })?;
+    if &magic != b"\x7fELF" {
+        return Err(FirecrackerError::KernelNotElf {
+            path: spec.kernel.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Fails when `path` does not fit in `sun_path`.
+fn check_socket_path(path: &Path) -> Result<(), FirecrackerError> {
+    let len = path.as_os_str().as_bytes().len();
+    if len > SUN_PATH_MAX {
+        return Err(FirecrackerError::SocketPathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Removes a VM's API socket and vsock socket (both created by Firecracker, which does not remove
+/// them when it is killed). Missing files are fine.
+pub fn remove_sockets(
+    control_socket: &Path,
+    agent: &AgentEndpoint,
+) -> Result<(), FirecrackerError> {
+    for path in [control_socket, agent.path()] {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(FirecrackerError::File {
+                    action: "remove socket",
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls until the API socket accepts a connection, the process dies, or `wait` passes.
+fn wait_for_socket(
+    socket: &Path,
+    identity: &ProcessIdentity,
+    wait: Duration,
+) -> Result<(), FirecrackerError> {
+    let start = Instant::now();
+    loop {
+        if UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        if !identity.is_alive() {
+            return Err(FirecrackerError::Exited);
+        }
+        if start.elapsed() >= wait {
+            return Err(FirecrackerError::SocketNotReady {
+                socket: socket.to_path_buf(),
+                waited: wait,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The last lines of the VMM log (best effort).
+pub(crate) fn log_tail(path: &Path) -> String {
+    let mut text = Vec::new();
+    let read = File::open(path).and_then(|mut f| {
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(8192)))?;
+        f.read_to_end(&mut text)
+    });
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    if read.is_err() || lines.is_empty() {
+        return "(the log is empty or unreadable)".to_string();
+    }
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+}
