@@ -96,9 +96,17 @@ fn api_version(dev: &Path) -> Result<i32, String> {
             std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
             _ => e.to_string(),
         })?;
-    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int; the fd is valid for the
+    // KVM rejects this ioctl with EINVAL unless its argument is 0, and ioctl is variadic: pass the 0
+    // explicitly or a register's leftover value goes along.
+    // SAFETY: KVM_GET_API_VERSION reads no memory and only returns an int; the fd is valid for the
     // duration of the call because `file` lives until the end of this function.
-    let v = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION as _) };
+    let v = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            KVM_GET_API_VERSION as _,
+            0 as libc::c_ulong,
+        )
+    };
     if v < 0 {
         return Err(format!(
             "KVM_GET_API_VERSION failed: {}",

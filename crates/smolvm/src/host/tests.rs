@@ -159,6 +159,11 @@ fn detect_on_this_host_is_consistent() {
     if h.kvm.paravirtual_module.is_some() && h.kvm.forced.is_none() {
         assert!(!h.kvm.usable);
     }
+    // Root can always open an existing /dev/kvm, and every real KVM reports API version 12.
+    if h.kvm.device_exists && h.privileges.root {
+        assert!(h.kvm.present, "{:?}", h.kvm);
+        assert_eq!(h.kvm.api_version, Some(12));
+    }
     if let Some(q) = &h.tools.qemu_system {
         assert!(q.path.is_absolute());
         assert!(q.version.is_some(), "qemu version not probed");

@@ -14,6 +14,8 @@ use crate::process::{spawn_detached, ProcessIdentity};
 
 /// Lines of the VMM log quoted in startup errors.
 const TAIL_LINES: usize = 20;
+/// How long a QEMU that broke the QMP handshake gets to finish exiting.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Bytes of the VMM log read for the tail.
 const TAIL_BYTES: u64 = 8192;
 
@@ -75,8 +77,9 @@ fn wait_for_qmp(
                 Ok(_) => return Ok(()),
                 // Bound but not yet listening: try again.
                 Err(QmpError::Connect { .. }) => {}
-                // QEMU died while we talked: report the exit, with its log.
-                Err(_) if !identity.is_alive() => continue,
+                // A reset or EOF usually means QEMU is exiting (e.g. it cannot load the kernel after
+                // opening its sockets): give it a moment and report the exit with its log.
+                Err(_) if identity.wait_gone(EXIT_GRACE) => continue,
                 Err(source) => {
                     return Err(QemuError::Qmp {
                         socket: socket.clone(),

@@ -189,6 +189,13 @@ impl QemuBackend {
         })
     }
 
+    /// Removes a VM's sockets (after QEMU exited; QEMU does not always remove them itself). Missing
+    /// sockets are fine; a non-socket at a socket path is refused.
+    pub fn remove_sockets(&self, socket_dir: &Path, vm_id: &str) -> Result<(), QemuError> {
+        launch::remove_socket(&self.control_socket(socket_dir, vm_id))?;
+        launch::remove_socket(self.agent_endpoint(socket_dir, vm_id).path())
+    }
+
     /// The VM's run state.
     pub fn query_status(&self, control_socket: &Path) -> Result<QmpStatus, QemuError> {
         self.qmp(control_socket)?
