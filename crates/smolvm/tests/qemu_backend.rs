@@ -99,10 +99,11 @@ fn spec(be: &QemuBackend, dir: &Path, vm_id: &str, net: Option<NetAttachment>) -
     }
 }
 
-fn wait_for_marker(console: &Path) {
+/// Waits until the console log holds the marker `count` times (once per boot so far).
+fn wait_for_marker(console: &Path, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if fs::read_to_string(console).is_ok_and(|s| s.contains(MARKER)) {
+        if fs::read_to_string(console).is_ok_and(|s| s.matches(MARKER).count() >= count) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -126,15 +127,16 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
     out
 }
 
-/// Boots, checks QMP and the console, quits, and checks process and sockets are gone.
-fn boot_and_quit(be: &QemuBackend, s: &LaunchSpec) {
+/// Boots (the `boot`-th time on this console log), checks QMP and the console, quits, and checks
+/// process and sockets are gone.
+fn boot_and_quit(be: &QemuBackend, s: &LaunchSpec, boot: usize) {
     let id = be.launch(s).expect("launch");
     assert!(id.is_alive());
     assert!(s.control_socket.exists() && s.agent.path().exists());
     let st = be.query_status(&s.control_socket).expect("query-status");
     assert_eq!(st.status, "running");
     assert!(st.running);
-    wait_for_marker(&s.console_log);
+    wait_for_marker(&s.console_log, boot);
     // The dummy guest ignores the ACPI button, but QEMU must accept the request.
     be.request_shutdown(&s.control_socket)
         .expect("system_powerdown");
@@ -166,14 +168,14 @@ fn boots_tcg_microvm_with_user_network_talks_qmp_and_quits() {
             ssh_host_port: Some(port),
         }),
     );
-    boot_and_quit(&be, &s);
+    boot_and_quit(&be, &s, 1);
 
     // A second start over the same paths works (stale state is handled) and the console log keeps
     // both boots.
     let mut again = s.clone();
     again.disk_read_only = true;
     again.net = None;
-    boot_and_quit(&be, &again);
+    boot_and_quit(&be, &again, 2);
     let console = fs::read_to_string(&s.console_log).unwrap();
     assert_eq!(console.matches(MARKER).count(), 2, "{console}");
 }
@@ -255,7 +257,7 @@ fn boots_with_a_tap_inside_a_private_network_namespace() {
                 // SAFETY: setns on a valid namespace fd; affects only this thread.
                 let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
                 assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                boot_and_quit(&be, &s);
+                boot_and_quit(&be, &s, 1);
             })
             .join()
             .unwrap();
