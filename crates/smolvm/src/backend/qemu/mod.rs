@@ -1,15 +1,246 @@
 //! QEMU backend (`qemu-system-x86_64 -M microvm`): argv builder, QMP client, launch.
+//!
+//! Per VM, in the socket directory: `<vm_id>.qmp` (QMP, the VM's `socket_path`) and `<vm_id>.agent`
+//! (the agent's virtio-serial port). QEMU serves one QMP client at a time: hold a [`qmp::QmpClient`]
+//! only for the duration of an operation.
+
+pub mod argv;
+mod launch;
+pub mod qmp;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec};
+use crate::config::BackendKind;
+use crate::host::HostCapabilities;
+use crate::process::ProcessIdentity;
+
+pub use argv::{build_argv, AGENT_PORT_NAME};
+pub use qmp::{QmpClient, QmpError, QmpStatus};
+
+/// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
+pub const SUN_PATH_MAX: usize = 107;
+/// How long QEMU may take to open its QMP socket after being started.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per read/write limit of QMP operations.
+pub const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Accel {
+    /// Hardware virtualization (`-accel kvm -cpu host`).
+    Kvm,
+    /// Software emulation (`-accel tcg -cpu max`).
+    Tcg {
+        /// Host TSC frequency passed to the guest as `tsc_early_khz`, if known.
+        tsc_khz: Option<u64>,
+    },
+}
+
+impl Accel {
+    /// KVM where it is really usable, TCG otherwise.
+    pub fn from_host(caps: &HostCapabilities) -> Accel {
+        if caps.kvm.usable {
+            Accel::Kvm
+        } else {
+            Accel::Tcg {
+                tsc_khz: caps.tsc_khz,
+            }
+        }
+    }
+}
 
 /// Errors of the QEMU backend.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     /// Starting the QEMU process failed.
-    #[error("could not start {binary}")]
+    #[error("could not start {}", binary.display())]
     Spawn {
         /// The binary that was run.
-        binary: String,
+        binary: PathBuf,
         /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// A socket path does not fit in `sun_path`.
+    #[error(
+        "socket path {} is {len} bytes, longer than the {SUN_PATH_MAX} bytes Unix sockets allow: \
+         use a shorter socket directory",
+        path.display()
+    )]
+    SocketPathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Something other than a socket sits where a socket must be created.
+    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A stale socket could not be removed.
+    #[error("cannot remove stale socket {}", path.display())]
+    RemoveSocket {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QEMU exited before it was ready.
+    #[error("QEMU exited during startup; end of {}:\n{tail}", log.display())]
+    ExitedEarly {
+        /// The VMM log.
+        log: PathBuf,
+        /// Its last lines from this start.
+        tail: String,
+    },
+    /// QEMU ran but did not open its QMP socket in time.
+    #[error(
+        "QEMU did not open its QMP socket {} within {}s; end of {}:\n{tail}",
+        socket.display(), timeout.as_secs_f64(), log.display()
+    )]
+    StartTimeout {
+        /// The QMP socket.
+        socket: PathBuf,
+        /// The limit.
+        timeout: Duration,
+        /// The VMM log.
+        log: PathBuf,
+        /// Its last lines from this start.
+        tail: String,
+    },
+    /// A QMP operation failed.
+    #[error("QMP on {}", socket.display())]
+    Qmp {
+        /// The QMP socket.
+        socket: PathBuf,
+        /// The cause.
+        #[source]
+        source: QmpError,
+    },
+}
+
+impl From<QemuError> for crate::Error {
+    fn from(e: QemuError) -> Self {
+        BackendError::Qemu(e).into()
+    }
+}
+
+/// Refuses socket paths longer than [`SUN_PATH_MAX`] bytes.
+pub fn check_socket_path(path: &Path) -> Result<(), QemuError> {
+    let len = path.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(QemuError::SocketPathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// The QEMU backend: one binary, one accelerator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuBackend {
+    /// `qemu-system-x86_64` to run.
+    pub binary: PathBuf,
+    /// Accelerator for every VM it launches.
+    pub accel: Accel,
+}
+
+impl QemuBackend {
+    /// A backend running `binary` with `accel`.
+    pub fn new(binary: impl Into<PathBuf>, accel: Accel) -> QemuBackend {
+        QemuBackend {
+            binary: binary.into(),
+            accel,
+        }
+    }
+
+    /// The installed QEMU with the accelerator the host supports; `Unavailable` if QEMU's
+    /// prerequisites are not met.
+    pub fn from_host(caps: &HostCapabilities) -> Result<QemuBackend, BackendError> {
+        match &caps.tools.qemu_system {
+            Some(q) => Ok(QemuBackend::new(q.path.clone(), Accel::from_host(caps))),
+            None => Err(BackendError::Unavailable {
+                backend: BackendKind::Qemu,
+                reason: caps.check_prerequisites(BackendKind::Qemu).join("; "),
+            }),
+        }
+    }
+
+    /// The argv [`launch`](Backend::launch) would run for `spec`.
+    pub fn argv(&self, spec: &LaunchSpec) -> Vec<OsString> {
+        build_argv(&self.binary, spec, self.accel)
+    }
+
+    /// Opens a QMP session on a VM's control socket.
+    pub fn qmp(&self, control_socket: &Path) -> Result<QmpClient, QemuError> {
+        QmpClient::connect(control_socket, QMP_TIMEOUT).map_err(|source| QemuError::Qmp {
+            socket: control_socket.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Removes a VM's sockets (after QEMU exited; QEMU does not always remove them itself). Missing
+    /// sockets are fine; a non-socket at a socket path is refused.
+    pub fn remove_sockets(&self, socket_dir: &Path, vm_id: &str) -> Result<(), QemuError> {
+        launch::remove_socket(&self.control_socket(socket_dir, vm_id))?;
+        launch::remove_socket(self.agent_endpoint(socket_dir, vm_id).path())
+    }
+
+    /// The VM's run state.
+    pub fn query_status(&self, control_socket: &Path) -> Result<QmpStatus, QemuError> {
+        self.qmp(control_socket)?
+            .query_status()
+            .map_err(|source| QemuError::Qmp {
+                socket: control_socket.to_path_buf(),
+                source,
+            })
+    }
+
+    /// Makes QEMU exit at once (no guest shutdown).
+    pub fn quit(&self, control_socket: &Path) -> Result<(), QemuError> {
+        self.qmp(control_socket)?
+            .quit()
+            .map_err(|source| QemuError::Qmp {
+                socket: control_socket.to_path_buf(),
+                source,
+            })
+    }
+}
+
+impl Backend for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn launch(&self, spec: &LaunchSpec) -> Result<ProcessIdentity, BackendError> {
+        Ok(launch::launch(self, spec)?)
+    }
+
+    fn request_shutdown(&self, control_socket: &Path) -> Result<(), BackendError> {
+        self.qmp(control_socket)?
+            .system_powerdown()
+            .map_err(|source| QemuError::Qmp {
+                socket: control_socket.to_path_buf(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    fn agent_endpoint(&self, socket_dir: &Path, vm_id: &str) -> AgentEndpoint {
+        AgentEndpoint::UnixSocket(socket_dir.join(format!("{vm_id}.agent")))
+    }
+
+    fn control_socket(&self, socket_dir: &Path, vm_id: &str) -> PathBuf {
+        socket_dir.join(format!("{vm_id}.qmp"))
+    }
 }

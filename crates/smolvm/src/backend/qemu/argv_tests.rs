@@ -1,0 +1,227 @@
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::*;
+use crate::backend::AgentEndpoint;
+
+fn spec() -> LaunchSpec {
+    LaunchSpec {
+        vm_id: "vm-1234abcd".into(),
+        vcpu_count: 2,
+        mem_size_mib: 512,
+        kernel: PathBuf::from("/img/vmlinuz"),
+        initrd: None,
+        kernel_cmdline: "console=ttyS0 reboot=k panic=1 pci=off".into(),
+        disk: PathBuf::from("/data/disks/vm-1234abcd.ext4"),
+        disk_read_only: false,
+        net: None,
+        control_socket: PathBuf::from("/tmp/smolvm-0/vm-1234abcd.qmp"),
+        agent: AgentEndpoint::UnixSocket(PathBuf::from("/tmp/smolvm-0/vm-1234abcd.agent")),
+        console_log: PathBuf::from("/data/vms/vm-1234abcd/console.log"),
+        vmm_log: PathBuf::from("/data/vms/vm-1234abcd/vmm.log"),
+    }
+}
+
+fn strings(argv: Vec<OsString>) -> Vec<String> {
+    argv.into_iter()
+        .map(|a| a.into_string().expect("utf-8 argv"))
+        .collect()
+}
+
+/// The part after the disk, which only the network changes.
+fn tail(net: &[&str]) -> Vec<String> {
+    let mut v: Vec<&str> = vec![
+        "-object",
+        "rng-random,id=rng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-device,rng=rng0",
+    ];
+    v.extend_from_slice(net);
+    v.extend_from_slice(&[
+        "-device",
+        "virtio-serial-device,id=vser0",
+        "-chardev",
+        "socket,id=agent,path=/tmp/smolvm-0/vm-1234abcd.agent,server=on,wait=off",
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=agent,name=org.smolvm.agent",
+        "-chardev",
+        "file,id=console,path=/data/vms/vm-1234abcd/console.log,append=on",
+        "-serial",
+        "chardev:console",
+        "-chardev",
+        "socket,id=qmp,path=/tmp/smolvm-0/vm-1234abcd.qmp,server=on,wait=off",
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
+    v.into_iter().map(String::from).collect()
+}
+
+fn expect(head: &[&str], net: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+    v.extend(tail(net));
+    v
+}
+
+#[test]
+fn kvm_without_network() {
+    let argv = strings(build_argv(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &spec(),
+        Accel::Kvm,
+    ));
+    assert_eq!(
+        argv,
+        expect(
+            &[
+                "/usr/bin/qemu-system-x86_64",
+                "-name",
+                "guest=vm-1234abcd",
+                "-M",
+                "microvm,acpi=on",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+                "-m",
+                "512M",
+                "-smp",
+                "2",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-kernel",
+                "/img/vmlinuz",
+                "-append",
+                "console=ttyS0 reboot=k panic=1 pci=off",
+                "-drive",
+                "id=root,format=raw,if=none,file=/data/disks/vm-1234abcd.ext4,discard=unmap",
+                "-device",
+                "virtio-blk-device,drive=root",
+            ],
+            &[],
+        )
+    );
+}
+
+#[test]
+fn tcg_with_tap_readonly_disk_and_initrd() {
+    let mut s = spec();
+    s.vcpu_count = 1;
+    s.mem_size_mib = 1024;
+    s.initrd = Some(PathBuf::from("/img/initrd.cpio"));
+    s.disk_read_only = true;
+    s.net = Some(NetAttachment::Tap {
+        tap: "smol0a1b".into(),
+        mac: "02:fc:00:00:00:05".into(),
+    });
+    let argv = strings(build_argv(
+        Path::new("qemu-system-x86_64"),
+        &s,
+        Accel::Tcg {
+            tsc_khz: Some(2_445_426),
+        },
+    ));
+    assert_eq!(
+        argv,
+        expect(
+            &[
+                "qemu-system-x86_64",
+                "-name",
+                "guest=vm-1234abcd",
+                "-M",
+                "microvm,acpi=on,pit=on",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max",
+                "-m",
+                "1024M",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+                "-kernel",
+                "/img/vmlinuz",
+                "-initrd",
+                "/img/initrd.cpio",
+                "-append",
+                "console=ttyS0 reboot=k panic=1 pci=off tsc_early_khz=2445426",
+                "-drive",
+                "id=root,format=raw,if=none,file=/data/disks/vm-1234abcd.ext4,readonly=on",
+                "-device",
+                "virtio-blk-device,drive=root",
+            ],
+            &[
+                "-netdev",
+                "tap,id=net0,ifname=smol0a1b,script=no,downscript=no",
+                "-device",
+                "virtio-net-device,netdev=net0,mac=02:fc:00:00:00:05",
+            ],
+        )
+    );
+}
+
+#[test]
+fn tcg_with_user_network_and_unknown_tsc() {
+    let mut s = spec();
+    s.net = Some(NetAttachment::User {
+        mac: "02:fc:00:00:00:09".into(),
+        guest_ip: Ipv4Addr::new(10, 0, 2, 15),
+        ssh_host_port: Some(2222),
+    });
+    let argv = strings(build_argv(
+        Path::new("qemu-system-x86_64"),
+        &s,
+        Accel::Tcg { tsc_khz: None },
+    ));
+    // Without a known TSC frequency nothing is appended.
+    let append = argv.iter().position(|a| a == "-append").unwrap();
+    assert_eq!(argv[append + 1], "console=ttyS0 reboot=k panic=1 pci=off");
+    let netdev = argv.iter().position(|a| a == "-netdev").unwrap();
+    assert_eq!(
+        argv[netdev..netdev + 4],
+        [
+            "-netdev",
+            "user,id=net0,net=10.0.2.0/24,dhcpstart=10.0.2.15,\
+             hostfwd=tcp:127.0.0.1:2222-10.0.2.15:22",
+            "-device",
+            "virtio-net-device,netdev=net0,mac=02:fc:00:00:00:09",
+        ]
+    );
+
+    // No forwarded port: no hostfwd.
+    s.net = Some(NetAttachment::User {
+        mac: "02:fc:00:00:00:09".into(),
+        guest_ip: Ipv4Addr::new(172, 16, 5, 2),
+        ssh_host_port: None,
+    });
+    let argv = strings(build_argv(Path::new("q"), &s, Accel::Kvm));
+    assert!(argv.contains(&"user,id=net0,net=172.16.5.0/24,dhcpstart=172.16.5.2".to_string()));
+}
+
+#[test]
+fn commas_in_paths_cannot_inject_options() {
+    let mut s = spec();
+    s.disk = PathBuf::from("/d/a,readonly=off,b.img");
+    s.control_socket = PathBuf::from("/s/x,server=off");
+    let argv = strings(build_argv(Path::new("q"), &s, Accel::Kvm));
+    assert!(argv.contains(
+        &"id=root,format=raw,if=none,file=/d/a,,readonly=off,,b.img,discard=unmap".to_string()
+    ));
+    assert!(argv.contains(&"socket,id=qmp,path=/s/x,,server=off,server=on,wait=off".to_string()));
+}
+
+#[test]
+fn non_utf8_paths_pass_through() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = spec();
+    s.kernel = PathBuf::from(OsStr::from_bytes(b"/k/\xff"));
+    let argv = build_argv(Path::new("q"), &s, Accel::Kvm);
+    let k = argv.iter().position(|a| a == "-kernel").unwrap();
+    assert_eq!(argv[k + 1].as_bytes(), b"/k/\xff");
+}

@@ -1,0 +1,194 @@
+//! Starting QEMU: clear stale sockets, spawn detached, wait until QMP answers. Any failure kills the
+//! process and removes the sockets, so a failed launch leaves nothing behind.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{check_socket_path, QemuBackend, QemuError, QmpClient, QmpError, STARTUP_TIMEOUT};
+use crate::backend::LaunchSpec;
+use crate::process::{spawn_detached, ProcessIdentity};
+
+/// Lines of the VMM log quoted in startup errors.
+const TAIL_LINES: usize = 20;
+/// How long a QEMU that broke the QMP handshake gets to finish exiting.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Bytes of the VMM log read for the tail.
+const TAIL_BYTES: u64 = 8192;
+
+pub(super) fn launch(
+    backend: &QemuBackend,
+    spec: &LaunchSpec,
+) -> Result<ProcessIdentity, QemuError> {
+    let sockets = [spec.control_socket.as_path(), spec.agent.path()];
+    for s in sockets {
+        check_socket_path(s)?;
+    }
+    for s in sockets {
+        remove_socket(s)?;
+    }
+    // Only what this start writes to the (appended) log belongs in its error messages.
+    let log_offset = fs::metadata(&spec.vmm_log).map(|m| m.len()).unwrap_or(0);
+
+    let argv = backend.argv(spec);
+    tracing::debug!(vm_id = %spec.vm_id, ?argv, "starting QEMU");
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let identity = spawn_detached(cmd, &spec.vmm_log).map_err(|source| QemuError::Spawn {
+        binary: backend.binary.clone(),
+        source,
+    })?;
+
+    match wait_for_qmp(&identity, spec, log_offset) {
+        Ok(()) => Ok(identity),
+        Err(e) => {
+            identity.kill();
+            for s in sockets {
+                if let Err(err) = remove_socket(s) {
+                    tracing::warn!("cleanup after failed QEMU start: {err}");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Waits until QEMU's QMP socket completes a handshake, QEMU dies, or [`STARTUP_TIMEOUT`] passes.
+fn wait_for_qmp(
+    identity: &ProcessIdentity,
+    spec: &LaunchSpec,
+    log_offset: u64,
+) -> Result<(), QemuError> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let socket = &spec.control_socket;
+    loop {
+        if !identity.is_alive() {
+            return Err(QemuError::ExitedEarly {
+                log: spec.vmm_log.clone(),
+                tail: log_tail(&spec.vmm_log, log_offset),
+            });
+        }
+        if socket.exists() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match QmpClient::connect(socket, remaining.max(Duration::from_millis(100))) {
+                Ok(_) => return Ok(()),
+                // Bound but not yet listening: try again.
+                Err(QmpError::Connect { .. }) => {}
+                // A reset or EOF usually means QEMU is exiting (e.g. it cannot load the kernel after
+                // opening its sockets): give it a moment and report the exit with its log.
+                Err(_) if identity.wait_gone(EXIT_GRACE) => continue,
+                Err(source) => {
+                    return Err(QemuError::Qmp {
+                        socket: socket.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(QemuError::StartTimeout {
+                socket: socket.clone(),
+                timeout: STARTUP_TIMEOUT,
+                log: spec.vmm_log.clone(),
+                tail: log_tail(&spec.vmm_log, log_offset),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Removes a socket left by an earlier run. Anything that is not a socket is left alone and refused.
+pub(super) fn remove_socket(path: &Path) -> Result<(), QemuError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(QemuError::RemoveSocket {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Ok(m) if !m.file_type().is_socket() => Err(QemuError::NotASocket {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(QemuError::RemoveSocket {
+                path: path.to_path_buf(),
+                source: e,
+            }),
+            _ => Ok(()),
+        },
+    }
+}
+
+/// The last lines `log` gained after byte `offset`, or a note that there were none.
+fn log_tail(log: &Path, offset: u64) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut f = fs::File::open(log)?;
+        let len = f.metadata()?.len();
+        let start = offset.max(len.saturating_sub(TAIL_BYTES));
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = read().unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "(no output)".to_string();
+    }
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SUN_PATH_MAX;
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn stale_sockets_are_removed_other_files_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("a.qmp");
+        drop(UnixListener::bind(&sock).unwrap());
+        assert!(sock.exists());
+        remove_socket(&sock).unwrap();
+        assert!(!sock.exists());
+        remove_socket(&sock).unwrap(); // absent: fine
+
+        let file = d.path().join("b.qmp");
+        fs::write(&file, b"precious").unwrap();
+        assert!(matches!(
+            remove_socket(&file),
+            Err(QemuError::NotASocket { .. })
+        ));
+        assert!(file.exists());
+    }
+
+    #[test]
+    fn tail_reads_only_new_output() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("vmm.log");
+        fs::write(&log, "old run\n").unwrap();
+        let off = fs::metadata(&log).unwrap().len();
+        assert_eq!(log_tail(&log, off), "(no output)");
+        let mut text = String::from("old run\n");
+        for i in 0..30 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        fs::write(&log, &text).unwrap();
+        let tail = log_tail(&log, off);
+        assert!(tail.starts_with("line 10\n"), "{tail}");
+        assert!(tail.ends_with("line 29"));
+        assert_eq!(log_tail(&d.path().join("missing"), 0), "(no output)");
+    }
+
+    #[test]
+    fn socket_path_limit() {
+        let ok = "/".to_string() + &"a".repeat(SUN_PATH_MAX - 1);
+        assert!(check_socket_path(Path::new(&ok)).is_ok());
+        let long = ok + "b";
+        let err = check_socket_path(Path::new(&long)).unwrap_err();
+        assert!(err.to_string().contains("108 bytes"), "{err}");
+    }
+}
