@@ -1,0 +1,353 @@
+//! `SmolVm`: one VM, the spec's `SmolVM` facade (vm-lifecycle, vm-management-overview, vm-info).
+//!
+//! # Ownership and cleanup (the spec's context-manager rules as RAII)
+//! * A `SmolVm` made by [`SmolVm::new`], [`SmolVm::builder`] or [`SmolVm::from_config`] **owns** its VM:
+//!   it creates it (state `created`). When the value is dropped, the VM is stopped (if running) and
+//!   deleted: nothing is left behind.
+//! * A `SmolVm` made by [`SmolVm::from_id`] is **reconnected**: when dropped, the VM is stopped but not
+//!   deleted.
+//! * [`SmolVm::close`] consumes the value and releases it *without* touching the VM: use it to keep a VM
+//!   running for another process (`from_id` later).
+//! * [`SmolVm::delete`] deletes at once; dropping afterwards does nothing more.
+//! * [`SmolVm::launch`] / [`SmolVmBuilder::launch`] create **and start** (the spec's `with SmolVM() as vm`).
+//!
+//! Errors during drop are logged (tracing), never panicked; call `stop`/`delete` explicitly to see them.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{BackendKind, VmConfig};
+use crate::error::{Error, Result};
+use crate::exec::{AgentClient, CommandResult};
+use crate::image::{ImageBuilder, ImageOptions};
+use crate::info::{VmInfo, VmState};
+use crate::manager::{
+    CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS,
+};
+
+/// Default graceful stop timeout of the facade, seconds (spec: `SmolVM.stop(timeout=3.0)`).
+pub const FACADE_STOP_TIMEOUT_SECS: f64 = 3.0;
+/// Default timeout of an agent connection when running a command on an already running VM.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Builder of an owned VM (auto-config from the default image, or from a [`VmConfig`]).
+#[derive(Debug, Clone, Default)]
+pub struct SmolVmBuilder {
+    config: Option<VmConfig>,
+    vm_id: Option<String>,
+    mem_size_mib: Option<u32>,
+    vcpu_count: Option<u32>,
+    disk_size_mib: Option<u64>,
+    data_dir: Option<PathBuf>,
+    socket_dir: Option<PathBuf>,
+    backend: Option<BackendKind>,
+    network: NetworkChoice,
+}
+
+impl SmolVmBuilder {
+    /// Use this config instead of auto-configuration.
+    pub fn config(mut self, config: VmConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+    /// VM id for auto-configuration (default: generated).
+    pub fn vm_id(mut self, id: impl Into<String>) -> Self {
+        self.vm_id = Some(id.into());
+        self
+    }
+    /// Guest memory for auto-configuration.
+    pub fn mem_size_mib(mut self, mib: u32) -> Self {
+        self.mem_size_mib = Some(mib);
+        self
+    }
+    /// vCPUs for auto-configuration.
+    pub fn vcpu_count(mut self, n: u32) -> Self {
+        self.vcpu_count = Some(n);
+        self
+    }
+    /// Root disk size for auto-configuration (the default image's rootfs size otherwise).
+    pub fn disk_size_mib(mut self, mib: u64) -> Self {
+        self.disk_size_mib = Some(mib);
+        self
+    }
+    /// State directory (spec default resolution otherwise).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+    /// Socket directory.
+    pub fn socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.socket_dir = Some(dir.into());
+        self
+    }
+    /// Backend (`None` = auto).
+    pub fn backend(mut self, backend: Option<BackendKind>) -> Self {
+        self.backend = backend;
+        self
+    }
+    /// Network attachment.
+    pub fn network(mut self, choice: NetworkChoice) -> Self {
+        self.network = choice;
+        self
+    }
+
+    /// Creates the VM (state `created`); the returned value owns it.
+    pub fn build(self) -> Result<SmolVm> {
+        let manager = Arc::new(SmolVmManager::new(
+            self.data_dir.as_deref(),
+            self.socket_dir.as_deref(),
+            self.backend,
+        )?);
+        let config = match self.config {
+            Some(c) => c,
+            None => auto_config(&manager, &self)?,
+        };
+        let info = manager.create_with(
+            &config,
+            &CreateOptions {
+                network: self.network,
+            },
+        )?;
+        Ok(SmolVm {
+            manager,
+            vm_id: info.vm_id.clone(),
+            info,
+            owned: true,
+            released: false,
+            agent: Mutex::new(None),
+        })
+    }
+
+    /// Creates and starts the VM (the spec's `with SmolVM(...) as vm:` entry).
+    pub fn launch(self) -> Result<SmolVm> {
+        let mut vm = self.build()?;
+        vm.start()?;
+        Ok(vm)
+    }
+}
+
+/// Auto-configuration: the default image (built once and cached), sized as asked.
+fn auto_config(manager: &SmolVmManager, b: &SmolVmBuilder) -> Result<VmConfig> {
+    let backend = manager.resolve(b.backend)?;
+    let builder = ImageBuilder::new(manager.data_dir());
+    let mut opts = ImageOptions::default();
+    if let Some(mib) = b.disk_size_mib {
+        opts.rootfs_size_mib = mib;
+    }
+    let image = builder.build(&opts)?;
+    let mut spec = image.vm_config(backend).backend(Some(backend));
+    if let Some(id) = &b.vm_id {
+        spec = spec.vm_id(id.clone());
+    }
+    if let Some(m) = b.mem_size_mib {
+        spec = spec.mem_size_mib(m);
+    }
+    if let Some(n) = b.vcpu_count {
+        spec = spec.vcpu_count(n);
+    }
+    Ok(spec.build()?)
+}
+
+/// One VM (spec: `SmolVM`). See the module docs for the ownership and cleanup rules.
+#[derive(Debug)]
+pub struct SmolVm {
+    manager: Arc<SmolVmManager>,
+    vm_id: String,
+    info: VmInfo,
+    owned: bool,
+    released: bool,
+    agent: Mutex<Option<AgentClient>>,
+}
+
+impl SmolVm {
+    /// Auto-configured VM from the default image, created (not started). Owned.
+    pub fn new() -> Result<SmolVm> {
+        SmolVm::builder().build()
+    }
+
+    /// A builder for auto-configuration options or an explicit config.
+    pub fn builder() -> SmolVmBuilder {
+        SmolVmBuilder::default()
+    }
+
+    /// A VM from an explicit config, created (not started), with default directories. Owned.
+    pub fn from_config(config: VmConfig) -> Result<SmolVm> {
+        SmolVm::builder().config(config).build()
+    }
+
+    /// Auto-configured VM, created and started (the spec's `with SmolVM() as vm`). Owned.
+    pub fn launch() -> Result<SmolVm> {
+        SmolVm::builder().launch()
+    }
+
+    /// Reconnects to an existing VM (spec: `from_id`). Not owned: dropping it stops the VM, never deletes.
+    pub fn from_id(
+        vm_id: &str,
+        data_dir: Option<&Path>,
+        socket_dir: Option<&Path>,
+        backend: Option<BackendKind>,
+    ) -> Result<SmolVm> {
+        let manager = Arc::new(SmolVmManager::new(data_dir, socket_dir, backend)?);
+        let info = manager.get(vm_id)?;
+        Ok(SmolVm {
+            manager,
+            vm_id: vm_id.to_string(),
+            info,
+            owned: false,
+            released: false,
+            agent: Mutex::new(None),
+        })
+    }
+
+    /// Starts the VM (no-op when running) with the default 30 s boot timeout. Chainable.
+    pub fn start(&mut self) -> Result<&mut SmolVm> {
+        self.start_with_timeout(Duration::from_secs_f64(DEFAULT_BOOT_TIMEOUT_SECS))
+    }
+
+    /// Starts the VM, waiting at most `boot_timeout` for the guest to be ready. Chainable.
+    pub fn start_with_timeout(&mut self, boot_timeout: Duration) -> Result<&mut SmolVm> {
+        let (info, client) = self.manager.start_inner(&self.vm_id, boot_timeout)?;
+        self.info = info;
+        if let Some(c) = client {
+            *self.agent_slot() = Some(c);
+        }
+        Ok(self)
+    }
+
+    /// Stops the VM gracefully (3 s, then kill). Chainable.
+    pub fn stop(&mut self) -> Result<&mut SmolVm> {
+        self.stop_with_timeout(Duration::from_secs_f64(FACADE_STOP_TIMEOUT_SECS))
+    }
+
+    /// Stops the VM, waiting at most `timeout` for a graceful power-off. Chainable.
+    pub fn stop_with_timeout(&mut self, timeout: Duration) -> Result<&mut SmolVm> {
+        *self.agent_slot() = None;
+        self.info = self.manager.stop(&self.vm_id, timeout)?;
+        Ok(self)
+    }
+
+    /// Deletes the VM and all its resources now. Dropping afterwards does nothing more.
+    pub fn delete(&mut self) -> Result<()> {
+        *self.agent_slot() = None;
+        self.manager.delete(&self.vm_id)?;
+        self.released = true;
+        Ok(())
+    }
+
+    /// Releases this handle without stopping or deleting the VM.
+    pub fn close(mut self) {
+        self.released = true;
+    }
+
+    /// Reloads the cached info from the state store.
+    pub fn refresh(&mut self) -> Result<&mut SmolVm> {
+        self.info = self.manager.get(&self.vm_id)?;
+        Ok(self)
+    }
+
+    /// Cached info (see [`refresh`](Self::refresh)).
+    pub fn info(&self) -> &VmInfo {
+        &self.info
+    }
+
+    /// Cached status.
+    pub fn status(&self) -> VmState {
+        self.info.status
+    }
+
+    /// The VM id.
+    pub fn vm_id(&self) -> &str {
+        &self.vm_id
+    }
+
+    /// The guest IP address; an error for a VM without networking.
+    pub fn get_ip(&self) -> Result<Ipv4Addr> {
+        self.info.guest_ip().ok_or_else(|| {
+            Error::Validation(crate::ValidationError::new(
+                "network",
+                format!("VM {} has no network", self.vm_id),
+            ))
+        })
+    }
+
+    /// The manager's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.manager.data_dir()
+    }
+
+    /// The manager behind this VM.
+    pub fn manager(&self) -> &SmolVmManager {
+        &self.manager
+    }
+
+    /// True when commands can run in this VM: it boots smolvm's agent (`init=/init`).
+    pub fn can_run_commands(&self) -> bool {
+        self.info
+            .config
+            .boot_args()
+            .split_whitespace()
+            .any(|a| a == "init=/init")
+    }
+
+    /// Runs a shell command (`/bin/sh -lc`, so profile environment applies) and collects its output.
+    pub fn run(&self, command: &str) -> Result<CommandResult> {
+        self.run_with_timeout(command, None)
+    }
+
+    /// [`run`](Self::run) with a timeout; on expiry the command's process group is killed and
+    /// `Error::OperationTimeout` returned.
+    pub fn run_with_timeout(&self, command: &str, timeout: Option<Duration>) -> Result<CommandResult> {
+        self.with_agent(|c| Ok(c.run(command, timeout)?))
+    }
+
+    /// Runs `f` with a connected agent client, connecting (or reconnecting once) as needed.
+    pub fn with_agent<T>(&self, f: impl Fn(&AgentClient) -> Result<T>) -> Result<T> {
+        if !self.can_run_commands() {
+            return Err(Error::InvalidState {
+                vm_id: self.vm_id.clone(),
+                status: self.info.status,
+                operation: "run commands (the image has no smolvm agent: boot args lack init=/init)",
+            });
+        }
+        let mut slot = self.agent_slot();
+        if slot.is_none() {
+            let rec = self.manager.record(&self.vm_id)?;
+            if rec.info.status != VmState::Running {
+                return Err(Error::InvalidState {
+                    vm_id: self.vm_id.clone(),
+                    status: rec.info.status,
+                    operation: "run commands (start it first)",
+                });
+            }
+            let backend = self.manager.backend_impl(rec.backend)?;
+            let endpoint = backend.agent_endpoint(self.manager.socket_dir(), &self.vm_id);
+            *slot = Some(AgentClient::connect(&endpoint, AGENT_CONNECT_TIMEOUT)?);
+        }
+        let client = slot.as_ref().expect("connected above");
+        f(client)
+    }
+
+    fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<AgentClient>> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for SmolVm {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        *self.agent_slot() = None;
+        let stop = Duration::from_secs_f64(FACADE_STOP_TIMEOUT_SECS);
+        let result = if self.owned {
+            self.manager.delete(&self.vm_id)
+        } else {
+            self.manager.stop(&self.vm_id, stop).map(|_| ())
+        };
+        if let Err(e) = result {
+            tracing::warn!(vm = %self.vm_id, error = %e, "cleanup on drop failed");
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! create / start / stop / delete: the state transitions of the spec, each under the VM's lock, each
+//! rolling back what it made when it fails.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use super::cmdline::{kernel_cmdline, GuestNet};
+use super::disk;
+use super::{check_config, CreateOptions, SmolVmManager};
+use crate::backend::{AgentEndpoint, LaunchSpec, NetAttachment};
+use crate::config::{DiskMode, VmConfig};
+use crate::error::{Error, Result};
+use crate::exec::AgentClient;
+use crate::info::{VmInfo, VmState};
+use crate::state::{RunningVmm, VmRecord};
+
+/// How long `stop` waits for the agent connection before falling back to the VMM's power button.
+const AGENT_STOP_CONNECT: Duration = Duration::from_secs(1);
+
+impl SmolVmManager {
+    /// Creates a VM: allocates its leases, prepares its disk and network, persists it as `created`.
+    /// Does not start it (spec: `create`).
+    pub fn create(&self, config: &VmConfig) -> Result<VmInfo> {
+        self.create_with(config, &CreateOptions::default())
+    }
+
+    /// [`create`](Self::create) with smolvm's extra options (network attachment).
+    pub fn create_with(&self, config: &VmConfig, opts: &CreateOptions) -> Result<VmInfo> {
+        let backend = check_config(self, config)?;
+        let vm_id = config.vm_id();
+        let _lock = self.lock(vm_id)?;
+        let want_net = opts.network != super::NetworkChoice::None;
+        let rec = self.state()?.create_vm(config, backend, want_net)?;
+        match self.provision(&rec) {
+            Ok(()) => self.get(vm_id),
+            Err(e) => {
+                // Roll back: nothing of this VM may remain, except a retained disk it did not create.
+                self.teardown(&rec, false);
+                let _ = self.state()?.delete_vm(vm_id);
+                Err(e)
+            }
+        }
+    }
+
+    fn provision(&self, rec: &VmRecord) -> Result<()> {
+        let config = &rec.info.config;
+        let vm_dir = self.vm_dir(&rec.info.vm_id);
+        fs::create_dir_all(&vm_dir).map_err(|e| Error::io("create VM directory", &vm_dir, e))?;
+        if config.disk_mode() == DiskMode::Isolated {
+            let dst = disk::isolated_disk_path(self.disk_dir(), &rec.info.vm_id);
+            let method = disk::prepare_isolated(
+                config.rootfs_path(),
+                &dst,
+                config.retain_disk_on_delete(),
+            )?;
+            tracing::debug!(vm = %rec.info.vm_id, ?method, "isolated disk ready");
+            self.state()?.set_disk_path(&rec.info.vm_id, Some(&dst))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a created or stopped VM and waits until its guest is ready (agent `Ready`), at most
+    /// `boot_timeout`. A running VM is left as it is. On timeout the VMM is killed and the VM keeps its
+    /// previous state (spec: `start`).
+    pub fn start(&self, vm_id: &str, boot_timeout: Duration) -> Result<VmInfo> {
+        self.start_inner(vm_id, boot_timeout).map(|(info, _)| info)
+    }
+
+    /// Start, returning the agent connection that saw the guest become ready (reused by the facade).
+    pub(crate) fn start_inner(
+        &self,
+        vm_id: &str,
+        boot_timeout: Duration,
+    ) -> Result<(VmInfo, Option<AgentClient>)> {
+        let deadline = Instant::now() + boot_timeout;
+        let _lock = self.lock(vm_id)?;
+        let rec = self.record(vm_id)?;
+        match rec.info.status {
+            VmState::Running if rec.process.is_some_and(|p| p.is_alive()) => {
+                return Ok((rec.info, None))
+            }
+            VmState::Created | VmState::Stopped => {}
+            status => {
+                return Err(Error::InvalidState {
+                    vm_id: vm_id.into(),
+                    status,
+                    operation: "start (only created or stopped VMs can start; delete it instead)",
+                })
+            }
+        }
+        let backend = self.backend_impl(rec.backend)?;
+        let spec = self.launch_spec(&rec, backend.as_ref())?;
+        let _ = fs::remove_file(&spec.console_log);
+        let process = backend.launch(&spec)?;
+        let running = RunningVmm {
+            process,
+            socket_path: spec.control_socket.clone(),
+            agent_socket: Some(spec.agent.path().to_path_buf()),
+        };
+        if let Err(e) = self.state()?.set_running(vm_id, &running) {
+            process.kill();
+            remove_sockets(&spec);
+            return Err(e.into());
+        }
+        let client = if expects_agent(&rec.info.config) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match AgentClient::connect(&spec.agent, left) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    process.kill();
+                    remove_sockets(&spec);
+                    let why = format!("boot did not complete: {e}");
+                    self.state()?
+                        .set_status(vm_id, rec.info.status, Some(&why))?;
+                    let err: Error = e.into();
+                    return Err(match err {
+                        Error::OperationTimeout { .. } => Error::OperationTimeout {
+                            operation: format!("boot of VM {vm_id}"),
+                            seconds: boot_timeout.as_secs_f64(),
+                        },
+                        other => other,
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(c) = &client {
+            if !rec.info.config.env_vars().is_empty() {
+                c.set_env_vars(rec.info.config.env_vars())?;
+            }
+        }
+        Ok((self.get(vm_id)?, client))
+    }
+
+    fn launch_spec(&self, rec: &VmRecord, backend: &dyn crate::backend::Backend) -> Result<LaunchSpec> {
+        let config = &rec.info.config;
+        let id = &rec.info.vm_id;
+        let sockets = self.socket_dir();
+        let net = rec.info.network.as_ref();
+        let guest_net = net.map(GuestNet::from_network);
+        let (disk, read_only) = match config.disk_mode() {
+            DiskMode::Isolated => (
+                rec.disk_path
+                    .clone()
+                    .unwrap_or_else(|| disk::isolated_disk_path(self.disk_dir(), id)),
+                false,
+            ),
+            DiskMode::Shared => (
+                config.rootfs_path().to_path_buf(),
+                disk::shared_disk_read_only(),
+            ),
+        };
+        Ok(LaunchSpec {
+            vm_id: id.clone(),
+            vcpu_count: config.vcpu_count(),
+            mem_size_mib: config.mem_size_mib(),
+            kernel: config.kernel_path().to_path_buf(),
+            initrd: config.initrd_path().map(|p| p.to_path_buf()),
+            kernel_cmdline: kernel_cmdline(config.boot_args(), id, guest_net.as_ref()),
+            disk,
+            disk_read_only: read_only,
+            net: net.map(|n| NetAttachment::Tap {
+                tap: n.tap_device.clone(),
+                mac: n.guest_mac.clone(),
+            }),
+            control_socket: backend.control_socket(sockets, id),
+            agent: backend.agent_endpoint(sockets, id),
+            console_log: self.console_log(id),
+            vmm_log: self.vmm_log(id),
+        })
+    }
+
+    /// Stops a running VM: asks the guest to power off (agent, else the VMM's power button), waits up to
+    /// `timeout`, then kills the VMM. A VM that is not running is returned unchanged (spec: `stop`).
+    pub fn stop(&self, vm_id: &str, timeout: Duration) -> Result<VmInfo> {
+        let _lock = self.lock(vm_id)?;
+        let rec = self.record(vm_id)?;
+        if rec.info.status != VmState::Running {
+            return Ok(rec.info);
+        }
+        self.halt(&rec, timeout)?;
+        self.state()?.set_status(vm_id, VmState::Stopped, None)?;
+        self.get(vm_id)
+    }
+
+    /// Powers the guest off gracefully, then kills the VMM if it outlives `timeout`; removes its sockets.
+    fn halt(&self, rec: &VmRecord, timeout: Duration) -> Result<()> {
+        let Some(process) = rec.process.filter(|p| p.is_alive()) else {
+            self.remove_vm_sockets(rec);
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        let backend = self.backend_impl(rec.backend)?;
+        let agent = backend.agent_endpoint(self.socket_dir(), &rec.info.vm_id);
+        let asked = !timeout.is_zero()
+            && AgentClient::connect(&agent, AGENT_STOP_CONNECT.min(timeout))
+                .and_then(|c| c.power_off())
+                .is_ok();
+        if !asked && !timeout.is_zero() {
+            if let Some(sock) = &rec.info.socket_path {
+                if let Err(e) = backend.request_shutdown(sock) {
+                    tracing::debug!(vm = %rec.info.vm_id, error = %e, "graceful shutdown request failed");
+                }
+            }
+        }
+        if !process.wait_gone(deadline.saturating_duration_since(Instant::now())) {
+            tracing::info!(vm = %rec.info.vm_id, "graceful stop timed out, killing the VMM");
+            process.kill();
+        }
+        self.remove_vm_sockets(rec);
+        Ok(())
+    }
+
+    fn remove_vm_sockets(&self, rec: &VmRecord) {
+        if let Ok(backend) = self.backend_impl(rec.backend) {
+            let _ = fs::remove_file(backend.control_socket(self.socket_dir(), &rec.info.vm_id));
+            let _ = fs::remove_file(backend.agent_endpoint(self.socket_dir(), &rec.info.vm_id).path());
+        }
+    }
+
+    /// Deletes a VM and everything it owns: VMM process, sockets, network, disk (unless retained), logs,
+    /// row and leases (spec: `delete`). If a step fails the row stays, marked `error`, so a retry can
+    /// finish the job.
+    pub fn delete(&self, vm_id: &str) -> Result<()> {
+        let _lock = self.lock(vm_id)?;
+        let rec = self.record(vm_id)?;
+        // A retained disk must be consistent: let the guest flush it. Otherwise a kill is enough.
+        let grace = if rec.info.config.retain_disk_on_delete() {
+            Duration::from_secs(3)
+        } else {
+            Duration::ZERO
+        };
+        let result = self.halt(&rec, grace).and_then(|()| {
+            self.teardown(&rec, true);
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                self.state()?.delete_vm(vm_id)?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.state()?.set_status(
+                    vm_id,
+                    VmState::Error,
+                    Some(&format!("delete failed: {e}")),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the VM's files. `respect_retain`: keep a retained isolated disk.
+    fn teardown(&self, rec: &VmRecord, respect_retain: bool) {
+        let config = &rec.info.config;
+        let keep_disk = respect_retain && config.retain_disk_on_delete();
+        if config.disk_mode() == DiskMode::Isolated && !keep_disk {
+            if let Some(d) = &rec.disk_path {
+                let _ = fs::remove_file(d);
+            }
+        }
+        let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
+        self.remove_vm_sockets(rec);
+    }
+}
+
+/// Images built by smolvm run its agent as `/init`; the spec ties `init=/init` to SSH-capable images.
+fn expects_agent(config: &VmConfig) -> bool {
+    config
+        .boot_args()
+        .split_whitespace()
+        .any(|a| a == "init=/init")
+}
+
+fn remove_sockets(spec: &LaunchSpec) {
+    let _ = fs::remove_file(&spec.control_socket);
+    match &spec.agent {
+        AgentEndpoint::UnixSocket(p) => {
+            let _ = fs::remove_file(p);
+        }
+        AgentEndpoint::FirecrackerVsock { uds_path, .. } => {
+            let _ = fs::remove_file(uds_path);
+        }
+    }
+}

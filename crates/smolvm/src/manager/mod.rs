@@ -1,0 +1,240 @@
+//! `SmolVmManager` (spec: vm-manager): create, start, stop, delete, list, reconcile VMs with their state
+//! persisted in SQLite, so any process can pick up a VM another process made.
+//!
+//! Rules kept by every operation:
+//! * One VM is operated on by one caller at a time ([`lock::VmLock`], across processes).
+//! * A failure rolls back what the failing step made; every teardown step is idempotent, so a crash
+//!   half-way is mended by `delete`, `reconcile` or `cleanup`.
+//! * The host network of a VM (TAP, NAT and forward rules) exists while the VM is created or running; `stop`
+//!   removes it (the spec: stop "cleans up port forwarding rules") and `start` makes it again. Leases (IP,
+//!   TAP name, MAC, SSH port) stay with the VM until `delete`, so a restarted VM keeps its address.
+
+pub mod cmdline;
+pub mod disk;
+pub mod lock;
+pub mod select;
+
+mod lifecycle;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::backend::firecracker::FirecrackerBackend;
+use crate::backend::qemu::QemuBackend;
+use crate::backend::{Backend, BackendError};
+use crate::config::{BackendKind, VmConfig};
+use crate::dirs::Dirs;
+use crate::error::{Error, Result};
+use crate::host::HostCapabilities;
+use crate::info::{VmInfo, VmState};
+use crate::state::{StateStore, VmRecord};
+
+pub use select::{resolve_backend, BackendAvailability};
+
+/// Default `boot_timeout` of `start`, seconds (spec).
+pub const DEFAULT_BOOT_TIMEOUT_SECS: f64 = 30.0;
+/// Default graceful `stop` timeout of the manager, seconds (spec).
+pub const DEFAULT_STOP_TIMEOUT_SECS: f64 = 10.0;
+
+/// How a VM is connected to the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NetworkChoice {
+    /// TAP + NAT when this process may create them, else QEMU user-mode networking.
+    #[default]
+    Auto,
+    /// A TAP device with NAT and a loopback SSH forward (needs root or CAP_NET_ADMIN).
+    Tap,
+    /// QEMU user-mode networking: no privileges, outbound NAT inside QEMU, SSH on 127.0.0.1.
+    User,
+    /// No network interface at all (`VmInfo::network` is `None`); commands still run through the agent.
+    None,
+}
+
+/// Options of [`SmolVmManager::create_with`] beyond the spec's `VmConfig`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Network attachment.
+    pub network: NetworkChoice,
+}
+
+/// Orchestrates VMs: the spec's `SmolVMManager`.
+#[derive(Debug)]
+pub struct SmolVmManager {
+    dirs: Dirs,
+    backend_choice: Option<BackendKind>,
+    state: Mutex<StateStore>,
+    host: HostCapabilities,
+}
+
+impl SmolVmManager {
+    /// Opens the manager: resolves directories as the spec says (see [`crate::dirs`]), opens the state
+    /// store and probes the host. `backend` is the manager-wide choice (`None` = auto); a VM's own
+    /// `VmConfig::backend` wins over it.
+    pub fn new(
+        data_dir: Option<&Path>,
+        socket_dir: Option<&Path>,
+        backend: Option<BackendKind>,
+    ) -> Result<SmolVmManager> {
+        let dirs = Dirs::resolve(data_dir, socket_dir)?;
+        let state = StateStore::open(&dirs.db_path())?;
+        Ok(SmolVmManager {
+            dirs,
+            backend_choice: backend,
+            state: Mutex::new(state),
+            host: HostCapabilities::detect(),
+        })
+    }
+
+    /// Opens a manager and checks that `vm_id` exists in its store (spec: `from_id`).
+    pub fn from_id(
+        vm_id: &str,
+        data_dir: Option<&Path>,
+        socket_dir: Option<&Path>,
+        backend: Option<BackendKind>,
+    ) -> Result<SmolVmManager> {
+        let m = SmolVmManager::new(data_dir, socket_dir, backend)?;
+        m.get(vm_id)?;
+        Ok(m)
+    }
+
+    /// Directory of the state database and VM files.
+    pub fn data_dir(&self) -> &Path {
+        &self.dirs.data_dir
+    }
+    /// Directory of VM sockets.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dirs.socket_dir
+    }
+    /// Directory of isolated disks (`data_dir/disks`).
+    pub fn disk_dir(&self) -> &Path {
+        &self.dirs.disk_dir
+    }
+    /// All resolved directories.
+    pub fn dirs(&self) -> &Dirs {
+        &self.dirs
+    }
+    /// What the host can do, as probed when the manager was opened.
+    pub fn host(&self) -> &HostCapabilities {
+        &self.host
+    }
+
+    /// The backend new VMs get when their config does not name one (spec attribute `backend`).
+    pub fn backend(&self) -> Result<BackendKind> {
+        self.resolve(None)
+    }
+
+    /// Resolves the backend for a config choice, refusing one the host cannot run.
+    pub fn resolve(&self, config_choice: Option<BackendKind>) -> Result<BackendKind> {
+        resolve_backend(config_choice, self.backend_choice, &self.host.backend_availability()).map_err(
+            |u| {
+                BackendError::Unavailable {
+                    backend: u.backend,
+                    reason: u.reason,
+                }
+                .into()
+            },
+        )
+    }
+
+    /// The backend implementation for a VM.
+    pub(crate) fn backend_impl(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
+        Ok(match kind {
+            BackendKind::Qemu => Box::new(QemuBackend::from_host(&self.host)?),
+            BackendKind::Firecracker => Box::new(FirecrackerBackend::from_host(&self.host)?),
+        })
+    }
+
+    /// Prerequisites missing for the manager's backend; empty when all good (spec).
+    pub fn check_prerequisites(&self) -> Vec<String> {
+        let kind = self
+            .backend_choice
+            .unwrap_or_else(|| self.backend().unwrap_or(BackendKind::Qemu));
+        crate::host::check_prerequisites(&self.host, kind)
+    }
+
+    /// Information about one VM (spec: `get`).
+    pub fn get(&self, vm_id: &str) -> Result<VmInfo> {
+        Ok(self.record(vm_id)?.info)
+    }
+
+    /// All VMs, optionally only those in `status` (spec: `list_vms`).
+    pub fn list_vms(&self, status: Option<VmState>) -> Result<Vec<VmInfo>> {
+        Ok(self
+            .state()?
+            .list_vms(status)?
+            .into_iter()
+            .map(|r| r.info)
+            .collect())
+    }
+
+    /// Marks VMs whose row says running but whose VMM process is gone as `error`; returns their ids
+    /// (spec: `reconcile`).
+    pub fn reconcile(&self) -> Result<Vec<String>> {
+        let running = self.state()?.list_vms(Some(VmState::Running))?;
+        let mut stale = Vec::new();
+        for rec in running {
+            let _lock = self.lock(&rec.info.vm_id)?;
+            // Re-read under the lock: another process may have stopped it meanwhile.
+            let Some(rec) = self.state()?.get_vm(&rec.info.vm_id)? else {
+                continue;
+            };
+            if rec.info.status == VmState::Running && !rec.process.is_some_and(|p| p.is_alive()) {
+                self.state()?.set_status(
+                    &rec.info.vm_id,
+                    VmState::Error,
+                    Some("the VMM process is gone (found by reconcile)"),
+                )?;
+                stale.push(rec.info.vm_id);
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Releases what this manager holds (the database connection stays valid until drop; calling `close`
+    /// twice is fine). Kept for the spec's API; Rust also releases everything on drop.
+    pub fn close(&self) {}
+
+    pub(crate) fn state(&self) -> Result<MutexGuard<'_, StateStore>> {
+        // A panic while holding the store cannot leave SQLite inconsistent (transactions roll back), so a
+        // poisoned lock is safe to reuse.
+        Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn record(&self, vm_id: &str) -> Result<VmRecord> {
+        self.state()?
+            .get_vm(vm_id)?
+            .ok_or_else(|| Error::VmNotFound(vm_id.to_string()))
+    }
+
+    pub(crate) fn lock(&self, vm_id: &str) -> Result<lock::VmLock> {
+        lock::VmLock::acquire(&self.dirs.data_dir.join("locks"), vm_id)
+    }
+
+    /// Per-VM directory for logs.
+    pub fn vm_dir(&self, vm_id: &str) -> PathBuf {
+        self.dirs.vm_dir(vm_id)
+    }
+
+    /// The guest serial console log of a VM.
+    pub fn console_log(&self, vm_id: &str) -> PathBuf {
+        self.vm_dir(vm_id).join("console.log")
+    }
+
+    /// The VMM's own stdout/stderr log of a VM.
+    pub fn vmm_log(&self, vm_id: &str) -> PathBuf {
+        self.vm_dir(vm_id).join("vmm.log")
+    }
+}
+
+/// Convenience for the CLI and the facade: create a manager with defaults.
+impl SmolVmManager {
+    /// `SmolVmManager::new(None, None, None)`.
+    pub fn open_default() -> Result<SmolVmManager> {
+        SmolVmManager::new(None, None, None)
+    }
+}
+
+/// Validates a config for creation on this host (backend availability) without creating anything.
+pub(crate) fn check_config(m: &SmolVmManager, config: &VmConfig) -> Result<BackendKind> {
+    m.resolve(config.backend())
+}
