@@ -12,6 +12,7 @@ pub mod error;
 pub mod host;
 pub mod image;
 pub mod info;
+pub mod network;
 pub mod process;
 pub mod state;
 
