@@ -14,6 +14,7 @@ pub mod image;
 pub mod info;
 pub mod network;
 pub mod process;
+pub mod ssh;
 pub mod state;
 
 pub use config::{BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS};
