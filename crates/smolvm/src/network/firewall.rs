@@ -9,7 +9,7 @@
 //! first from `FORWARD`) for exactly this, so smolvm inserts there, through the `iptables` tool that owns
 //! the table (native nft rules in an iptables-nft table could confuse iptables when it lists them);
 //! without `DOCKER-USER` it inserts into `FORWARD`. A native nft table with a DROP forward policy gets the
-//! same two rules with `nft insert`. The rules accept only traffic from `smv-*` and replies to it: our
+//! same two rules with `nft insert` (as JSON, which takes any chain name). The rules accept only traffic from `smv-*` and replies to it: our
 //! own chain still drops guest<->guest and unsolicited inbound traffic, and a drop in any chain wins.
 
 use super::commands::NetCommands;
@@ -145,15 +145,6 @@ const REPLY_RULE: [&str; 12] = [
     "ACCEPT",
 ];
 
-/// nft identifiers that can be pasted into a script unquoted.
-fn plain_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
 /// Makes sure every chain in `drops` accepts guest traffic (idempotent).
 pub(crate) fn ensure_accepts(
     cmds: &dyn NetCommands,
@@ -180,13 +171,6 @@ pub(crate) fn ensure_accepts(
             }
             ForwardDropManager::Iptables => {}
             ForwardDropManager::Nft => {
-                if ![&d.family, &d.table, &d.chain]
-                    .iter()
-                    .all(|s| plain_identifier(s))
-                {
-                    tracing::warn!(chain = %d, "cannot add accept rules to a chain with an unusual name");
-                    continue;
-                }
                 let present = ruleset.rules.iter().any(|r| {
                     r.family == d.family
                         && r.table == d.table
@@ -194,8 +178,8 @@ pub(crate) fn ensure_accepts(
                         && r.comment.as_deref() == Some(FOREIGN_TAG)
                 });
                 if !present {
-                    let script = nft::foreign_accept_script(&d.family, &d.table, &d.chain);
-                    nft::apply(cmds, &script)?;
+                    let doc = nft::foreign_accept_json(&d.family, &d.table, &d.chain);
+                    nft::apply_json(cmds, &doc)?;
                 }
             }
         }
@@ -225,12 +209,10 @@ pub(crate) fn remove_accepts(cmds: &dyn NetCommands) -> Result<(), NetworkError>
         .iter()
         .filter(|r| r.comment.as_deref() == Some(FOREIGN_TAG))
         .filter(|r| !(r.family == nft::FAMILY && r.table == nft::TABLE))
-        .filter(|r| {
-            [&r.family, &r.table, &r.chain]
-                .iter()
-                .all(|s| plain_identifier(s))
-        })
         .cloned()
         .collect();
-    nft::apply(cmds, &nft::delete_script(&ours))
+    if ours.is_empty() {
+        return Ok(());
+    }
+    nft::apply_json(cmds, &nft::delete_json(&ours))
 }

@@ -273,7 +273,8 @@ fn native_nft_forward_drop_gets_accepts_once() {
     h.setup_vm("vm-5", &net(5, None)).unwrap();
     let scripts = f.stdins("nft");
     assert_eq!(scripts.len(), 2);
-    assert_eq!(scripts[0], nft::foreign_accept_script("inet", "fw", "fwd"));
+    assert_eq!(scripts[0], nft::foreign_accept_json("inet", "fw", "fwd"));
+    assert!(f.lines().contains(&"nft -j -f -".to_string()));
 
     let present = r#"{"nftables": [
       {"chain": {"family": "inet", "table": "fw", "name": "fwd", "hook": "forward", "policy": "drop"}},
@@ -296,7 +297,7 @@ fn native_nft_forward_drop_gets_accepts_once() {
         f.stdins("nft"),
         [
             "delete table inet smolvm\n",
-            "delete rule inet fw fwd handle 9\n"
+            r#"{"nftables":[{"delete":{"rule":{"chain":"fwd","family":"inet","handle":9,"table":"fw"}}}]}"#
         ]
     );
 }

@@ -140,14 +140,40 @@ pub fn setup_script(vm_id: &str, net: &NetworkConfig, stale: &[RuleInfo]) -> Str
     )
 }
 
-/// Accept rules for guest traffic in another firewall's forward chain (native nft tables).
-pub fn foreign_accept_script(family: &str, table: &str, chain: &str) -> String {
-    let any = format!("\"{TAP_PREFIX}*\"");
-    // `insert` puts them first, ahead of the other table's own drops. Inserted in reverse order.
-    format!(
-        "insert rule {family} {table} {chain} oifname {any} ct state established,related accept comment \"{FOREIGN_TAG}\"\n\
-         insert rule {family} {table} {chain} iifname {any} accept comment \"{FOREIGN_TAG}\"\n"
-    )
+/// Accept rules for guest traffic in another firewall's forward chain, as an `nft -j -f -` document.
+/// JSON because other tables' names are not ours to validate: a chain may be named like an nft keyword
+/// (`fwd`), which the text syntax cannot express, and JSON needs no quoting.
+pub fn foreign_accept_json(family: &str, table: &str, chain: &str) -> String {
+    let any = format!("{TAP_PREFIX}*");
+    let rule = |expr: Value| {
+        serde_json::json!({"insert": {"rule": {
+            "family": family, "table": table, "chain": chain, "comment": FOREIGN_TAG, "expr": expr
+        }}})
+    };
+    // `insert` puts them first, ahead of the other table's own drops; inserted in reverse order.
+    let replies = rule(serde_json::json!([
+        {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": any}},
+        {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+        {"accept": null}
+    ]));
+    let from_guests = rule(serde_json::json!([
+        {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": any}},
+        {"accept": null}
+    ]));
+    serde_json::json!({"nftables": [replies, from_guests]}).to_string()
+}
+
+/// Deletes rules by handle, as an `nft -j -f -` document (any table and chain names).
+pub fn delete_json(rules: &[RuleInfo]) -> String {
+    let cmds: Vec<Value> = rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({"delete": {"rule": {
+                "family": r.family, "table": r.table, "chain": r.chain, "handle": r.handle
+            }}})
+        })
+        .collect();
+    serde_json::json!({ "nftables": cmds }).to_string()
 }
 
 /// Human-readable subnet of a VM network (`172.16.0.0/16`).
@@ -174,6 +200,12 @@ pub fn apply(cmds: &dyn NetCommands, script: &str) -> Result<(), NetworkError> {
     }
     cmds.run("nft", &["-f".to_string(), "-".to_string()], Some(script))
         .map(drop)
+}
+
+/// Feeds a JSON document to `nft -j -f -` (one atomic transaction).
+pub fn apply_json(cmds: &dyn NetCommands, doc: &str) -> Result<(), NetworkError> {
+    let args = ["-j", "-f", "-"].map(str::to_string);
+    cmds.run("nft", &args, Some(doc)).map(drop)
 }
 
 /// A base chain or regular chain from a listing.

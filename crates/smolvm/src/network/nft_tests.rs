@@ -71,11 +71,30 @@ fn setup_script_replaces_stale_rules_in_one_transaction() {
 }
 
 #[test]
-fn foreign_accepts_are_exact() {
+fn foreign_accepts_are_exact_json() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&foreign_accept_json("inet", "fw", "fwd")).unwrap();
+    let want = serde_json::json!({"nftables": [
+        {"insert": {"rule": {"family": "inet", "table": "fw", "chain": "fwd", "comment": "smolvm", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "smv-*"}},
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+            {"accept": null}]}}},
+        {"insert": {"rule": {"family": "inet", "table": "fw", "chain": "fwd", "comment": "smolvm", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "smv-*"}},
+            {"accept": null}]}}}
+    ]});
+    assert_eq!(doc, want);
+    let rule = RuleInfo {
+        family: "ip".into(),
+        table: "filter".into(),
+        chain: "fwd".into(),
+        handle: 3,
+        comment: None,
+        tcp_dports: vec![],
+    };
     assert_eq!(
-        foreign_accept_script("inet", "fw", "fwd"),
-        "insert rule inet fw fwd oifname \"smv-*\" ct state established,related accept comment \"smolvm\"\n\
-         insert rule inet fw fwd iifname \"smv-*\" accept comment \"smolvm\"\n"
+        delete_json(&[rule]),
+        r#"{"nftables":[{"delete":{"rule":{"chain":"fwd","family":"ip","handle":3,"table":"filter"}}}]}"#
     );
 }
 
