@@ -197,6 +197,9 @@ fn forward_nat_and_isolation_end_to_end() {
     // Guest -> uplink works and is masqueraded behind the host's uplink address.
     let w = fetch_from(&g1, "10.99.0.2:80").unwrap();
     assert!(w.starts_with("world 10.99.0.1:"), "{w}");
+    // The guest's ARP for the shared gateway address was answered by its TAP.
+    let neigh = g1.ip(&["neigh", "show", "172.16.0.1"]);
+    assert!(neigh.contains("lladdr"), "{neigh}");
     // The host service is up (reachable from the uplink) ...
     assert!(fetch_from(&up, "10.99.0.1:8080").is_ok());
     // ... but guests cannot reach host services, neither via the gateway nor other host addresses.
