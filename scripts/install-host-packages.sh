@@ -8,4 +8,4 @@ SUDO=""
 $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends \
     qemu-system-x86 qemu-utils e2fsprogs nftables iproute2 openssh-client \
-    busybox-static dropbear-bin cpio lz4 zstd xz-utils binutils ca-certificates
+    busybox-static dropbear-bin iptables cpio lz4 zstd xz-utils binutils ca-certificates

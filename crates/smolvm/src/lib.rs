@@ -13,7 +13,9 @@ pub mod error;
 pub mod host;
 pub mod image;
 pub mod info;
+pub mod network;
 pub mod process;
+pub mod ssh;
 pub mod state;
 
 pub use config::{BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS};

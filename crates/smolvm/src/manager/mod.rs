@@ -12,7 +12,6 @@
 pub mod cmdline;
 pub mod disk;
 pub mod lock;
-pub mod select;
 
 mod lifecycle;
 
@@ -28,8 +27,6 @@ use crate::error::{Error, Result};
 use crate::host::HostCapabilities;
 use crate::info::{VmInfo, VmState};
 use crate::state::{StateStore, VmRecord};
-
-pub use select::{resolve_backend, BackendAvailability};
 
 /// Default `boot_timeout` of `start`, seconds (spec).
 pub const DEFAULT_BOOT_TIMEOUT_SECS: f64 = 30.0;
@@ -123,33 +120,45 @@ impl SmolVmManager {
         self.resolve(None)
     }
 
-    /// Resolves the backend for a config choice, refusing one the host cannot run.
+    /// Resolves the backend for a VM: the config's choice, then the manager's, then auto (Firecracker
+    /// where KVM is really usable and its binary exists, else QEMU). A backend whose prerequisites are
+    /// missing is refused here, before anything is created, with every missing piece named.
     pub fn resolve(&self, config_choice: Option<BackendKind>) -> Result<BackendKind> {
-        resolve_backend(config_choice, self.backend_choice, &self.host.backend_availability()).map_err(
-            |u| {
-                BackendError::Unavailable {
-                    backend: u.backend,
-                    reason: u.reason,
-                }
-                .into()
-            },
-        )
+        let kind = self
+            .host
+            .resolve_backend(config_choice.or(self.backend_choice));
+        let problems = self.host.check_prerequisites(kind);
+        if problems.is_empty() {
+            Ok(kind)
+        } else {
+            Err(BackendError::Unavailable {
+                backend: kind,
+                reason: problems.join("; "),
+            }
+            .into())
+        }
     }
 
     /// The backend implementation for a VM.
     pub(crate) fn backend_impl(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
         Ok(match kind {
             BackendKind::Qemu => Box::new(QemuBackend::from_host(&self.host)?),
-            BackendKind::Firecracker => Box::new(FirecrackerBackend::from_host(&self.host)?),
+            BackendKind::Firecracker => {
+                let bin = self.host.tools.firecracker.as_ref().ok_or_else(|| {
+                    BackendError::Unavailable {
+                        backend: kind,
+                        reason: "the firecracker binary was not found (set SMOLVM_FIRECRACKER_BIN or put it on PATH)".into(),
+                    }
+                })?;
+                Box::new(FirecrackerBackend::new(&bin.path))
+            }
         })
     }
 
     /// Prerequisites missing for the manager's backend; empty when all good (spec).
     pub fn check_prerequisites(&self) -> Vec<String> {
-        let kind = self
-            .backend_choice
-            .unwrap_or_else(|| self.backend().unwrap_or(BackendKind::Qemu));
-        crate::host::check_prerequisites(&self.host, kind)
+        let kind = self.host.resolve_backend(self.backend_choice);
+        self.host.check_prerequisites(kind)
     }
 
     /// Information about one VM (spec: `get`).

@@ -1,0 +1,307 @@
+//! VM lifecycle commands: `create`, `start`, `stop`, `delete`, `logs`, `reconcile`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use smolvm::image::{ImageBuilder, ImageOptions};
+use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo};
+
+use super::common::manager;
+use crate::output::print_json;
+use crate::Cli;
+
+/// Network attachment on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    /// TAP + NAT when permitted, else QEMU user-mode networking.
+    Auto,
+    /// TAP device with NAT (root or CAP_NET_ADMIN).
+    Tap,
+    /// QEMU user-mode networking (no privileges).
+    User,
+    /// No network interface.
+    None,
+}
+
+impl From<NetworkArg> for NetworkChoice {
+    fn from(n: NetworkArg) -> Self {
+        match n {
+            NetworkArg::Auto => NetworkChoice::Auto,
+            NetworkArg::Tap => NetworkChoice::Tap,
+            NetworkArg::User => NetworkChoice::User,
+            NetworkArg::None => NetworkChoice::None,
+        }
+    }
+}
+
+/// How to build the VM: the default image unless `--kernel`/`--rootfs` are given.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// VM id (default: generated `vm-<8 hex>`).
+    #[arg(long = "id")]
+    pub vm_id: Option<String>,
+    /// Virtual CPUs (1-32).
+    #[arg(long, default_value_t = smolvm::config::DEFAULT_VCPU_COUNT)]
+    pub vcpus: u32,
+    /// Guest memory in MiB (128-16384).
+    #[arg(long, default_value_t = smolvm::config::DEFAULT_MEM_SIZE_MIB)]
+    pub mem: u32,
+    /// Root disk size in MiB for the default image.
+    #[arg(long)]
+    pub disk_size: Option<u64>,
+    /// Name of a built image to use (see `smolvm image list`).
+    #[arg(long, conflicts_with_all = ["kernel", "rootfs"])]
+    pub image: Option<String>,
+    /// Kernel image (with --rootfs: use your own image instead of the default).
+    #[arg(long, requires = "rootfs")]
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem image.
+    #[arg(long, requires = "kernel")]
+    pub rootfs: Option<PathBuf>,
+    /// Initial ramdisk for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, requires = "kernel")]
+    pub boot_args: Option<String>,
+    /// Disk mode: isolated (own copy) or shared (boot the image read-only).
+    #[arg(long, default_value = "isolated")]
+    pub disk_mode: String,
+    /// Keep the isolated disk after delete; a later create with the same id reuses it.
+    #[arg(long)]
+    pub retain_disk: bool,
+    /// Environment variable for the guest, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Network attachment.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub network: NetworkArg,
+}
+
+impl CreateArgs {
+    /// Builds the validated config (building the default image if needed).
+    pub fn config(&self, m: &SmolVmManager, cli: &Cli) -> anyhow::Result<VmConfig> {
+        let backend = m.resolve(super::common::backend_choice(cli)?)?;
+        let mut spec = match (&self.kernel, &self.rootfs) {
+            (Some(k), Some(r)) => {
+                let mut s = VmConfigSpec::new(k, r);
+                s.initrd_path = self.initrd.clone();
+                if let Some(a) = &self.boot_args {
+                    s.boot_args = a.clone();
+                }
+                s
+            }
+            _ => {
+                let builder = ImageBuilder::new(m.data_dir());
+                let mut opts = ImageOptions::default();
+                if let Some(name) = &self.image {
+                    opts.name = name.clone();
+                }
+                if let Some(mib) = self.disk_size {
+                    opts.rootfs_size_mib = mib;
+                }
+                builder
+                    .build(&opts)
+                    .context("cannot prepare the guest image")?
+                    .vm_config(backend)
+            }
+        };
+        spec.vm_id = self.vm_id.clone();
+        spec.vcpu_count = self.vcpus;
+        spec.mem_size_mib = self.mem;
+        spec.backend = Some(backend);
+        spec.disk_mode = self.disk_mode.parse::<DiskMode>()?;
+        spec.retain_disk_on_delete = self.retain_disk;
+        for kv in &self.env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+            spec.env_vars.insert(k.to_string(), v.to_string());
+        }
+        Ok(spec.build()?)
+    }
+
+    /// Create options.
+    pub fn options(&self) -> CreateOptions {
+        CreateOptions {
+            network: self.network.into(),
+        }
+    }
+}
+
+/// Arguments of `smolvm create`.
+#[derive(Debug, Args)]
+pub struct CreateCmd {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Start the VM after creating it.
+    #[arg(long)]
+    pub start: bool,
+    /// Boot timeout in seconds (with --start).
+    #[arg(long, default_value_t = 30.0)]
+    pub boot_timeout: f64,
+    /// Print the VmInfo as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments naming one VM, with a timeout.
+#[derive(Debug, Args)]
+pub struct IdTimeoutArgs {
+    /// The VM id.
+    pub id: String,
+    /// Timeout in seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Print the VmInfo as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `smolvm delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The VM ids.
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// Arguments of `smolvm logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The VM id.
+    pub id: String,
+    /// Keep printing new output until interrupted.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Show the VMM's own log instead of the guest console.
+    #[arg(long)]
+    pub vmm: bool,
+}
+
+/// Arguments of `smolvm reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn secs(s: Option<f64>, default: f64) -> anyhow::Result<Duration> {
+    let s = s.unwrap_or(default);
+    Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("invalid timeout {s}: seconds >= 0"))
+}
+
+fn show(info: &VmInfo, json: bool, verb: &str) -> anyhow::Result<()> {
+    if json {
+        print_json(info)
+    } else {
+        println!("{verb} {} ({})", info.vm_id, info.status);
+        Ok(())
+    }
+}
+
+/// `smolvm create`.
+pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
+    let m = manager(cli)?;
+    let config = a.create.config(&m, cli)?;
+    let mut info = m.create_with(&config, &a.create.options())?;
+    if a.start {
+        info = match m.start(&info.vm_id, secs(Some(a.boot_timeout), 30.0)?) {
+            Ok(i) => i,
+            Err(e) => {
+                // A VM that was asked to start but cannot is not left half-made.
+                let _ = m.delete(&info.vm_id);
+                return Err(e.into());
+            }
+        };
+    }
+    show(&info, a.json, if a.start { "started" } else { "created" })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smolvm start`.
+pub fn start(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
+    let info = manager(cli)?.start(&a.id, secs(a.timeout, 30.0)?)?;
+    show(&info, a.json, "started")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smolvm stop`.
+pub fn stop(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
+    let info = manager(cli)?.stop(&a.id, secs(a.timeout, 10.0)?)?;
+    show(&info, a.json, "stopped")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smolvm delete`.
+pub fn delete(cli: &Cli, a: &DeleteArgs) -> anyhow::Result<ExitCode> {
+    let m = manager(cli)?;
+    let mut failed = false;
+    for id in &a.ids {
+        match m.delete(id) {
+            Ok(()) => println!("deleted {id}"),
+            Err(e) => {
+                failed = true;
+                crate::output::print_error(&anyhow::Error::new(e).context(format!("delete {id}")));
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `smolvm reconcile`.
+pub fn reconcile(cli: &Cli, a: &ReconcileArgs) -> anyhow::Result<ExitCode> {
+    let stale = manager(cli)?.reconcile()?;
+    if a.json {
+        print_json(&stale)?;
+    } else if stale.is_empty() {
+        println!("all running VMs are alive");
+    } else {
+        for id in &stale {
+            println!("{id}: VMM process gone, marked error");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `smolvm logs`.
+pub fn logs(cli: &Cli, a: &LogsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let m = manager(cli)?;
+    m.get(&a.id)?;
+    let path = if a.vmm {
+        m.vmm_log(&a.id)
+    } else {
+        m.console_log(&a.id)
+    };
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0u64;
+    loop {
+        if let Ok(mut f) = std::fs::File::open(&path) {
+            if f.metadata()?.len() < pos {
+                pos = 0; // the log was truncated by a restart
+            }
+            f.seek(SeekFrom::Start(pos))?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)?;
+            pos += buf.len() as u64;
+            out.write_all(&buf)?;
+            out.flush()?;
+        } else if !a.follow {
+            anyhow::bail!("no log yet at {} (the VM has not been started)", path.display());
+        }
+        if !a.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,193 @@
+//! SSH access to guests with the system `ssh` client: a per-data-dir client key, a per-VM host key
+//! generated on the host and written into the VM's disk, a per-VM known_hosts file used with
+//! `StrictHostKeyChecking=yes` (no trust on first use, never disabled checking), argv builders for
+//! `run` over SSH and `smolvm ssh`, copy-paste commands (`get_ssh_commands`) and `wait_for_ssh`.
+//!
+//! Every external tool gets an argv vector; strings meant for a shell (the remote command, the
+//! copy-paste commands) are built word by word with a tested POSIX quoting function.
+
+mod command;
+mod disk;
+mod keys;
+mod known_hosts;
+mod quote;
+mod wait;
+
+pub use command::{get_ssh_commands, ssh_argv, SshTarget, DEFAULT_CONNECT_TIMEOUT};
+pub use disk::{install_file_into_disk, install_host_key_into_disk};
+pub use keys::{ensure_client_key, ensure_host_key, ClientKey, HostKey, HostKeyFormat};
+pub use known_hosts::{known_hosts_line, known_hosts_patterns, write_known_hosts};
+pub use wait::{run_ssh, wait_for_ssh, SshOutput};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// SSH key handling, disk injection or an SSH connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// A tool is not installed.
+    #[error("`{program}` not found: install the {package} package (apt-get install {package})")]
+    ToolMissing {
+        /// The program.
+        program: String,
+        /// The Debian package that provides it.
+        package: &'static str,
+        /// The spawn error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A tool could not be started for another reason.
+    #[error("cannot run `{program}`")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A tool exited with an error.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    CommandFailed {
+        /// The command line, for the message only.
+        command: String,
+        /// Exit status description.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+
+    /// A file operation failed.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An argument broke a rule (it would be unsafe or ambiguous in a command).
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// What kind of value.
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// The rule.
+        reason: &'static str,
+    },
+
+    /// Writing a file into a disk image did not produce the expected file.
+    #[error("could not write {guest_path} into {}: {detail}", disk.display())]
+    DiskWrite {
+        /// The disk image.
+        disk: PathBuf,
+        /// The path inside the guest filesystem.
+        guest_path: String,
+        /// What debugfs reported.
+        detail: String,
+    },
+
+    /// The guest's SSH server did not answer in time.
+    #[error("{operation} timed out after {seconds:.1}s")]
+    Timeout {
+        /// What was waited for.
+        operation: String,
+        /// The limit.
+        seconds: f64,
+        /// The last failure seen while waiting, if any.
+        #[source]
+        last_error: Option<Box<SshError>>,
+    },
+}
+
+impl From<SshError> for crate::Error {
+    fn from(e: SshError) -> Self {
+        match e {
+            SshError::Timeout {
+                operation, seconds, ..
+            } => crate::Error::OperationTimeout { operation, seconds },
+            other => crate::Error::Exec(Box::new(other)),
+        }
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SshError {
+    let path = path.to_path_buf();
+    move |source| SshError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn package_of(program: &str) -> &'static str {
+    match program {
+        "ssh" | "ssh-keygen" => "openssh-client",
+        "dropbearconvert" => "dropbear-bin",
+        "debugfs" => "e2fsprogs",
+        _ => "matching",
+    }
+}
+
+/// Runs a tool (argv only) and returns its stdout; a non-zero exit carries stderr.
+fn run_tool(
+    program: &str,
+    args: &[&str],
+    cwd: Option<&Path>,
+    stdin: Option<&str>,
+) -> Result<Vec<u8>, SshError> {
+    use std::io::Write;
+    let path = crate::network::find_program(program).ok_or_else(|| SshError::ToolMissing {
+        program: program.to_string(),
+        package: package_of(program),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in PATH"),
+    })?;
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .env("LC_ALL", "C")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let spawn_err = |source| SshError::Spawn {
+        program: program.to_string(),
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // Small scripts only (below the pipe buffer); a failed write shows as the tool's failure.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(SshError::CommandFailed {
+            command: std::iter::once(program)
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" "),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn path_str<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, SshError> {
+    p.to_str().ok_or_else(|| SshError::Invalid {
+        what,
+        value: p.display().to_string(),
+        reason: "must be valid UTF-8",
+    })
+}
