@@ -35,6 +35,8 @@ enum Command {
     Info(cmd::list::InfoArgs),
     /// Check prerequisites and what this host can do.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Measure cold start, exec latency, lifecycle cost and memory against the raw VMM.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::list(&cli, a),
         Command::Info(a) => cmd::list::info(&cli, a),
         Command::Doctor(a) => cmd::doctor::run(&cli, a),
+        Command::Bench(a) => cmd::bench::run(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -153,9 +153,9 @@ fn wait_ready(
     };
     let elapsed = t0.elapsed();
     if frame.frame_type != FrameType::Ready {
-        return Err(BenchError::Protocol(ProtocolError::UnknownType(
-            frame.frame_type as u8,
-        )));
+        return Err(BenchError::UnexpectedFrame {
+            frame_type: frame.frame_type as u8,
+        });
     }
     let ready: Ready = frame.parse_json("ready").map_err(BenchError::Protocol)?;
     Ok((elapsed, ready))

@@ -98,8 +98,11 @@ pub fn cold_start(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> 
 }
 
 fn cold_rows(rep: &mut SectionReport, cold: &[ColdSample]) {
-    let col = |f: &dyn Fn(&ColdSample) -> Duration| -> Vec<f64> { cold.iter().map(|s| ms(f(s))).collect() };
-    rep.rows.push(Row::samples("create", Unit::Ms, col(&|s| s.create)));
+    let col = |f: &dyn Fn(&ColdSample) -> Duration| -> Vec<f64> {
+        cold.iter().map(|s| ms(f(s))).collect()
+    };
+    rep.rows
+        .push(Row::samples("create", Unit::Ms, col(&|s| s.create)));
     if cold.iter().all(|s| s.vmm_launch.is_some()) {
         rep.rows.push(Row::samples(
             "VMM launch (start -> QMP socket)",
@@ -112,13 +115,18 @@ fn cold_rows(rep: &mut SectionReport, cold: &[ColdSample]) {
             col(&|s| s.guest_ready()),
         ));
     }
-    rep.rows.push(Row::samples("start (-> agent Ready)", Unit::Ms, col(&|s| s.start)));
+    rep.rows.push(Row::samples(
+        "start (-> agent Ready)",
+        Unit::Ms,
+        col(&|s| s.start),
+    ));
     rep.rows.push(Row::samples(
         "first command (`true` via sh -lc)",
         Unit::Ms,
         col(&|s| s.first_command),
     ));
-    rep.rows.push(Row::samples(TOTAL_ROW, Unit::Ms, col(&|s| s.total)));
+    rep.rows
+        .push(Row::samples(TOTAL_ROW, Unit::Ms, col(&|s| s.total)));
     stage_rows(rep, "guest stage", cold.iter().map(|s| s.ready.as_ref()));
     // The host-side part of start that precedes the guest's clock: VMM startup, firmware, kernel load
     // and decompression, plus the manager's own work.
@@ -149,10 +157,13 @@ fn baseline_rows(
         rep.rows.push(Row::samples(
             "baseline: VMM launch (spawn -> QMP socket)",
             Unit::Ms,
-            base.iter().map(|s| ms(s.vmm_launch.unwrap_or_default())).collect(),
+            base.iter()
+                .map(|s| ms(s.vmm_launch.unwrap_or_default()))
+                .collect(),
         ));
     }
-    rep.rows.push(Row::samples(BASELINE_ROW, Unit::Ms, b.clone()));
+    rep.rows
+        .push(Row::samples(BASELINE_ROW, Unit::Ms, b.clone()));
     rep.rows.push(
         Row::samples(
             "baseline: disk clone",
@@ -161,11 +172,16 @@ fn baseline_rows(
         )
         .with_note("made before the baseline's clock starts; smolvm's create includes its clone"),
     );
-    stage_rows(rep, "baseline guest stage", base.iter().map(|s| Some(&s.ready_msg)));
+    stage_rows(
+        rep,
+        "baseline guest stage",
+        base.iter().map(|s| Some(&s.ready_msg)),
+    );
 
     let total: Vec<f64> = cold.iter().map(|s| ms(s.total)).collect();
     let start: Vec<f64> = cold.iter().map(|s| ms(s.start)).collect();
-    let (Some(t), Some(st), Some(bl)) = (Summary::of(&total), Summary::of(&start), Summary::of(&b)) else {
+    let (Some(t), Some(st), Some(bl)) = (Summary::of(&total), Summary::of(&start), Summary::of(&b))
+    else {
         return;
     };
     let ratio = t.median / bl.median;
@@ -181,8 +197,12 @@ fn baseline_rows(
     );
     let paired: Vec<f64> = total.iter().zip(&b).map(|(t, b)| t / b).collect();
     rep.rows.push(
-        Row::samples("cold start / baseline (per adjacent pair)", Unit::Ratio, paired)
-            .with_note("each smolvm boot divided by the baseline boot next to it in time"),
+        Row::samples(
+            "cold start / baseline (per adjacent pair)",
+            Unit::Ratio,
+            paired,
+        )
+        .with_note("each smolvm boot divided by the baseline boot next to it in time"),
     );
     rep.rows.push(Row::value(
         "start / baseline (medians)",
@@ -190,8 +210,12 @@ fn baseline_rows(
         st.median / bl.median,
     ));
     rep.rows.push(
-        Row::value("smolvm overhead (total - baseline, medians)", Unit::Ms, t.median - bl.median)
-            .with_note("create + manager start work + first command"),
+        Row::value(
+            "smolvm overhead (total - baseline, medians)",
+            Unit::Ms,
+            t.median - bl.median,
+        )
+        .with_note("create + manager start work + first command"),
     );
 }
 
@@ -316,8 +340,9 @@ pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Resu
                 let (s, _guard) = one_cold_start(&ctx.manager, &config, ctx.boot_timeout)?;
                 v.push(ms(s.total));
             }
-            rep.notes
-                .push("single cold start reference measured here (cold-start section not run)".into());
+            rep.notes.push(
+                "single cold start reference measured here (cold-start section not run)".into(),
+            );
             Summary::of(&v).map_or(f64::NAN, |s| s.median)
         }
     };
@@ -345,7 +370,10 @@ pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Resu
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().map_err(|_| BenchError::Panicked("parallel cold start".into())))
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| BenchError::Panicked("parallel cold start".into()))
+                })
                 .collect::<Vec<_>>()
         });
         let mut guards = Vec::new();
@@ -369,7 +397,9 @@ pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Resu
         }
         if let (Some(f), Some(l)) = (first, last) {
             let wall = ms(l - f);
-            ctx.say(&format!("parallel round {r}: {wall:.0} ms wall for {PARALLEL_VMS} VMs"));
+            ctx.say(&format!(
+                "parallel round {r}: {wall:.0} ms wall for {PARALLEL_VMS} VMs"
+            ));
             walls.push(wall);
         }
     }
@@ -384,7 +414,11 @@ pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Resu
         Unit::Ms,
         per_vm,
     ));
-    rep.rows.push(Row::value("single cold start (median, reference)", Unit::Ms, single));
+    rep.rows.push(Row::value(
+        "single cold start (median, reference)",
+        Unit::Ms,
+        single,
+    ));
     rep.rows.push(
         Row::value("parallel wall / one cold start", Unit::Ratio, wall / single).with_target(
             TargetCheck::below(

@@ -3,12 +3,19 @@
 //! missed with their margin.
 
 pub mod baseline;
+mod coldstart;
 mod error;
+mod image;
 pub mod machine;
 pub mod mem;
 pub mod report;
+pub mod run;
+mod sections;
 pub mod stats;
+pub mod vm;
 pub mod watch;
+pub mod workdir;
 
 pub use error::BenchError;
 pub use report::{BenchReport, Row, Section, SectionReport, TargetCheck, Unit};
+pub use run::{run, BenchOptions};

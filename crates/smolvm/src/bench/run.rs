@@ -40,7 +40,10 @@ extern "C" fn on_sigint(_: libc::c_int) {
 pub fn cancel_on_sigint() {
     // SAFETY: the handler only touches an atomic and calls _exit, both async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, on_sigint as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
 }
 
@@ -53,9 +56,12 @@ pub fn checkpoint() -> Result<(), BenchError> {
     }
 }
 
+/// A function that takes progress lines.
+type ProgressFn = dyn Fn(&str) + Send + Sync;
+
 /// A progress sink (the CLI prints to stderr).
 #[derive(Clone, Default)]
-pub struct Progress(Option<Arc<dyn Fn(&str) + Send + Sync>>);
+pub struct Progress(Option<Arc<ProgressFn>>);
 
 impl Progress {
     /// Reports progress to `f`.
@@ -72,7 +78,11 @@ impl Progress {
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Progress(on)" } else { "Progress(off)" })
+        f.write_str(if self.0.is_some() {
+            "Progress(on)"
+        } else {
+            "Progress(off)"
+        })
     }
 }
 
@@ -155,10 +165,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let (data_dir, socket_dir) = match &opts.data_dir {
         Some(d) => (d.clone(), opts.socket_dir.clone()),
         None => (
-            scratch.sub("data").map_err(|e| BenchError::io("create", scratch.path(), e))?,
+            scratch
+                .sub("data")
+                .map_err(|e| BenchError::io("create", scratch.path(), e))?,
             match &opts.socket_dir {
                 Some(s) => Some(s.clone()),
-                None => Some(scratch.sub("s").map_err(|e| BenchError::io("create", scratch.path(), e))?),
+                None => Some(
+                    scratch
+                        .sub("s")
+                        .map_err(|e| BenchError::io("create", scratch.path(), e))?,
+                ),
             },
         ),
     };
@@ -189,7 +205,9 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         qemu,
         iterations: opts.iterations.max(1),
         boot_timeout: opts.boot_timeout,
-        scratch: scratch.sub("b").map_err(|e| BenchError::io("create", scratch.path(), e))?,
+        scratch: scratch
+            .sub("b")
+            .map_err(|e| BenchError::io("create", scratch.path(), e))?,
         progress: opts.progress.clone(),
     };
     let wanted: Vec<Section> = Section::ALL
@@ -199,9 +217,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
 
     let mut reports: Vec<SectionReport> = Vec::new();
     for section in &wanted {
-        if let Err(e) = checkpoint() {
-            return Err(e);
-        }
+        checkpoint()?;
         ctx.say(&format!("== {}", section.title()));
         let mut rep = SectionReport::new(*section);
         let result = match section {
@@ -222,13 +238,18 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             Ok(()) => {}
             Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
             Err(e) => {
-                ctx.say(&format!("section {} failed: {}", section.as_str(), chain(&e)));
+                ctx.say(&format!(
+                    "section {} failed: {}",
+                    section.as_str(),
+                    chain(&e)
+                ));
                 rep.error = Some(chain(&e));
             }
         }
         reports.push(rep);
     }
-    if reports.iter().any(|r| r.error.is_some()) && std::env::var_os("SMOLVM_BENCH_KEEP").is_some() {
+    if reports.iter().any(|r| r.error.is_some()) && std::env::var_os("SMOLVM_BENCH_KEEP").is_some()
+    {
         scratch.keep();
     }
 

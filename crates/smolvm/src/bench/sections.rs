@@ -29,7 +29,8 @@ pub const CONCURRENT_VMS: usize = 8;
 pub const GUEST_SIZES_MIB: [u32; 2] = [128, 512];
 
 /// Why the SSH half of the warm-exec section is not measured in this build.
-pub const SSH_NOT_MEASURED: &str = "not measured: this build has no guest networking (TAP/NAT) or SSH \
+pub const SSH_NOT_MEASURED: &str =
+    "not measured: this build has no guest networking (TAP/NAT) or SSH \
      exec client yet; measuring it needs both, inside a network namespace the benchmark owns";
 
 /// Create and delete of VMs that are never started.
@@ -141,8 +142,11 @@ pub fn exec(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
             p50,
         )));
     }
-    rep.rows
-        .push(Row::not_measured("SSH exec `true`", Unit::Ms, SSH_NOT_MEASURED));
+    rep.rows.push(Row::not_measured(
+        "SSH exec `true`",
+        Unit::Ms,
+        SSH_NOT_MEASURED,
+    ));
     rep.notes.push(format!(
         "{EXEC_CALLS} sequential calls each after {EXEC_WARMUP} untimed ones, on one agent connection \
          of a booted VM"
@@ -200,8 +204,11 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
             f64::from(size) + VMM_OVERHEAD_MIB,
             median,
         )));
-        rep.rows
-            .push(Row::samples(format!("VMM PSS, {size} MiB guest"), Unit::Mib, pss));
+        rep.rows.push(Row::samples(
+            format!("VMM PSS, {size} MiB guest"),
+            Unit::Mib,
+            pss,
+        ));
     }
 
     checkpoint()?;
@@ -212,7 +219,10 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
         checkpoint()?;
         let config = ctx.config(&format!("bench-conc-{k}"), None)?;
         guards.push(cold_start(&ctx.manager, &config, ctx.boot_timeout)?.1);
-        ctx.say(&format!("memory: {} of {CONCURRENT_VMS} concurrent VMs running", k + 1));
+        ctx.say(&format!(
+            "memory: {} of {CONCURRENT_VMS} concurrent VMs running",
+            k + 1
+        ));
     }
     let mut rss = 0;
     let mut pss = 0;
@@ -224,8 +234,16 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let after = mem_available_kib().map_err(|e| BenchError::io("read", "/proc/meminfo", e))?;
     drop(guards);
     let n = CONCURRENT_VMS;
-    rep.rows.push(Row::value(format!("{n} VMs ({size} MiB guests): sum of VMM RSS"), Unit::Mib, mib(rss)));
-    rep.rows.push(Row::value(format!("{n} VMs ({size} MiB guests): sum of VMM PSS"), Unit::Mib, mib(pss)));
+    rep.rows.push(Row::value(
+        format!("{n} VMs ({size} MiB guests): sum of VMM RSS"),
+        Unit::Mib,
+        mib(rss),
+    ));
+    rep.rows.push(Row::value(
+        format!("{n} VMs ({size} MiB guests): sum of VMM PSS"),
+        Unit::Mib,
+        mib(pss),
+    ));
     let drop_kib = before.saturating_sub(after);
     rep.rows.push(
         Row::value(format!("{n} VMs: host MemAvailable drop"), Unit::Mib, mib(drop_kib))

@@ -99,7 +99,8 @@ pub struct ColdSample {
 impl ColdSample {
     /// `start` minus the VMM launch: VMM launched -> guest agent ready.
     pub fn guest_ready(&self) -> Duration {
-        self.start.saturating_sub(self.vmm_launch.unwrap_or_default())
+        self.start
+            .saturating_sub(self.vmm_launch.unwrap_or_default())
     }
 }
 

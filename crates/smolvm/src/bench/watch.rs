@@ -86,7 +86,7 @@ fn watch_loop(fd: &OwnedFd, names: &[String], stop: &AtomicBool) -> HashMap<Stri
             continue;
         }
         for name in event_names(&buf[..got as usize]) {
-            if names.iter().any(|n| *n == name) {
+            if names.contains(&name) {
                 seen.entry(name).or_insert(now);
             }
         }
