@@ -8,6 +8,7 @@ mod error;
 mod image;
 pub mod machine;
 pub mod mem;
+pub mod netns;
 pub mod report;
 pub mod run;
 mod sections;
