@@ -42,6 +42,84 @@ impl ProcessMemory {
     }
 }
 
+/// One mapping of `/proc/<pid>/smaps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// The header line's path or pseudo-name (`[heap]`), empty for anonymous memory.
+    pub name: String,
+    /// Mapped size in KiB.
+    pub size_kib: u64,
+    /// Resident part in KiB.
+    pub rss_kib: u64,
+}
+
+/// Parses `/proc/<pid>/smaps` text into its mappings.
+pub fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or("");
+        // A header is `start-end perms offset dev inode [name]`; field lines are `Key: value kB`.
+        if !first.ends_with(':') && first.contains('-') {
+            out.push(Mapping {
+                name: parts.skip(4).collect::<Vec<_>>().join(" "),
+                size_kib: 0,
+                rss_kib: 0,
+            });
+        } else if let Some(m) = out.last_mut() {
+            match first {
+                "Size:" => m.size_kib = kib_field(line, "Size").unwrap_or(0),
+                "Rss:" => m.rss_kib = kib_field(line, "Rss").unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Where a VMM's resident memory is: in the guest's RAM block or elsewhere (QEMU itself, TCG's
+/// translation cache, libraries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmMemorySplit {
+    /// Resident part of the anonymous mapping that holds guest RAM, in KiB.
+    pub guest_ram_rss_kib: u64,
+    /// Everything else resident, in KiB.
+    pub other_rss_kib: u64,
+    /// The largest other resident mapping: (name or `anon`, size KiB, resident KiB).
+    pub largest_other: Option<(String, u64, u64)>,
+}
+
+/// Splits the mappings of a VMM with `guest_mib` of guest RAM. The RAM block is the anonymous mapping
+/// sized like guest memory (QEMU may pad it by up to its alignment, allowed up to 4 MiB), the most
+/// resident one if several qualify.
+pub fn split_vmm_memory(maps: &[Mapping], guest_mib: u64) -> VmmMemorySplit {
+    let want = guest_mib * 1024;
+    let ram = maps
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.name.is_empty() && m.size_kib >= want && m.size_kib <= want + 4096)
+        .max_by_key(|(_, m)| m.rss_kib)
+        .map(|(i, _)| i);
+    let guest_ram_rss_kib = ram.map_or(0, |i| maps[i].rss_kib);
+    let others = maps.iter().enumerate().filter(|(i, _)| Some(*i) != ram);
+    let other_rss_kib = others.clone().map(|(_, m)| m.rss_kib).sum();
+    let largest_other = others.max_by_key(|(_, m)| m.rss_kib).map(|(_, m)| {
+        let name = if m.name.is_empty() { "anon" } else { &m.name };
+        (name.to_string(), m.size_kib, m.rss_kib)
+    });
+    VmmMemorySplit {
+        guest_ram_rss_kib,
+        other_rss_kib,
+        largest_other,
+    }
+}
+
+/// Reads and splits the memory of VMM `pid` (see [`split_vmm_memory`]).
+pub fn vmm_memory_split(pid: u32, guest_mib: u64) -> std::io::Result<VmmMemorySplit> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    Ok(split_vmm_memory(&parse_smaps(&text), guest_mib))
+}
+
 /// `MemAvailable` of the host in KiB.
 pub fn mem_available_kib() -> std::io::Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
@@ -94,6 +172,34 @@ mod tests {
     }
 
     #[test]
+    fn splits_guest_ram_from_the_rest() {
+        let smaps = "\
+55d0a000-55d0b000 r-xp 00000000 08:01 123 /usr/bin/qemu-system-x86_64
+Size:                  4 kB
+Rss:                   4 kB
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:               40000 kB
+7f1000000000-7f1040000000 rwxp 00000000 00:00 0
+Size:            1048576 kB
+Rss:               30000 kB
+7ffd0000-7ffd1000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+Rss:                  16 kB
+";
+        let maps = parse_smaps(smaps);
+        assert_eq!(maps.len(), 4);
+        assert_eq!(maps[0].name, "/usr/bin/qemu-system-x86_64");
+        assert_eq!(maps[3].name, "[stack]");
+        let s = split_vmm_memory(&maps, 128);
+        assert_eq!(s.guest_ram_rss_kib, 40000);
+        assert_eq!(s.other_rss_kib, 30020);
+        assert_eq!(s.largest_other, Some(("anon".into(), 1048576, 30000)));
+        // No mapping of the guest's size: everything is "other".
+        assert_eq!(split_vmm_memory(&maps, 512).guest_ram_rss_kib, 0);
+    }
+
+    #[test]
     fn reads_own_process_and_host() {
         let me = ProcessMemory::read(Path::new("/proc/self")).unwrap();
         assert!(me.rss_kib > 0, "{me:?}");
@@ -102,6 +208,8 @@ mod tests {
         assert!(by_pid.rss_kib > 0);
         assert!(mem_available_kib().unwrap() > 0);
         assert!(ProcessMemory::of(u32::MAX).is_err());
+        let own = vmm_memory_split(std::process::id(), 1).unwrap();
+        assert!(own.other_rss_kib > 0);
         assert_eq!(mib(2048), 2.0);
     }
 }

@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::mem::{mem_available_kib, mib, ProcessMemory};
+use super::mem::{mem_available_kib, mib, vmm_memory_split, ProcessMemory};
 use super::report::{Row, SectionReport, TargetCheck, Unit};
 use super::run::{checkpoint, Ctx};
 use super::stats::ms;
@@ -186,7 +186,9 @@ fn timed(f: impl Fn() -> Result<(), BenchError>) -> Result<Vec<f64>, BenchError>
 pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let rounds = ctx.iterations.min(3);
     for size in GUEST_SIZES_MIB {
-        let (mut rss, mut pss) = (Vec::new(), Vec::new());
+        let (mut rss, mut pss, mut ram, mut other) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut largest = None;
         for r in 0..rounds {
             checkpoint()?;
             let config = ctx.config(&format!("bench-mem-{size}-{r}"), Some(size))?;
@@ -194,6 +196,14 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
             let m = vmm_memory(&guard)?;
             rss.push(mib(m.rss_kib));
             pss.push(mib(m.pss_kib));
+            if let Some(split) = guard
+                .pid
+                .and_then(|p| vmm_memory_split(p, size.into()).ok())
+            {
+                ram.push(mib(split.guest_ram_rss_kib));
+                other.push(mib(split.other_rss_kib));
+                largest = split.largest_other;
+            }
         }
         ctx.say(&format!("memory: {size} MiB guest measured"));
         let row = Row::samples(format!("VMM RSS, {size} MiB guest"), Unit::Mib, rss);
@@ -209,6 +219,26 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
             Unit::Mib,
             pss,
         ));
+        if !ram.is_empty() {
+            rep.rows.push(Row::samples(
+                format!("  of RSS: guest RAM block, {size} MiB guest"),
+                Unit::Mib,
+                ram,
+            ));
+            let mut row = Row::samples(
+                format!("  of RSS: everything else, {size} MiB guest"),
+                Unit::Mib,
+                other,
+            );
+            if let Some((name, size_kib, rss_kib)) = largest {
+                row = row.with_note(format!(
+                    "largest: {name} mapping of {:.0} MiB with {:.1} MiB resident",
+                    mib(size_kib),
+                    mib(rss_kib)
+                ));
+            }
+            rep.rows.push(row);
+        }
     }
 
     checkpoint()?;
