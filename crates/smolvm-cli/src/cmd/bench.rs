@@ -61,7 +61,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         progress: Progress::new(|m| eprintln!("bench: {m}")),
         ..BenchOptions::default()
     };
-    let report = smolvm::bench::run(&opts).context("benchmark failed (every VM it made was deleted)")?;
+    let report =
+        smolvm::bench::run(&opts).context("benchmark failed (every VM it made was deleted)")?;
     let json = serde_json::to_string_pretty(&report)?;
     let path = match &args.output {
         Some(p) => p.clone(),
@@ -70,7 +71,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::write(&path, format!("{json}\n")).with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(&path, format!("{json}\n"))
+        .with_context(|| format!("write {}", path.display()))?;
     if args.json {
         println!("{json}");
     } else {
@@ -142,12 +144,16 @@ fn row_cells(r: &Row) -> Vec<Cell> {
     cells
 }
 
+fn load(l: Option<[f64; 3]>) -> String {
+    l.map_or("?".into(), |[a, b, c]| format!("{a:.2}/{b:.2}/{c:.2}"))
+}
+
 /// The text report: the machine, one table per section, then the targets.
 fn render(r: &BenchReport) -> String {
     let m = &r.machine;
     let mut out = format!(
         "smolvm {} benchmark, {} on {} ({} cores, {} MiB), kernel {}, accelerator {}, QEMU {}\n\
-         backend {}, guest {} MiB / {} vCPU, {} cold-start iterations\n",
+         backend {}, guest {} MiB / {} vCPU, {} cold-start iterations, host load {} -> {}\n",
         m.smolvm_version,
         m.date,
         m.cpu_model.as_deref().unwrap_or("unknown CPU"),
@@ -160,6 +166,8 @@ fn render(r: &BenchReport) -> String {
         r.settings.mem_size_mib,
         r.settings.vcpu_count,
         r.settings.iterations,
+        load(m.loadavg_start),
+        load(m.loadavg_end),
     );
     for s in &r.sections {
         let mut t = Table::new();
@@ -169,7 +177,11 @@ fn render(r: &BenchReport) -> String {
             t.add_row(row_cells(row));
         }
         out.push_str(&format!("\n{}\n{t}\n", s.title));
-        for note in s.rows.iter().filter_map(|r| r.note.as_ref().map(|n| (&r.name, n))) {
+        for note in s
+            .rows
+            .iter()
+            .filter_map(|r| r.note.as_ref().map(|n| (&r.name, n)))
+        {
             out.push_str(&format!("  * {}: {}\n", note.0, note.1));
         }
         for n in &s.notes {
@@ -191,7 +203,11 @@ fn render(r: &BenchReport) -> String {
                 t.compares,
                 num(t.actual, row.unit),
                 num(t.limit, row.unit),
-                if t.margin >= 0.0 { "headroom " } else { "over by " },
+                if t.margin >= 0.0 {
+                    "headroom "
+                } else {
+                    "over by "
+                },
                 t.margin_pct.abs(),
             ));
         }

@@ -32,6 +32,10 @@ pub struct Machine {
     pub data_dir_fs: Option<String>,
     /// Start of the run, UTC, ISO 8601.
     pub date: String,
+    /// Host load averages (1, 5, 15 min) when the run started: other work on a shared machine.
+    pub loadavg_start: Option<[f64; 3]>,
+    /// Host load averages when the run ended.
+    pub loadavg_end: Option<[f64; 3]>,
 }
 
 impl Machine {
@@ -61,8 +65,21 @@ impl Machine {
             smolvm_version: env!("CARGO_PKG_VERSION").to_string(),
             data_dir_fs: fs_type(data_dir),
             date: iso8601_utc(SystemTime::now()),
+            loadavg_start: loadavg(),
+            loadavg_end: None,
         }
     }
+}
+
+/// The host's load averages.
+pub fn loadavg() -> Option<[f64; 3]> {
+    parse_loadavg(&std::fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+/// Parses the first three fields of /proc/loadavg.
+pub fn parse_loadavg(text: &str) -> Option<[f64; 3]> {
+    let mut it = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
 }
 
 /// The first `model name` in /proc/cpuinfo text.
@@ -148,6 +165,16 @@ mod tests {
         assert_eq!(file_stamp(t), "20240229-123456");
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(iso8601_utc(t), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn loadavg_fields() {
+        assert_eq!(
+            parse_loadavg("0.50 1.25 2.00 3/456 789\n"),
+            Some([0.5, 1.25, 2.0])
+        );
+        assert_eq!(parse_loadavg("x"), None);
+        assert!(loadavg().is_some());
     }
 
     #[test]

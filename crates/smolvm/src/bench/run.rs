@@ -197,7 +197,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         ),
         BackendKind::Firecracker => None,
     };
-    let machine = Machine::detect(manager.host(), &data_dir);
+    let mut machine = Machine::detect(manager.host(), &data_dir);
     let ctx = Ctx {
         manager,
         template,
@@ -253,6 +253,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         scratch.keep();
     }
 
+    machine.loadavg_end = super::machine::loadavg();
     let t = &ctx.template;
     Ok(BenchReport {
         schema: REPORT_SCHEMA,
