@@ -20,7 +20,7 @@
 //! file write: FileWrite -> FileData.. (size bytes)                    <- Done{bytes} | Error
 //! file read:  FileRead                             <- FileData..      <- Done{bytes,mode} | Error
 //! env:        EnvSet | EnvUnset                                       <- Done | Error
-//!             EnvList                                                 <- EnvVars | Error
+//!             EnvList                                                 <- EnvVars.. Done | Error
 //! misc:       Ping | PowerOff                                         <- Done
 //! any:        Cancel (the agent kills the command / drops the upload and answers Error{cancelled})
 //! ```
@@ -39,8 +39,8 @@ mod request;
 pub use frame::{Frame, FrameType, ProtocolError};
 pub use limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
 pub use messages::{
-    is_env_key, BootStage, Command, Done, EnvSet, EnvUnset, EnvVars, ErrorKind, ErrorReply,
-    ExecStart, ExitStatus, FileRead, FileWrite, Ready,
+    env_batches, is_env_key, BootStage, Command, Done, EnvSet, EnvUnset, EnvVars, ErrorKind,
+    ErrorReply, ExecStart, ExitStatus, FileRead, FileWrite, Ready,
 };
 pub use request::{Reply, Request};
 

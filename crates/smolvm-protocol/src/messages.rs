@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::ProtocolError;
 use crate::limits::{
-    MAX_ENV_KEY_LEN, MAX_ENV_VALUE_LEN, MAX_ENV_VARS, MAX_EXEC_ENV_VARS, MAX_FILE_LEN, MAX_PATH_LEN,
+    MAX_ENV_KEY_LEN, MAX_ENV_VALUE_LEN, MAX_ENV_VARS, MAX_EXEC_ENV_VARS, MAX_FILE_LEN,
+    MAX_PATH_LEN, MAX_PAYLOAD_LEN,
 };
 
 /// The agent's first message: who it is and how long boot took.
@@ -121,7 +122,8 @@ pub struct EnvUnset {
     pub keys: Vec<String>,
 }
 
-/// Agent -> host: all persisted environment variables.
+/// Agent -> host: persisted environment variables. The answer to `EnvList` is one or more of these
+/// (each within the frame limit), then `Done`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvVars {
     /// The variables.
@@ -333,6 +335,32 @@ impl EnvUnset {
     }
 }
 
+/// Splits `vars` into batches whose JSON (`{"vars":{...}}`) stays within [`MAX_PAYLOAD_LEN`], for
+/// `EnvSet` and `EnvVars` frames. Always at least one (possibly empty) batch.
+pub fn env_batches(vars: &BTreeMap<String, String>) -> Vec<BTreeMap<String, String>> {
+    // Room for the envelope `{"vars":{}}` with margin.
+    let budget = MAX_PAYLOAD_LEN - 64;
+    let mut batches = Vec::new();
+    let mut batch = BTreeMap::new();
+    let mut size = 0;
+    for (k, v) in vars {
+        // Quoted key, colon, quoted value, comma.
+        let entry = serde_json::to_string(k).map_or(usize::MAX / 4, |s| s.len())
+            + serde_json::to_string(v).map_or(usize::MAX / 4, |s| s.len())
+            + 2;
+        if size + entry > budget && !batch.is_empty() {
+            batches.push(std::mem::take(&mut batch));
+            size = 0;
+        }
+        size += entry;
+        batch.insert(k.clone(), v.clone());
+    }
+    if !batch.is_empty() || batches.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +411,23 @@ mod tests {
         e.env.clear();
         e.command = Command::Shell("echo \0".into());
         assert!(e.validate().is_err());
+    }
+
+    #[test]
+    fn env_batches_fit_frames() {
+        let vars: BTreeMap<String, String> = (0..40)
+            .map(|i| (format!("K{i}"), "\u{1}".repeat(MAX_ENV_VALUE_LEN)))
+            .collect();
+        let batches = env_batches(&vars);
+        assert!(batches.len() > 1);
+        let mut merged = BTreeMap::new();
+        for b in &batches {
+            let f = crate::Frame::json(crate::FrameType::EnvSet, 1, &EnvSet { vars: b.clone() });
+            assert!(f.is_ok());
+            merged.extend(b.clone());
+        }
+        assert_eq!(merged, vars);
+        assert_eq!(env_batches(&BTreeMap::new()).len(), 1);
     }
 
     #[test]
