@@ -234,7 +234,7 @@ impl ExecStart {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match &self.command {
             Command::Argv(argv) => {
-                if argv.first().map_or(true, |a| a.is_empty()) {
+                if !matches!(argv.first(), Some(a) if !a.is_empty()) {
                     return Err(ProtocolError::invalid("argv", "empty program name"));
                 }
                 for a in argv {

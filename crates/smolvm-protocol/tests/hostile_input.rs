@@ -65,7 +65,7 @@ fn valid_frames() -> Vec<Frame> {
         Request::PowerOff,
         Request::Ping,
     ];
-    let replies = vec![
+    let replies = [
         Reply::Ready(Ready {
             protocol_version: 1,
             agent_version: "0.1.0".into(),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use smolvm_protocol::limits::{MAX_STDIN_LEN, OUTPUT_CHUNK_LEN};
 use smolvm_protocol::{Command, ErrorKind, ExecStart, ExitStatus, Frame, FrameType, Reply};
 
-use super::{env, error_chain, Ctx, Inbound, Out, DEFAULT_PATH};
+use super::{env, error_chain, reaper, Ctx, Inbound, Out, DEFAULT_PATH};
 
 /// Poll slice of the output pump while its pipes are open: how often it checks whether the child has
 /// exited although something (a background grandchild) still holds the pipes.
@@ -50,11 +50,14 @@ pub(crate) fn run(ctx: Ctx, start: ExecStart) {
             .name(format!("pump-{id}"))
             .spawn(move || {
                 let status = pump(id, &out, &mut child);
+                reaper::unregister(child.id());
                 let _ = tx.send(Inbound::Finished(status));
             })
     };
     if let Err(e) = pump {
         kill_group(pgid);
+        // The child (moved into the failed closure) was dropped unwaited: PID 1 may reap it now.
+        reaper::unregister(pgid as u32);
         ctx.out.error(
             ctx.id,
             ErrorKind::SpawnFailed,
@@ -182,7 +185,9 @@ fn spawn(ctx: &Ctx, start: &ExecStart) -> Result<Child, smolvm_protocol::ErrorRe
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| {
+    // Registered under the reaper's lock, so PID 1 never reaps it before its waiter does.
+    let mut registry = reaper::lock();
+    let child = cmd.spawn().map_err(|e| {
         let what = match (&start.cwd, e.kind()) {
             (Some(cwd), io::ErrorKind::NotFound) => format!("start {program:?} in {cwd:?}"),
             _ => format!("start {program:?}"),
@@ -193,7 +198,9 @@ fn spawn(ctx: &Ctx, start: &ExecStart) -> Result<Child, smolvm_protocol::ErrorRe
             _ => ErrorKind::SpawnFailed,
         };
         smolvm_protocol::ErrorReply::new(kind, format!("{what}: {}", error_chain(&e)))
-    })
+    })?;
+    registry.insert(child.id());
+    Ok(child)
 }
 
 /// Kills the child's whole process group.

@@ -6,11 +6,15 @@
 //! concurrently. Every frame goes out through [`Out`], whose lock keeps frames from interleaving. Hostile
 //! input never crashes the agent: a bad frame is answered with an `Error` frame, and only a broken byte
 //! stream (a bad length) closes the connection.
+//!
+//! PID 1 must reap orphans with [`reap_orphans`], never `waitpid(-1)`: the latter would steal the exit
+//! status of the commands this server waits for.
 
 mod env;
 mod exec;
 mod files;
 mod out;
+mod reaper;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,6 +30,8 @@ use smolvm_protocol::{
 };
 
 pub(crate) use out::Out;
+#[allow(unused_imports)] // Called by the PID 1 code.
+pub use reaper::reap_orphans;
 
 /// What the server needs from PID 1.
 pub struct Hooks {

@@ -220,7 +220,7 @@ fn timeout_kills_the_whole_process_group() {
         "sleep 1000 & echo $! > '{}'; sleep 1000",
         path_str(&pidfile)
     );
-    match h.client.run(&cmd, Some(Duration::from_millis(500))) {
+    match h.client.run(&cmd, Some(Duration::from_secs(2))) {
         Err(ExecError::Timeout { operation, .. }) => assert_eq!(operation, "command"),
         other => panic!("{other:?}"),
     }

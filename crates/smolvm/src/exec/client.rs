@@ -111,6 +111,7 @@ impl AgentClient {
         // Byte by byte: whatever follows the newline is the agent's, and must stay in the socket.
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
+        let mut source = None;
         while line.len() < MAX_VSOCK_REPLY {
             match stream.read(&mut byte) {
                 Ok(0) => break,
@@ -122,13 +123,18 @@ impl AgentClient {
                 }
                 Ok(_) => line.push(byte[0]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(connect_err(e)),
+                // Firecracker closes (or resets) the connection when no guest listens on the port.
+                Err(e) => {
+                    source = Some(e);
+                    break;
+                }
             }
         }
         Err(ExecError::VsockHandshake {
             path: path.to_path_buf(),
             port: *port,
             response: String::from_utf8_lossy(&line).into_owned(),
+            source,
         })
     }
 

@@ -127,6 +127,9 @@ pub enum ExecError {
         port: u32,
         /// What it answered instead of `OK <n>`.
         response: String,
+        /// The read error, if the proxy closed or reset the connection instead.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// The agent speaks another protocol version than this library.
     #[error(
