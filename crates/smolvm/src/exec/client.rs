@@ -51,6 +51,12 @@ pub struct AgentClient {
     request_timeout: Duration,
 }
 
+// Shared across threads (and, later, across the Python binding's threads).
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<AgentClient>();
+};
+
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentClient")

@@ -17,7 +17,7 @@ pub struct CommandOutput {
 ///
 /// Output is decoded as UTF-8; invalid sequences become U+FFFD (lossy). Use [`CommandOutput`] (from
 /// `exec_raw`) for binary output.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CommandResult {
     /// Exit code; 128 + N if killed by signal N.
     pub exit_code: i32,

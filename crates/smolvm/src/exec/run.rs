@@ -57,8 +57,9 @@ impl AgentClient {
         Ok(out)
     }
 
-    /// Runs a request and hands each output chunk to `on_output` as it arrives (no size limit). Returns
-    /// the exit code (128 + N for signal N).
+    /// Runs a request and hands each output chunk to `on_output` as it arrives (no size limit). The
+    /// callback runs on the calling thread, in arrival order. Returns the exit code (128 + N for
+    /// signal N).
     pub fn exec_streaming(
         &self,
         req: &ExecRequest,

@@ -187,3 +187,22 @@ fn errors_map_to_library_kinds() {
     assert_eq!(io.kind(), "io");
     assert!(std::error::Error::source(&io).is_some());
 }
+
+#[test]
+fn oversized_requests_are_refused_before_sending() {
+    let (mut agent, host) = UnixStream::pair().unwrap();
+    agent.write_all(&ready_frame(PROTOCOL_VERSION)).unwrap();
+    let client = AgentClient::from_stream(host, SHORT).unwrap();
+    let huge = "x".repeat(smolvm_protocol::MAX_PAYLOAD_LEN);
+    match client.run(&huge, None) {
+        Err(ExecError::InvalidRequest(smolvm_protocol::ProtocolError::PayloadTooLarge(n))) => {
+            assert!(n > smolvm_protocol::MAX_PAYLOAD_LEN)
+        }
+        other => panic!("{other:?}"),
+    }
+    let stdin = vec![0; smolvm_protocol::limits::MAX_STDIN_LEN + 1];
+    assert!(matches!(
+        client.exec(&super::ExecRequest::argv(["cat"]).stdin(stdin)),
+        Err(ExecError::InvalidRequest(_))
+    ));
+}
