@@ -10,6 +10,7 @@ pub mod bench;
 pub mod config;
 pub mod dirs;
 pub mod error;
+pub mod exec;
 pub mod host;
 pub mod image;
 pub mod info;
