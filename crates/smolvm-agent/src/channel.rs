@@ -2,18 +2,9 @@
 //! Firecracker. On every (re)connection of the host the agent first sends a Ready frame, then hands the
 //! connection to the request server until the host goes away.
 //!
-//! # How a virtio-serial port behaves (Linux `virtio_console`, QEMU `virtserialport` on a socket chardev)
-//! Measured with the image's boot test and matching `drivers/char/virtio_console.c`:
-//! * The guest opens the port once; QEMU tells the guest whether a host client is connected to the
-//!   chardev socket (`host_connected`).
-//! * `write` while no host is connected **blocks** (blocking fd) until one connects, then the data goes
-//!   to that client. So "send Ready" doubles as "wait for the host", with no polling.
-//! * `read` with no pending data returns **0 (EOF) when the host is not connected**, including right
-//!   after it disconnects; the server returns on EOF and we loop back to the blocking Ready write.
-//! * `poll` reports POLLHUP for as long as no host is connected, and POLLHUP cannot be masked, so a
-//!   poll-based wait would spin; we never poll for the connection.
+//! The virtio-serial side, and how such a port behaves, is in [`crate::serial`].
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -63,11 +54,13 @@ pub fn run(mut stages: Stages) -> ! {
             crate::log(&format!("cannot start the vsock listener: {e}"));
         }
     }
-    match port {
-        Some(p) => serial_loop(&p, &ready),
-        None => loop {
-            std::thread::park();
-        },
+    match (port, ready_bytes(&ready)) {
+        (Some(p), Ok(bytes)) => crate::serial::run(&p, &bytes),
+        (Some(_), Err(e)) => crate::log(&format!("cannot encode the Ready frame: {e}")),
+        (None, _) => {}
+    }
+    loop {
+        std::thread::park();
     }
 }
 
@@ -75,7 +68,14 @@ fn summary(r: &Ready) -> String {
     let stages: Vec<String> = r
         .boot_stages
         .iter()
-        .map(|s| format!("{} {}.{:03}s", s.name, s.micros / 1_000_000, s.micros / 1000 % 1000))
+        .map(|s| {
+            format!(
+                "{} {}.{:03}s",
+                s.name,
+                s.micros / 1_000_000,
+                s.micros / 1000 % 1000
+            )
+        })
         .collect();
     format!("ready: {}", stages.join(", "))
 }
@@ -108,27 +108,6 @@ fn ready_bytes(ready: &Ready) -> io::Result<Vec<u8>> {
     Frame::json(FrameType::Ready, 0, ready)
         .and_then(|f| f.encode())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-fn serial_loop(port: &Path, ready: &Ready) -> ! {
-    loop {
-        let chan = match OpenOptions::new().read(true).write(true).open(port) {
-            Ok(f) => f,
-            Err(e) => {
-                crate::log(&format!("open {}: {e}", port.display()));
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        // One open for the life of the port: reopening would drop buffered host data.
-        loop {
-            if let Err(e) = greet_and_serve(&chan, ready) {
-                crate::log(&format!("host channel {}: {e}", port.display()));
-                std::thread::sleep(Duration::from_millis(100));
-                break;
-            }
-        }
-    }
 }
 
 /// Sends Ready (blocking until a host is connected) and serves until the host disconnects.

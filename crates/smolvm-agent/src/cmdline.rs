@@ -9,6 +9,7 @@
 //! | `smolvm.dns=<ipv4>[,<ipv4>...]` | name servers, written to `/etc/resolv.conf` |
 //! | `smolvm.authorized_key=<base64>` | one `authorized_keys` line, appended to root's file |
 //! | `smolvm.poweroff=poweroff\|reboot` | how to end the VM (default: `reboot` on Firecracker, else `poweroff`) |
+//! | `smolvm.debug` | log per-step timings (module loads) on the console |
 //!
 //! A malformed `smolvm.*` value is reported on the console and ignored; it never stops the boot.
 
@@ -48,6 +49,8 @@ pub struct BootParams {
     pub authorized_key: Option<String>,
     /// `smolvm.poweroff`.
     pub power_mode: Option<PowerMode>,
+    /// `smolvm.debug`: log per-step timings on the console.
+    pub debug: bool,
     /// Problems with `smolvm.*` values, to print on the console.
     pub warnings: Vec<String>,
 }
@@ -114,9 +117,9 @@ pub fn parse(line: &str) -> BootParams {
             },
             "smolvm.gw" => match v.parse() {
                 Ok(gw) => p.gateway = Some(gw),
-                Err(_) => p
-                    .warnings
-                    .push(format!("ignoring smolvm.gw={v:?}: expected an IPv4 address")),
+                Err(_) => p.warnings.push(format!(
+                    "ignoring smolvm.gw={v:?}: expected an IPv4 address"
+                )),
             },
             "smolvm.hostname" => {
                 if valid_hostname(&v) {
@@ -151,9 +154,9 @@ pub fn parse(line: &str) -> BootParams {
                     "ignoring smolvm.poweroff={v:?}: expected poweroff or reboot"
                 )),
             },
+            "smolvm.debug" => p.debug = true,
             k if k.starts_with("smolvm.") => {
-                p.warnings
-                    .push(format!("ignoring unknown parameter {k}"));
+                p.warnings.push(format!("ignoring unknown parameter {k}"));
             }
             _ => {}
         }

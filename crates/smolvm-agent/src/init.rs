@@ -39,9 +39,7 @@ impl Supervised {
 
 /// Runs stage 2. Never returns (PID 1 must not exit).
 pub fn run(mut stages: Stages) -> ! {
-    if stages.has("init_start") {
-        stages.mark("rootfs_init");
-    } else {
+    if !stages.has("init_start") {
         stages.mark("init_start");
     }
     let signals = handled_signals();
@@ -103,8 +101,10 @@ fn start_sshd() -> Option<libc::pid_t> {
 fn spawn_agent(stages: &Stages, signals: &[libc::c_int]) -> Option<libc::pid_t> {
     match sys::fork() {
         Ok(0) => {
-            // The child starts with PID 1's blocked signals: restore default delivery.
+            // The child starts with PID 1's blocked signals: restore default delivery, and block the
+            // host channel's event signals before any thread exists, so every thread inherits that.
             let _ = sys::sigmask(libc::SIG_UNBLOCK, signals);
+            let _ = sys::sigmask(libc::SIG_BLOCK, &crate::serial::signals());
             crate::button::watch();
             crate::channel::run(stages.clone())
         }

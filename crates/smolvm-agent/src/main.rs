@@ -2,7 +2,8 @@
 //!
 //! One static binary, three roles, chosen at start:
 //! * **stage 1** (`/init` of the initramfs, root is ramfs): load the kernel modules the machine needs,
-//!   mount the root disk, switch to it and exec the command line's `init=` ([`stage1`]);
+//!   mount the root disk, switch to it and exec the command line's `init=` ([`stage1`]), or, when
+//!   that init is this same binary, simply continue as stage 2;
 //! * **stage 2** (PID 1 on the root disk): mounts, host name, network from `smolvm.*` parameters,
 //!   authorised key, SSH server, zombie reaping, clean power off ([`init`]);
 //! * **agent process** (forked by stage 2): the host channel, Ready frame, request server ([`channel`]).
@@ -14,10 +15,12 @@
 mod button;
 mod channel;
 mod cmdline;
+mod elfid;
 mod init;
 mod modules;
 mod net;
 mod power;
+mod serial;
 mod server;
 mod setup;
 mod stage1;
@@ -40,12 +43,17 @@ fn main() {
         return;
     }
     let mut stages = stages::Stages::from_env();
+    if !stages.0.is_empty() {
+        // Exec'd by stage 1 (the disk's init differs from the initramfs's).
+        stages.mark("rootfs_init");
+    }
     if stage1::on_initramfs() {
         stages.mark("init_start");
-        let err = stage1::run(stages);
-        log(&format!("initramfs stage failed: {err}"));
-        // Ending the VM beats hanging: the host sees it stop and the console says why.
-        power::power_off_now(power::detect_mode(None));
+        if let Err(err) = stage1::run(&mut stages) {
+            log(&format!("initramfs stage failed: {err}"));
+            // Ending the VM beats hanging: the host sees it stop and the console says why.
+            power::power_off_now(power::detect_mode(None));
+        }
     }
     init::run(stages)
 }

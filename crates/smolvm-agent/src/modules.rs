@@ -101,7 +101,7 @@ pub fn virtio_ids(sys: &Path) -> Vec<u32> {
 
 /// Loads every needed module of the list in `dir`. Failures are returned per module and do not stop the
 /// others (a missing network driver must not prevent the disk from mounting).
-pub fn load_all(dir: &Path, sys: &Path) -> io::Result<Vec<(String, io::Error)>> {
+pub fn load_all(dir: &Path, sys: &Path, verbose: bool) -> io::Result<Vec<(String, io::Error)>> {
     let text = std::fs::read_to_string(dir.join("load.list"))?;
     let (entries, bad) = parse_list(&text);
     let mut failures: Vec<(String, io::Error)> = bad
@@ -115,8 +115,18 @@ pub fn load_all(dir: &Path, sys: &Path) -> io::Result<Vec<(String, io::Error)>> 
         .collect();
     for e in entries {
         if e.conditions.iter().any(|&c| condition_holds(c, sys)) {
+            let start = crate::sys::boottime_micros();
             if let Err(err) = crate::sys::finit_module(&dir.join(&e.file)) {
-                failures.push((e.file, err));
+                failures.push((e.file.clone(), err));
+            }
+            if verbose {
+                let took = crate::sys::boottime_micros() - start;
+                crate::log(&format!(
+                    "loaded {} in {}.{:03} ms",
+                    e.file,
+                    took / 1000,
+                    took % 1000
+                ));
             }
         }
     }
@@ -134,10 +144,7 @@ mod tests {
              x.ko\n../evil.ko always\ny.ko virtio:zz\n",
         );
         assert_eq!(e.len(), 3);
-        assert_eq!(
-            e[2].conditions,
-            vec![Condition::Virtio(2), Condition::Acpi]
-        );
+        assert_eq!(e[2].conditions, vec![Condition::Virtio(2), Condition::Acpi]);
         assert_eq!(bad.len(), 3);
     }
 

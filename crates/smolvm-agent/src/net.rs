@@ -60,7 +60,10 @@ pub fn write_resolv_conf(servers: &[Ipv4Addr]) -> io::Result<()> {
     if servers.is_empty() {
         return Ok(());
     }
-    let text: String = servers.iter().map(|s| format!("nameserver {s}\n")).collect();
+    let text: String = servers
+        .iter()
+        .map(|s| format!("nameserver {s}\n"))
+        .collect();
     std::fs::write("/etc/resolv.conf", text)
 }
 
@@ -96,7 +99,10 @@ fn socket() -> io::Result<OwnedFd> {
 
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     if name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     // SAFETY: ifreq is plain data; all-zero is valid.
     let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -119,18 +125,16 @@ fn sockaddr_in(a: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
-fn ioctl_addr(
-    sock: &OwnedFd,
-    iface: &str,
-    req: libc::c_ulong,
-    addr: Ipv4Addr,
-) -> io::Result<()> {
+fn ioctl_addr(sock: &OwnedFd, iface: &str, req: libc::c_ulong, addr: Ipv4Addr) -> io::Result<()> {
     let mut r = ifreq(iface)?;
     r.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: valid socket and a valid ifreq for this request.
     if unsafe { libc::ioctl(sock.as_raw_fd(), req, &mut r) } < 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{iface}: set address {addr}: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{iface}: set address {addr}: {e}"),
+        ));
     }
     Ok(())
 }
@@ -176,7 +180,10 @@ fn add_default_route(sock: &OwnedFd, gw: Ipv4Addr) -> io::Result<()> {
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut rt) } < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(io::Error::new(e.kind(), format!("default route via {gw}: {e}")));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("default route via {gw}: {e}"),
+            ));
         }
     }
     Ok(())

@@ -57,10 +57,20 @@ pub fn detect_mode(params: Option<&BootParams>) -> PowerMode {
 /// PID 1 only: stops everything and ends the VM. Never returns.
 pub fn power_off_now(mode: PowerMode) -> ! {
     crate::log("powering off");
+    let start = Instant::now();
     let _ = sys::kill(-1, libc::SIGTERM);
-    wait_children(TERM_GRACE);
-    let _ = sys::kill(-1, libc::SIGKILL);
-    wait_children(Duration::from_millis(200));
+    if !wait_children(TERM_GRACE) {
+        crate::log(&format!(
+            "still running after SIGTERM, killing: {}",
+            survivors()
+        ));
+        let _ = sys::kill(-1, libc::SIGKILL);
+        wait_children(Duration::from_millis(200));
+    }
+    crate::log(&format!(
+        "processes stopped in {} ms",
+        start.elapsed().as_millis()
+    ));
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     // Remounting read-only flushes the journal and marks the filesystem clean.
@@ -91,14 +101,34 @@ pub fn power_off_now(mode: PowerMode) -> ! {
     }
 }
 
-/// Reaps children until none are left or `limit` passes.
-fn wait_children(limit: Duration) {
+/// `pid (name)` of every user process but PID 1, for the log.
+fn survivors() -> String {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // Kernel threads have no command line; skip them and PID 1.
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if pid != 1 && !cmdline.is_empty() {
+            let comm = stat.split(['(', ')']).nth(1).unwrap_or("?");
+            out.push(format!("{pid} ({comm})"));
+        }
+    }
+    out.join(", ")
+}
+
+/// Reaps children until none are left (true) or `limit` passes (false).
+fn wait_children(limit: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < limit {
         match sys::reap_one() {
             Ok(Some(_)) => continue,
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => return, // ECHILD: nothing left
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(_) => return true, // ECHILD: nothing left
         }
     }
+    false
 }

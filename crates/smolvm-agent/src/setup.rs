@@ -18,7 +18,13 @@ pub fn mount_all() {
     let table: &[(&str, &str, &str, libc::c_ulong, Option<&str>)] = &[
         ("/proc", "proc", "proc", nodev | libc::MS_NOEXEC, None),
         ("/sys", "sysfs", "sysfs", nodev | libc::MS_NOEXEC, None),
-        ("/dev", "devtmpfs", "devtmpfs", libc::MS_NOSUID, Some("mode=0755")),
+        (
+            "/dev",
+            "devtmpfs",
+            "devtmpfs",
+            libc::MS_NOSUID,
+            Some("mode=0755"),
+        ),
         (
             "/dev/pts",
             "devpts",
@@ -35,8 +41,8 @@ pub fn mount_all() {
         if sys::is_mount_point(t) {
             continue;
         }
-        if let Err(e) = fs::create_dir_all(t)
-            .and_then(|_| sys::mount(source, t, Some(fstype), flags, data))
+        if let Err(e) =
+            fs::create_dir_all(t).and_then(|_| sys::mount(source, t, Some(fstype), flags, data))
         {
             crate::log(&format!("mount {target}: {e}"));
         }
@@ -97,7 +103,8 @@ pub fn hostname(param: Option<&str>) {
         crate::log(&format!("sethostname {name}: {e}"));
     }
     if param.is_some() && from_file.as_deref() != Some(name.as_str()) {
-        let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n");
+        let hosts =
+            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost\n");
         if let Err(e) = fs::write("/etc/hostname", format!("{name}\n"))
             .and_then(|_| fs::write("/etc/hosts", hosts))
         {
@@ -139,11 +146,31 @@ pub fn start_sshd() -> io::Result<Option<u32>> {
     if !Path::new(DROPBEAR).exists() {
         return Ok(None);
     }
-    let child = Command::new(DROPBEAR)
-        .args(["-F", "-E", "-R", "-p", "22"])
-        .stdin(Stdio::null())
-        .spawn()?;
+    let mut cmd = Command::new(DROPBEAR);
+    cmd.args(["-F", "-E", "-R", "-p", "22"])
+        .stdin(Stdio::null());
+    reset_signals(&mut cmd);
+    let child = cmd.spawn()?;
     Ok(Some(child.id()))
+}
+
+/// Makes a child start with no blocked signals and SIGPIPE at its default. `std::process::Command` no
+/// longer resets either, and a child would otherwise inherit PID 1's blocked set (measured: dropbear
+/// then ignored SIGTERM at power off) and the Rust runtime's ignored SIGPIPE (`yes | head` in an SSH
+/// session would never end).
+pub fn reset_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls async-signal-safe functions (sigemptyset, pthread_sigmask,
+    // signal) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            Ok(())
+        });
+    }
 }
 
 #[cfg(test)]

@@ -30,18 +30,13 @@ pub fn on_initramfs() -> bool {
     matches!(sys::fs_type(Path::new("/")), Ok(t) if t == RAMFS_MAGIC || t == libc::TMPFS_MAGIC)
 }
 
-/// Runs stage 1; only returns on failure (the caller reports it and ends the VM).
-pub fn run(mut stages: Stages) -> io::Error {
-    match try_run(&mut stages) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
-}
-
-fn try_run(stages: &mut Stages) -> io::Result<std::convert::Infallible> {
+/// Runs stage 1. Returns `Ok` when the root disk's init is this very binary (same build id): the caller
+/// then goes on as stage 2 in this process, in the new root, saving an exec that would read the whole
+/// binary back from disk. Otherwise it execs the disk's init and only returns on failure.
+pub fn run(stages: &mut Stages) -> io::Result<()> {
     mount_early()?;
     let params = crate::cmdline::parse(&std::fs::read_to_string("/proc/cmdline")?);
-    match crate::modules::load_all(Path::new(MODULE_DIR), Path::new("/sys")) {
+    match crate::modules::load_all(Path::new(MODULE_DIR), Path::new("/sys"), params.debug) {
         Ok(failures) => {
             for (m, e) in failures {
                 crate::log(&format!("module {m}: {e}"));
@@ -53,14 +48,30 @@ fn try_run(stages: &mut Stages) -> io::Result<std::convert::Infallible> {
     mount_root(&params)?;
     stages.mark("root_mounted");
     let init = pick_init(&params)?;
+    let me = crate::elfid::build_id(Path::new("/proc/self/exe"));
+    let same = me.is_some()
+        && me
+            == crate::elfid::build_id(
+                &Path::new(NEW_ROOT).join(init.strip_prefix("/").unwrap_or(&init)),
+            );
     switch_root()?;
-    exec_init(&init, stages)
+    stages.mark("root_switched");
+    if same {
+        return Ok(());
+    }
+    exec_init(&init, stages).map(|never| match never {})
 }
 
 fn mount_early() -> io::Result<()> {
     let nosuid = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
-    sys::mount("devtmpfs", Path::new("/dev"), Some("devtmpfs"), libc::MS_NOSUID, Some("mode=0755"))
-        .map_err(|e| ctx(e, "mount devtmpfs on /dev"))?;
+    sys::mount(
+        "devtmpfs",
+        Path::new("/dev"),
+        Some("devtmpfs"),
+        libc::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .map_err(|e| ctx(e, "mount devtmpfs on /dev"))?;
     sys::mount("proc", Path::new("/proc"), Some("proc"), nosuid, None)
         .map_err(|e| ctx(e, "mount /proc"))?;
     sys::mount("sysfs", Path::new("/sys"), Some("sysfs"), nosuid, None)
@@ -75,12 +86,20 @@ fn mount_root(p: &BootParams) -> io::Result<()> {
     let flags = if p.read_only { libc::MS_RDONLY } else { 0 };
     let start = Instant::now();
     loop {
-        match sys::mount(&dev, Path::new(NEW_ROOT), Some(fstype), flags, p.rootflags.as_deref()) {
+        match sys::mount(
+            &dev,
+            Path::new(NEW_ROOT),
+            Some(fstype),
+            flags,
+            p.rootflags.as_deref(),
+        ) {
             Ok(()) => return Ok(()),
             // The device node may not exist yet (a driver probing late): retry briefly.
             Err(e)
-                if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENXIO | libc::ENODEV))
-                    && start.elapsed() < ROOT_WAIT =>
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENXIO | libc::ENODEV)
+                ) && start.elapsed() < ROOT_WAIT =>
             {
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -159,12 +178,19 @@ fn exec_init(init: &Path, stages: &Stages) -> io::Result<std::convert::Infallibl
             CString::new(kv).ok()
         })
         .collect();
-    env.push(sys::cstr(&format!("{}={}", crate::stages::ENV, stages.encode()))?);
+    env.push(sys::cstr(&format!(
+        "{}={}",
+        crate::stages::ENV,
+        stages.encode()
+    ))?);
     let mut envp: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
     envp.push(std::ptr::null());
     // SAFETY: argv and envp are NULL-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    Err(ctx(io::Error::last_os_error(), &format!("exec {}", init.display())))
+    Err(ctx(
+        io::Error::last_os_error(),
+        &format!("exec {}", init.display()),
+    ))
 }
 
 /// Adds what was being done to an I/O error, keeping its kind.

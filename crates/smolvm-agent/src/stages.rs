@@ -51,7 +51,9 @@ impl Stages {
 
     /// Takes stage-1 stamps from the environment (and removes the variable so children never see it).
     pub fn from_env() -> Stages {
-        let s = std::env::var(ENV).map(|v| Stages::decode(&v)).unwrap_or_default();
+        let s = std::env::var(ENV)
+            .map(|v| Stages::decode(&v))
+            .unwrap_or_default();
         std::env::remove_var(ENV);
         s
     }

@@ -35,6 +35,11 @@ enum Command {
     Info(cmd::list::InfoArgs),
     /// Check prerequisites and what this host can do.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Build and list guest images.
+    Image {
+        #[command(subcommand)]
+        cmd: cmd::image::ImageCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::list(&cli, a),
         Command::Info(a) => cmd::list::info(&cli, a),
         Command::Doctor(a) => cmd::doctor::run(&cli, a),
+        Command::Image { cmd } => cmd::image::run(&cli, cmd),
     };
     match result {
         Ok(code) => code,

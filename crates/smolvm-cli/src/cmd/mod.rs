@@ -2,4 +2,5 @@
 //! `fn(&Cli, &Args) -> anyhow::Result<ExitCode>`.
 
 pub mod doctor;
+pub mod image;
 pub mod list;

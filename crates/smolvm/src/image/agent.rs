@@ -69,7 +69,10 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
     match first_dynamic {
         Some(path) => Err(ImageError::AgentNotStatic { path }),
         None => Err(ImageError::AgentMissing {
-            searched: cands.into_iter().filter(|c| c.parent().is_some_and(Path::exists)).collect(),
+            searched: cands
+                .into_iter()
+                .filter(|c| c.parent().is_some_and(Path::exists))
+                .collect(),
         }),
     }
 }
@@ -108,7 +111,10 @@ mod tests {
         let dynamic = t.path().join("dynamic");
         std::fs::write(&dynamic, build_test_elf(true, &[])).unwrap();
         assert_eq!(locate(Some(&stat)).unwrap(), stat);
-        assert!(matches!(locate(Some(&dynamic)), Err(ImageError::AgentNotStatic { .. })));
+        assert!(matches!(
+            locate(Some(&dynamic)),
+            Err(ImageError::AgentNotStatic { .. })
+        ));
         let missing = t.path().join("missing");
         let e = locate(Some(&missing)).unwrap_err();
         assert!(e.to_string().contains("scripts/build-agent.sh"), "{e}");
@@ -118,7 +124,9 @@ mod tests {
     fn default_candidates_include_the_static_target() {
         let c = candidates(None);
         if std::env::var_os(AGENT_ENV).is_none() {
-            assert!(c.iter().any(|p| p.ends_with("x86_64-unknown-linux-gnu/release/smolvm-agent")));
+            assert!(c
+                .iter()
+                .any(|p| p.ends_with("x86_64-unknown-linux-gnu/release/smolvm-agent")));
         }
     }
 }

@@ -55,7 +55,10 @@ impl fmt::Debug for ImageOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ImageOptions")
             .field("name", &self.name)
-            .field("ssh_password", &self.ssh_password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "ssh_password",
+                &self.ssh_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("ssh_public_key", &self.ssh_public_key)
             .field("rootfs_size_mib", &self.rootfs_size_mib)
             .field("force", &self.force)
@@ -147,7 +150,11 @@ impl ImageBuilder {
 
     /// Uses a kernel on this machine: a bzImage and its modules directory (`lib/modules/<release>`;
     /// `None` if every needed driver is built in). For hosts without apt.
-    pub fn with_kernel(mut self, bzimage: impl Into<PathBuf>, modules_dir: Option<PathBuf>) -> Self {
+    pub fn with_kernel(
+        mut self,
+        bzimage: impl Into<PathBuf>,
+        modules_dir: Option<PathBuf>,
+    ) -> Self {
         self.kernel = KernelSource::Local {
             bzimage: bzimage.into(),
             modules_dir,
@@ -278,7 +285,10 @@ impl ImageBuilder {
         if !opts.force {
             if let Ok(img) = GuestImage::load(&dest) {
                 if img.fingerprint == inputs.fingerprint && img.is_complete() {
-                    return Ok(GuestImage { cached: true, ..img });
+                    return Ok(GuestImage {
+                        cached: true,
+                        ..img
+                    });
                 }
             }
         }
@@ -319,7 +329,10 @@ impl ImageBuilder {
         let mut module_data = Vec::new();
         for m in &kernel.meta.modules {
             let p = mdir.join(m);
-            module_data.push((m.clone(), fs::read(&p).map_err(|e| ImageError::io("read", &p, e))?));
+            module_data.push((
+                m.clone(),
+                fs::read(&p).map_err(|e| ImageError::io("read", &p, e))?,
+            ));
         }
         let refs: Vec<ModuleRef<'_>> = module_data
             .iter()
@@ -329,12 +342,17 @@ impl ImageBuilder {
             })
             .collect();
         let list_path = mdir.join("load.list");
-        let list = fs::read_to_string(&list_path).map_err(|e| ImageError::io("read", &list_path, e))?;
+        let list =
+            fs::read_to_string(&list_path).map_err(|e| ImageError::io("read", &list_path, e))?;
         initramfs::write(&tmp.join(INITRD_FILE), &agent_bytes, &refs, &list)?;
 
         report.step("building the root filesystem");
         let staging = tmp.join("staging");
-        let hash = opts.ssh_password.as_deref().map(etc::hash_password).transpose()?;
+        let hash = opts
+            .ssh_password
+            .as_deref()
+            .map(etc::hash_password)
+            .transpose()?;
         let etc_files = etc::files(hash.as_deref(), opts.ssh_public_key.as_deref());
         rootfs::stage(
             &staging,
@@ -472,18 +490,42 @@ mod tests {
         let ok = ImageOptions::default();
         assert!(ok.validate().is_ok());
         for bad in [
-            ImageOptions { name: "".into(), ..ImageOptions::default() },
-            ImageOptions { name: ".hidden".into(), ..ImageOptions::default() },
-            ImageOptions { name: "a/b".into(), ..ImageOptions::default() },
-            ImageOptions { rootfs_size_mib: 10, ..ImageOptions::default() },
-            ImageOptions { ssh_password: Some("".into()), ..ImageOptions::default() },
-            ImageOptions { ssh_public_key: Some("nope".into()), ..ImageOptions::default() },
+            ImageOptions {
+                name: "".into(),
+                ..ImageOptions::default()
+            },
+            ImageOptions {
+                name: ".hidden".into(),
+                ..ImageOptions::default()
+            },
+            ImageOptions {
+                name: "a/b".into(),
+                ..ImageOptions::default()
+            },
+            ImageOptions {
+                rootfs_size_mib: 10,
+                ..ImageOptions::default()
+            },
+            ImageOptions {
+                ssh_password: Some("".into()),
+                ..ImageOptions::default()
+            },
+            ImageOptions {
+                ssh_public_key: Some("nope".into()),
+                ..ImageOptions::default()
+            },
         ] {
             let e = bad.validate().unwrap_err();
             assert!(matches!(e, ImageError::InvalidOption { .. }), "{e}");
             assert!(matches!(crate::Error::from(e), crate::Error::Validation(_)));
         }
-        let dbg = format!("{:?}", ImageOptions { ssh_password: Some("hunter2".into()), ..ImageOptions::default() });
+        let dbg = format!(
+            "{:?}",
+            ImageOptions {
+                ssh_password: Some("hunter2".into()),
+                ..ImageOptions::default()
+            }
+        );
         assert!(!dbg.contains("hunter2"));
     }
 
@@ -493,6 +535,9 @@ mod tests {
         let b = ImageBuilder::new(t.path());
         assert!(b.list().unwrap().is_empty());
         let e = b.get("nope").unwrap_err();
-        assert!(e.to_string().contains("smolvm image build --name nope"), "{e}");
+        assert!(
+            e.to_string().contains("smolvm image build --name nope"),
+            "{e}"
+        );
     }
 }

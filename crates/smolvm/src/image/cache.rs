@@ -196,7 +196,11 @@ mod tests {
         fs::write(b.path().join("f"), "two").unwrap();
         b.commit(&dest).unwrap();
         assert_eq!(fs::read_to_string(dest.join("f")).unwrap(), "two");
-        let names: Vec<_> = fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("img")]);
     }
 
@@ -230,16 +234,32 @@ mod tests {
                 })
             })
             .collect();
-        let built = handles.into_iter().map(|h| h.join().unwrap()).filter(|b| *b).count();
+        let built = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|b| *b)
+            .count();
         assert_eq!(built, 1, "exactly one builder builds, the others reuse");
     }
 
     #[test]
     fn fingerprints_are_unambiguous() {
-        let a = Fingerprint::default().add("x", b"ab").add("y", b"c").finish();
-        let b = Fingerprint::default().add("x", b"a").add("y", b"bc").finish();
+        let a = Fingerprint::default()
+            .add("x", b"ab")
+            .add("y", b"c")
+            .finish();
+        let b = Fingerprint::default()
+            .add("x", b"a")
+            .add("y", b"bc")
+            .finish();
         assert_ne!(a, b);
-        assert_eq!(a, Fingerprint::default().add("x", b"ab").add("y", b"c").finish());
+        assert_eq!(
+            a,
+            Fingerprint::default()
+                .add("x", b"ab")
+                .add("y", b"c")
+                .finish()
+        );
         assert_eq!(a.len(), 64);
     }
 }

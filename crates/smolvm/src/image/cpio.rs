@@ -173,6 +173,8 @@ mod tests {
         for want in ["dev/console", "lib/odd", "sbin -> lib", "init"] {
             assert!(list.contains(want), "{want} missing in:\n{list}");
         }
-        assert!(list.lines().any(|l| l.starts_with("crw-------") && l.contains("5,")));
+        assert!(list
+            .lines()
+            .any(|l| l.starts_with("crw-------") && l.contains("5,")));
     }
 }

@@ -122,8 +122,7 @@ pub fn download(pkg: &ResolvedPackage, dir: &Path) -> Result<PathBuf, ImageError
         )
     })?;
     let prefix = format!("{}_", pkg.package);
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| ImageError::io("read directory", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io("read directory", dir, e))?;
     entries
         .flatten()
         .map(|e| e.path())
@@ -217,7 +216,13 @@ pub fn extract_with_tar(deb: &Path, dest: &Path) -> Result<(), ImageError> {
     };
     let tar = tools::require("tar", "tar")?;
     let mut cmd = Command::new(tar);
-    cmd.arg("-x").args(flag).arg("--no-same-owner").arg("-f").arg("-").arg("-C").arg(dest);
+    cmd.arg("-x")
+        .args(flag)
+        .arg("--no-same-owner")
+        .arg("-f")
+        .arg("-")
+        .arg("-C")
+        .arg(dest);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -228,8 +233,9 @@ pub fn extract_with_tar(deb: &Path, dest: &Path) -> Result<(), ImageError> {
             source,
         })?;
     let copied = match child.stdin.take() {
-        Some(mut stdin) => super::ar::copy_member(&mut f, data, &mut stdin)
-            .and_then(|_| stdin.flush()),
+        Some(mut stdin) => {
+            super::ar::copy_member(&mut f, data, &mut stdin).and_then(|_| stdin.flush())
+        }
         None => Ok(()),
     };
     let out = child
@@ -312,12 +318,18 @@ mod tests {
         let out1 = t.path().join("out-tar");
         std::fs::create_dir_all(&out1).unwrap();
         extract_with_tar(&deb, &out1).unwrap();
-        assert_eq!(std::fs::read(out1.join("boot/vmlinuz-test")).unwrap(), b"kernel bytes");
+        assert_eq!(
+            std::fs::read(out1.join("boot/vmlinuz-test")).unwrap(),
+            b"kernel bytes"
+        );
 
         if tools::which("dpkg-deb").is_some() {
             let out2 = t.path().join("out-dpkg");
             extract(&deb, &out2).unwrap();
-            assert_eq!(std::fs::read(out2.join("boot/vmlinuz-test")).unwrap(), b"kernel bytes");
+            assert_eq!(
+                std::fs::read(out2.join("boot/vmlinuz-test")).unwrap(),
+                b"kernel bytes"
+            );
             assert_eq!(control_field(&deb, "Version").unwrap(), "1.2-3");
         } else {
             eprintln!("dpkg-deb not installed: only the tar path was tested");

@@ -39,15 +39,21 @@ struct Shdr {
 
 fn u16_at(d: &[u8], off: u64) -> Option<u16> {
     let o = usize::try_from(off).ok()?;
-    Some(u16::from_le_bytes(d.get(o..o.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        d.get(o..o.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn u32_at(d: &[u8], off: u64) -> Option<u32> {
     let o = usize::try_from(off).ok()?;
-    Some(u32::from_le_bytes(d.get(o..o.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        d.get(o..o.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(d: &[u8], off: u64) -> Option<u64> {
     let o = usize::try_from(off).ok()?;
-    Some(u64::from_le_bytes(d.get(o..o.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        d.get(o..o.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 impl<'a> Elf<'a> {

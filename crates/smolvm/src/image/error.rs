@@ -170,7 +170,8 @@ impl ImageError {
     /// Wraps an I/O error; a full disk becomes [`ImageError::NoSpace`] so the message says what to do.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
-        if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT)
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
         {
             ImageError::NoSpace {
                 action,

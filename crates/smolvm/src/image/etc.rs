@@ -102,11 +102,14 @@ pub fn check_public_key(text: &str) -> Result<(), ImageError> {
     }
     for l in lines {
         if l.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(ImageError::invalid("ssh_public_key", "contains control characters"));
+            return Err(ImageError::invalid(
+                "ssh_public_key",
+                "contains control characters",
+            ));
         }
-        let looks_like_key = l.split_whitespace().any(|w| {
-            w.starts_with("ssh-") || w.starts_with("ecdsa-sha2-") || w.starts_with("sk-")
-        });
+        let looks_like_key = l
+            .split_whitespace()
+            .any(|w| w.starts_with("ssh-") || w.starts_with("ecdsa-sha2-") || w.starts_with("sk-"));
         if !looks_like_key {
             let shown: String = l.chars().take(40).collect();
             return Err(ImageError::invalid(
@@ -134,13 +137,20 @@ mod tests {
     fn shadow_and_keys() {
         let f = files(Some("$6$salt$hash"), Some("ssh-ed25519 AAAA k"));
         let get = |p: &str| f.iter().find(|(q, _, _)| *q == p).unwrap().clone();
-        assert_eq!(get("etc/shadow").2.lines().next().unwrap(), "root:$6$salt$hash::0:99999:7:::");
+        assert_eq!(
+            get("etc/shadow").2.lines().next().unwrap(),
+            "root:$6$salt$hash::0:99999:7:::"
+        );
         assert_eq!(get("etc/shadow").1, 0o600);
         assert_eq!(get("root/.ssh/authorized_keys").2, "ssh-ed25519 AAAA k\n");
         let f = files(None, None);
         assert!(f.iter().all(|(p, _, _)| *p != "root/.ssh/authorized_keys"));
-        assert!(f.iter().any(|(p, _, c)| *p == "etc/shadow" && c.starts_with("root:*:")));
-        assert!(f.iter().any(|(p, _, c)| *p == "etc/profile" && c.contains("/etc/profile.d/*.sh")));
+        assert!(f
+            .iter()
+            .any(|(p, _, c)| *p == "etc/shadow" && c.starts_with("root:*:")));
+        assert!(f
+            .iter()
+            .any(|(p, _, c)| *p == "etc/profile" && c.contains("/etc/profile.d/*.sh")));
     }
 
     #[test]

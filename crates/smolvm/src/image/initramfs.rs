@@ -34,7 +34,15 @@ pub fn write(
     let f = File::create(dest).map_err(|e| ImageError::io("create", dest, e))?;
     let mut w = CpioWriter::new(BufWriter::new(f));
     let res = (|| -> std::io::Result<()> {
-        for d in ["dev", "proc", "sys", "newroot", "lib", "lib/modules", MODULE_DIR] {
+        for d in [
+            "dev",
+            "proc",
+            "sys",
+            "newroot",
+            "lib",
+            "lib/modules",
+            MODULE_DIR,
+        ] {
             w.dir(d, 0o755)?;
         }
         // The kernel opens /dev/console of the initramfs as init's stdin/stdout/stderr.
@@ -42,7 +50,11 @@ pub fn write(
         for m in modules {
             w.file(&format!("{MODULE_DIR}/{}", m.file_name), 0o644, m.data)?;
         }
-        w.file(&format!("{MODULE_DIR}/load.list"), 0o644, load_list.as_bytes())?;
+        w.file(
+            &format!("{MODULE_DIR}/load.list"),
+            0o644,
+            load_list.as_bytes(),
+        )?;
         w.file("init", 0o755, agent)?;
         Ok(())
     })();
@@ -74,7 +86,12 @@ mod tests {
             .output()
             .unwrap();
         let list = String::from_utf8_lossy(&out.stdout);
-        for want in ["init", "dev/console", "lib/modules/smolvm/virtio.ko", "lib/modules/smolvm/load.list"] {
+        for want in [
+            "init",
+            "dev/console",
+            "lib/modules/smolvm/virtio.ko",
+            "lib/modules/smolvm/load.list",
+        ] {
             assert!(list.lines().any(|l| l == want), "{want} missing:\n{list}");
         }
     }

@@ -111,7 +111,9 @@ pub fn identify(source: &KernelSource, memo_dir: &Path) -> Result<KernelId, Imag
             let memo: Option<AptMemo> = fs::read(&memo_path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
-                .filter(|m: &AptMemo| m.state_key == state_key && m.resolved.requested == *requested);
+                .filter(|m: &AptMemo| {
+                    m.state_key == state_key && m.resolved.requested == *requested
+                });
             let resolved = match memo {
                 Some(m) => m.resolved,
                 None => {
@@ -190,7 +192,11 @@ pub fn prepare(
             let deb_path = deb::download(pkg, &dl)?;
             let description = match &pkg.version {
                 Some(_) => id.description.clone(),
-                None => format!("{} {}", pkg.package, deb::control_field(&deb_path, "Version")?),
+                None => format!(
+                    "{} {}",
+                    pkg.package,
+                    deb::control_field(&deb_path, "Version")?
+                ),
             };
             report.step(format!("unpacking {}", pkg.package));
             let x = tmp.join("unpacked");
@@ -198,9 +204,13 @@ pub fn prepare(
             let (bz, mods) = find_kernel_files(&x, &deb_path)?;
             (bz, Some(mods), description)
         }
-        (KernelSource::Local { bzimage, modules_dir }, _) => {
-            (bzimage.clone(), modules_dir.clone(), id.description.clone())
-        }
+        (
+            KernelSource::Local {
+                bzimage,
+                modules_dir,
+            },
+            _,
+        ) => (bzimage.clone(), modules_dir.clone(), id.description.clone()),
         (KernelSource::Package(p), None) => {
             return Err(ImageError::BadPackage {
                 path: PathBuf::from(p),
@@ -340,7 +350,10 @@ mod tests {
         fs::write(t.path().join("boot/vmlinuz-6.1.0-9-cloud-amd64"), b"k").unwrap();
         fs::write(t.path().join("boot/config-6.1.0-9-cloud-amd64"), b"c").unwrap();
         let e = find_kernel_files(t.path(), Path::new("x.deb")).unwrap_err();
-        assert!(e.to_string().contains("lib/modules/6.1.0-9-cloud-amd64"), "{e}");
+        assert!(
+            e.to_string().contains("lib/modules/6.1.0-9-cloud-amd64"),
+            "{e}"
+        );
         fs::create_dir_all(t.path().join("usr/lib/modules/6.1.0-9-cloud-amd64")).unwrap();
         let (bz, m) = find_kernel_files(t.path(), Path::new("x.deb")).unwrap();
         assert!(bz.ends_with("boot/vmlinuz-6.1.0-9-cloud-amd64"));

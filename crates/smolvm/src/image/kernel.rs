@@ -126,8 +126,8 @@ pub fn extract_vmlinux(data: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> 
     };
     let bz = parse_bzimage(data).map_err(kerr)?;
     let payload = &data[bz.payload_offset..bz.payload_offset + bz.payload_len];
-    let method = Compression::detect(payload)
-        .ok_or_else(|| kerr("unknown payload compression".into()))?;
+    let method =
+        Compression::detect(payload).ok_or_else(|| kerr("unknown payload compression".into()))?;
     // All methods but gzip carry the uncompressed size as a 4-byte trailer.
     let body = match method {
         Compression::Gzip | Compression::None => payload,
@@ -151,11 +151,16 @@ pub fn extract_vmlinux(data: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> 
         Compression::Lzo => tools::filter(&["lzop", "-dc"], "lzop", body)?,
     };
     if raw.len() > MAX_VMLINUX {
-        return Err(kerr(format!("payload decompresses to over {MAX_VMLINUX} bytes")));
+        return Err(kerr(format!(
+            "payload decompresses to over {MAX_VMLINUX} bytes"
+        )));
     }
     let elf = Elf::parse(&raw).map_err(|e| kerr(format!("payload is not a vmlinux: {e}")))?;
     if elf.machine != EM_X86_64 {
-        return Err(kerr(format!("vmlinux is for machine {}, not x86_64", elf.machine)));
+        return Err(kerr(format!(
+            "vmlinux is for machine {}, not x86_64",
+            elf.machine
+        )));
     }
     // Drop the relocation data that follows the ELF image.
     let end = elf.extent() as usize;
@@ -175,9 +180,9 @@ pub fn write_vmlinux(bzimage: &Path, dest: &Path) -> Result<Option<String>, Imag
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::elf::build_test_elf;
     use std::io::Write;
     use std::process::{Command, Stdio};
-    use crate::image::elf::build_test_elf;
 
     /// A fake bzImage: boot header with the release string, then `payload`.
     fn fake_bzimage(payload: &[u8]) -> Vec<u8> {
@@ -253,7 +258,10 @@ mod tests {
         child.stdin.take().unwrap().write_all(&raw).unwrap();
         let mut payload = child.wait_with_output().unwrap().stdout;
         payload.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-        assert_eq!(extract_vmlinux(&fake_bzimage(&payload), Path::new("k")).unwrap(), elf);
+        assert_eq!(
+            extract_vmlinux(&fake_bzimage(&payload), Path::new("k")).unwrap(),
+            elf
+        );
     }
 
     #[test]

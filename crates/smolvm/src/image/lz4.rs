@@ -15,8 +15,9 @@ const LEGACY_BLOCK_MAX: usize = 8 << 20;
 pub fn decompress_legacy(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     let mut pos = 0;
     let mut out = Vec::new();
-    let read_u32 =
-        |p: usize| -> Option<u32> { Some(u32::from_le_bytes(input.get(p..p + 4)?.try_into().ok()?)) };
+    let read_u32 = |p: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(input.get(p..p + 4)?.try_into().ok()?))
+    };
     if read_u32(0) != Some(LEGACY_MAGIC) {
         return Err("not a legacy LZ4 stream (bad magic)".into());
     }
@@ -138,7 +139,10 @@ mod tests {
         frame.extend_from_slice(&(blk.len() as u32).to_le_bytes());
         frame.extend_from_slice(&blk);
         frame.extend_from_slice(&15u32.to_le_bytes()); // kernel's size trailer: ignored
-        assert_eq!(decompress_legacy(&frame, 1 << 20).unwrap(), b"abcdabcdabcdxyz");
+        assert_eq!(
+            decompress_legacy(&frame, 1 << 20).unwrap(),
+            b"abcdabcdabcdxyz"
+        );
         assert!(decompress_legacy(&frame, 4).is_err());
     }
 
@@ -151,12 +155,15 @@ mod tests {
         decompress_block(&b, &mut out, 100).unwrap();
         assert_eq!(out, vec![b'q'; 20]);
         for bad in [
-            vec![0x10],                      // literal past the end
-            vec![0x04, b'a', 5, 0],          // offset beyond output
-            vec![0x04, b'a', 0, 0],          // zero offset
+            vec![0x10],                       // literal past the end
+            vec![0x04, b'a', 5, 0],           // offset beyond output
+            vec![0x04, b'a', 0, 0],           // zero offset
             vec![0x1F, b'a', 1, 0, 255, 255], // unterminated match length
         ] {
-            assert!(decompress_block(&bad, &mut Vec::new(), 1000).is_err(), "{bad:?}");
+            assert!(
+                decompress_block(&bad, &mut Vec::new(), 1000).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(decompress_legacy(b"nope", 10).is_err());
     }
@@ -169,7 +176,9 @@ mod tests {
             return;
         };
         let t = tempfile::tempdir().unwrap();
-        let plain: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let plain: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let src = t.path().join("plain");
         std::fs::write(&src, &plain).unwrap();
         let dst = t.path().join("plain.lz4");

@@ -27,16 +27,52 @@ pub struct Wanted {
 /// The guest's drivers, transports first (their devices must exist before the drivers' conditions are
 /// checked).
 pub const WANTED: &[Wanted] = &[
-    Wanted { name: "virtio_mmio", condition: "always", required: true },
-    Wanted { name: "virtio_pci", condition: "pci", required: false },
-    Wanted { name: "virtio_blk", condition: "virtio:2", required: true },
-    Wanted { name: "virtio_net", condition: "virtio:1", required: true },
-    Wanted { name: "virtio_console", condition: "virtio:3", required: true },
-    Wanted { name: "virtio_rng", condition: "virtio:4", required: false },
-    Wanted { name: "vmw_vsock_virtio_transport", condition: "virtio:19", required: true },
+    Wanted {
+        name: "virtio_mmio",
+        condition: "always",
+        required: true,
+    },
+    Wanted {
+        name: "virtio_pci",
+        condition: "pci",
+        required: false,
+    },
+    Wanted {
+        name: "virtio_blk",
+        condition: "virtio:2",
+        required: true,
+    },
+    Wanted {
+        name: "virtio_net",
+        condition: "virtio:1",
+        required: true,
+    },
+    Wanted {
+        name: "virtio_console",
+        condition: "virtio:3",
+        required: true,
+    },
+    Wanted {
+        name: "virtio_rng",
+        condition: "virtio:4",
+        required: false,
+    },
+    Wanted {
+        name: "vmw_vsock_virtio_transport",
+        condition: "virtio:19",
+        required: true,
+    },
     // ACPI power button -> input event the agent watches (QEMU's system_powerdown).
-    Wanted { name: "button", condition: "acpi", required: false },
-    Wanted { name: "evdev", condition: "acpi", required: false },
+    Wanted {
+        name: "button",
+        condition: "acpi",
+        required: false,
+    },
+    Wanted {
+        name: "evdev",
+        condition: "acpi",
+        required: false,
+    },
 ];
 
 /// One module to ship.
@@ -64,7 +100,8 @@ pub struct Selection {
 impl Selection {
     /// The agent's `load.list`.
     pub fn load_list(&self) -> String {
-        let mut s = String::from("# smolvm module load list: <file> <condition>[,<condition>...]\n");
+        let mut s =
+            String::from("# smolvm module load list: <file> <condition>[,<condition>...]\n");
         for m in &self.modules {
             let conds: Vec<&str> = m.conditions.iter().map(String::as_str).collect();
             s.push_str(&format!("{} {}\n", m.file_name, conds.join(",")));
@@ -163,7 +200,16 @@ pub fn select(dir: &Path, release: Option<&str>) -> Result<Selection, ImageError
             continue;
         }
         let mut closure = Vec::new();
-        match visit(w.name, &files, &builtin, release, &mut loaded, &mut order, &mut closure, 0) {
+        match visit(
+            w.name,
+            &files,
+            &builtin,
+            release,
+            &mut loaded,
+            &mut order,
+            &mut closure,
+            0,
+        ) {
             Ok(()) => closure_of.push((*w, closure)),
             Err(missing) if w.required => {
                 return Err(match missing {
@@ -273,7 +319,16 @@ fn visit(
     }
     let deps = loaded.get(name).map(|(_, d)| d.clone()).unwrap_or_default();
     for d in &deps {
-        visit(d, files, builtin, release, loaded, order, closure, depth + 1)?;
+        visit(
+            d,
+            files,
+            builtin,
+            release,
+            loaded,
+            order,
+            closure,
+            depth + 1,
+        )?;
     }
     closure.push(name.to_string());
     if !order.iter().any(|o| o == name) {
@@ -307,17 +362,27 @@ mod tests {
             ("virtio_console", "virtio,virtio_ring"),
             ("vsock", ""),
             ("vmw_vsock_virtio_transport_common", "vsock"),
-            ("vmw_vsock_virtio_transport", "virtio,vmw_vsock_virtio_transport_common,virtio_ring,vsock"),
+            (
+                "vmw_vsock_virtio_transport",
+                "virtio,vmw_vsock_virtio_transport_common,virtio_ring,vsock",
+            ),
         ];
         for (n, d) in mods {
             if !skip.contains(&n) {
-                std::fs::write(k.join(format!("{n}.ko")), ko(n, d))
-                    .unwrap();
+                std::fs::write(k.join(format!("{n}.ko")), ko(n, d)).unwrap();
             }
         }
         // virtio-rng ships with a dash in its file name.
-        std::fs::write(k.join("virtio-rng.ko"), ko("virtio_rng", "virtio,virtio_ring")).unwrap();
-        std::fs::write(t.path().join("modules.builtin"), "kernel/fs/ext4/ext4.ko\nkernel/drivers/input/evdev.ko\n").unwrap();
+        std::fs::write(
+            k.join("virtio-rng.ko"),
+            ko("virtio_rng", "virtio,virtio_ring"),
+        )
+        .unwrap();
+        std::fs::write(
+            t.path().join("modules.builtin"),
+            "kernel/fs/ext4/ext4.ko\nkernel/drivers/input/evdev.ko\n",
+        )
+        .unwrap();
         t
     }
 
@@ -326,14 +391,26 @@ mod tests {
         let t = fixture(&[]);
         let sel = select(t.path(), Some("6.1.0-test")).unwrap();
         let names: Vec<&str> = sel.modules.iter().map(|m| m.name.as_str()).collect();
-        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} missing"));
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|x| *x == n)
+                .unwrap_or_else(|| panic!("{n} missing"))
+        };
         assert!(pos("virtio") < pos("virtio_mmio"));
         assert!(pos("virtio_mmio") < pos("virtio_blk"));
         assert!(pos("failover") < pos("net_failover"));
         assert!(pos("net_failover") < pos("virtio_net"));
         assert!(pos("vsock") < pos("vmw_vsock_virtio_transport"));
         assert!(!names.contains(&"evdev"), "built in");
-        let cond = |n: &str| sel.modules[pos(n)].conditions.iter().cloned().collect::<Vec<_>>().join(",");
+        let cond = |n: &str| {
+            sel.modules[pos(n)]
+                .conditions
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         assert_eq!(cond("virtio"), "always");
         assert_eq!(cond("net_failover"), "virtio:1");
         assert_eq!(cond("vsock"), "virtio:19");
@@ -348,10 +425,16 @@ mod tests {
     fn missing_required_driver_or_wrong_kernel_fails() {
         let t = fixture(&["virtio_blk"]);
         let e = select(t.path(), Some("6.1.0-test")).unwrap_err();
-        assert!(matches!(&e, ImageError::ModuleMissing { module, .. } if module == "virtio_blk"), "{e}");
+        assert!(
+            matches!(&e, ImageError::ModuleMissing { module, .. } if module == "virtio_blk"),
+            "{e}"
+        );
         let t = fixture(&["failover"]);
         let e = select(t.path(), Some("6.1.0-test")).unwrap_err();
-        assert!(matches!(&e, ImageError::ModuleMissing { module, .. } if module == "failover"), "{e}");
+        assert!(
+            matches!(&e, ImageError::ModuleMissing { module, .. } if module == "failover"),
+            "{e}"
+        );
         let t = fixture(&[]);
         let e = select(t.path(), Some("6.2.0-other")).unwrap_err();
         assert!(e.to_string().contains("6.2.0-other"), "{e}");

@@ -159,14 +159,16 @@ pub fn stage(root: &Path, c: &Contents<'_>) -> Result<(), ImageError> {
     for (path, mode, text) in c.etc_files {
         let dest = root.join(path);
         fs::write(&dest, text).map_err(io("write", &dest))?;
-        fs::set_permissions(&dest, fs::Permissions::from_mode(*mode)).map_err(io("chmod", &dest))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(*mode))
+            .map_err(io("chmod", &dest))?;
     }
     Ok(())
 }
 
 fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), ImageError> {
     fs::copy(from, to).map_err(|e| ImageError::io("copy", from, e))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(|e| ImageError::io("chmod", to, e))
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))
+        .map_err(|e| ImageError::io("chmod", to, e))
 }
 
 /// Makes the ext4 image `dest` of `size_mib` from `staging`. The file is sparse: only what is written
@@ -180,9 +182,13 @@ pub fn make_ext4(staging: &Path, dest: &Path, size_mib: u64) -> Result<(), Image
     tools::run(
         Command::new(mkfs)
             .args(["-q", "-F", "-L", "smolvm-root", "-m", "0"])
-            // The file is fresh and sparse, so its tables read as zeros already: no need to write them
-            // now or (worse) have every guest's kernel zero them lazily after boot.
-            .args(["-E", "lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0"])
+            // Inode tables are initialised now (sparse writes, instant) rather than lazily by every
+            // guest's kernel after boot; the journal is left unwritten because the fresh sparse file
+            // reads as zeros already (saves 16 MiB of real disk per image and per VM copy).
+            .args([
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=1,root_owner=0:0",
+            ])
             .arg("-d")
             .arg(staging)
             .arg(dest),
@@ -282,7 +288,11 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let m = fs::metadata(&img).unwrap();
         assert_eq!(m.len(), 64 << 20);
-        assert!(m.blocks() * 512 < m.len() / 2, "not sparse: {} blocks", m.blocks());
+        assert!(
+            m.blocks() * 512 < m.len() / 2,
+            "not sparse: {} blocks",
+            m.blocks()
+        );
         let out = Command::new(tools::which("debugfs").unwrap())
             .args(["-R", "cat /etc/hostname"])
             .arg(&img)

@@ -1,8 +1,8 @@
 //! Host tools the builder runs (always with argv vectors, never through a shell).
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use super::error::ImageError;
@@ -14,8 +14,9 @@ const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin
 /// A path as a C string (fails on interior NUL bytes).
 pub fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
+    })
 }
 
 /// Finds `tool` in `$PATH` or the sbin directories.
@@ -92,7 +93,11 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Runs a decompressor over `input` and returns its output.
-pub fn filter(argv: &[&'static str], package: &'static str, input: &[u8]) -> Result<Vec<u8>, ImageError> {
+pub fn filter(
+    argv: &[&'static str],
+    package: &'static str,
+    input: &[u8],
+) -> Result<Vec<u8>, ImageError> {
     let prog = require(argv[0], package)?;
     let mut cmd = Command::new(prog);
     cmd.args(&argv[1..]);
@@ -137,7 +142,10 @@ mod tests {
         assert!(which("definitely-not-a-tool-smolvm").is_none());
         let err = run(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("oops") && msg.contains("exit status: 3"), "{msg}");
+        assert!(
+            msg.contains("oops") && msg.contains("exit status: 3"),
+            "{msg}"
+        );
         assert!(matches!(
             require("definitely-not-a-tool-smolvm", "nothing"),
             Err(ImageError::ToolMissing { .. })
