@@ -23,9 +23,7 @@ use crate::error::{Error, Result};
 use crate::exec::{AgentClient, CommandResult, ExecError, DEFAULT_RUN_TIMEOUT};
 use crate::image::{ImageBuilder, ImageOptions};
 use crate::info::{VmInfo, VmState};
-use crate::manager::{
-    CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS,
-};
+use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
 
 /// Default graceful stop timeout of the facade, seconds (spec: `SmolVM.stop(timeout=3.0)`).
 pub const FACADE_STOP_TIMEOUT_SECS: f64 = 3.0;
@@ -298,7 +296,11 @@ impl SmolVm {
 
     /// [`run`](Self::run) with a timeout (default 30 s, as the spec); on expiry the command's process
     /// group is killed in the guest and `Error::OperationTimeout` returned.
-    pub fn run_with_timeout(&self, command: &str, timeout: Option<Duration>) -> Result<CommandResult> {
+    pub fn run_with_timeout(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+    ) -> Result<CommandResult> {
         self.with_agent(|c| Ok(c.run(command, timeout.or(Some(DEFAULT_RUN_TIMEOUT)))?))
     }
 
@@ -308,7 +310,8 @@ impl SmolVm {
             return Err(Error::InvalidState {
                 vm_id: self.vm_id.clone(),
                 status: self.info.status,
-                operation: "run commands (the image has no smolvm agent: boot args lack init=/init)",
+                operation:
+                    "run commands (the image has no smolvm agent: boot args lack init=/init)",
             });
         }
         let mut slot = self.agent_slot();
