@@ -2,5 +2,8 @@
 //! `fn(&Cli, &Args) -> anyhow::Result<ExitCode>`.
 
 pub mod bench;
+pub mod common;
 pub mod doctor;
+pub mod image;
 pub mod list;
+pub mod vm;
