@@ -59,6 +59,7 @@ mod tests {
             tap_device: "smv-2".into(),
             guest_mac: "02:00:00:00:00:02".into(),
             ssh_host_port: Some(42000),
+            mode: Default::default(),
         };
         assert_eq!(
             kernel_cmdline(
