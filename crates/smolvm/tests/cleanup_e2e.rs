@@ -78,7 +78,12 @@ impl Env {
     }
 
     fn manager(&self) -> SmolVmManager {
-        SmolVmManager::new(Some(&self.data), Some(&self.sockets), Some(BackendKind::Qemu)).unwrap()
+        SmolVmManager::new(
+            Some(&self.data),
+            Some(&self.sockets),
+            Some(BackendKind::Qemu),
+        )
+        .unwrap()
     }
 
     fn store(&self) -> StateStore {
@@ -165,7 +170,10 @@ fn cleanup_finds_and_removes_what_a_crash_left() {
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect()
     };
-    assert_eq!(names(&dry.sockets), ["dead.agent", "dead.qmp", "orphan.qmp"]);
+    assert_eq!(
+        names(&dry.sockets),
+        ["dead.agent", "dead.qmp", "orphan.qmp"]
+    );
     assert_eq!(names(&dry.temp_files), ["dead.tmp-4242"]);
     assert_eq!(names(&dry.vm_dirs), ["ghost"]);
     assert_eq!(dry.retained_disks.len(), 1);
@@ -196,9 +204,15 @@ fn cleanup_finds_and_removes_what_a_crash_left() {
     assert!(disks.join("kept.ext4").exists());
     assert!(!env.data.join("vms/ghost").exists());
     let links = sh(&["ip", "link", "show"]);
-    assert!(!links.contains("smv-77") && links.contains("smv-78"), "{links}");
+    assert!(
+        !links.contains("smv-77") && links.contains("smv-78"),
+        "{links}"
+    );
     let rules = sh(&["nft", "list", "ruleset"]);
-    assert!(!rules.contains("smolvm:netghost") && rules.contains("smolvm:alive"), "{rules}");
+    assert!(
+        !rules.contains("smolvm:netghost") && rules.contains("smolvm:alive"),
+        "{rules}"
+    );
 
     // A second run finds nothing new; only the retained disk is listed again.
     let again = m.cleanup(&CleanupOptions::default()).unwrap();
