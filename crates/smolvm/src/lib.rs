@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod dirs;
 pub mod error;
+pub mod exec;
 pub mod host;
 pub mod image;
 pub mod info;

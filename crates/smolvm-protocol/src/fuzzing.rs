@@ -1,0 +1,29 @@
+//! Entry points for fuzzers and the randomized tests: each takes arbitrary bytes and must return without
+//! panicking, whatever they are. `fuzz/` wraps them for cargo-fuzz; `tests/hostile_input.rs` drives
+//! them with random and mutated frames on stable Rust.
+
+use crate::frame::Frame;
+use crate::request::{Reply, Request};
+
+/// Decodes `data` as a stream of frames, parsing each both as a request and as a reply, until the bytes
+/// run out or the stream breaks. Returns how many frames decoded.
+pub fn decode_stream(data: &[u8]) -> usize {
+    let mut r = data;
+    let mut frames = 0;
+    loop {
+        match Frame::read_from(&mut r) {
+            Ok(frame) => {
+                frames += 1;
+                // Whatever parses must encode again.
+                if let Ok(req) = Request::from_frame(frame.clone()) {
+                    let _ = req.to_frame(frame.request_id);
+                }
+                if let Ok(reply) = Reply::from_frame(frame.clone()) {
+                    let _ = reply.to_frame(frame.request_id);
+                }
+            }
+            Err(e) if e.is_fatal() => return frames,
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! End-to-end lifecycle tests against real QEMU (TCG here). Each test runs inside a network namespace it
+//! creates and removes, uses private directories, and checks that nothing leaks. Run with `SMOLVM_E2E=1`
+//! as root; they skip otherwise.
+
+mod netns_util;
+mod vm_util;
+
+use std::time::Duration;
+
+use netns_util::{e2e, Netns};
+use smolvm::manager::{CreateOptions, NetworkChoice};
+use smolvm::{DiskMode, Error, SmolVm, VmState};
+use vm_util::{processes_mentioning, spec, TestEnv};
+
+const BOOT: Duration = Duration::from_secs(60);
+const TOOLS: &[&str] = &["qemu-system-x86_64", "mkfs.ext4", "ip"];
+
+fn no_net() -> CreateOptions {
+    CreateOptions {
+        network: NetworkChoice::None,
+    }
+}
+
+#[test]
+fn create_start_exec_stop_restart_delete() {
+    if !e2e("lifecycle", TOOLS) {
+        return;
+    }
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let env = TestEnv::new();
+    let m = &env.manager;
+    let config = spec("life-1").env_var("GREETING", "it's $(not) run").build().unwrap();
+
+    let info = m.create_with(&config, &no_net()).unwrap();
+    assert_eq!(info.status, VmState::Created);
+    assert_eq!(info.pid, None);
+    assert!(matches!(m.create_with(&config, &no_net()), Err(Error::VmAlreadyExists(_))));
+
+    let info = m.start("life-1", BOOT).unwrap();
+    assert_eq!(info.status, VmState::Running);
+    let pid = info.pid.expect("running VM has a pid");
+    assert!(info.socket_path.as_ref().unwrap().exists());
+    // Starting a running VM is a no-op.
+    assert_eq!(m.start("life-1", BOOT).unwrap().pid, Some(pid));
+
+    let vm = SmolVm::from_id("life-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    let r = vm.run("echo out; echo err >&2; exit 3").unwrap();
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(r.stdout, "out\n");
+    assert_eq!(r.stderr, "err\n");
+    assert!(!r.ok());
+    // Env vars from the config were injected at start and reach login shells verbatim.
+    assert_eq!(vm.run("printf %s \"$GREETING\"").unwrap().stdout, "it's $(not) run");
+    vm.close();
+
+    let info = m.stop("life-1", Duration::from_secs(10)).unwrap();
+    assert_eq!(info.status, VmState::Stopped);
+    assert_eq!(info.pid, None);
+    assert!(processes_mentioning(&env.socket_dir().join("life-1")).is_empty());
+    // The isolated disk kept what the guest wrote? Start again and check the VM still works.
+    let info = m.start("life-1", BOOT).unwrap();
+    assert_eq!(info.status, VmState::Running);
+    let vm = SmolVm::from_id("life-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    assert_eq!(vm.run("echo again").unwrap().output(), "again");
+    vm.close();
+
+    m.delete("life-1").unwrap();
+    env.assert_no_leaks("life-1");
+    assert!(matches!(m.delete("life-1"), Err(Error::VmNotFound(_))));
+}
+
+#[test]
+fn boot_timeout_leaves_no_process() {
+    if !e2e("boot timeout", TOOLS) {
+        return;
+    }
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let env = TestEnv::new();
+    let m = &env.manager;
+    m.create_with(&spec("slow-1").build().unwrap(), &no_net()).unwrap();
+    let err = m.start("slow-1", Duration::from_millis(50)).unwrap_err();
+    assert!(matches!(err, Error::OperationTimeout { .. }), "{err:?}");
+    assert!(processes_mentioning(&env.socket_dir().join("slow-1")).is_empty());
+    let info = m.get("slow-1").unwrap();
+    assert_eq!(info.status, VmState::Created, "a timed-out boot keeps the previous state");
+    assert_eq!(info.pid, None);
+    m.delete("slow-1").unwrap();
+    env.assert_no_leaks("slow-1");
+}
+
+#[test]
+fn killed_vmm_is_reconciled_and_delete_still_cleans() {
+    if !e2e("kill + reconcile", TOOLS) {
+        return;
+    }
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let env = TestEnv::new();
+    let m = &env.manager;
+    m.create_with(&spec("kill-1").build().unwrap(), &no_net()).unwrap();
+    let pid = m.start("kill-1", BOOT).unwrap().pid.unwrap();
+    // SAFETY: we started this VMM ourselves (its pid is in our private store).
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let ident = smolvm::process::ProcessIdentity::of(pid);
+    if let Some(i) = ident {
+        i.wait_gone(Duration::from_secs(5));
+    }
+    assert_eq!(m.reconcile().unwrap(), vec!["kill-1".to_string()]);
+    assert_eq!(m.get("kill-1").unwrap().status, VmState::Error);
+    assert!(m.reconcile().unwrap().is_empty());
+    assert!(matches!(m.start("kill-1", BOOT), Err(Error::InvalidState { .. })));
+    m.delete("kill-1").unwrap();
+    env.assert_no_leaks("kill-1");
+}
+
+#[test]
+fn disk_modes_shared_and_retained() {
+    if !e2e("disk modes", TOOLS) {
+        return;
+    }
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let env = TestEnv::new();
+    let m = &env.manager;
+
+    // Retained isolated disk: what the guest wrote survives delete and a later create reuses it.
+    let retained = spec("keep-1").retain_disk_on_delete(true).build().unwrap();
+    m.create_with(&retained, &no_net()).unwrap();
+    m.start("keep-1", BOOT).unwrap();
+    let vm = SmolVm::from_id("keep-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    assert!(vm.run("echo persisted > /root/marker && sync").unwrap().ok());
+    vm.close();
+    m.delete("keep-1").unwrap();
+    let disk = m.disk_dir().join("keep-1.ext4");
+    assert!(disk.exists(), "retained disk was removed");
+    m.create_with(&retained, &no_net()).unwrap();
+    m.start("keep-1", BOOT).unwrap();
+    let vm = SmolVm::from_id("keep-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    assert_eq!(vm.run("cat /root/marker").unwrap().output(), "persisted");
+    vm.close();
+    let off = spec("keep-1").build().unwrap();
+    m.delete("keep-1").unwrap();
+    // A create without retain reuses nothing and its delete removes the disk.
+    m.create_with(&off, &no_net()).unwrap();
+    m.delete("keep-1").unwrap();
+    env.assert_no_leaks("keep-1");
+
+    // Shared: the image itself is booted read-only; the image file is not modified.
+    let image = vm_util::image().rootfs.clone();
+    let before = std::fs::read(&image).unwrap();
+    let shared = spec("shared-1").disk_mode(DiskMode::Shared).build().unwrap();
+    m.create_with(&shared, &no_net()).unwrap();
+    assert!(!m.disk_dir().join("shared-1.ext4").exists());
+    m.start("shared-1", BOOT).unwrap();
+    let vm = SmolVm::from_id("shared-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    let r = vm.run("touch /root/x").unwrap();
+    assert!(!r.ok(), "shared root must be read-only: {r:?}");
+    vm.close();
+    m.delete("shared-1").unwrap();
+    assert!(std::fs::read(&image).unwrap() == before, "shared image changed");
+    env.assert_no_leaks("shared-1");
+}
+
+#[test]
+fn owned_facade_deletes_on_drop_and_reconnected_one_only_stops() {
+    if !e2e("facade RAII", TOOLS) {
+        return;
+    }
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let env = TestEnv::new();
+    {
+        let mut vm = SmolVm::builder()
+            .config(spec("own-1").build().unwrap())
+            .data_dir(env.data_dir())
+            .socket_dir(env.socket_dir())
+            .network(NetworkChoice::None)
+            .build()
+            .unwrap();
+        assert_eq!(vm.status(), VmState::Created);
+        vm.start().unwrap();
+        assert_eq!(vm.status(), VmState::Running);
+        assert!(vm.can_run_commands());
+        assert_eq!(vm.run("hostname").unwrap().output(), "own-1");
+    }
+    env.assert_no_leaks("own-1");
+
+    let m = &env.manager;
+    m.create_with(&spec("rec-1").build().unwrap(), &no_net()).unwrap();
+    m.start("rec-1", BOOT).unwrap();
+    {
+        let vm = SmolVm::from_id("rec-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+        assert_eq!(vm.status(), VmState::Running);
+    }
+    assert_eq!(m.get("rec-1").unwrap().status, VmState::Stopped);
+    m.delete("rec-1").unwrap();
+    env.assert_no_leaks("rec-1");
+}
+
+/// Reconnecting from another OS process: this test binary re-runs itself in a child mode.
+#[test]
+fn from_id_in_a_second_process() {
+    if std::env::var("SMOLVM_CHILD_FROM_ID").is_ok() {
+        return; // the child mode runs in `child_from_id` below
+    }
+    if !e2e("from_id across processes", TOOLS) {
+        return;
+    }
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let env = TestEnv::new();
+    let m = &env.manager;
+    m.create_with(&spec("cross-1").build().unwrap(), &no_net()).unwrap();
+    m.start("cross-1", BOOT).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_from_id", "--nocapture", "--test-threads=1"])
+        .env("SMOLVM_CHILD_FROM_ID", "cross-1")
+        .env("SMOLVM_CHILD_DATA", env.data_dir())
+        .env("SMOLVM_CHILD_SOCK", env.socket_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {out:?}");
+    assert!(stdout.contains("CHILD-SAW cross-1"), "{stdout}");
+    m.delete("cross-1").unwrap();
+    env.assert_no_leaks("cross-1");
+}
+
+#[test]
+fn child_from_id() {
+    let Ok(id) = std::env::var("SMOLVM_CHILD_FROM_ID") else {
+        return;
+    };
+    let data = std::env::var("SMOLVM_CHILD_DATA").unwrap();
+    let sock = std::env::var("SMOLVM_CHILD_SOCK").unwrap();
+    let vm = SmolVm::from_id(&id, Some(data.as_ref()), Some(sock.as_ref()), None).unwrap();
+    let r = vm.run("hostname").unwrap();
+    println!("CHILD-SAW {}", r.output());
+    vm.close();
+}
