@@ -210,6 +210,19 @@ fn tap_guests_answer_pasted_ssh_commands_and_cannot_reach_each_other() {
     assert_eq!(code, 255, "{out}");
     assert!(out.contains("Host key verification failed"), "{out}");
 
+    // Stop removes the host network; start makes the same one again.
+    env.m.stop("net-a", Duration::from_secs(10)).unwrap();
+    let links = sh(&["ip", "link", "show"]);
+    assert!(
+        !links.contains(&na.tap_device) && links.contains(&nb.tap_device),
+        "{links}"
+    );
+    assert!(!sh(&["nft", "list", "ruleset"]).contains("smolvm:net-a"));
+    env.boot("net-a");
+    let again = env.m.get_ssh_commands("net-a", "root", None, None).unwrap();
+    assert_eq!(again, cmds, "leases changed across stop/start");
+    assert_eq!(paste(&again["private_ip"], "hostname").1, "net-a");
+
     env.m.delete("net-a").unwrap();
     env.m.delete("net-b").unwrap();
     let links = sh(&["ip", "link", "show"]);

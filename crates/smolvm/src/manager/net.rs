@@ -13,9 +13,13 @@
 //!   still free), [`net_attachment`] and [`SmolVmManager::ssh_boot_args`] for the launch spec, and for a
 //!   shared-disk VM [`pin_host_key_via_agent`](SmolVmManager::pin_host_key_via_agent) right after the
 //!   agent said `Ready` (before anything connects over SSH).
-//! * `stop`: nothing. The TAP and rules stay until `delete` (a stopped VM keeps its address, and its
-//!   forward leads nowhere while no VMM runs).
+//! * `stop`: [`teardown_network`](SmolVmManager::teardown_network) after the VMM is gone (the spec: stop
+//!   "cleans up port forwarding rules"); a failure there is only logged, since the VM did stop and
+//!   `start`, `delete` and `cleanup` all mend it. The leases stay, so the next `start` recreates the same
+//!   TAP, address and SSH port.
 //! * `delete`: [`teardown_network`](SmolVmManager::teardown_network) (idempotent) before the row goes.
+//!
+//! So the host network of a VM exists while it is created or running, never while it is stopped.
 //!
 //! # Host keys and disk modes
 //! Every VM gets its own ed25519 host key, generated on the host in the VM directory and pinned in
@@ -121,7 +125,7 @@ impl SmolVmManager {
     }
 
     /// Removes the host side of the VM's network (TAP mode: its nft rules and TAP; user mode and no
-    /// network: nothing). Idempotent; call at delete and in create's rollback.
+    /// network: nothing). Idempotent; call at stop, at delete and in create's rollback.
     pub(crate) fn teardown_network(&self, rec: &VmRecord) -> Result<()> {
         match &rec.info.network {
             Some(net) if net.mode == NetworkMode::Tap => {
