@@ -52,6 +52,12 @@ enum Command {
     Logs(cmd::vm::LogsArgs),
     /// Mark running VMs whose VMM died as error.
     Reconcile(cmd::vm::ReconcileArgs),
+    /// Open a shell in a running VM over SSH, or run one command (`smolvm ssh ID -- CMD...`).
+    Ssh(cmd::ssh::SshArgs),
+    /// Print ready-to-paste SSH commands for a VM.
+    SshCommands(cmd::ssh::SshCommandsArgs),
+    /// Find and remove what a crash left behind (processes, rows, sockets, disks, TAPs, rules).
+    Cleanup(cmd::cleanup::CleanupArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +80,9 @@ fn main() -> ExitCode {
         Command::Delete(a) => cmd::vm::delete(&cli, a),
         Command::Logs(a) => cmd::vm::logs(&cli, a),
         Command::Reconcile(a) => cmd::vm::reconcile(&cli, a),
+        Command::Ssh(a) => cmd::ssh::ssh(&cli, a),
+        Command::SshCommands(a) => cmd::ssh::ssh_commands(&cli, a),
+        Command::Cleanup(a) => cmd::cleanup::run(&cli, a),
     };
     match result {
         Ok(code) => code,

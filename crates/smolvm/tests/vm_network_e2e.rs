@@ -3,10 +3,10 @@
 //! print the guest's hostname; two TAP guests cannot reach each other; user-mode networking works
 //! without a TAP; after `delete` no TAP, rule, forward, process, socket or disk remains.
 //!
-//! The image: the directory `SMOLVM_TEST_IMAGE_DIR` (`vmlinuz`, `initrd.img`, `rootfs.ext4` and
-//! `image.json` with `boot_args`, as the image builder writes them). Run with `SMOLVM_E2E=1` as root.
+//! Run with `SMOLVM_E2E=1` as root.
 
 mod netns_util;
+mod vm_util;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,22 +19,11 @@ use smolvm::{BackendKind, VmConfig, VmInfo};
 
 const BOOT: Duration = Duration::from_secs(120);
 
-/// The test image, or `None` (with the reason printed) when it is not configured. Under
-/// `SMOLVM_E2E=1` a missing image fails the test.
+/// The shared default test image (built once per run, outside any namespace: it may fetch the kernel
+/// package): its directory and boot arguments.
 fn image() -> Option<(PathBuf, String)> {
-    let Some(dir) = std::env::var_os("SMOLVM_TEST_IMAGE_DIR").map(PathBuf::from) else {
-        assert!(
-            std::env::var("SMOLVM_E2E").as_deref() != Ok("1"),
-            "SMOLVM_TEST_IMAGE_DIR must name a built image directory"
-        );
-        eprintln!("skipping: SMOLVM_TEST_IMAGE_DIR is not set");
-        return None;
-    };
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("image.json")).expect("image.json"))
-            .expect("image.json is JSON");
-    let boot_args = meta["boot_args"].as_str().expect("boot_args").to_string();
-    Some((dir, boot_args))
+    let img = vm_util::image();
+    Some((img.dir.clone(), img.boot_args.clone()))
 }
 
 struct Env {
