@@ -50,6 +50,8 @@ enum Command {
     Delete(cmd::vm::DeleteArgs),
     /// Print a VM's console (or VMM) log.
     Logs(cmd::vm::LogsArgs),
+    /// Create a VM, run one command in it (output streamed), then delete it unless --keep.
+    Run(cmd::run::RunArgs),
     /// Mark running VMs whose VMM died as error.
     Reconcile(cmd::vm::ReconcileArgs),
     /// Open a shell in a running VM over SSH, or run one command (`smolvm ssh ID -- CMD...`).
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Stop(a) => cmd::vm::stop(&cli, a),
         Command::Delete(a) => cmd::vm::delete(&cli, a),
         Command::Logs(a) => cmd::vm::logs(&cli, a),
+        Command::Run(a) => cmd::run::run(&cli, a),
         Command::Reconcile(a) => cmd::vm::reconcile(&cli, a),
         Command::Ssh(a) => cmd::ssh::ssh(&cli, a),
         Command::SshCommands(a) => cmd::ssh::ssh_commands(&cli, a),

@@ -6,5 +6,6 @@ pub mod common;
 pub mod doctor;
 pub mod image;
 pub mod list;
+pub mod run;
 pub mod ssh;
 pub mod vm;
