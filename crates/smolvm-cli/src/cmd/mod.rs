@@ -2,8 +2,11 @@
 //! `fn(&Cli, &Args) -> anyhow::Result<ExitCode>`.
 
 pub mod bench;
+pub mod cleanup;
 pub mod common;
 pub mod doctor;
 pub mod image;
 pub mod list;
+pub mod run;
+pub mod ssh;
 pub mod vm;
