@@ -125,9 +125,9 @@ fn row_cells(r: &Row) -> Vec<Cell> {
             cells.push(right(num(v, r.unit)));
             cells.extend((0..3).map(|_| right(String::new())));
         }
-        (None, None, reason) => {
+        (None, None, _) => {
             cells.push(right("0".into()));
-            cells.push(Cell::new(reason.as_deref().unwrap_or("not measured")));
+            cells.push(Cell::new("not measured"));
             cells.extend((0..3).map(|_| Cell::new("")));
         }
     }
@@ -183,6 +183,13 @@ fn render(r: &BenchReport) -> String {
             .filter_map(|r| r.note.as_ref().map(|n| (&r.name, n)))
         {
             out.push_str(&format!("  * {}: {}\n", note.0, note.1));
+        }
+        for (name, why) in s
+            .rows
+            .iter()
+            .filter_map(|r| r.not_measured.as_ref().map(|w| (&r.name, w)))
+        {
+            out.push_str(&format!("  * {name}: not measured: {why}\n"));
         }
         for n in &s.notes {
             out.push_str(&format!("  - {n}\n"));

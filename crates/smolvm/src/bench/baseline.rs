@@ -10,12 +10,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use smolvm_protocol::{Frame, FrameType, ProtocolError, Ready};
+use smolvm_protocol::Ready;
 
 use super::watch::CreationWatch;
 use super::BenchError;
 use crate::backend::qemu::{build_argv, QemuBackend};
 use crate::backend::{Backend, LaunchSpec};
+use crate::exec::{AgentClient, ExecError};
 use crate::process::{spawn_detached, ProcessIdentity};
 
 /// Pause between attempts to connect to the agent socket; the same as the agent client's, so both sides
@@ -33,6 +34,8 @@ pub struct BaselineSample {
     pub ready: Duration,
     /// The Ready message (boot-stage timestamps).
     pub ready_msg: Ready,
+    /// CPU time the VMM process had used when Ready arrived.
+    pub vmm_cpu_at_ready: Option<Duration>,
 }
 
 /// Kills the VMM when dropped, so no error path leaves it running.
@@ -65,6 +68,7 @@ pub fn run_baseline(
         .map(Vmm)
         .map_err(|e| BenchError::io("start the baseline VMM", &backend.binary, e))?;
     let result = wait_ready(&vmm.0, spec, t0, timeout);
+    let cpu = super::mem::cpu_time_ms(vmm.0.pid);
     let created = watch.map(CreationWatch::finish).unwrap_or_default();
     drop(vmm);
     for s in &sockets {
@@ -75,6 +79,7 @@ pub fn run_baseline(
         vmm_launch: since(&created, &spec.control_socket, t0),
         ready,
         ready_msg,
+        vmm_cpu_at_ready: cpu.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
     })
 }
 
@@ -98,7 +103,9 @@ pub fn since(created: &HashMap<String, Instant>, path: &Path, t0: Instant) -> Op
         .map(|t| t.saturating_duration_since(t0))
 }
 
-/// Connects to the agent socket (retrying while QEMU has not bound it) and reads the Ready frame.
+/// Connects to the agent socket (retrying while QEMU has not bound it) and greets the agent the way
+/// smolvm does (`Hello` until the matching `Ready`, the protocol's only way to get a `Ready`), so both
+/// sides of the comparison pay the same handshake.
 fn wait_ready(
     vmm: &ProcessIdentity,
     spec: &LaunchSpec,
@@ -129,36 +136,12 @@ fn wait_ready(
         std::thread::sleep(CONNECT_RETRY);
     };
     let left = deadline.saturating_duration_since(Instant::now());
-    stream
-        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-        .map_err(|e| BenchError::io("set a timeout on", path, e))?;
-    let frame = match Frame::read_from(&mut &stream) {
-        Ok(f) => f,
-        Err(ProtocolError::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Err(timed_out())
-        }
-        Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(if vmm.wait_gone(Duration::from_millis(500)) {
-                exited()
-            } else {
-                BenchError::Protocol(ProtocolError::Io(e))
-            })
-        }
-        Err(e) => return Err(BenchError::Protocol(e)),
-    };
-    let elapsed = t0.elapsed();
-    if frame.frame_type != FrameType::Ready {
-        return Err(BenchError::UnexpectedFrame {
-            frame_type: frame.frame_type as u8,
-        });
+    match AgentClient::from_stream(stream, left.max(Duration::from_millis(1))) {
+        Ok(client) => Ok((t0.elapsed(), client.ready().clone())),
+        Err(_) if !vmm.is_alive() => Err(exited()),
+        Err(ExecError::Timeout { .. }) => Err(timed_out()),
+        Err(e) => Err(BenchError::step("baseline: greet the agent", e)),
     }
-    let ready: Ready = frame.parse_json("ready").map_err(BenchError::Protocol)?;
-    Ok((elapsed, ready))
 }
 
 /// The last bytes of a log, for error messages.
@@ -202,6 +185,8 @@ mod tests {
     use super::*;
     use crate::backend::qemu::Accel;
     use crate::backend::AgentEndpoint;
+    use smolvm_protocol::{with_sync, Decoder, Frame, FrameType, Hello};
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::net::UnixListener;
 
@@ -224,22 +209,32 @@ mod tests {
     }
 
     /// A fake "VMM" (a shell script) plays QEMU: it cannot bind sockets, so the test serves the agent
-    /// socket itself and checks that the runner reads the Ready frame and kills the process.
+    /// socket itself, answering the greeting, and checks that the runner gets the Ready and kills the
+    /// process.
     #[test]
-    fn reads_ready_from_the_agent_socket() {
+    fn greets_the_agent_and_returns_its_ready() {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(dir.path());
         let listener = UnixListener::bind(s.agent.path()).unwrap();
-        let ready = Ready {
-            protocol_version: smolvm_protocol::PROTOCOL_VERSION,
-            agent_version: "t".into(),
-            boot_stages: vec![],
-        };
-        let frame = Frame::json(FrameType::Ready, 0, &ready).unwrap();
         let server = std::thread::spawn(move || {
             let (mut c, _) = listener.accept().unwrap();
-            frame.write_to(&mut c).unwrap();
+            let mut dec = Decoder::hunting();
+            let hello: Hello = loop {
+                dec.read_from(&mut c, 4096).unwrap();
+                if let Some(Ok(f)) = dec.next_frame() {
+                    break f.parse_json("hello").unwrap();
+                }
+            };
+            let ready = Ready {
+                protocol_version: smolvm_protocol::PROTOCOL_VERSION,
+                agent_version: "t".into(),
+                nonce: Some(hello.nonce),
+                boot_stages: vec![],
+            };
+            let frame = Frame::json(FrameType::Ready, 0, &ready).unwrap();
+            c.write_all(&with_sync(&frame).unwrap()).unwrap();
             std::thread::sleep(Duration::from_millis(200));
+            ready
         });
         let fake = dir.path().join("fake-qemu");
         std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
@@ -251,11 +246,10 @@ mod tests {
         cmd.args(&build_argv(&be.binary, &s, be.accel)[1..]);
         let vmm = Vmm(spawn_detached(cmd, &s.vmm_log).unwrap());
         let (_, got) = wait_ready(&vmm.0, &s, Instant::now(), Duration::from_secs(5)).unwrap();
-        assert_eq!(got, ready);
         let id = vmm.0;
         drop(vmm);
         assert!(!id.is_alive());
-        server.join().unwrap();
+        assert_eq!(got, server.join().unwrap());
     }
 
     #[test]

@@ -349,6 +349,8 @@ pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Resu
     let rounds = ctx.iterations.min(3);
     let mut walls = Vec::new();
     let mut per_vm = Vec::new();
+    let mut floors = Vec::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     for r in 0..rounds {
         checkpoint()?;
         let configs = (0..PARALLEL_VMS)
@@ -380,12 +382,14 @@ pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Resu
         let mut first: Option<Instant> = None;
         let mut last: Option<Instant> = None;
         let mut error = None;
+        let mut cpu_sum = Some(Duration::ZERO);
         for o in outcomes {
             match o {
                 Ok((t0, t1, Ok((sample, guard)))) => {
                     first = Some(first.map_or(t0, |f| f.min(t0)));
                     last = Some(last.map_or(t1, |l| l.max(t1)));
                     per_vm.push(ms(sample.total));
+                    cpu_sum = cpu_sum.zip(sample.vmm_cpu_at_ready).map(|(a, b)| a + b);
                     guards.push(guard);
                 }
                 Ok((_, _, Err(e))) | Err(e) => error = error.or(Some(e)),
@@ -401,6 +405,9 @@ pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Resu
                 "parallel round {r}: {wall:.0} ms wall for {PARALLEL_VMS} VMs"
             ));
             walls.push(wall);
+            if let Some(cpu) = cpu_sum {
+                floors.push(ms(cpu) / cores);
+            }
         }
     }
     let wall = Summary::of(&walls).map_or(f64::NAN, |s| s.median);

@@ -47,15 +47,6 @@ pub enum BenchError {
         /// Its last lines.
         tail: String,
     },
-    /// The agent channel of the baseline carried something other than a Ready frame.
-    #[error("baseline agent channel")]
-    Protocol(#[source] smolvm_protocol::ProtocolError),
-    /// The agent's first frame on the baseline's channel was not Ready.
-    #[error("baseline agent sent frame type {frame_type} before Ready")]
-    UnexpectedFrame {
-        /// The frame's type byte.
-        frame_type: u8,
-    },
     /// A command in the guest did not succeed.
     #[error("{step}: command exited with {exit_code}: {stderr}")]
     CommandFailed {

@@ -85,6 +85,8 @@ pub struct VmmMemorySplit {
     pub guest_ram_rss_kib: u64,
     /// Everything else resident, in KiB.
     pub other_rss_kib: u64,
+    /// Of `other_rss_kib`: anonymous memory (QEMU's heap, TCG's translation cache, stacks).
+    pub other_anon_rss_kib: u64,
     /// The largest other resident mapping: (name or `anon`, size KiB, resident KiB).
     pub largest_other: Option<(String, u64, u64)>,
 }
@@ -103,6 +105,11 @@ pub fn split_vmm_memory(maps: &[Mapping], guest_mib: u64) -> VmmMemorySplit {
     let guest_ram_rss_kib = ram.map_or(0, |i| maps[i].rss_kib);
     let others = maps.iter().enumerate().filter(|(i, _)| Some(*i) != ram);
     let other_rss_kib = others.clone().map(|(_, m)| m.rss_kib).sum();
+    let other_anon_rss_kib = others
+        .clone()
+        .filter(|(_, m)| m.name.is_empty() || m.name.starts_with('['))
+        .map(|(_, m)| m.rss_kib)
+        .sum();
     let largest_other = others.max_by_key(|(_, m)| m.rss_kib).map(|(_, m)| {
         let name = if m.name.is_empty() { "anon" } else { &m.name };
         (name.to_string(), m.size_kib, m.rss_kib)
@@ -110,6 +117,7 @@ pub fn split_vmm_memory(maps: &[Mapping], guest_mib: u64) -> VmmMemorySplit {
     VmmMemorySplit {
         guest_ram_rss_kib,
         other_rss_kib,
+        other_anon_rss_kib,
         largest_other,
     }
 }
@@ -148,6 +156,23 @@ pub fn kib_field(text: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// CPU time (user + system) a process has used so far, in milliseconds.
+pub fn cpu_time_ms(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    parse_cpu_ticks(&text).map(|t| t as f64 * 1000.0 / hz.max(1) as f64)
+}
+
+/// utime + stime (fields 14 and 15) of `/proc/<pid>/stat` text, in clock ticks. Fields are counted from
+/// the last `)`, since the command name may hold spaces and parentheses.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm, field 3 (state) is index 0, so field 14 is index 11.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 /// KiB to MiB.
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -169,6 +194,14 @@ mod tests {
         assert_eq!(kib_field(rollup, "Swap"), None);
         assert_eq!(kib_field("Pss: lots kB\n", "Pss"), None);
         assert_eq!(kib_field("Pss: 3 MB\n", "Pss"), None);
+    }
+
+    #[test]
+    fn cpu_ticks() {
+        let stat = "42 (qemu (x)) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 987 1000 10";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert!(cpu_time_ms(std::process::id()).is_some());
     }
 
     #[test]
@@ -194,6 +227,7 @@ Rss:                  16 kB
         let s = split_vmm_memory(&maps, 128);
         assert_eq!(s.guest_ram_rss_kib, 40000);
         assert_eq!(s.other_rss_kib, 30020);
+        assert_eq!(s.other_anon_rss_kib, 30016);
         assert_eq!(s.largest_other, Some(("anon".into(), 1048576, 30000)));
         // No mapping of the guest's size: everything is "other".
         assert_eq!(split_vmm_memory(&maps, 512).guest_ram_rss_kib, 0);

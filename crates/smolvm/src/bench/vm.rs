@@ -94,6 +94,8 @@ pub struct ColdSample {
     pub total: Duration,
     /// The agent's Ready message.
     pub ready: Option<Ready>,
+    /// CPU time the VMM process (all its threads) had used when `start` returned.
+    pub vmm_cpu_at_ready: Option<Duration>,
 }
 
 impl ColdSample {
@@ -136,6 +138,11 @@ pub fn cold_start(
 
     let started = manager.start_inner(&vm_id, boot_timeout);
     let t_started = Instant::now();
+    let cpu = started
+        .as_ref()
+        .ok()
+        .and_then(|(info, _)| info.pid)
+        .and_then(super::mem::cpu_time_ms);
     let seen = watch.map(CreationWatch::finish).unwrap_or_default();
     let (info, client) = started.map_err(|e| BenchError::step(step("start"), e))?;
     guard.client = client;
@@ -162,6 +169,7 @@ pub fn cold_start(
             first_command: t_done - t_started,
             total: t_done - t0,
             ready,
+            vmm_cpu_at_ready: cpu.map(|ms| Duration::from_secs_f64(ms / 1000.0)),
         },
         guard,
     ))
