@@ -218,8 +218,12 @@ impl NetCommands for SystemCommands {
 
     fn loopback_port_in_use(&self, port: u16) -> bool {
         // Binding is the only race-free-enough probe that needs no privileges; the socket closes at
-        // once. (A listener on 0.0.0.0 also makes this bind fail.)
-        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_err()
+        // once. (A listener on 0.0.0.0 also makes this bind fail.) Only EADDRINUSE means "taken": with
+        // loopback down (a fresh network namespace) the bind fails with EADDRNOTAVAIL instead.
+        matches!(
+            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+        )
     }
 }
 
