@@ -84,7 +84,8 @@ fn parse_endpoint(arg: &OsStr) -> anyhow::Result<Endpoint> {
         return Ok(Endpoint::Local(PathBuf::from(arg)));
     }
     let shown = arg.to_string_lossy();
-    let id = std::str::from_utf8(id).with_context(|| format!("{shown:?}: the VM id is not UTF-8"))?;
+    let id =
+        std::str::from_utf8(id).with_context(|| format!("{shown:?}: the VM id is not UTF-8"))?;
     let path = std::str::from_utf8(rest)
         .with_context(|| format!("{shown:?}: guest paths must be UTF-8"))?;
     if !path.starts_with('/') {
@@ -125,7 +126,9 @@ fn plan(src: &OsStr, dst: &OsStr) -> anyhow::Result<Copy> {
 
 /// The last component of a guest path (`None` for `/` or a path ending in `/`).
 fn guest_file_name(path: &str) -> Option<&str> {
-    path.rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..")
+    path.rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && *n != "." && *n != "..")
 }
 
 /// True if `path` is a directory in the guest. The path travels as an argument (`$1`), never as shell
@@ -157,12 +160,10 @@ fn upload(
     mode: Option<u32>,
 ) -> anyhow::Result<()> {
     // Local checks first: they need no VM and give the plainest messages.
-    let meta = std::fs::metadata(local).with_context(|| format!("{}", local.display()))?;
+    let meta =
+        std::fs::metadata(local).with_context(|| format!("cannot read {}", local.display()))?;
     if meta.is_dir() {
-        bail!(
-            "{} is a directory; cp copies single files",
-            local.display()
-        );
+        bail!("{} is a directory; cp copies single files", local.display());
     }
     let name = local
         .file_name()

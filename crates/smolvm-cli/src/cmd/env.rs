@@ -125,7 +125,10 @@ mod tests {
         let v = parse_vars(&["A=1".into(), "B=".into(), "A=x=y".into()]).unwrap();
         assert_eq!(v.get("A").map(String::as_str), Some("x=y"));
         assert_eq!(v.get("B").map(String::as_str), Some(""));
-        let e = format!("{:#}", parse_vars(&["OK=1".into(), "9LIVES=x".into()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse_vars(&["OK=1".into(), "9LIVES=x".into()]).unwrap_err()
+        );
         assert!(e.contains("\"9LIVES\""), "{e}");
         let e = format!("{:#}", parse_vars(&["JUSTKEY".into()]).unwrap_err());
         assert!(e.contains("KEY=VALUE"), "{e}");

@@ -95,7 +95,7 @@ impl ExecArgs {
 /// the key is a shell identifier, naming it when it is not.
 pub fn parse_env_pair(kv: &str) -> anyhow::Result<(String, String)> {
     let Some((k, v)) = kv.split_once('=') else {
-        bail!("expected KEY=VALUE, got {kv:?} (no '=')");
+        bail!("expected KEY=VALUE (no '=' found)");
     };
     smolvm::config::validate_env_key(k)?;
     Ok((k.to_string(), v.to_string()))
@@ -209,7 +209,8 @@ pub fn exit_status(outcome: anyhow::Result<i32>) -> ExitCode {
 /// Which of smolvm's own exit statuses a failure gets.
 fn failure_status(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if let Some(smolvm::Error::OperationTimeout { .. }) = cause.downcast_ref::<smolvm::Error>() {
+        if let Some(smolvm::Error::OperationTimeout { .. }) = cause.downcast_ref::<smolvm::Error>()
+        {
             return EXIT_TIMEOUT;
         }
         if let Some(ExecError::Agent { kind, .. }) = cause.downcast_ref::<ExecError>() {
@@ -276,9 +277,23 @@ mod tests {
 
     #[test]
     fn argv_by_default_and_options_before_the_command() {
-        let a = parse(&["vm1", "--timeout", "2.5", "-e", "A=1=2", "--", "ls", "-l", "a b"]).unwrap();
+        let a = parse(&[
+            "vm1",
+            "--timeout",
+            "2.5",
+            "-e",
+            "A=1=2",
+            "--",
+            "ls",
+            "-l",
+            "a b",
+        ])
+        .unwrap();
         let r = a.request().unwrap();
-        assert_eq!(r.command, Command::Argv(vec!["ls".into(), "-l".into(), "a b".into()]));
+        assert_eq!(
+            r.command,
+            Command::Argv(vec!["ls".into(), "-l".into(), "a b".into()])
+        );
         assert_eq!(r.env.get("A").map(String::as_str), Some("1=2"));
         assert_eq!(r.timeout, Some(Duration::from_millis(2500)));
         assert_eq!(r.stdin, None);
