@@ -35,6 +35,23 @@ enum Command {
     Info(cmd::list::InfoArgs),
     /// Check prerequisites and what this host can do.
     Doctor(cmd::doctor::DoctorArgs),
+    /// Build and list guest images.
+    Image {
+        #[command(subcommand)]
+        cmd: cmd::image::ImageCommand,
+    },
+    /// Create a VM (default image unless --kernel/--rootfs); --start boots it too.
+    Create(cmd::vm::CreateCmd),
+    /// Start a created or stopped VM and wait until its guest is ready.
+    Start(cmd::vm::IdTimeoutArgs),
+    /// Stop a running VM (graceful power-off, then kill after --timeout).
+    Stop(cmd::vm::IdTimeoutArgs),
+    /// Delete VMs and everything they own (process, network, disk, row).
+    Delete(cmd::vm::DeleteArgs),
+    /// Print a VM's console (or VMM) log.
+    Logs(cmd::vm::LogsArgs),
+    /// Mark running VMs whose VMM died as error.
+    Reconcile(cmd::vm::ReconcileArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +67,13 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::list(&cli, a),
         Command::Info(a) => cmd::list::info(&cli, a),
         Command::Doctor(a) => cmd::doctor::run(&cli, a),
+        Command::Image { cmd } => cmd::image::run(&cli, cmd),
+        Command::Create(a) => cmd::vm::create(&cli, a),
+        Command::Start(a) => cmd::vm::start(&cli, a),
+        Command::Stop(a) => cmd::vm::stop(&cli, a),
+        Command::Delete(a) => cmd::vm::delete(&cli, a),
+        Command::Logs(a) => cmd::vm::logs(&cli, a),
+        Command::Reconcile(a) => cmd::vm::reconcile(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -3,7 +3,6 @@
 use serde::Serialize;
 
 /// Prints `value` as pretty JSON on stdout.
-#[allow(dead_code)] // used by the list/info commands once the store is wired
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

@@ -20,12 +20,10 @@ use std::time::Duration;
 
 use crate::config::{BackendKind, VmConfig};
 use crate::error::{Error, Result};
-use crate::exec::{AgentClient, CommandResult};
+use crate::exec::{AgentClient, CommandResult, ExecError, DEFAULT_RUN_TIMEOUT};
 use crate::image::{ImageBuilder, ImageOptions};
 use crate::info::{VmInfo, VmState};
-use crate::manager::{
-    CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS,
-};
+use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
 
 /// Default graceful stop timeout of the facade, seconds (spec: `SmolVM.stop(timeout=3.0)`).
 pub const FACADE_STOP_TIMEOUT_SECS: f64 = 3.0;
@@ -296,10 +294,14 @@ impl SmolVm {
         self.run_with_timeout(command, None)
     }
 
-    /// [`run`](Self::run) with a timeout; on expiry the command's process group is killed and
-    /// `Error::OperationTimeout` returned.
-    pub fn run_with_timeout(&self, command: &str, timeout: Option<Duration>) -> Result<CommandResult> {
-        self.with_agent(|c| Ok(c.run(command, timeout)?))
+    /// [`run`](Self::run) with a timeout (default 30 s, as the spec); on expiry the command's process
+    /// group is killed in the guest and `Error::OperationTimeout` returned.
+    pub fn run_with_timeout(
+        &self,
+        command: &str,
+        timeout: Option<Duration>,
+    ) -> Result<CommandResult> {
+        self.with_agent(|c| Ok(c.run(command, timeout.or(Some(DEFAULT_RUN_TIMEOUT)))?))
     }
 
     /// Runs `f` with a connected agent client, connecting (or reconnecting once) as needed.
@@ -308,7 +310,8 @@ impl SmolVm {
             return Err(Error::InvalidState {
                 vm_id: self.vm_id.clone(),
                 status: self.info.status,
-                operation: "run commands (the image has no smolvm agent: boot args lack init=/init)",
+                operation:
+                    "run commands (the image has no smolvm agent: boot args lack init=/init)",
             });
         }
         let mut slot = self.agent_slot();
@@ -326,11 +329,26 @@ impl SmolVm {
             *slot = Some(AgentClient::connect(&endpoint, AGENT_CONNECT_TIMEOUT)?);
         }
         let client = slot.as_ref().expect("connected above");
-        f(client)
+        let result = f(client);
+        if matches!(&result, Err(e) if is_disconnect(e)) {
+            // The agent restarted or the guest rebooted: report it (the command may or may not have run,
+            // so it is never retried silently) and reconnect on the next call.
+            *slot = None;
+        }
+        result
     }
 
     fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<AgentClient>> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn is_disconnect(e: &Error) -> bool {
+    match e {
+        Error::Exec(inner) => inner
+            .downcast_ref::<ExecError>()
+            .is_some_and(|x| matches!(x, ExecError::AgentDisconnected { .. })),
+        _ => false,
     }
 }
 

@@ -30,12 +30,18 @@ fn create_start_exec_stop_restart_delete() {
     let _in = ns.enter();
     let env = TestEnv::new();
     let m = &env.manager;
-    let config = spec("life-1").env_var("GREETING", "it's $(not) run").build().unwrap();
+    let config = spec("life-1")
+        .env_var("GREETING", "it's $(not) run")
+        .build()
+        .unwrap();
 
     let info = m.create_with(&config, &no_net()).unwrap();
     assert_eq!(info.status, VmState::Created);
     assert_eq!(info.pid, None);
-    assert!(matches!(m.create_with(&config, &no_net()), Err(Error::VmAlreadyExists(_))));
+    assert!(matches!(
+        m.create_with(&config, &no_net()),
+        Err(Error::VmAlreadyExists(_))
+    ));
 
     let info = m.start("life-1", BOOT).unwrap();
     assert_eq!(info.status, VmState::Running);
@@ -44,14 +50,23 @@ fn create_start_exec_stop_restart_delete() {
     // Starting a running VM is a no-op.
     assert_eq!(m.start("life-1", BOOT).unwrap().pid, Some(pid));
 
-    let vm = SmolVm::from_id("life-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    let vm = SmolVm::from_id(
+        "life-1",
+        Some(&env.data_dir()),
+        Some(&env.socket_dir()),
+        None,
+    )
+    .unwrap();
     let r = vm.run("echo out; echo err >&2; exit 3").unwrap();
     assert_eq!(r.exit_code, 3);
     assert_eq!(r.stdout, "out\n");
     assert_eq!(r.stderr, "err\n");
     assert!(!r.ok());
     // Env vars from the config were injected at start and reach login shells verbatim.
-    assert_eq!(vm.run("printf %s \"$GREETING\"").unwrap().stdout, "it's $(not) run");
+    assert_eq!(
+        vm.run("printf %s \"$GREETING\"").unwrap().stdout,
+        "it's $(not) run"
+    );
     vm.close();
 
     let info = m.stop("life-1", Duration::from_secs(10)).unwrap();
@@ -61,7 +76,13 @@ fn create_start_exec_stop_restart_delete() {
     // The isolated disk kept what the guest wrote? Start again and check the VM still works.
     let info = m.start("life-1", BOOT).unwrap();
     assert_eq!(info.status, VmState::Running);
-    let vm = SmolVm::from_id("life-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    let vm = SmolVm::from_id(
+        "life-1",
+        Some(&env.data_dir()),
+        Some(&env.socket_dir()),
+        None,
+    )
+    .unwrap();
     assert_eq!(vm.run("echo again").unwrap().output(), "again");
     vm.close();
 
@@ -79,12 +100,17 @@ fn boot_timeout_leaves_no_process() {
     let _in = ns.enter();
     let env = TestEnv::new();
     let m = &env.manager;
-    m.create_with(&spec("slow-1").build().unwrap(), &no_net()).unwrap();
+    m.create_with(&spec("slow-1").build().unwrap(), &no_net())
+        .unwrap();
     let err = m.start("slow-1", Duration::from_millis(50)).unwrap_err();
     assert!(matches!(err, Error::OperationTimeout { .. }), "{err:?}");
     assert!(processes_mentioning(&env.socket_dir().join("slow-1")).is_empty());
     let info = m.get("slow-1").unwrap();
-    assert_eq!(info.status, VmState::Created, "a timed-out boot keeps the previous state");
+    assert_eq!(
+        info.status,
+        VmState::Created,
+        "a timed-out boot keeps the previous state"
+    );
     assert_eq!(info.pid, None);
     m.delete("slow-1").unwrap();
     env.assert_no_leaks("slow-1");
@@ -99,7 +125,8 @@ fn killed_vmm_is_reconciled_and_delete_still_cleans() {
     let _in = ns.enter();
     let env = TestEnv::new();
     let m = &env.manager;
-    m.create_with(&spec("kill-1").build().unwrap(), &no_net()).unwrap();
+    m.create_with(&spec("kill-1").build().unwrap(), &no_net())
+        .unwrap();
     let pid = m.start("kill-1", BOOT).unwrap().pid.unwrap();
     // SAFETY: we started this VMM ourselves (its pid is in our private store).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
@@ -110,7 +137,10 @@ fn killed_vmm_is_reconciled_and_delete_still_cleans() {
     assert_eq!(m.reconcile().unwrap(), vec!["kill-1".to_string()]);
     assert_eq!(m.get("kill-1").unwrap().status, VmState::Error);
     assert!(m.reconcile().unwrap().is_empty());
-    assert!(matches!(m.start("kill-1", BOOT), Err(Error::InvalidState { .. })));
+    assert!(matches!(
+        m.start("kill-1", BOOT),
+        Err(Error::InvalidState { .. })
+    ));
     m.delete("kill-1").unwrap();
     env.assert_no_leaks("kill-1");
 }
@@ -129,15 +159,30 @@ fn disk_modes_shared_and_retained() {
     let retained = spec("keep-1").retain_disk_on_delete(true).build().unwrap();
     m.create_with(&retained, &no_net()).unwrap();
     m.start("keep-1", BOOT).unwrap();
-    let vm = SmolVm::from_id("keep-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
-    assert!(vm.run("echo persisted > /root/marker && sync").unwrap().ok());
+    let vm = SmolVm::from_id(
+        "keep-1",
+        Some(&env.data_dir()),
+        Some(&env.socket_dir()),
+        None,
+    )
+    .unwrap();
+    assert!(vm
+        .run("echo persisted > /root/marker && sync")
+        .unwrap()
+        .ok());
     vm.close();
     m.delete("keep-1").unwrap();
     let disk = m.disk_dir().join("keep-1.ext4");
     assert!(disk.exists(), "retained disk was removed");
     m.create_with(&retained, &no_net()).unwrap();
     m.start("keep-1", BOOT).unwrap();
-    let vm = SmolVm::from_id("keep-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    let vm = SmolVm::from_id(
+        "keep-1",
+        Some(&env.data_dir()),
+        Some(&env.socket_dir()),
+        None,
+    )
+    .unwrap();
     assert_eq!(vm.run("cat /root/marker").unwrap().output(), "persisted");
     vm.close();
     let off = spec("keep-1").build().unwrap();
@@ -150,16 +195,28 @@ fn disk_modes_shared_and_retained() {
     // Shared: the image itself is booted read-only; the image file is not modified.
     let image = vm_util::image().rootfs.clone();
     let before = std::fs::read(&image).unwrap();
-    let shared = spec("shared-1").disk_mode(DiskMode::Shared).build().unwrap();
+    let shared = spec("shared-1")
+        .disk_mode(DiskMode::Shared)
+        .build()
+        .unwrap();
     m.create_with(&shared, &no_net()).unwrap();
     assert!(!m.disk_dir().join("shared-1.ext4").exists());
     m.start("shared-1", BOOT).unwrap();
-    let vm = SmolVm::from_id("shared-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+    let vm = SmolVm::from_id(
+        "shared-1",
+        Some(&env.data_dir()),
+        Some(&env.socket_dir()),
+        None,
+    )
+    .unwrap();
     let r = vm.run("touch /root/x").unwrap();
     assert!(!r.ok(), "shared root must be read-only: {r:?}");
     vm.close();
     m.delete("shared-1").unwrap();
-    assert!(std::fs::read(&image).unwrap() == before, "shared image changed");
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "shared image changed"
+    );
     env.assert_no_leaks("shared-1");
 }
 
@@ -188,10 +245,17 @@ fn owned_facade_deletes_on_drop_and_reconnected_one_only_stops() {
     env.assert_no_leaks("own-1");
 
     let m = &env.manager;
-    m.create_with(&spec("rec-1").build().unwrap(), &no_net()).unwrap();
+    m.create_with(&spec("rec-1").build().unwrap(), &no_net())
+        .unwrap();
     m.start("rec-1", BOOT).unwrap();
     {
-        let vm = SmolVm::from_id("rec-1", Some(&env.data_dir()), Some(&env.socket_dir()), None).unwrap();
+        let vm = SmolVm::from_id(
+            "rec-1",
+            Some(&env.data_dir()),
+            Some(&env.socket_dir()),
+            None,
+        )
+        .unwrap();
         assert_eq!(vm.status(), VmState::Running);
     }
     assert_eq!(m.get("rec-1").unwrap().status, VmState::Stopped);
@@ -212,10 +276,16 @@ fn from_id_in_a_second_process() {
     let _in = ns.enter();
     let env = TestEnv::new();
     let m = &env.manager;
-    m.create_with(&spec("cross-1").build().unwrap(), &no_net()).unwrap();
+    m.create_with(&spec("cross-1").build().unwrap(), &no_net())
+        .unwrap();
     m.start("cross-1", BOOT).unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_from_id", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_from_id",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SMOLVM_CHILD_FROM_ID", "cross-1")
         .env("SMOLVM_CHILD_DATA", env.data_dir())
         .env("SMOLVM_CHILD_SOCK", env.socket_dir())

@@ -7,8 +7,8 @@
 //! input never crashes the agent: a bad frame is answered with an `Error` frame, and only a broken byte
 //! stream (a bad length) closes the connection.
 //!
-//! PID 1 must reap orphans with [`reap_orphans`], never `waitpid(-1)`: the latter would steal the exit
-//! status of the commands this server waits for.
+//! The server must not share a process with a `waitpid(-1)` reaper (that would steal the exit status of
+//! the commands it waits for): in the default image PID 1 reaps and the server runs in a child process.
 
 mod env;
 mod exec;
@@ -30,8 +30,6 @@ use smolvm_protocol::{
 };
 
 pub(crate) use out::Out;
-#[allow(unused_imports)] // Called by the PID 1 code.
-pub use reaper::reap_orphans;
 
 /// What the server needs from PID 1.
 pub struct Hooks {

@@ -1,5 +1,8 @@
 //! One module per command group. Each exposes clap argument structs and functions
 //! `fn(&Cli, &Args) -> anyhow::Result<ExitCode>`.
 
+pub mod common;
 pub mod doctor;
+pub mod image;
 pub mod list;
+pub mod vm;

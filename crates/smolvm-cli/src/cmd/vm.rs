@@ -297,7 +297,10 @@ pub fn logs(cli: &Cli, a: &LogsArgs) -> anyhow::Result<ExitCode> {
             out.write_all(&buf)?;
             out.flush()?;
         } else if !a.follow {
-            anyhow::bail!("no log yet at {} (the VM has not been started)", path.display());
+            anyhow::bail!(
+                "no log yet at {} (the VM has not been started)",
+                path.display()
+            );
         }
         if !a.follow {
             return Ok(ExitCode::SUCCESS);

@@ -137,10 +137,17 @@ mod tests {
         let m = fs::metadata(&dst).unwrap();
         assert_eq!(m.len(), 64 << 20);
         // Whichever method the filesystem allowed, the holes were not filled.
-        assert!(m.blocks() * 512 < 4 << 20, "{method:?} allocated {} bytes", m.blocks() * 512);
+        assert!(
+            m.blocks() * 512 < 4 << 20,
+            "{method:?} allocated {} bytes",
+            m.blocks() * 512
+        );
         // A retained disk is reused, not overwritten.
         fs::write(&dst, b"changed").unwrap();
-        assert_eq!(prepare_isolated(&src, &dst, true).unwrap(), CloneMethod::Reused);
+        assert_eq!(
+            prepare_isolated(&src, &dst, true).unwrap(),
+            CloneMethod::Reused
+        );
         assert_eq!(fs::read(&dst).unwrap(), b"changed");
         // No temp files left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);

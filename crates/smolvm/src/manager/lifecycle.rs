@@ -48,11 +48,8 @@ impl SmolVmManager {
         fs::create_dir_all(&vm_dir).map_err(|e| Error::io("create VM directory", &vm_dir, e))?;
         if config.disk_mode() == DiskMode::Isolated {
             let dst = disk::isolated_disk_path(self.disk_dir(), &rec.info.vm_id);
-            let method = disk::prepare_isolated(
-                config.rootfs_path(),
-                &dst,
-                config.retain_disk_on_delete(),
-            )?;
+            let method =
+                disk::prepare_isolated(config.rootfs_path(), &dst, config.retain_disk_on_delete())?;
             tracing::debug!(vm = %rec.info.vm_id, ?method, "isolated disk ready");
             self.state()?.set_disk_path(&rec.info.vm_id, Some(&dst))?;
         }
@@ -133,7 +130,11 @@ impl SmolVmManager {
         Ok((self.get(vm_id)?, client))
     }
 
-    fn launch_spec(&self, rec: &VmRecord, backend: &dyn crate::backend::Backend) -> Result<LaunchSpec> {
+    fn launch_spec(
+        &self,
+        rec: &VmRecord,
+        backend: &dyn crate::backend::Backend,
+    ) -> Result<LaunchSpec> {
         let config = &rec.info.config;
         let id = &rec.info.vm_id;
         let sockets = self.socket_dir();
@@ -215,7 +216,11 @@ impl SmolVmManager {
     fn remove_vm_sockets(&self, rec: &VmRecord) {
         if let Ok(backend) = self.backend_impl(rec.backend) {
             let _ = fs::remove_file(backend.control_socket(self.socket_dir(), &rec.info.vm_id));
-            let _ = fs::remove_file(backend.agent_endpoint(self.socket_dir(), &rec.info.vm_id).path());
+            let _ = fs::remove_file(
+                backend
+                    .agent_endpoint(self.socket_dir(), &rec.info.vm_id)
+                    .path(),
+            );
         }
     }
 
@@ -231,10 +236,7 @@ impl SmolVmManager {
         } else {
             Duration::ZERO
         };
-        let result = self.halt(&rec, grace).and_then(|()| {
-            self.teardown(&rec, true);
-            Ok(())
-        });
+        let result = self.halt(&rec, grace).map(|()| self.teardown(&rec, true));
         match result {
             Ok(()) => {
                 self.state()?.delete_vm(vm_id)?;

@@ -1,0 +1,207 @@
+//! Errors of the image area. Each says what to do; causes stay in the `source()` chain.
+
+use std::path::PathBuf;
+
+use crate::error::ValidationError;
+
+/// Building, finding or reading a guest image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// An option was rejected before any work was done.
+    #[error("invalid {field}: {reason}")]
+    InvalidOption {
+        /// The option (spec name).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A host tool the build needs is not installed.
+    #[error("`{tool}` not found in PATH: install the `{package}` package{hint}")]
+    ToolMissing {
+        /// The program.
+        tool: &'static str,
+        /// The Debian package that provides it.
+        package: &'static str,
+        /// Extra advice (starts with "; ") or empty.
+        hint: &'static str,
+    },
+
+    /// No apt on this host, so the distribution kernel cannot be fetched.
+    #[error(
+        "cannot fetch the kernel: `apt-get` not found (not a Debian-family host). Point smolvm at a \
+         kernel instead: set SMOLVM_KERNEL=/path/to/bzImage and SMOLVM_KERNEL_MODULES=/lib/modules/<version> \
+         (or `smolvm image build --kernel ... --kernel-modules ...`); the kernel needs virtio-mmio, \
+         virtio-blk, virtio-net, virtio-console and vsock, built in or as modules"
+    )]
+    NoPackageManager,
+
+    /// An external program could not be started.
+    #[error("cannot run `{program}`")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An external program failed.
+    #[error("`{command}` failed ({status}): {stderr}{hint}")]
+    Command {
+        /// The command line, for the reader (argv joined by spaces).
+        command: String,
+        /// Exit status.
+        status: String,
+        /// The tail of its error output.
+        stderr: String,
+        /// Extra advice (starts with "; ") or empty.
+        hint: String,
+    },
+
+    /// A file operation failed.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The disk is full.
+    #[error("no space left while trying to {action} {}: free some space or use another --data-dir", path.display())]
+    NoSpace {
+        /// What was being done.
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The kernel file is not a usable x86 bzImage.
+    #[error("kernel {}: {reason}", path.display())]
+    Kernel {
+        /// The kernel file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The kernel lacks a driver the guest needs.
+    #[error(
+        "kernel {release} has no `{module}` (neither built in nor a module under {}): use a kernel with \
+         virtio and vsock drivers, e.g. Debian's linux-image-cloud-amd64", modules_dir.display()
+    )]
+    ModuleMissing {
+        /// The module (driver) name.
+        module: String,
+        /// The kernel release.
+        release: String,
+        /// Where modules were searched.
+        modules_dir: PathBuf,
+    },
+
+    /// A kernel module file could not be read.
+    #[error("kernel module {}: {reason}", path.display())]
+    BadModule {
+        /// The module file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The guest agent binary was not found.
+    #[error(
+        "guest agent binary not found (looked at: {}). Build it with `scripts/build-agent.sh` (a static \
+         `cargo build -p smolvm-agent --release --target x86_64-unknown-linux-gnu` with \
+         RUSTFLAGS='-C target-feature=+crt-static'), or set SMOLVM_AGENT_BIN to its path",
+        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    AgentMissing {
+        /// The places looked at, in order.
+        searched: Vec<PathBuf>,
+    },
+
+    /// The agent binary is dynamically linked (the guest has no matching C library for it).
+    #[error(
+        "guest agent {} is dynamically linked: rebuild it with `scripts/build-agent.sh` \
+         (RUSTFLAGS='-C target-feature=+crt-static' and --target x86_64-unknown-linux-gnu)",
+        path.display()
+    )]
+    AgentNotStatic {
+        /// The binary.
+        path: PathBuf,
+    },
+
+    /// A metadata file of the cache is unreadable.
+    #[error("image metadata {}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A package archive is malformed.
+    #[error("package {}: {reason}", path.display())]
+    BadPackage {
+        /// The .deb file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// This host architecture has no default image.
+    #[error("default images are built for x86_64 hosts only (this is {0})")]
+    UnsupportedArch(&'static str),
+
+    /// No image of that name is in the cache.
+    #[error("no image named {0:?}: build it with `smolvm image build --name {0}`")]
+    NotFound(String),
+}
+
+impl ImageError {
+    /// Wraps an I/O error; a full disk becomes [`ImageError::NoSpace`] so the message says what to do.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.raw_os_error() == Some(libc::ENOSPC)
+            || source.raw_os_error() == Some(libc::EDQUOT)
+        {
+            ImageError::NoSpace {
+                action,
+                path,
+                source,
+            }
+        } else {
+            ImageError::Io {
+                action,
+                path,
+                source,
+            }
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        ImageError::InvalidOption {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ImageError> for crate::Error {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::InvalidOption { field, reason } => {
+                crate::Error::Validation(ValidationError::new(field, reason))
+            }
+            other => crate::Error::Image(Box::new(other)),
+        }
+    }
+}
