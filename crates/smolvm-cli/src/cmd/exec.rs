@@ -209,9 +209,14 @@ pub fn exit_status(outcome: anyhow::Result<i32>) -> ExitCode {
 /// Which of smolvm's own exit statuses a failure gets.
 fn failure_status(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if let Some(smolvm::Error::OperationTimeout { .. }) = cause.downcast_ref::<smolvm::Error>()
+        // Only the command's own `--timeout`; an unresponsive agent ("ping", "connect") is smolvm's
+        // failure.
+        if let Some(smolvm::Error::OperationTimeout { operation, .. }) =
+            cause.downcast_ref::<smolvm::Error>()
         {
-            return EXIT_TIMEOUT;
+            if operation == "command" {
+                return EXIT_TIMEOUT;
+            }
         }
         if let Some(ExecError::Agent { kind, .. }) = cause.downcast_ref::<ExecError>() {
             match kind {
@@ -330,6 +335,11 @@ mod tests {
             after: Duration::from_secs(1),
         }));
         assert_eq!(failure_status(&timeout), EXIT_TIMEOUT);
+        let hung = anyhow::Error::new(smolvm::Error::from(ExecError::Timeout {
+            operation: "ping".into(),
+            after: Duration::from_secs(10),
+        }));
+        assert_eq!(failure_status(&hung), EXIT_SMOLVM_FAILED);
         let missing = anyhow::Error::new(smolvm::Error::from(ExecError::Agent {
             kind: ErrorKind::NotFound,
             message: "start \"nope\"".into(),
