@@ -108,7 +108,9 @@ impl Request {
             | FrameType::Exit
             | FrameType::EnvVars
             | FrameType::Done
-            | FrameType::Error) => return Err(ProtocolError::Unexpected { frame_type: t }),
+            | FrameType::Error
+            // Connection-level, answered by the server's loop itself.
+            | FrameType::Hello) => return Err(ProtocolError::Unexpected { frame_type: t }),
         };
         Ok(req)
     }
@@ -156,7 +158,8 @@ impl Reply {
             | FrameType::EnvUnset
             | FrameType::EnvList
             | FrameType::PowerOff
-            | FrameType::Ping) => return Err(ProtocolError::Unexpected { frame_type: t }),
+            | FrameType::Ping
+            | FrameType::Hello) => return Err(ProtocolError::Unexpected { frame_type: t }),
         };
         Ok(reply)
     }
