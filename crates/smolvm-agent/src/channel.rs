@@ -55,7 +55,7 @@ pub fn run(mut stages: Stages) -> ! {
         }
     }
     match (port, ready_bytes(&ready)) {
-        (Some(p), Ok(bytes)) => crate::serial::run(&p, &bytes, &ready),
+        (Some(p), Ok(bytes)) => crate::serial::run(&p, &bytes),
         (Some(_), Err(e)) => crate::log(&format!("cannot encode the Ready frame: {e}")),
         (None, _) => {}
     }
@@ -116,7 +116,7 @@ fn greet_and_serve(chan: &File, ready: &Ready) -> io::Result<()> {
     let mut w = chan;
     w.write_all(&bytes)?;
     w.flush()?;
-    server::serve(chan.try_clone()?, &HOOKS, ready)
+    server::serve(chan.try_clone()?, &HOOKS)
 }
 
 fn vsock_loop(ready: &Ready) {

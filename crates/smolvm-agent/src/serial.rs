@@ -19,23 +19,18 @@
 //!
 //! # What we do
 //! Every host connection change makes the driver send SIGIO to the port's owner (`O_ASYNC`); with
-//! `F_SETSIG` it is a queued real-time signal to this thread. The request server never touches the
-//! port: it talks to one end of a socket pair, and two relay threads copy between the pair and the port.
-//! A session ends when its host left or the server returns; the pair is then shut down, so the server
-//! sees EOF and its late output is dropped, and the next session starts with a fresh pair and a fresh
-//! Ready frame.
-//!
-//! The driver raises the same signal, with the same `si_code` (POLL_OUT), when data arrives
-//! (`send_sigio_to_port` in virtio_console.c), so events cannot be counted as connection changes: an
-//! event ends the session only when it finds no host connected. A host that leaves and a new one that
-//! connects before the agent looks share a session; the protocol covers that: every host opens with
-//! `Hello` and takes as its greeting only the `Ready` that echoes its Hello's id, which the server sends
-//! in any session (cancelling what the earlier host left running). On every event with a host
-//! connected the port reader is woken, in case it saw the EOF between the two hosts and parked.
-//!
-//! Remaining risk: a host that disconnects while a response frame is half written may leave the rest of
-//! that frame in the port, to be delivered to the next host before its Ready; whole stale frames are
-//! skipped by the host, but a partial one breaks its framing (a protocol error; reconnecting helps).
+//! `F_SETSIG` it is a queued real-time signal to this thread, with `si_code` POLL_OUT (data arrival
+//! too, see below). The request server never touches the port: it talks to one end of a socket pair, and two
+//! relay threads copy between the pair and the port. A session ends when a connection change shows that
+//! its host left (or the server returns); the pair is then shut down, so the server sees EOF and its
+//! late output is dropped, and the next session starts with a fresh pair and a fresh Ready frame.
+//! The driver sends the same signal (si_code POLL_OUT) when data arrives, so events cannot be counted
+//! as connection changes: a session ends when an event finds no host connected. Remaining risks: a host
+//! that leaves and a new one that connects before the agent has looked (a reconnect faster than the
+//! guest reacts) is taken for the same host, so the new one gets no Ready; and a host that disconnects
+//! while a response frame is half written may leave the rest of
+//! that frame in the port, to be delivered to the next host before its Ready; hosts should drop bytes
+//! until they read a complete Ready frame.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -44,8 +39,6 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-
-use smolvm_protocol::Ready;
 
 use crate::server;
 
@@ -78,13 +71,12 @@ struct Shared {
     changed: Condvar,
 }
 
-/// Serves the port forever, one session per host connection. `ready_frame` is `ready` encoded (id 0),
-/// sent unasked at the start of each session; a host's `Hello` is answered with `ready` itself.
-pub fn run(port: &Path, ready_frame: &[u8], ready: &Ready) -> ! {
+/// Serves the port forever, one session per host connection.
+pub fn run(port: &Path, ready: &[u8]) -> ! {
     loop {
         match OpenOptions::new().read(true).write(true).open(port) {
             Ok(f) => {
-                if let Err(e) = sessions(f, ready_frame, ready) {
+                if let Err(e) = sessions(f, ready) {
                     crate::log(&format!("host channel {}: {e}", port.display()));
                 }
             }
@@ -94,7 +86,7 @@ pub fn run(port: &Path, ready_frame: &[u8], ready: &Ready) -> ! {
     }
 }
 
-fn sessions(port: File, ready_frame: &[u8], ready: &Ready) -> io::Result<()> {
+fn sessions(port: File, ready: &[u8]) -> io::Result<()> {
     let fd = port.as_raw_fd();
     let owner = FOwnerEx {
         kind: F_OWNER_TID,
@@ -131,11 +123,10 @@ fn sessions(port: File, ready_frame: &[u8], ready: &Ready) -> io::Result<()> {
             let chan = File::from(std::os::fd::OwnedFd::from(theirs));
             // SAFETY: gettid has no preconditions.
             let me = unsafe { libc::gettid() };
-            let ready = ready.clone();
             std::thread::Builder::new()
                 .name("server".into())
                 .spawn(move || {
-                    if let Err(e) = server::serve(chan, &crate::channel::HOOKS, &ready) {
+                    if let Err(e) = server::serve(chan, &crate::channel::HOOKS) {
                         crate::log(&format!("request server: {e}"));
                     }
                     // Wake the session loop (si_code SI_TKILL tells it apart from port events).
@@ -145,7 +136,7 @@ fn sessions(port: File, ready_frame: &[u8], ready: &Ready) -> io::Result<()> {
         };
         set_sink(&shared, Some(ours.try_clone()?));
         drain(&sigs);
-        (&*port).write_all(ready_frame)?;
+        (&*port).write_all(ready)?;
         // A host is there now: let the reader, parked on EOF, read again.
         bump(&shared);
         let relay = {
@@ -165,9 +156,6 @@ fn sessions(port: File, ready_frame: &[u8], ready: &Ready) -> io::Result<()> {
                     if !is_connected(&port) {
                         break; // the host left
                     }
-                    // Maybe a new host replaced ours before we looked: the reader may have seen the
-                    // EOF between the two and parked; let it read that host's Hello.
-                    bump(&shared);
                 }
             }
         }
@@ -259,39 +247,23 @@ fn port_reader(port: &File, shared: &Shared) {
                 let Ok(g) = shared.sink.lock() else { return };
                 drop(shared.changed.wait_while(g, |g| g.0 == gen));
             }
-            Ok(n) => deliver(shared, &buf[..n]),
+            Ok(n) => {
+                let sink = shared
+                    .sink
+                    .lock()
+                    .ok()
+                    .and_then(|g| g.1.as_ref().and_then(|s| s.try_clone().ok()));
+                if let Some(mut s) = sink {
+                    // A session that just ended refuses the data: it was meant for a host now gone.
+                    let _ = s.write_all(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 crate::log(&format!("read host channel: {e}"));
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-    }
-}
-
-/// Hands bytes from the port to a session: the current one, else (between sessions, or when the current
-/// one just ended and refuses them) the next. Never dropped: they may be a new host's `Hello`, sent as
-/// soon as it connected; leftovers of a host that is gone are discarded by the server, which ignores
-/// everything before a `Hello`.
-fn deliver(shared: &Shared, data: &[u8]) {
-    let mut refused_by = None;
-    loop {
-        let Ok(g) = shared.sink.lock() else { return };
-        let Ok(g) = shared
-            .changed
-            .wait_while(g, |g| g.1.is_none() || refused_by == Some(g.0))
-        else {
-            return;
-        };
-        let generation = g.0;
-        let sink = g.1.as_ref().map(UnixStream::try_clone);
-        drop(g);
-        // (No sink after the wait, or no descriptor for a clone: nothing sensible is left to do.)
-        let Some(Ok(mut s)) = sink else { return };
-        if s.write_all(data).is_ok() {
-            return;
-        }
-        refused_by = Some(generation);
     }
 }
 

@@ -10,8 +10,7 @@ use crate::limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FrameType {
-    /// Agent -> host: JSON [`crate::Ready`], the answer to `Hello` (and, under id 0, unasked when the
-    /// agent starts serving a channel).
+    /// Agent -> host, first frame on a channel: JSON [`crate::Ready`].
     Ready = 1,
     /// Host -> agent: start a command, JSON [`crate::ExecStart`].
     Exec = 2,
@@ -48,15 +47,11 @@ pub enum FrameType {
     Done = 17,
     /// Agent -> host: the request failed, JSON [`crate::ErrorReply`]; the last frame of a request.
     Error = 18,
-    /// Host -> agent, the first frame of every connection (empty payload, a non-zero request id of the
-    /// host's choosing): answered with a `Ready` under the same id. The agent also cancels every request
-    /// still running on the channel (an earlier host's, over virtio-serial).
-    Hello = 19,
 }
 
 impl FrameType {
     /// Every frame type, in value order.
-    pub const ALL: [FrameType; 19] = [
+    pub const ALL: [FrameType; 18] = [
         FrameType::Ready,
         FrameType::Exec,
         FrameType::Stdin,
@@ -75,7 +70,6 @@ impl FrameType {
         FrameType::Ping,
         FrameType::Done,
         FrameType::Error,
-        FrameType::Hello,
     ];
 
     /// Decodes the type byte.
@@ -264,7 +258,7 @@ mod tests {
             assert_eq!(FrameType::from_u8(*t as u8), Some(*t));
         }
         assert_eq!(FrameType::from_u8(0), None);
-        assert_eq!(FrameType::from_u8(20), None);
+        assert_eq!(FrameType::from_u8(19), None);
     }
 
     #[test]

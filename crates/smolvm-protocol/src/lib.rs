@@ -11,12 +11,7 @@
 //! ```
 //!
 //! # Conversation
-//! The host opens with [`FrameType::Hello`] under a non-zero id of its choosing; the agent answers with
-//! [`FrameType::Ready`] (a JSON [`Ready`]) under that same id, and the host takes only that one as its
-//! greeting. (The agent also sends a Ready under id 0 whenever it starts serving a channel; a host reads
-//! past it, checking only its version. Over virtio-serial, one host can leave and the next arrive
-//! faster than the guest notices, so only the echoed id tells a host its greeting is its own; a Hello
-//! also makes the agent cancel whatever an earlier host on the channel left running.)
+//! The first frame the agent sends on a fresh channel is [`FrameType::Ready`] with a JSON [`Ready`].
 //! Then the host starts requests, each under a request id it picks (non-zero, unique among its requests
 //! in flight), so that many requests share one connection concurrently:
 //!
@@ -50,4 +45,4 @@ pub use messages::{
 pub use request::{Reply, Request};
 
 /// Version of the wire protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -108,9 +108,7 @@ impl Request {
             | FrameType::Exit
             | FrameType::EnvVars
             | FrameType::Done
-            | FrameType::Error
-            // Connection-level, answered by the server's loop itself.
-            | FrameType::Hello) => return Err(ProtocolError::Unexpected { frame_type: t }),
+            | FrameType::Error) => return Err(ProtocolError::Unexpected { frame_type: t }),
         };
         Ok(req)
     }
@@ -158,8 +156,7 @@ impl Reply {
             | FrameType::EnvUnset
             | FrameType::EnvList
             | FrameType::PowerOff
-            | FrameType::Ping
-            | FrameType::Hello) => return Err(ProtocolError::Unexpected { frame_type: t }),
+            | FrameType::Ping) => return Err(ProtocolError::Unexpected { frame_type: t }),
         };
         Ok(reply)
     }

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use smolvm_protocol::limits::MAX_IN_FLIGHT;
 use smolvm_protocol::{
-    env_batches, Done, EnvVars, ErrorKind, ErrorReply, Frame, FrameType, ProtocolError, Ready,
-    Reply, Request, PROTOCOL_VERSION,
+    env_batches, Done, EnvVars, ErrorKind, ErrorReply, Frame, ProtocolError, Reply, Request,
 };
 
 pub(crate) use out::Out;
@@ -48,8 +47,6 @@ pub struct Config {
     pub env_json_path: PathBuf,
     /// The shell that runs shell-string commands as `<shell> -lc <command>`.
     pub shell: PathBuf,
-    /// What a `Hello` is answered with.
-    pub ready: Ready,
 }
 
 impl Default for Config {
@@ -58,11 +55,6 @@ impl Default for Config {
             profile_path: "/etc/profile.d/smolvm_env.sh".into(),
             env_json_path: "/etc/smolvm/env.json".into(),
             shell: "/bin/sh".into(),
-            ready: Ready {
-                protocol_version: PROTOCOL_VERSION,
-                agent_version: env!("CARGO_PKG_VERSION").to_string(),
-                boot_stages: Vec::new(),
-            },
         }
     }
 }
@@ -118,16 +110,11 @@ impl Drop for Ctx {
     }
 }
 
-/// Serves requests on `chan` with the guest's default paths until the host disconnects (`Ok(())`),
-/// answering each `Hello` with `ready`; frames before the first `Hello` are ignored. The caller has
-/// already sent its unasked `Ready` (id 0). Returns an error only if the byte stream broke in a
+/// Serves requests on `chan` with the guest's default paths until the host disconnects (`Ok(())`).
+/// The caller has already sent the `Ready` frame. Returns an error only if the byte stream broke in a
 /// way that is not a plain disconnect (a hostile frame length, an I/O error).
-pub fn serve(chan: File, hooks: &Hooks, ready: &Ready) -> io::Result<()> {
-    let config = Config {
-        ready: ready.clone(),
-        ..Config::default()
-    };
-    serve_with(chan, hooks, &config)
+pub fn serve(chan: File, hooks: &Hooks) -> io::Result<()> {
+    serve_with(chan, hooks, &Config::default())
 }
 
 /// [`serve`] with explicit paths.
@@ -136,19 +123,8 @@ pub fn serve_with(chan: File, hooks: &Hooks, config: &Config) -> io::Result<()> 
     let mut reader = BufReader::with_capacity(256 * 1024, chan);
     let routes: Routes = Arc::default();
     let config = Arc::new(config.clone());
-    let mut greeted = false;
     let result = loop {
         match Frame::read_from(&mut reader) {
-            // A host's greeting, answered under its id. Whatever still runs here was started by an
-            // earlier host (a virtio-serial channel may change hosts unnoticed): nobody waits for it.
-            Ok(frame) if frame.frame_type == FrameType::Hello => {
-                greeted = true;
-                cancel_all(&routes);
-                out.reply(frame.request_id, &Reply::Ready(config.ready.clone()));
-            }
-            // Every host says Hello first: anything before it was sent by a host that is gone (left in
-            // a virtio-serial port) and must not run now.
-            Ok(_) | Err(ProtocolError::UnknownType { .. }) if !greeted => {}
             Ok(frame) => dispatch(frame, &out, &routes, &config, hooks),
             Err(ProtocolError::UnknownType {
                 frame_type,
@@ -166,16 +142,6 @@ pub fn serve_with(chan: File, hooks: &Hooks, config: &Config) -> io::Result<()> 
     // The host is gone (or hostile): no frame may reach a later connection, and nothing keeps running
     // on its behalf.
     out.close();
-    cancel_all(&routes);
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while Instant::now() < deadline && routes.lock().map(|r| !r.is_empty()).unwrap_or(false) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    result
-}
-
-/// Asks every request in flight to stop.
-fn cancel_all(routes: &Routes) {
     let inboxes: Vec<SyncSender<Inbound>> = match routes.lock() {
         Ok(r) => r.values().cloned().collect(),
         Err(_) => Vec::new(),
@@ -183,6 +149,11 @@ fn cancel_all(routes: &Routes) {
     for tx in inboxes {
         let _ = tx.try_send(Inbound::Cancel);
     }
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while Instant::now() < deadline && routes.lock().map(|r| !r.is_empty()).unwrap_or(false) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    result
 }
 
 fn is_disconnect(e: &io::Error) -> bool {

@@ -44,12 +44,10 @@ pub(super) fn config_in(dir: &Path) -> Config {
         profile_path: dir.join("profile.d/smolvm_env.sh"),
         env_json_path: dir.join("smolvm/env.json"),
         shell: "/bin/sh".into(),
-        ..Config::default()
     }
 }
 
-/// Starts a server thread on one end of a socketpair, sends the unasked Ready on it, returns the other
-/// end.
+/// Starts a server thread on one end of a socketpair, sends Ready on it, returns the other end.
 pub(super) fn start_server(
     config: &Config,
 ) -> (UnixStream, UnixStream, JoinHandle<std::io::Result<()>>) {
@@ -67,11 +65,7 @@ pub(super) fn start_server(
         .unwrap()
         .write_to(&mut &chan)
         .unwrap();
-    // The same Ready answers each Hello, as in the guest.
-    let config = Config {
-        ready,
-        ..config.clone()
-    };
+    let config = config.clone();
     let server = std::thread::spawn(move || serve_with(chan, &HOOKS, &config));
     (agent, host, server)
 }

@@ -144,77 +144,40 @@ impl AgentClient {
         })
     }
 
-    /// Takes over an already connected stream (for tests and custom transports): sends `Hello`, waits up
-    /// to `timeout` for the agent's `Ready` echoing its id (skipping stale frames and unasked Readies,
-    /// whose protocol version is still checked), and starts the reader thread.
+    /// Takes over an already connected stream (for tests and custom transports): waits up to `timeout`
+    /// for the agent's `Ready`, checks the protocol version, and starts the reader thread.
     pub fn from_stream(stream: UnixStream, timeout: Duration) -> Result<AgentClient, ExecError> {
         let io_err = |e: io::Error| ExecError::Protocol(ProtocolError::Io(e));
-        let deadline = Instant::now() + timeout;
-        let limit = timeout.max(Duration::from_millis(1));
-        stream.set_read_timeout(Some(limit)).map_err(io_err)?;
-        stream.set_write_timeout(Some(limit)).map_err(io_err)?;
-        // A non-zero id that an earlier connection's frames are unlikely to carry.
-        let hello_id = rand::random::<u32>() | 1;
-        Frame::new(FrameType::Hello, hello_id, Vec::new())
-            .write_to(&mut &stream)
-            .map_err(|e| match e {
-                ProtocolError::Io(io)
-                    if matches!(
-                        io.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    ExecError::disconnected(Some(Arc::new(ProtocolError::Io(io))))
-                }
-                other => ExecError::Protocol(other),
-            })?;
-        let ready = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(timeout_error(
-                    "waiting for the guest agent's ready message",
-                    timeout,
-                ));
+        stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(io_err)?;
+        let frame = Frame::read_from(&mut &stream).map_err(|e| match e {
+            ProtocolError::Io(io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                timeout_error("waiting for the guest agent's ready message", timeout)
             }
-            stream.set_read_timeout(Some(left)).map_err(io_err)?;
-            let frame = Frame::read_from(&mut &stream).map_err(|e| match e {
-                ProtocolError::Io(io)
-                    if matches!(
-                        io.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    timeout_error("waiting for the guest agent's ready message", timeout)
-                }
-                // The guest went away before greeting (it powered off, say): QEMU resets the
-                // connection when our Hello is still unread.
-                ProtocolError::Io(io)
-                    if matches!(
-                        io.kind(),
-                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    ExecError::disconnected(Some(Arc::new(ProtocolError::Io(io))))
-                }
-                other => ExecError::Protocol(other),
-            })?;
-            if frame.frame_type != FrameType::Ready {
-                continue; // left over from an earlier host of this channel
+            ProtocolError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+                ExecError::disconnected(Some(Arc::new(ProtocolError::Io(io))))
             }
-            let id = frame.request_id;
-            let ready: Ready = frame.parse_json("ready").map_err(ExecError::Protocol)?;
-            // Any Ready tells the agent's version: an old agent is named at once, not timed out on.
-            if ready.protocol_version != PROTOCOL_VERSION {
-                return Err(ExecError::VersionMismatch {
-                    agent: ready.protocol_version,
-                    host: PROTOCOL_VERSION,
-                    agent_version: ready.agent_version,
-                });
-            }
-            if id == hello_id {
-                break ready;
-            }
-        };
+            other => ExecError::Protocol(other),
+        })?;
+        if frame.frame_type != FrameType::Ready {
+            return Err(ExecError::Protocol(ProtocolError::Unexpected {
+                frame_type: frame.frame_type,
+            }));
+        }
+        let ready: Ready = frame.parse_json("ready").map_err(ExecError::Protocol)?;
+        if ready.protocol_version != PROTOCOL_VERSION {
+            return Err(ExecError::VersionMismatch {
+                agent: ready.protocol_version,
+                host: PROTOCOL_VERSION,
+                agent_version: ready.agent_version,
+            });
+        }
         stream.set_read_timeout(None).map_err(io_err)?;
         stream
             .set_write_timeout(Some(WRITE_TIMEOUT))

@@ -10,38 +10,16 @@ use smolvm_protocol::{Done, Frame, FrameType, Ready, Reply, PROTOCOL_VERSION};
 use super::{AgentClient, ExecError};
 use crate::backend::AgentEndpoint;
 
-fn ready_frame(version: u32, id: u32) -> Vec<u8> {
+fn ready_frame(version: u32) -> Vec<u8> {
     let ready = Ready {
         protocol_version: version,
         agent_version: "fake".into(),
         boot_stages: vec![],
     };
-    Frame::json(FrameType::Ready, id, &ready)
+    Frame::json(FrameType::Ready, 0, &ready)
         .unwrap()
         .encode()
         .unwrap()
-}
-
-/// The fake agent's side of the handshake: reads the client's Hello, answers with Ready under its id.
-fn greet(s: &mut UnixStream) {
-    let hello = Frame::read_from(s).unwrap();
-    assert_eq!(hello.frame_type, FrameType::Hello);
-    assert_ne!(hello.request_id, 0);
-    assert!(hello.payload.is_empty());
-    s.write_all(&ready_frame(PROTOCOL_VERSION, hello.request_id))
-        .unwrap();
-}
-
-/// A client on a socketpair whose fake agent end has completed the handshake; returns both.
-fn greeted_pair() -> (UnixStream, AgentClient) {
-    let (agent, host) = UnixStream::pair().unwrap();
-    let greeter = std::thread::spawn(move || {
-        let mut agent = agent;
-        greet(&mut agent);
-        agent
-    });
-    let client = AgentClient::from_stream(host, Duration::from_secs(10)).unwrap();
-    (greeter.join().unwrap(), client)
 }
 
 /// A fake agent that answers every request with `Done`, after first sending a stale frame.
@@ -61,10 +39,7 @@ const SHORT: Duration = Duration::from_millis(300);
 #[test]
 fn version_mismatch_is_a_clear_error() {
     let (mut agent, host) = UnixStream::pair().unwrap();
-    // An unasked Ready is enough to tell an agent of another version: no waiting for the echo.
-    agent
-        .write_all(&ready_frame(PROTOCOL_VERSION + 1, 0))
-        .unwrap();
+    agent.write_all(&ready_frame(PROTOCOL_VERSION + 1)).unwrap();
     match AgentClient::from_stream(host, SHORT) {
         Err(e @ ExecError::VersionMismatch { .. }) => {
             assert!(e.to_string().contains("rebuild the image"))
@@ -74,37 +49,14 @@ fn version_mismatch_is_a_clear_error() {
 }
 
 #[test]
-fn only_the_ready_echoing_the_hello_greets() {
+fn first_frame_must_be_ready() {
     let (mut agent, host) = UnixStream::pair().unwrap();
-    // Stale frames and Readies for other hosts are skipped; without the echo, the wait times out.
-    agent
-        .write_all(
-            &Reply::Done(Done::default())
-                .to_frame(0)
-                .unwrap()
-                .encode()
-                .unwrap(),
-        )
-        .unwrap();
-    agent.write_all(&ready_frame(PROTOCOL_VERSION, 0)).unwrap();
-    agent
-        .write_all(&ready_frame(PROTOCOL_VERSION, 12345))
-        .unwrap();
+    let f = Reply::Done(Done::default()).to_frame(0).unwrap();
+    agent.write_all(&f.encode().unwrap()).unwrap();
     assert!(matches!(
         AgentClient::from_stream(host, SHORT),
-        Err(ExecError::Timeout { .. })
+        Err(ExecError::Protocol(_))
     ));
-    // With the echo after the same noise, the handshake completes.
-    let (agent, host) = UnixStream::pair().unwrap();
-    let fake = std::thread::spawn(move || {
-        let mut agent = agent;
-        agent.write_all(&ready_frame(PROTOCOL_VERSION, 0)).unwrap();
-        greet(&mut agent);
-        agent
-    });
-    let client = AgentClient::from_stream(host, Duration::from_secs(10)).unwrap();
-    assert_eq!(client.ready().agent_version, "fake");
-    drop(fake.join().unwrap());
 }
 
 #[test]
@@ -124,7 +76,9 @@ fn silent_or_closed_agent_before_ready() {
 
 #[test]
 fn unresponsive_agent_times_out() {
-    let (_agent, mut client) = greeted_pair();
+    let (mut agent, host) = UnixStream::pair().unwrap();
+    agent.write_all(&ready_frame(PROTOCOL_VERSION)).unwrap();
+    let mut client = AgentClient::from_stream(host, SHORT).unwrap();
     client.set_request_timeout(SHORT);
     let e = client.ping().unwrap_err();
     assert!(matches!(e, ExecError::Timeout { .. }), "{e:?}");
@@ -132,14 +86,13 @@ fn unresponsive_agent_times_out() {
 }
 
 #[test]
-fn unix_socket_endpoint_says_hello_first_and_ignores_stale_frames() {
+fn unix_socket_endpoint_connects_and_ignores_stale_frames() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&path).unwrap();
     let agent = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
-        // The client greets before it waits for Ready (this fake sends Ready only after the Hello).
-        greet(&mut s);
+        s.write_all(&ready_frame(PROTOCOL_VERSION)).unwrap();
         answer_pings(s);
     });
     let client =
@@ -165,12 +118,10 @@ fn firecracker_vsock_handshake_keeps_the_agent_bytes() {
             line.push(b[0]);
         }
         assert_eq!(line, b"CONNECT 52");
-        // The OK line and the agent's unasked Ready in one write: the client must not eat the Ready
-        // as part of the line (its version is checked), then the echoed one.
+        // The OK line and the agent's Ready in one write: the client must not eat the Ready.
         let mut reply = b"OK 1073741824\n".to_vec();
-        reply.extend(ready_frame(PROTOCOL_VERSION, 0));
+        reply.extend(ready_frame(PROTOCOL_VERSION));
         s.write_all(&reply).unwrap();
-        greet(&mut s);
         answer_pings(s);
     });
     let endpoint = AgentEndpoint::FirecrackerVsock {
@@ -239,7 +190,9 @@ fn errors_map_to_library_kinds() {
 
 #[test]
 fn oversized_requests_are_refused_before_sending() {
-    let (_agent, client) = greeted_pair();
+    let (mut agent, host) = UnixStream::pair().unwrap();
+    agent.write_all(&ready_frame(PROTOCOL_VERSION)).unwrap();
+    let client = AgentClient::from_stream(host, SHORT).unwrap();
     let huge = "x".repeat(smolvm_protocol::MAX_PAYLOAD_LEN);
     match client.run(&huge, None) {
         Err(ExecError::InvalidRequest(smolvm_protocol::ProtocolError::PayloadTooLarge(n))) => {
