@@ -19,16 +19,12 @@
 //!
 //! # What we do
 //! Every host connection change makes the driver send SIGIO to the port's owner (`O_ASYNC`); with
-//! `F_SETSIG` it is a queued real-time signal to this thread, with `si_code` POLL_OUT (data arrival
-//! too, see below). The request server never touches the port: it talks to one end of a socket pair, and two
+//! `F_SETSIG` it is a queued real-time signal to this thread, with `si_code` POLL_OUT (data arrival is
+//! POLL_IN). The request server never touches the port: it talks to one end of a socket pair, and two
 //! relay threads copy between the pair and the port. A session ends when a connection change shows that
 //! its host left (or the server returns); the pair is then shut down, so the server sees EOF and its
 //! late output is dropped, and the next session starts with a fresh pair and a fresh Ready frame.
-//! The driver sends the same signal (si_code POLL_OUT) when data arrives, so events cannot be counted
-//! as connection changes: a session ends when an event finds no host connected. Remaining risks: a host
-//! that leaves and a new one that connects before the agent has looked (a reconnect faster than the
-//! guest reacts) is taken for the same host, so the new one gets no Ready; and a host that disconnects
-//! while a response frame is half written may leave the rest of
+//! Remaining risk: a host that disconnects while a response frame is half written may leave the rest of
 //! that frame in the port, to be delivered to the next host before its Ready; hosts should drop bytes
 //! until they read a complete Ready frame.
 
@@ -136,6 +132,7 @@ fn sessions(port: File, ready: &[u8]) -> io::Result<()> {
         };
         set_sink(&shared, Some(ours.try_clone()?));
         drain(&sigs);
+        let connected_before = is_connected(&port);
         (&*port).write_all(ready)?;
         // A host is there now: let the reader, parked on EOF, read again.
         bump(&shared);
@@ -145,16 +142,25 @@ fn sessions(port: File, ready: &[u8]) -> io::Result<()> {
                 .name("port-writer".into())
                 .spawn(move || relay_to_port(from, &port))?
         };
+        // The connect event of this session, if the host connected while we waited, is still to come.
+        let mut expected = usize::from(!connected_before);
+        let mut seen = 0usize;
         loop {
             match wait(&sigs) {
                 Event::Data => continue,
                 Event::ServerDone => break,
-                // The driver raises the port signal with the same si_code (POLL_OUT) for data from the
-                // host as for a connection change (`send_sigio_to_port` in virtio_console.c), so an
-                // event while a host is connected may be either: only "no host now" is certain.
-                Event::Connection | Event::Overflow => {
+                Event::Connection => {
+                    seen += 1;
+                    if seen <= expected && is_connected(&port) {
+                        continue; // our own host's connect event, late
+                    }
+                    break; // the host left (and maybe another one is already there)
+                }
+                Event::Overflow => {
+                    // Queue overflowed: events were lost; only the current state is known.
+                    expected = usize::MAX;
                     if !is_connected(&port) {
-                        break; // the host left
+                        break;
                     }
                 }
             }
