@@ -1,16 +1,17 @@
 //! The host channel: a virtio-serial port named `org.smolvm.agent` under QEMU, vsock port 52 under
-//! Firecracker. On every (re)connection of the host the agent first sends a Ready frame, then hands the
-//! connection to the request server until the host goes away.
+//! Firecracker. Both speak the same protocol: the host greets with `SYNC` + `Hello{nonce}`, the request
+//! server answers `SYNC` + `Ready{nonce}` (never unasked) and serves requests. Under QEMU one server
+//! runs for the life of the agent; under Firecracker each accepted connection gets its own.
 //!
 //! The virtio-serial side, and how such a port behaves, is in [`crate::serial`].
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use smolvm_protocol::{Frame, FrameType, Ready, PROTOCOL_VERSION};
+use smolvm_protocol::{Ready, PROTOCOL_VERSION};
 
 use crate::server::{self, Hooks};
 use crate::stages::Stages;
@@ -42,6 +43,7 @@ pub fn run(mut stages: Stages) -> ! {
     let ready = Ready {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        nonce: None,
         boot_stages: stages.0,
     };
     crate::log(&summary(&ready));
@@ -54,10 +56,8 @@ pub fn run(mut stages: Stages) -> ! {
             crate::log(&format!("cannot start the vsock listener: {e}"));
         }
     }
-    match (port, ready_bytes(&ready)) {
-        (Some(p), Ok(bytes)) => crate::serial::run(&p, &bytes),
-        (Some(_), Err(e)) => crate::log(&format!("cannot encode the Ready frame: {e}")),
-        (None, _) => {}
+    if let Some(p) = port {
+        crate::serial::run(&p, &ready);
     }
     loop {
         std::thread::park();
@@ -104,21 +104,6 @@ pub fn find_port(class_dir: &Path, name: &str) -> Option<String> {
     })
 }
 
-fn ready_bytes(ready: &Ready) -> io::Result<Vec<u8>> {
-    Frame::json(FrameType::Ready, 0, ready)
-        .and_then(|f| f.encode())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Sends Ready (blocking until a host is connected) and serves until the host disconnects.
-fn greet_and_serve(chan: &File, ready: &Ready) -> io::Result<()> {
-    let bytes = ready_bytes(ready)?;
-    let mut w = chan;
-    w.write_all(&bytes)?;
-    w.flush()?;
-    server::serve(chan.try_clone()?, &HOOKS)
-}
-
 fn vsock_loop(ready: &Ready) {
     let listener = match vsock_listen(VSOCK_PORT) {
         Ok(l) => l,
@@ -151,7 +136,7 @@ fn vsock_loop(ready: &Ready) {
         let spawned = std::thread::Builder::new()
             .name("vsock-conn".into())
             .spawn(move || {
-                if let Err(e) = greet_and_serve(&chan, &ready) {
+                if let Err(e) = server::serve(chan, &HOOKS, &ready) {
                     crate::log(&format!("vsock connection: {e}"));
                 }
             });
@@ -208,18 +193,5 @@ mod tests {
         assert_eq!(find_port(&t, PORT_NAME).as_deref(), Some("vport0p1"));
         assert_eq!(find_port(&t, "other"), None);
         std::fs::remove_dir_all(&t).unwrap();
-    }
-
-    #[test]
-    fn ready_frame_parses_back() {
-        let r = Ready {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: "x".into(),
-            boot_stages: vec![],
-        };
-        let bytes = ready_bytes(&r).unwrap();
-        let f = Frame::read_from(&mut &bytes[..]).unwrap();
-        assert_eq!(f.frame_type, FrameType::Ready);
-        assert_eq!(f.parse_json::<Ready>("ready").unwrap(), r);
     }
 }

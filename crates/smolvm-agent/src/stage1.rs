@@ -83,7 +83,7 @@ fn mount_root(p: &BootParams) -> io::Result<()> {
     let dev = p.root.as_deref().unwrap_or("/dev/vda");
     let dev = resolve_root(dev);
     let fstype = p.rootfstype.as_deref().unwrap_or("ext4");
-    let flags = if p.read_only { libc::MS_RDONLY } else { 0 };
+    let mut flags = if p.read_only { libc::MS_RDONLY } else { 0 };
     let start = Instant::now();
     loop {
         match sys::mount(
@@ -102,6 +102,15 @@ fn mount_root(p: &BootParams) -> io::Result<()> {
                 ) && start.elapsed() < ROOT_WAIT =>
             {
                 std::thread::sleep(Duration::from_millis(2));
+            }
+            // A read-only disk (shared mode attaches the image with readonly=on) without `ro` on the
+            // command line: mount it read-only, as the kernel's own root mount does.
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EROFS))
+                    && flags & libc::MS_RDONLY == 0 =>
+            {
+                crate::log(&format!("{dev} is read-only: mounting the root read-only"));
+                flags |= libc::MS_RDONLY;
             }
             Err(e) => {
                 return Err(ctx(

@@ -50,8 +50,16 @@ enum Command {
     Delete(cmd::vm::DeleteArgs),
     /// Print a VM's console (or VMM) log.
     Logs(cmd::vm::LogsArgs),
+    /// Create a VM, run one command in it (output streamed), then delete it unless --keep.
+    Run(cmd::run::RunArgs),
     /// Mark running VMs whose VMM died as error.
     Reconcile(cmd::vm::ReconcileArgs),
+    /// Open a shell in a running VM over SSH, or run one command (`smolvm ssh ID -- CMD...`).
+    Ssh(cmd::ssh::SshArgs),
+    /// Print ready-to-paste SSH commands for a VM.
+    SshCommands(cmd::ssh::SshCommandsArgs),
+    /// Find and remove what a crash left behind (processes, rows, sockets, disks, TAPs, rules).
+    Cleanup(cmd::cleanup::CleanupArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,7 +81,11 @@ fn main() -> ExitCode {
         Command::Stop(a) => cmd::vm::stop(&cli, a),
         Command::Delete(a) => cmd::vm::delete(&cli, a),
         Command::Logs(a) => cmd::vm::logs(&cli, a),
+        Command::Run(a) => cmd::run::run(&cli, a),
         Command::Reconcile(a) => cmd::vm::reconcile(&cli, a),
+        Command::Ssh(a) => cmd::ssh::ssh(&cli, a),
+        Command::SshCommands(a) => cmd::ssh::ssh_commands(&cli, a),
+        Command::Cleanup(a) => cmd::cleanup::run(&cli, a),
     };
     match result {
         Ok(code) => code,

@@ -10,7 +10,8 @@ use crate::limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FrameType {
-    /// Agent -> host, first frame on a channel: JSON [`crate::Ready`].
+    /// Agent -> host, the answer to [`FrameType::Hello`] (request id 0), always right after
+    /// [`crate::SYNC`]: JSON [`crate::Ready`].
     Ready = 1,
     /// Host -> agent: start a command, JSON [`crate::ExecStart`].
     Exec = 2,
@@ -47,11 +48,14 @@ pub enum FrameType {
     Done = 17,
     /// Agent -> host: the request failed, JSON [`crate::ErrorReply`]; the last frame of a request.
     Error = 18,
+    /// Host -> agent, the first frame of every connection (request id 0), always right after
+    /// [`crate::SYNC`]: JSON [`crate::Hello`].
+    Hello = 19,
 }
 
 impl FrameType {
     /// Every frame type, in value order.
-    pub const ALL: [FrameType; 18] = [
+    pub const ALL: [FrameType; 19] = [
         FrameType::Ready,
         FrameType::Exec,
         FrameType::Stdin,
@@ -70,6 +74,7 @@ impl FrameType {
         FrameType::Ping,
         FrameType::Done,
         FrameType::Error,
+        FrameType::Hello,
     ];
 
     /// Decodes the type byte.
@@ -239,6 +244,7 @@ mod tests {
         let ready = Ready {
             protocol_version: PROTOCOL_VERSION,
             agent_version: "0.1.0".into(),
+            nonce: Some(7),
             boot_stages: vec![BootStage {
                 name: "init_start".into(),
                 micros: 1234,
@@ -258,7 +264,7 @@ mod tests {
             assert_eq!(FrameType::from_u8(*t as u8), Some(*t));
         }
         assert_eq!(FrameType::from_u8(0), None);
-        assert_eq!(FrameType::from_u8(19), None);
+        assert_eq!(FrameType::from_u8(20), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::frame::Frame;
 use crate::request::{Reply, Request};
+use crate::sync::Decoder;
 
 /// Decodes `data` as a stream of frames, parsing each both as a request and as a reply, until the bytes
 /// run out or the stream breaks. Returns how many frames decoded.
@@ -26,4 +27,21 @@ pub fn decode_stream(data: &[u8]) -> usize {
             Err(_) => {}
         }
     }
+}
+
+/// Feeds `data` to a resynchronising [`Decoder`] in chunks of `chunk` bytes (at least 1), hunting after
+/// every error as the agent does. Returns how many frames decoded.
+pub fn decode_resync(data: &[u8], chunk: usize) -> usize {
+    let mut d = Decoder::hunting();
+    let mut frames = 0;
+    for c in data.chunks(chunk.max(1)) {
+        d.push(c);
+        while let Some(r) = d.next_frame() {
+            if let Ok(frame) = r {
+                frames += 1;
+                let _ = Request::from_frame(frame);
+            }
+        }
+    }
+    frames
 }

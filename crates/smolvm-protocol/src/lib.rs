@@ -10,10 +10,31 @@
 //! ...     payload: JSON for control frames, raw bytes for data chunks
 //! ```
 //!
+//! # Greeting and resynchronisation
+//! A connection starts with the host's [`FrameType::Hello`] (JSON [`Hello`] with a random nonce,
+//! request id 0); the agent answers with [`FrameType::Ready`] (JSON [`Ready`] echoing the nonce, with its
+//! versions and boot stage timestamps). Each of the two frames is written immediately after the 16-byte
+//! marker [`SYNC`], in the same write. The agent never sends `Ready` unasked.
+//!
+//! Why: under QEMU the channel is a virtio-serial port that outlives host connections. Output the agent
+//! wrote for an earlier host (even half a frame) reaches the next host first, and bytes a dying host left
+//! half-written reach the agent before the next host's. So the host discards everything up to a
+//! [`SYNC`] followed by a `Ready` with *its* nonce (bounded in time and bytes), and the agent, whenever
+//! its input stops making sense (or a half frame was cut off by a host leaving), discards input up to
+//! the next [`SYNC`]. The host re-sends `Hello` (same nonce) every few hundred milliseconds until its
+//! `Ready` arrives, in case the agent missed it; the agent answers a repeated nonce only once. A `Hello`
+//! with a new nonce means a new host: the agent cancels every request still in flight (their replies
+//! are dropped, never sent to the new host) and answers with `Ready`. [`Decoder`] implements the
+//! scanning for both sides.
+//!
+//! ```text
+//! host:  SYNC Hello{nonce}  [SYNC Hello{nonce} ...]
+//! agent: [stale bytes] SYNC Ready{nonce}
+//! ```
+//!
 //! # Conversation
-//! The first frame the agent sends on a fresh channel is [`FrameType::Ready`] with a JSON [`Ready`].
-//! Then the host starts requests, each under a request id it picks (non-zero, unique among its requests
-//! in flight), so that many requests share one connection concurrently:
+//! After `Ready` the host starts requests, each under a request id it picks (non-zero, unique among its
+//! requests in flight), so that many requests share one connection concurrently:
 //!
 //! ```text
 //! exec:       Exec -> [Stdin.. (empty = EOF)]      <- Stdout/Stderr..  <- Exit | Error
@@ -35,14 +56,16 @@ pub mod shell;
 mod frame;
 mod messages;
 mod request;
+mod sync;
 
 pub use frame::{Frame, FrameType, ProtocolError};
 pub use limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
 pub use messages::{
     env_batches, is_env_key, BootStage, Command, Done, EnvSet, EnvUnset, EnvVars, ErrorKind,
-    ErrorReply, ExecStart, ExitStatus, FileRead, FileWrite, Ready,
+    ErrorReply, ExecStart, ExitStatus, FileRead, FileWrite, Hello, Ready,
 };
 pub use request::{Reply, Request};
+pub use sync::{with_sync, Decoder, SYNC};
 
 /// Version of the wire protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -12,13 +12,25 @@ use crate::limits::{
     MAX_PATH_LEN, MAX_PAYLOAD_LEN,
 };
 
-/// The agent's first message: who it is and how long boot took.
+/// Host -> agent: the first message of a connection. The host sends it again (same nonce) until it
+/// gets the matching [`Ready`]; the agent treats repeats as one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// A random number the agent echoes in its [`Ready`], so the host can tell its own greeting's answer
+    /// from a stale one meant for an earlier host.
+    pub nonce: u64,
+}
+
+/// Agent -> host, the answer to [`Hello`]: who the agent is and how long boot took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ready {
     /// The agent's [`crate::PROTOCOL_VERSION`].
     pub protocol_version: u32,
     /// The agent's crate version.
     pub agent_version: String,
+    /// The nonce of the [`Hello`] this answers (`None` from agents that predate `Hello`).
+    #[serde(default)]
+    pub nonce: Option<u64>,
     /// Boot stages with their time since kernel start (CLOCK_BOOTTIME) in microseconds, in order.
     pub boot_stages: Vec<BootStage>,
 }

@@ -4,12 +4,15 @@
 use crate::frame::{Frame, FrameType, ProtocolError};
 use crate::limits::{FILE_CHUNK_LEN, OUTPUT_CHUNK_LEN, STDIN_CHUNK_LEN};
 use crate::messages::{
-    Done, EnvSet, EnvUnset, EnvVars, ErrorReply, ExecStart, ExitStatus, FileRead, FileWrite, Ready,
+    Done, EnvSet, EnvUnset, EnvVars, ErrorReply, ExecStart, ExitStatus, FileRead, FileWrite, Hello,
+    Ready,
 };
 
 /// A frame the host sends to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// Greet the agent (connection level, request id 0).
+    Hello(Hello),
     /// Start a command.
     Exec(ExecStart),
     /// Stdin bytes for a running command; empty closes its stdin.
@@ -69,6 +72,7 @@ impl Request {
     /// Interprets a frame received by the agent: checks direction, JSON and the message's rules.
     pub fn from_frame(frame: Frame) -> Result<Request, ProtocolError> {
         let req = match frame.frame_type {
+            FrameType::Hello => Request::Hello(frame.parse_json("hello")?),
             FrameType::Exec => {
                 let m: ExecStart = frame.parse_json("exec")?;
                 m.validate()?;
@@ -118,6 +122,7 @@ impl Request {
         let raw = |t, p: &Vec<u8>| Ok(Frame::new(t, request_id, p.clone()));
         let empty = |t| Ok(Frame::new(t, request_id, Vec::new()));
         match self {
+            Request::Hello(m) => Frame::json(FrameType::Hello, request_id, m),
             Request::Exec(m) => Frame::json(FrameType::Exec, request_id, m),
             Request::Stdin(p) => raw(FrameType::Stdin, p),
             Request::Cancel => empty(FrameType::Cancel),
@@ -147,7 +152,8 @@ impl Reply {
             FrameType::EnvVars => Reply::EnvVars(frame.parse_json("env vars")?),
             FrameType::Done => Reply::Done(frame.parse_json("done")?),
             FrameType::Error => Reply::Error(frame.parse_json("error")?),
-            t @ (FrameType::Exec
+            t @ (FrameType::Hello
+            | FrameType::Exec
             | FrameType::Stdin
             | FrameType::Cancel
             | FrameType::FileWrite

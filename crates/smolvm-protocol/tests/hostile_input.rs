@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use smolvm_protocol::fuzzing::decode_stream;
+use smolvm_protocol::fuzzing::{decode_resync, decode_stream};
 use smolvm_protocol::{
     BootStage, Command, Done, EnvSet, EnvUnset, EnvVars, ErrorKind, ErrorReply, ExecStart,
-    ExitStatus, FileRead, FileWrite, Frame, FrameType, Ready, Reply, Request,
+    ExitStatus, FileRead, FileWrite, Frame, FrameType, Hello, Ready, Reply, Request,
 };
 
 struct Rng(u64);
@@ -64,11 +64,13 @@ fn valid_frames() -> Vec<Frame> {
         Request::EnvList,
         Request::PowerOff,
         Request::Ping,
+        Request::Hello(Hello { nonce: 42 }),
     ];
     let replies = [
         Reply::Ready(Ready {
             protocol_version: 1,
             agent_version: "0.1.0".into(),
+            nonce: Some(u64::MAX),
             boot_stages: vec![BootStage {
                 name: "init".into(),
                 micros: 5,
@@ -133,6 +135,7 @@ fn random_bytes_never_panic() {
         let n = rng.below(64);
         let data = rng.bytes(n);
         decode_stream(&data);
+        decode_resync(&data, 1 + n % 5);
     }
 }
 
@@ -221,4 +224,30 @@ fn json_payload_mutations_never_panic() {
     // Deep nesting is refused by serde_json's recursion limit, not by a stack overflow.
     let deep = Frame::new(FrameType::Exec, 1, [b'['; 100_000].to_vec());
     assert!(Request::from_frame(deep).is_err());
+}
+
+#[test]
+fn resync_finds_every_marked_frame_among_random_bytes() {
+    let mut rng = Rng(0x5eed_1e55_f00d_cafe);
+    let frames = valid_frames();
+    for round in 0..2_000 {
+        // Random garbage (never containing a marker by chance: 16 bytes), then a marked frame. The
+        // garbage's first byte is not 0: after a frame, a 0 would start a plausible header whose length
+        // may swallow the next marker (in the real stream only the bytes before the first marker are
+        // stale, and the decoder hunts through those).
+        let mut data = Vec::new();
+        let mut marked = 0;
+        for _ in 0..1 + rng.below(4) {
+            let n = rng.below(200);
+            let mut garbage = rng.bytes(n);
+            if let Some(b) = garbage.first_mut() {
+                *b |= 1;
+            }
+            data.extend(garbage);
+            data.extend(smolvm_protocol::with_sync(&frames[rng.below(frames.len())]).unwrap());
+            marked += 1;
+        }
+        let got = decode_resync(&data, 1 + round % 9);
+        assert!(got >= marked, "round {round}: {got} < {marked}");
+    }
 }

@@ -27,6 +27,8 @@ use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_T
 
 /// Default graceful stop timeout of the facade, seconds (spec: `SmolVM.stop(timeout=3.0)`).
 pub const FACADE_STOP_TIMEOUT_SECS: f64 = 3.0;
+/// SSH login user unless set with [`SmolVm::with_ssh_user`] (spec: `ssh_user="root"`).
+pub const DEFAULT_SSH_USER: &str = "root";
 /// Default timeout of an agent connection when running a command on an already running VM.
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -115,6 +117,8 @@ impl SmolVmBuilder {
             owned: true,
             released: false,
             agent: Mutex::new(None),
+            ssh_user: DEFAULT_SSH_USER.to_string(),
+            ssh_key_path: None,
         })
     }
 
@@ -157,6 +161,8 @@ pub struct SmolVm {
     owned: bool,
     released: bool,
     agent: Mutex<Option<AgentClient>>,
+    ssh_user: String,
+    ssh_key_path: Option<PathBuf>,
 }
 
 impl SmolVm {
@@ -196,6 +202,42 @@ impl SmolVm {
             owned: false,
             released: false,
             agent: Mutex::new(None),
+            ssh_user: DEFAULT_SSH_USER.to_string(),
+            ssh_key_path: None,
+        })
+    }
+
+    /// Sets the SSH user for `run` over SSH (spec: `ssh_user`).
+    pub fn with_ssh_user(mut self, user: impl Into<String>) -> SmolVm {
+        self.ssh_user = user.into();
+        self
+    }
+
+    /// Uses this private key instead of the data directory's client key (spec: `ssh_key_path`).
+    pub fn with_ssh_key(mut self, key: impl Into<PathBuf>) -> SmolVm {
+        self.ssh_key_path = Some(key.into());
+        self
+    }
+
+    /// Waits until the guest's SSH server accepts smolvm's key, at most `timeout` (spec:
+    /// `wait_for_ssh`). Not needed before [`run`](Self::run), which uses the agent.
+    pub fn wait_for_ssh(&self, timeout: Duration) -> Result<()> {
+        self.manager.wait_for_ssh(&self.vm_id, timeout)
+    }
+
+    /// Runs a command over SSH (`sh -lc`), whatever the image: the path `run` takes for images without
+    /// the smolvm agent. The host key is pinned; there is no trust on first use.
+    pub fn run_over_ssh(&self, command: &str, timeout: Option<Duration>) -> Result<CommandResult> {
+        let mut target = self.manager.ssh_target(&self.vm_id, &self.ssh_user)?;
+        if let Some(k) = &self.ssh_key_path {
+            target.identity_file = k.clone();
+        }
+        let argv = ["sh".to_string(), "-lc".to_string(), command.to_string()];
+        let out = crate::ssh::run_ssh(&target, &argv, timeout.or(Some(DEFAULT_RUN_TIMEOUT)))?;
+        Ok(CommandResult {
+            exit_code: out.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
         })
     }
 
@@ -280,8 +322,13 @@ impl SmolVm {
         &self.manager
     }
 
-    /// True when commands can run in this VM: it boots smolvm's agent (`init=/init`).
+    /// True when commands can run in this VM: it boots smolvm's agent (`init=/init`), or it has a
+    /// network through which SSH can reach it.
     pub fn can_run_commands(&self) -> bool {
+        self.has_agent() || self.info.network.is_some()
+    }
+
+    fn has_agent(&self) -> bool {
         self.info
             .config
             .boot_args()
@@ -295,18 +342,22 @@ impl SmolVm {
     }
 
     /// [`run`](Self::run) with a timeout (default 30 s, as the spec); on expiry the command's process
-    /// group is killed in the guest and `Error::OperationTimeout` returned.
+    /// group is killed in the guest and `Error::OperationTimeout` returned. Goes through the guest agent;
+    /// images without it are reached over SSH.
     pub fn run_with_timeout(
         &self,
         command: &str,
         timeout: Option<Duration>,
     ) -> Result<CommandResult> {
+        if !self.has_agent() && self.info.network.is_some() {
+            return self.run_over_ssh(command, timeout);
+        }
         self.with_agent(|c| Ok(c.run(command, timeout.or(Some(DEFAULT_RUN_TIMEOUT)))?))
     }
 
     /// Runs `f` with a connected agent client, connecting (or reconnecting once) as needed.
     pub fn with_agent<T>(&self, f: impl Fn(&AgentClient) -> Result<T>) -> Result<T> {
-        if !self.can_run_commands() {
+        if !self.has_agent() {
             return Err(Error::InvalidState {
                 vm_id: self.vm_id.clone(),
                 status: self.info.status,

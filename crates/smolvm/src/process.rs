@@ -96,12 +96,17 @@ pub fn spawn_detached(mut cmd: Command, log: &Path) -> std::io::Result<ProcessId
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: setsid is async-signal-safe and touches only the child.
+    // SAFETY: setsid, sigemptyset and pthread_sigmask are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The caller may block signals (the CLI does, to clean up on Ctrl-C); the VMM must not
+            // inherit that, or it would ignore SIGTERM.
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
             Ok(())
         });
     }

@@ -15,8 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use smolvm::exec::AgentClient;
 use smolvm::image::{GuestImage, ImageBuilder, ImageOptions, Progress};
-use smolvm_protocol::{Frame, FrameType, Ready, PROTOCOL_VERSION};
+use smolvm_protocol::{Ready, PROTOCOL_VERSION};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -186,14 +187,13 @@ impl Vm {
         }
     }
 
-    fn ready(&mut self) -> (UnixStream, Ready) {
-        let mut s = self.connect("agent.sock");
-        s.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
-        let frame = Frame::read_from(&mut s)
-            .unwrap_or_else(|e| panic!("no Ready frame ({e}); console:\n{}", self.console()));
-        assert_eq!(frame.frame_type, FrameType::Ready);
-        let ready: Ready = frame.parse_json("ready").expect("Ready JSON");
-        (s, ready)
+    /// Connects to the agent channel and greets the agent (Hello -> Ready).
+    fn ready(&mut self) -> (AgentClient, Ready) {
+        let s = self.connect("agent.sock");
+        let client = AgentClient::from_stream(s, BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no Ready ({e}); console:\n{}", self.console()));
+        let ready = client.ready().clone();
+        (client, ready)
     }
 }
 
@@ -257,12 +257,17 @@ fn boots_to_ready_reconnects_and_powers_off() {
             "stage {want} missing: {stages:?}"
         );
     }
-    // The virtio-serial channel greets every new host connection, even an immediate reconnect (the
-    // guest cannot see such a flap through read(); the agent tracks connection events instead).
+    // The virtio-serial channel serves every new host connection, even an immediate reconnect (the
+    // guest cannot see such a flap through read(); each host's Hello carries a new nonce instead).
+    assert_eq!(s.run("echo hi", None).unwrap().stdout, "hi\n");
     drop(s);
     for i in 0..5 {
         let (s, again) = vm.ready();
         assert_eq!(again.protocol_version, PROTOCOL_VERSION, "reconnect {i}");
+        assert_eq!(
+            s.run(&format!("echo {i}"), None).unwrap().stdout,
+            format!("{i}\n")
+        );
         drop(s);
     }
     // ACPI power button -> the agent powers the guest off cleanly -> QEMU exits by itself.

@@ -26,6 +26,7 @@ fn create_start_exec_stop_restart_delete() {
     if !e2e("lifecycle", TOOLS) {
         return;
     }
+    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
     let ns = Netns::new();
     let _in = ns.enter();
     let env = TestEnv::new();
@@ -96,6 +97,7 @@ fn boot_timeout_leaves_no_process() {
     if !e2e("boot timeout", TOOLS) {
         return;
     }
+    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
     let ns = Netns::new();
     let _in = ns.enter();
     let env = TestEnv::new();
@@ -121,6 +123,7 @@ fn killed_vmm_is_reconciled_and_delete_still_cleans() {
     if !e2e("kill + reconcile", TOOLS) {
         return;
     }
+    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
     let ns = Netns::new();
     let _in = ns.enter();
     let env = TestEnv::new();
@@ -150,6 +153,7 @@ fn disk_modes_shared_and_retained() {
     if !e2e("disk modes", TOOLS) {
         return;
     }
+    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
     let ns = Netns::new();
     let _in = ns.enter();
     let env = TestEnv::new();
@@ -225,6 +229,7 @@ fn owned_facade_deletes_on_drop_and_reconnected_one_only_stops() {
     if !e2e("facade RAII", TOOLS) {
         return;
     }
+    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
     let ns = Netns::new();
     let _in = ns.enter();
     let env = TestEnv::new();
@@ -272,6 +277,7 @@ fn from_id_in_a_second_process() {
     if !e2e("from_id across processes", TOOLS) {
         return;
     }
+    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
     let ns = Netns::new();
     let _in = ns.enter();
     let env = TestEnv::new();

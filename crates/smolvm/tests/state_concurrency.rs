@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use smolvm::info::NetworkMode;
 use smolvm::state::{Lease, StateStore, StoreOptions};
 use smolvm::{BackendKind, VmConfig};
 
@@ -39,7 +40,9 @@ fn work(db: &Path, files: &Path, tag: &str) -> Vec<String> {
             .vm_id(&id)
             .build()
             .unwrap();
-        store.create_vm(&config, BackendKind::Qemu, true).unwrap();
+        store
+            .create_vm(&config, BackendKind::Qemu, Some(NetworkMode::Tap))
+            .unwrap();
         if i % 3 == 1 {
             assert!(store.delete_vm(&id).unwrap());
         } else {

@@ -3,6 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use smolvm::info::NetworkMode;
 use smolvm::state::{PortForwardRequest, Protocol, StateError, StateStore, StoreOptions};
 use smolvm::{BackendKind, VmConfig};
 
@@ -40,7 +41,9 @@ fn create(s: &mut StateStore, env: &Env, id: &str) -> u16 {
         .vm_id(id)
         .build()
         .unwrap();
-    let rec = s.create_vm(&config, BackendKind::Qemu, true).unwrap();
+    let rec = s
+        .create_vm(&config, BackendKind::Qemu, Some(NetworkMode::Tap))
+        .unwrap();
     rec.info.network.unwrap().ssh_host_port.unwrap()
 }
 

@@ -6,6 +6,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use smolvm::info::NetworkMode;
 use smolvm::process::ProcessIdentity;
 use smolvm::state::{RunningVmm, StateError, StateStore, StoreOptions, GATEWAY_IP, SCHEMA_VERSION};
 use smolvm::{BackendKind, VmConfig, VmState};
@@ -67,9 +68,13 @@ fn records_persist_across_reopen() {
     let created = {
         let mut s = env.store();
         let rec = s
-            .create_vm(&env.config("alpha"), BackendKind::Qemu, true)
+            .create_vm(
+                &env.config("alpha"),
+                BackendKind::Qemu,
+                Some(NetworkMode::Tap),
+            )
             .unwrap();
-        s.create_vm(&env.config("beta"), BackendKind::Firecracker, false)
+        s.create_vm(&env.config("beta"), BackendKind::Firecracker, None)
             .unwrap();
         rec
     };
@@ -90,7 +95,7 @@ fn records_persist_across_reopen() {
 fn stored_config_loads_after_its_files_are_gone() {
     let env = Env::new();
     env.store()
-        .create_vm(&env.config("orphan"), BackendKind::Qemu, false)
+        .create_vm(&env.config("orphan"), BackendKind::Qemu, None)
         .unwrap();
     std::fs::remove_file(&env.kernel).unwrap();
     std::fs::remove_file(&env.rootfs).unwrap();
@@ -105,7 +110,7 @@ fn migrates_an_empty_v0_file() {
     let env = Env::new();
     std::fs::write(env.db(), b"").unwrap();
     let mut s = env.store();
-    s.create_vm(&env.config("a"), BackendKind::Qemu, true)
+    s.create_vm(&env.config("a"), BackendKind::Qemu, Some(NetworkMode::Tap))
         .unwrap();
     drop(s);
     assert_eq!(user_version(&env.db()), i64::from(SCHEMA_VERSION));
@@ -170,8 +175,12 @@ fn reports_malformed_pages_with_the_path() {
     {
         let mut s = env.store();
         for i in 0..20 {
-            s.create_vm(&env.config(&format!("vm-{i}")), BackendKind::Qemu, true)
-                .unwrap();
+            s.create_vm(
+                &env.config(&format!("vm-{i}")),
+                BackendKind::Qemu,
+                Some(NetworkMode::Tap),
+            )
+            .unwrap();
         }
     }
     // Keep page 1 (header and schema) intact, damage every table page after it.
@@ -193,7 +202,7 @@ fn filters_by_status_in_creation_order() {
     let env = Env::new();
     let mut s = env.store();
     for id in ["zulu", "alpha", "mike", "bravo"] {
-        s.create_vm(&env.config(id), BackendKind::Qemu, false)
+        s.create_vm(&env.config(id), BackendKind::Qemu, None)
             .unwrap();
     }
     let vmm = RunningVmm {
@@ -245,7 +254,7 @@ fn filters_by_status_in_creation_order() {
 fn disk_path_is_recorded_and_cleared() {
     let env = Env::new();
     let mut s = env.store();
-    s.create_vm(&env.config("d"), BackendKind::Qemu, false)
+    s.create_vm(&env.config("d"), BackendKind::Qemu, None)
         .unwrap();
     let disk = env.dir.path().join("disks/d.ext4");
     assert_eq!(
@@ -260,10 +269,18 @@ fn unknown_and_duplicate_ids_map_to_public_kinds() {
     let env = Env::new();
     let mut s = env.store();
     let first = s
-        .create_vm(&env.config("dup"), BackendKind::Qemu, true)
+        .create_vm(
+            &env.config("dup"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
         .unwrap();
     let err = s
-        .create_vm(&env.config("dup"), BackendKind::Qemu, true)
+        .create_vm(
+            &env.config("dup"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
         .unwrap_err();
     assert!(matches!(&err, StateError::VmAlreadyExists(id) if id == "dup"));
     assert!(matches!(smolvm::Error::from(err), smolvm::Error::VmAlreadyExists(id) if id == "dup"));
@@ -285,7 +302,7 @@ fn ip_skips_gateway_and_is_reused_after_delete() {
     let env = Env::new();
     let mut s = env.store();
     let net = |s: &mut StateStore, id: &str| {
-        s.create_vm(&env.config(id), BackendKind::Qemu, true)
+        s.create_vm(&env.config(id), BackendKind::Qemu, Some(NetworkMode::Tap))
             .unwrap()
             .info
             .network
@@ -322,12 +339,12 @@ fn ip_skips_gateway_and_is_reused_after_delete() {
 fn port_exhaustion_is_a_clear_error_and_records_nothing() {
     let env = Env::new();
     let mut s = env.store_with_ports(43000..=43001);
-    s.create_vm(&env.config("p1"), BackendKind::Qemu, true)
+    s.create_vm(&env.config("p1"), BackendKind::Qemu, Some(NetworkMode::Tap))
         .unwrap();
-    s.create_vm(&env.config("p2"), BackendKind::Qemu, true)
+    s.create_vm(&env.config("p2"), BackendKind::Qemu, Some(NetworkMode::Tap))
         .unwrap();
     let err = s
-        .create_vm(&env.config("p3"), BackendKind::Qemu, true)
+        .create_vm(&env.config("p3"), BackendKind::Qemu, Some(NetworkMode::Tap))
         .unwrap_err();
     assert!(
         matches!(&err, StateError::Exhausted { what } if what.contains("43000..=43001")),
@@ -336,12 +353,12 @@ fn port_exhaustion_is_a_clear_error_and_records_nothing() {
     assert!(err.to_string().contains("no free host port"), "{err}");
     assert_eq!(s.get_vm("p3").unwrap(), None);
     // A VM without networking needs no port.
-    s.create_vm(&env.config("p4"), BackendKind::Qemu, false)
+    s.create_vm(&env.config("p4"), BackendKind::Qemu, None)
         .unwrap();
     // Deleting one frees its port.
     s.delete_vm("p1").unwrap();
     let p3 = s
-        .create_vm(&env.config("p3"), BackendKind::Qemu, true)
+        .create_vm(&env.config("p3"), BackendKind::Qemu, Some(NetworkMode::Tap))
         .unwrap();
     assert_eq!(p3.info.network.unwrap().ssh_host_port, Some(43000));
 }
@@ -350,8 +367,12 @@ fn port_exhaustion_is_a_clear_error_and_records_nothing() {
 fn ip_exhaustion_is_a_clear_error_and_the_first_gap_is_used() {
     let env = Env::new();
     let mut s = env.store();
-    s.create_vm(&env.config("seed"), BackendKind::Qemu, true)
-        .unwrap();
+    s.create_vm(
+        &env.config("seed"),
+        BackendKind::Qemu,
+        Some(NetworkMode::Tap),
+    )
+    .unwrap();
     // Fill the rest of the /16 directly: 65533 usable addresses in all.
     // One statement per table, generated by SQLite itself, to keep this fast in debug builds.
     let c = rusqlite::Connection::open(env.db()).unwrap();
@@ -371,7 +392,11 @@ fn ip_exhaustion_is_a_clear_error_and_the_first_gap_is_used() {
     )
     .unwrap();
     let err = s
-        .create_vm(&env.config("late"), BackendKind::Qemu, true)
+        .create_vm(
+            &env.config("late"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
         .unwrap_err();
     assert!(
         matches!(&err, StateError::Exhausted { what } if what.contains("guest IP")),
@@ -382,7 +407,11 @@ fn ip_exhaustion_is_a_clear_error_and_the_first_gap_is_used() {
     c.execute("DELETE FROM vms WHERE id = 'fill-25607'", [])
         .unwrap();
     let late = s
-        .create_vm(&env.config("late"), BackendKind::Qemu, true)
+        .create_vm(
+            &env.config("late"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
         .unwrap();
     let net = late.info.network.unwrap();
     assert_eq!(net.guest_ip, Ipv4Addr::new(172, 16, 100, 7));
@@ -400,13 +429,21 @@ fn busy_ports_are_skipped_when_probing() {
     };
     let mut s = StateStore::open_with(&env.db(), probing).unwrap();
     let err = s
-        .create_vm(&env.config("busy"), BackendKind::Qemu, true)
+        .create_vm(
+            &env.config("busy"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
         .unwrap_err();
     assert!(matches!(err, StateError::Exhausted { .. }), "{err}");
     drop(s);
     let mut s = env.store_with_ports(port..=port);
     let rec = s
-        .create_vm(&env.config("busy"), BackendKind::Qemu, true)
+        .create_vm(
+            &env.config("busy"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
         .unwrap();
     assert_eq!(rec.info.network.unwrap().ssh_host_port, Some(port));
 }

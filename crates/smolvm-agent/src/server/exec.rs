@@ -175,6 +175,9 @@ fn spawn(ctx: &Ctx, start: &ExecStart) -> Result<Child, smolvm_protocol::ErrorRe
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    // The agent runs with its channel's event signals blocked and SIGPIPE ignored; a command must start
+    // with neither (measured: busybox sh then waited forever for the SIGCHLD of `$(id -u)` in /etc/profile).
+    crate::setup::reset_signals(&mut cmd);
     // SAFETY: setsid is async-signal-safe; it makes the child a session and process group leader, so its
     // pgid equals its pid and a timeout can kill the whole group.
     unsafe {

@@ -1,11 +1,13 @@
-//! The agent's request server: serves one host connection (a virtio-serial port under QEMU, an accepted
-//! vsock connection under Firecracker) until the host disconnects.
+//! The agent's request server: serves a channel (the virtio-serial port under QEMU, for the life of the
+//! agent and any number of hosts one after the other; an accepted vsock connection under Firecracker).
 //!
-//! One thread (the caller's) reads frames and dispatches them. Quick requests (ping, env, power-off) are
+//! One thread (the caller's) reads frames and dispatches them. A `Hello` with a new nonce is a new host:
+//! the previous host's requests are cancelled and the host gets `SYNC` + `Ready` (see
+//! [`smolvm_protocol`]'s greeting rules). Quick requests (ping, env, power-off) are
 //! answered inline; commands and file transfers run on their own threads, so requests are served
 //! concurrently. Every frame goes out through [`Out`], whose lock keeps frames from interleaving. Hostile
 //! input never crashes the agent: a bad frame is answered with an `Error` frame, and only a broken byte
-//! stream (a bad length) closes the connection.
+//! stream (a bad length) makes the server skip input up to the next `SYNC`.
 //!
 //! The server must not share a process with a `waitpid(-1)` reaper (that would steal the exit status of
 //! the commands it waits for): in the default image PID 1 reaps and the server runs in a child process.
@@ -18,18 +20,19 @@ mod reaper;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smolvm_protocol::limits::MAX_IN_FLIGHT;
 use smolvm_protocol::{
-    env_batches, Done, EnvVars, ErrorKind, ErrorReply, Frame, ProtocolError, Reply, Request,
+    env_batches, with_sync, Decoder, Done, EnvVars, ErrorKind, ErrorReply, Frame, FrameType, Hello,
+    ProtocolError, Ready, Reply, Request,
 };
 
-pub(crate) use out::Out;
+pub(crate) use out::{Out, Writer};
 
 /// What the server needs from PID 1.
 pub struct Hooks {
@@ -90,7 +93,7 @@ type Routes = Arc<Mutex<HashMap<u32, SyncSender<Inbound>>>>;
 pub(crate) struct Ctx {
     /// Its request id.
     pub id: u32,
-    /// The connection's writer.
+    /// The channel's writer, for the epoch (host) this request belongs to.
     pub out: Arc<Out>,
     /// Frames for this request.
     pub inbox: Receiver<Inbound>,
@@ -110,50 +113,170 @@ impl Drop for Ctx {
     }
 }
 
-/// Serves requests on `chan` with the guest's default paths until the host disconnects (`Ok(())`).
-/// The caller has already sent the `Ready` frame. Returns an error only if the byte stream broke in a
-/// way that is not a plain disconnect (a hostile frame length, an I/O error).
-pub fn serve(chan: File, hooks: &Hooks) -> io::Result<()> {
-    serve_with(chan, hooks, &Config::default())
+/// Bytes read from the channel at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Where the server's input comes from.
+pub(crate) trait Source {
+    /// Reads more input into `dec` (and may tell it to [`Decoder::hunt`] when it knows that a partial
+    /// frame will never be completed). `Ok(false)` ends the connection.
+    fn fill(&mut self, dec: &mut Decoder) -> io::Result<bool>;
+}
+
+/// A connection that ends at EOF: an accepted vsock connection, or a socketpair in tests.
+struct StreamSource(File);
+
+impl Source for StreamSource {
+    fn fill(&mut self, dec: &mut Decoder) -> io::Result<bool> {
+        loop {
+            match dec.read_from(&mut self.0, READ_CHUNK) {
+                Ok(n) => return Ok(n > 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_disconnect(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Serves requests on the connection `chan` with the guest's default paths until the host disconnects
+/// (`Ok(())`), greeting each `Hello` with a `Ready` made from `ready` (its nonce filled in). Returns an
+/// error only if reading failed in a way that is not a plain disconnect.
+pub fn serve(chan: File, hooks: &Hooks, ready: &Ready) -> io::Result<()> {
+    serve_with(chan, hooks, &Config::default(), ready)
 }
 
 /// [`serve`] with explicit paths.
-pub fn serve_with(chan: File, hooks: &Hooks, config: &Config) -> io::Result<()> {
-    let out = Arc::new(Out::new(chan.try_clone()?));
-    let mut reader = BufReader::with_capacity(256 * 1024, chan);
-    let routes: Routes = Arc::default();
-    let config = Arc::new(config.clone());
+pub fn serve_with(chan: File, hooks: &Hooks, config: &Config, ready: &Ready) -> io::Result<()> {
+    let writer = Writer::new(chan.try_clone()?);
+    serve_source(StreamSource(chan), &writer, hooks, config, ready)
+}
+
+/// Serves requests read from `source`, writing through `writer`, until the source ends. Input that
+/// loses its frame boundaries is skipped up to the next `SYNC` (which precedes every `Hello`), so
+/// garbage never ends the server.
+pub(crate) fn serve_source(
+    mut source: impl Source,
+    writer: &Arc<Writer>,
+    hooks: &Hooks,
+    config: &Config,
+    ready: &Ready,
+) -> io::Result<()> {
+    let mut server = Server {
+        writer: Arc::clone(writer),
+        out: writer.current(),
+        routes: Arc::default(),
+        config: Arc::new(config.clone()),
+        hooks,
+        ready: ready.clone(),
+        nonce: None,
+    };
+    // Bytes before the first SYNC belong to nobody (a host that left, or garbage).
+    let mut dec = Decoder::hunting();
     let result = loop {
-        match Frame::read_from(&mut reader) {
-            Ok(frame) => dispatch(frame, &out, &routes, &config, hooks),
-            Err(ProtocolError::UnknownType {
-                frame_type,
-                request_id,
-            }) => out.error(
-                request_id,
-                ErrorKind::BadRequest,
-                format!("unknown frame type {frame_type}"),
-            ),
-            Err(ProtocolError::Io(e)) if is_disconnect(&e) => break Ok(()),
-            Err(ProtocolError::Io(e)) => break Err(e),
-            Err(e) => break Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        match source.fill(&mut dec) {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+        let discarded = dec.discarded();
+        while let Some(item) = dec.next_frame() {
+            match item {
+                Ok(frame) => server.handle(frame),
+                Err(ProtocolError::UnknownType {
+                    frame_type,
+                    request_id,
+                }) => server.out.error(
+                    request_id,
+                    ErrorKind::BadRequest,
+                    format!("unknown frame type {frame_type}"),
+                ),
+                Err(e) => crate::log(&format!(
+                    "host channel out of step ({e}): skipping input up to the next SYNC"
+                )),
+            }
+        }
+        if dec.discarded() > discarded && !dec.is_hunting() {
+            crate::log(&format!(
+                "host channel: skipped {} bytes up to a SYNC",
+                dec.discarded() - discarded
+            ));
         }
     };
-    // The host is gone (or hostile): no frame may reach a later connection, and nothing keeps running
-    // on its behalf.
-    out.close();
-    let inboxes: Vec<SyncSender<Inbound>> = match routes.lock() {
-        Ok(r) => r.values().cloned().collect(),
-        Err(_) => Vec::new(),
-    };
-    for tx in inboxes {
-        let _ = tx.try_send(Inbound::Cancel);
-    }
+    // The host is gone: no frame may be written any more, and nothing keeps running on its behalf.
+    writer.close();
+    let routes = Arc::clone(&server.routes);
+    cancel_all(&routes);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while Instant::now() < deadline && routes.lock().map(|r| !r.is_empty()).unwrap_or(false) {
         std::thread::sleep(Duration::from_millis(10));
     }
     result
+}
+
+/// The state of one channel: who the host is, and its requests in flight.
+struct Server<'a> {
+    writer: Arc<Writer>,
+    /// The current epoch's handle (inline answers; handed to new requests).
+    out: Arc<Out>,
+    /// Requests of the current host.
+    routes: Routes,
+    config: Arc<Config>,
+    hooks: &'a Hooks,
+    /// The greeting, without a nonce.
+    ready: Ready,
+    /// The nonce of the host greeted last; a `Hello` repeating it is answered already.
+    nonce: Option<u64>,
+}
+
+impl Server<'_> {
+    fn handle(&mut self, frame: Frame) {
+        if frame.frame_type != FrameType::Hello {
+            return dispatch(frame, &self.out, &self.routes, &self.config, self.hooks);
+        }
+        let hello: Hello = match frame.parse_json("hello") {
+            Ok(h) => h,
+            Err(e) => {
+                crate::log(&format!("ignoring a malformed hello: {}", error_chain(&e)));
+                return;
+            }
+        };
+        if self.nonce == Some(hello.nonce) {
+            return; // the host re-sent it before our Ready arrived
+        }
+        self.nonce = Some(hello.nonce);
+        // A new host: the previous one's requests end, and none of their frames reach the new host.
+        self.out = self.writer.next_epoch();
+        cancel_all(&self.routes);
+        self.routes = Arc::default();
+        let ready = Ready {
+            nonce: Some(hello.nonce),
+            ..self.ready.clone()
+        };
+        match Frame::json(FrameType::Ready, 0, &ready).and_then(|f| with_sync(&f)) {
+            Ok(bytes) => {
+                self.out.send_bytes(&bytes);
+            }
+            Err(e) => crate::log(&format!("cannot encode Ready: {}", error_chain(&e))),
+        }
+    }
+}
+
+/// Tells every request in `routes` to stop (its answer is dropped if its epoch is over).
+fn cancel_all(routes: &Routes) {
+    let inboxes: Vec<SyncSender<Inbound>> = match routes.lock() {
+        Ok(r) => r.values().cloned().collect(),
+        Err(_) => Vec::new(),
+    };
+    for tx in inboxes {
+        if let Err(TrySendError::Full(msg)) = tx.try_send(Inbound::Cancel) {
+            // Its inbox is full (a command not reading its stdin): deliver once it has room, without
+            // stalling the channel meanwhile.
+            let _ = std::thread::Builder::new()
+                .name("cancel".into())
+                .spawn(move || tx.send(msg));
+        }
+    }
 }
 
 fn is_disconnect(e: &io::Error) -> bool {
@@ -238,6 +361,8 @@ fn dispatch(frame: Frame, out: &Arc<Out>, routes: &Routes, config: &Arc<Config>,
         Request::Exec(m) => spawn(id, out, routes, config, move |ctx| exec::run(ctx, m)),
         Request::FileWrite(m) => spawn(id, out, routes, config, move |ctx| files::write(ctx, m)),
         Request::FileRead(m) => spawn(id, out, routes, config, move |ctx| files::read(ctx, m)),
+        // Handled by the server before dispatching.
+        Request::Hello(_) => {}
         Request::Stdin(_) | Request::FileData(_) | Request::Cancel => {}
     }
 }

@@ -1,6 +1,7 @@
-//! The server and the real host client on the two ends of a socketpair, a Ready frame first as PID 1
-//! sends it. Everything a guest would do is done on the host here; no VM needed.
+//! The server and the real host client on the two ends of a socketpair, greeting each other as over a
+//! real channel. Everything a guest would do is done on the host here; no VM needed.
 
+pub(super) mod channel;
 mod env_files;
 mod hostile;
 
@@ -13,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use smolvm::exec::{AgentClient, ErrorKind, ExecError, ExecRequest, Stream};
-use smolvm_protocol::{BootStage, Frame, FrameType, Ready, PROTOCOL_VERSION};
+use smolvm_protocol::{BootStage, Ready, PROTOCOL_VERSION};
 
 use super::{serve_with, Config, Hooks};
 
@@ -47,26 +48,27 @@ pub(super) fn config_in(dir: &Path) -> Config {
     }
 }
 
-/// Starts a server thread on one end of a socketpair, sends Ready on it, returns the other end.
+/// The agent's greeting template in these tests.
+pub(super) fn test_ready() -> Ready {
+    Ready {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        nonce: None,
+        boot_stages: vec![BootStage {
+            name: "init_start".into(),
+            micros: 42,
+        }],
+    }
+}
+
+/// Starts a server thread on one end of a socketpair; returns the other end.
 pub(super) fn start_server(
     config: &Config,
 ) -> (UnixStream, UnixStream, JoinHandle<std::io::Result<()>>) {
     let (agent, host) = UnixStream::pair().unwrap();
     let chan = File::from(OwnedFd::from(agent.try_clone().unwrap()));
-    let ready = Ready {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        boot_stages: vec![BootStage {
-            name: "init_start".into(),
-            micros: 42,
-        }],
-    };
-    Frame::json(FrameType::Ready, 0, &ready)
-        .unwrap()
-        .write_to(&mut &chan)
-        .unwrap();
     let config = config.clone();
-    let server = std::thread::spawn(move || serve_with(chan, &HOOKS, &config));
+    let server = std::thread::spawn(move || serve_with(chan, &HOOKS, &config, &test_ready()));
     (agent, host, server)
 }
 
@@ -84,7 +86,7 @@ pub(super) fn harness() -> Harness {
     }
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -96,12 +98,12 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn path_str(p: &Path) -> String {
+pub(super) fn path_str(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
 /// True once `pid` is gone or a zombie (killed, waiting for its reaper).
-fn wait_dead(pid: u32) -> bool {
+pub(super) fn wait_dead(pid: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         match smolvm::process::proc_stat(pid) {

@@ -8,6 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use smolvm::host::{Accelerator, HostCapabilities, ToolInfo};
+use smolvm::network::HostNetwork;
 use smolvm::BackendKind;
 
 use crate::Cli;
@@ -39,6 +40,44 @@ struct Report {
     requested_backend: Option<BackendKind>,
     backends: Backends,
     host: HostCapabilities,
+    network: NetworkReport,
+}
+
+/// What host networking can do here.
+#[derive(Debug, Serialize)]
+struct NetworkReport {
+    /// TAP networking (TAP + NAT + loopback SSH forward) can be set up by this process.
+    tap: bool,
+    /// Why not, with the fix.
+    tap_problem: Option<String>,
+    /// Forward chains of other firewalls (Docker) with a DROP policy; smolvm adds accept rules for its
+    /// guests to them. `None` when they could not be listed (see `forward_drop_error`).
+    forward_drop_chains: Option<Vec<String>>,
+    /// Why the forward policies could not be checked.
+    forward_drop_error: Option<String>,
+}
+
+impl NetworkReport {
+    fn detect() -> NetworkReport {
+        let net = HostNetwork::system();
+        let tap_problem = net.capabilities().check_tap().err().map(|e| e.to_string());
+        let (forward_drop_chains, forward_drop_error) = match &tap_problem {
+            Some(_) => (
+                None,
+                Some("needs TAP networking privileges to list the ruleset".into()),
+            ),
+            None => match net.detect_forward_drop() {
+                Ok(chains) => (Some(chains.iter().map(ToString::to_string).collect()), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+        };
+        NetworkReport {
+            tap: tap_problem.is_none(),
+            tap_problem,
+            forward_drop_chains,
+            forward_drop_error,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -80,6 +119,7 @@ pub fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
         requested_backend: requested,
         backends,
         host,
+        network: NetworkReport::detect(),
     };
     if args.json {
         crate::output::print_json(&report)?;
@@ -207,6 +247,38 @@ fn render(r: &Report) -> String {
             (false, false) => "unprivileged (no TAP networking)",
         },
     );
+
+    t.section("Network");
+    let n = &r.network;
+    t.line(
+        "TAP networking",
+        match &n.tap_problem {
+            None => "ready (TAP + NAT, SSH forward on 127.0.0.1)".to_string(),
+            Some(why) => format!("not possible: {why}"),
+        },
+    );
+    if n.tap_problem.is_some() {
+        t.line(
+            "fallback",
+            "QEMU VMs use user-mode networking; Firecracker VMs need TAP",
+        );
+    }
+    match (&n.forward_drop_chains, &n.forward_drop_error) {
+        (Some(c), _) if c.is_empty() => {
+            t.line("forward policy", "no DROP policy in other firewalls")
+        }
+        (Some(c), _) => {
+            t.line(
+                "forward policy",
+                "DROP (Docker or similar): smolvm adds accept rules for its guests",
+            );
+            for chain in c {
+                t.line("", format!("- {chain}"));
+            }
+        }
+        (None, Some(e)) => t.line("forward policy", format!("not checked: {e}")),
+        (None, None) => t.line("forward policy", "not checked"),
+    }
     t.0
 }
 

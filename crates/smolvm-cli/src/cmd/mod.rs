@@ -1,8 +1,11 @@
 //! One module per command group. Each exposes clap argument structs and functions
 //! `fn(&Cli, &Args) -> anyhow::Result<ExitCode>`.
 
+pub mod cleanup;
 pub mod common;
 pub mod doctor;
 pub mod image;
 pub mod list;
+pub mod run;
+pub mod ssh;
 pub mod vm;

@@ -1,7 +1,7 @@
 //! The connection: handshake, the demultiplexing reader thread, and per-request calls.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,9 +11,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use smolvm_protocol::{
-    EnvSet, EnvUnset, Frame, FrameType, ProtocolError, Ready, Reply, Request, PROTOCOL_VERSION,
+    Decoder, EnvSet, EnvUnset, Frame, FrameType, ProtocolError, Ready, Reply, Request,
 };
 
+use super::greeting::handshake;
 use super::ExecError;
 use crate::backend::AgentEndpoint;
 
@@ -24,6 +25,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between connection attempts while the VM is still booting.
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
+/// Bytes read from the socket at once.
+pub(super) const READ_CHUNK: usize = 256 * 1024;
 /// Longest `OK <port>` line accepted from Firecracker's vsock proxy.
 const MAX_VSOCK_REPLY: usize = 64;
 
@@ -65,7 +68,7 @@ impl std::fmt::Debug for AgentClient {
     }
 }
 
-fn timeout_error(operation: &str, after: Duration) -> ExecError {
+pub(super) fn timeout_error(operation: &str, after: Duration) -> ExecError {
     ExecError::Timeout {
         operation: operation.to_string(),
         after,
@@ -144,40 +147,13 @@ impl AgentClient {
         })
     }
 
-    /// Takes over an already connected stream (for tests and custom transports): waits up to `timeout`
-    /// for the agent's `Ready`, checks the protocol version, and starts the reader thread.
+    /// Takes over an already connected stream (for tests and custom transports): greets the agent
+    /// (`SYNC` + `Hello` with a random nonce, re-sent every [`super::HELLO_RESEND`] until answered), skips
+    /// whatever precedes `SYNC` + the `Ready` with our nonce (output meant for an earlier host), checks
+    /// the protocol version and starts the reader thread. All within `timeout`.
     pub fn from_stream(stream: UnixStream, timeout: Duration) -> Result<AgentClient, ExecError> {
         let io_err = |e: io::Error| ExecError::Protocol(ProtocolError::Io(e));
-        stream
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
-            .map_err(io_err)?;
-        let frame = Frame::read_from(&mut &stream).map_err(|e| match e {
-            ProtocolError::Io(io)
-                if matches!(
-                    io.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                timeout_error("waiting for the guest agent's ready message", timeout)
-            }
-            ProtocolError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
-                ExecError::disconnected(Some(Arc::new(ProtocolError::Io(io))))
-            }
-            other => ExecError::Protocol(other),
-        })?;
-        if frame.frame_type != FrameType::Ready {
-            return Err(ExecError::Protocol(ProtocolError::Unexpected {
-                frame_type: frame.frame_type,
-            }));
-        }
-        let ready: Ready = frame.parse_json("ready").map_err(ExecError::Protocol)?;
-        if ready.protocol_version != PROTOCOL_VERSION {
-            return Err(ExecError::VersionMismatch {
-                agent: ready.protocol_version,
-                host: PROTOCOL_VERSION,
-                agent_version: ready.agent_version,
-            });
-        }
+        let (ready, decoder) = handshake(&stream, timeout)?;
         stream.set_read_timeout(None).map_err(io_err)?;
         stream
             .set_write_timeout(Some(WRITE_TIMEOUT))
@@ -192,7 +168,7 @@ impl AgentClient {
         let reader_shared = Arc::clone(&shared);
         let reader = std::thread::Builder::new()
             .name("smolvm-agent-reader".into())
-            .spawn(move || read_loop(reader_stream, &reader_shared))
+            .spawn(move || read_loop(reader_stream, decoder, &reader_shared))
             .map_err(io_err)?;
         Ok(AgentClient {
             shared,
@@ -339,22 +315,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The reader thread: hands each frame to its request; at the end of the stream, fails them all.
-fn read_loop(stream: UnixStream, shared: &Shared) {
-    let mut reader = BufReader::with_capacity(256 * 1024, stream);
-    let end = loop {
-        match Frame::read_from(&mut reader) {
-            Ok(frame) => {
-                let id = frame.request_id;
-                let mut pending = lock(&shared.pending);
-                // Frames of requests nobody waits for any more (or never did) are dropped.
-                let gone = pending.calls.get(&id).map(|tx| tx.send(frame).is_err());
-                if gone == Some(true) {
-                    pending.calls.remove(&id);
+fn read_loop(mut stream: UnixStream, mut dec: Decoder, shared: &Shared) {
+    let end = 'read: loop {
+        while let Some(item) = dec.next_frame() {
+            match item {
+                Ok(frame) => {
+                    let id = frame.request_id;
+                    let mut pending = lock(&shared.pending);
+                    // Frames of requests nobody waits for any more (or never did) are dropped.
+                    let gone = pending.calls.get(&id).map(|tx| tx.send(frame).is_err());
+                    if gone == Some(true) {
+                        pending.calls.remove(&id);
+                    }
                 }
+                // A newer agent's frame type: skip it.
+                Err(ProtocolError::UnknownType { .. }) => {}
+                // The agent's output never loses its frame boundaries after Ready.
+                Err(e) => break 'read e,
             }
-            // A newer agent's frame type: skip it.
-            Err(ProtocolError::UnknownType { .. }) => {}
-            Err(e) => break e,
+        }
+        match dec.read_from(&mut stream, READ_CHUNK) {
+            Ok(0) => break ProtocolError::Io(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break ProtocolError::Io(e),
         }
     };
     let mut pending = lock(&shared.pending);

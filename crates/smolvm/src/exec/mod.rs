@@ -9,6 +9,7 @@
 
 mod client;
 mod files;
+mod greeting;
 mod result;
 mod run;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use client::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
+pub use greeting::{HELLO_RESEND, MAX_STALE_BYTES};
 pub use result::{CommandOutput, CommandResult};
 pub use smolvm_protocol::limits::MAX_OUTPUT_LEN;
 pub use smolvm_protocol::{BootStage, Command, ErrorKind, ProtocolError, Ready};

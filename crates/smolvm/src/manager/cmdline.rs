@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::info::NetworkConfig;
+use crate::info::{NetworkConfig, NetworkMode};
 
 /// Guest-side network parameters handed to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,13 +20,14 @@ pub struct GuestNet {
 }
 
 impl GuestNet {
-    /// The guest side of a TAP-mode network.
+    /// The guest side of a network. User mode gets QEMU's built-in DNS relay; TAP mode has no DNS
+    /// server of its own (none is guessed).
     pub fn from_network(net: &NetworkConfig) -> GuestNet {
         GuestNet {
             ip: net.guest_ip,
             prefix: u32::from(net.netmask).count_ones(),
             gateway: net.gateway_ip,
-            dns: None,
+            dns: (net.mode == NetworkMode::User).then_some(crate::state::USER_DNS_IP),
         }
     }
 }
@@ -59,6 +60,7 @@ mod tests {
             tap_device: "smv-2".into(),
             guest_mac: "02:00:00:00:00:02".into(),
             ssh_host_port: Some(42000),
+            mode: Default::default(),
         };
         assert_eq!(
             kernel_cmdline(
@@ -69,5 +71,17 @@ mod tests {
             "console=ttyS0 init=/init smolvm.hostname=vm-1 smolvm.ip=172.16.0.2/16 smolvm.gw=172.16.0.1"
         );
         assert_eq!(kernel_cmdline("", "a", None), "smolvm.hostname=a");
+        let user = NetworkConfig {
+            guest_ip: Ipv4Addr::new(10, 0, 2, 15),
+            gateway_ip: Ipv4Addr::new(10, 0, 2, 2),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            tap_device: String::new(),
+            mode: NetworkMode::User,
+            ..net
+        };
+        assert_eq!(
+            kernel_cmdline("", "u", Some(&GuestNet::from_network(&user))),
+            "smolvm.hostname=u smolvm.ip=10.0.2.15/24 smolvm.gw=10.0.2.2 smolvm.dns=10.0.2.3"
+        );
     }
 }

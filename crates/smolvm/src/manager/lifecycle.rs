@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::cmdline::{kernel_cmdline, GuestNet};
 use super::disk;
 use super::{check_config, CreateOptions, SmolVmManager};
-use crate::backend::{AgentEndpoint, LaunchSpec, NetAttachment};
+use crate::backend::{AgentEndpoint, LaunchSpec};
 use crate::config::{DiskMode, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::AgentClient;
@@ -28,13 +28,16 @@ impl SmolVmManager {
     pub fn create_with(&self, config: &VmConfig, opts: &CreateOptions) -> Result<VmInfo> {
         let backend = check_config(self, config)?;
         let vm_id = config.vm_id();
+        let mode = self.network_mode_for(opts.network, backend)?;
         let _lock = self.lock(vm_id)?;
-        let want_net = opts.network != super::NetworkChoice::None;
-        let rec = self.state()?.create_vm(config, backend, want_net)?;
+        let rec = self.state()?.create_vm(config, backend, mode)?;
         match self.provision(&rec) {
             Ok(()) => self.get(vm_id),
             Err(e) => {
                 // Roll back: nothing of this VM may remain, except a retained disk it did not create.
+                if let Err(undo) = self.teardown_network(&rec) {
+                    tracing::warn!(vm = %vm_id, error = %undo, "rollback could not remove the network");
+                }
                 self.teardown(&rec, false);
                 let _ = self.state()?.delete_vm(vm_id);
                 Err(e)
@@ -52,7 +55,11 @@ impl SmolVmManager {
                 disk::prepare_isolated(config.rootfs_path(), &dst, config.retain_disk_on_delete())?;
             tracing::debug!(vm = %rec.info.vm_id, ?method, "isolated disk ready");
             self.state()?.set_disk_path(&rec.info.vm_id, Some(&dst))?;
+            self.prepare_ssh(rec, Some(&dst))?;
+        } else {
+            self.prepare_ssh(rec, None)?;
         }
+        self.setup_network(rec)?;
         Ok(())
     }
 
@@ -86,6 +93,8 @@ impl SmolVmManager {
             }
         }
         let backend = self.backend_impl(rec.backend)?;
+        // Idempotent: remakes what stop removed (and what a host reboot lost).
+        self.setup_network(&rec)?;
         let spec = self.launch_spec(&rec, backend.as_ref())?;
         let _ = fs::remove_file(&spec.console_log);
         let process = backend.launch(&spec)?;
@@ -123,6 +132,9 @@ impl SmolVmManager {
             None
         };
         if let Some(c) = &client {
+            if let Err(e) = self.pin_host_key_via_agent(&rec, c) {
+                tracing::warn!(vm = %vm_id, error = %e, "could not pin the SSH host key; SSH will refuse the guest");
+            }
             if !rec.info.config.env_vars().is_empty() {
                 c.set_env_vars(rec.info.config.env_vars())?;
             }
@@ -158,13 +170,17 @@ impl SmolVmManager {
             mem_size_mib: config.mem_size_mib(),
             kernel: config.kernel_path().to_path_buf(),
             initrd: config.initrd_path().map(|p| p.to_path_buf()),
-            kernel_cmdline: kernel_cmdline(config.boot_args(), id, guest_net.as_ref()),
+            kernel_cmdline: {
+                let mut line = kernel_cmdline(config.boot_args(), id, guest_net.as_ref());
+                if let Some(extra) = self.ssh_boot_args(rec)? {
+                    line.push(' ');
+                    line.push_str(&extra);
+                }
+                line
+            },
             disk,
             disk_read_only: read_only,
-            net: net.map(|n| NetAttachment::Tap {
-                tap: n.tap_device.clone(),
-                mac: n.guest_mac.clone(),
-            }),
+            net: net.map(super::net_attachment),
             control_socket: backend.control_socket(sockets, id),
             agent: backend.agent_endpoint(sockets, id),
             console_log: self.console_log(id),
@@ -181,6 +197,9 @@ impl SmolVmManager {
             return Ok(rec.info);
         }
         self.halt(&rec, timeout)?;
+        if let Err(e) = self.teardown_network(&rec) {
+            tracing::warn!(vm = %vm_id, error = %e, "stop could not remove the host network; start or delete will");
+        }
         self.state()?.set_status(vm_id, VmState::Stopped, None)?;
         self.get(vm_id)
     }
@@ -236,7 +255,10 @@ impl SmolVmManager {
         } else {
             Duration::ZERO
         };
-        let result = self.halt(&rec, grace).map(|()| self.teardown(&rec, true));
+        let result = self
+            .halt(&rec, grace)
+            .and_then(|()| self.teardown_network(&rec))
+            .map(|()| self.teardown(&rec, true));
         match result {
             Ok(()) => {
                 self.state()?.delete_vm(vm_id)?;

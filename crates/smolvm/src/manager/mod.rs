@@ -13,7 +13,17 @@ pub mod cmdline;
 pub mod disk;
 pub mod lock;
 
+mod cleanup;
+mod cleanup_plan;
+mod net;
+mod procscan;
+
 mod lifecycle;
+
+pub use cleanup::{
+    CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
+};
+pub use net::net_attachment;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

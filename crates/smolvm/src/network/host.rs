@@ -231,8 +231,28 @@ impl HostNetwork {
         known_vm_ids: &BTreeSet<String>,
         dry_run: bool,
     ) -> Result<CleanupReport, NetworkError> {
+        self.cleanup_where(
+            &|id: Option<&str>| id.is_none_or(|id| !known_vm_ids.contains(id)),
+            dry_run,
+        )
+    }
+
+    /// Finds the TAP and rules tagged for `vm_id` and removes them unless `dry_run`: for a VM whose row
+    /// is gone, without touching anything else.
+    pub fn cleanup_vm(&self, vm_id: &str, dry_run: bool) -> Result<CleanupReport, NetworkError> {
+        check_vm_id(vm_id)?;
+        self.cleanup_where(&|id: Option<&str>| id == Some(vm_id), dry_run)
+    }
+
+    /// Removes tagged TAPs and rules whose VM id `orphan` accepts, and untagged `smv-*` TAPs if it
+    /// accepts `None`.
+    fn cleanup_where(
+        &self,
+        orphan: &dyn Fn(Option<&str>) -> bool,
+        dry_run: bool,
+    ) -> Result<CleanupReport, NetworkError> {
         self.capabilities().check_tap()?;
-        let unknown = |id: &str| !known_vm_ids.contains(id);
+        let unknown = |id: &str| orphan(Some(id));
         let ruleset = nft::list_ruleset(&*self.cmds)?;
         let orphan_rules: Vec<_> = ruleset
             .smolvm_rules()
@@ -266,11 +286,11 @@ impl HostNetwork {
                 continue;
             }
             let vm_id = l.alias.as_deref().and_then(parse_vm_tag);
-            let orphan = match vm_id {
+            let is_orphan = match vm_id {
                 Some(id) => unknown(id),
-                None => l.alias.is_none() && l.kind.as_deref() == Some("tun"),
+                None => l.alias.is_none() && l.kind.as_deref() == Some("tun") && orphan(None),
             };
-            if orphan {
+            if is_orphan {
                 report.taps.push(OrphanTap {
                     name: l.name.clone(),
                     vm_id: vm_id.map(str::to_string),

@@ -227,6 +227,16 @@ fn cleanup_lists_then_removes_orphans() {
     let r = h.cleanup_orphans(&all, true).unwrap();
     assert_eq!(r.taps.len(), 1, "only the untagged TAP: {r:?}");
     assert!(r.rules.is_empty());
+
+    // One VM: only its tagged TAP and rules, never untagged TAPs or other VMs' things.
+    f.clear_calls();
+    let one = h.cleanup_vm("vm1", false).unwrap();
+    let taps: Vec<_> = one.taps.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(taps, ["smv-1"]);
+    assert!(one.rules.iter().all(|r| r.vm_id == "vm1") && !one.rules.is_empty());
+    assert_eq!(f.lines()[2..], ["nft -f -", "ip link del dev smv-1"]);
+    assert!(h.cleanup_vm("Bad;id", true).is_err());
+    assert!(h.cleanup_vm("other", true).unwrap().is_empty());
 }
 
 #[test]

@@ -130,6 +130,7 @@ mod tests {
             tap_device: "smv-5".into(),
             guest_mac: "02:00:ac:10:00:05".into(),
             ssh_host_port: Some(2222),
+            mode: Default::default(),
         }
     }
 

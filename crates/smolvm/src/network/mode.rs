@@ -1,55 +1,9 @@
 //! Which kind of guest networking a VM gets.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
-
 use super::commands::NetCapabilities;
 use super::NetworkError;
 use crate::config::BackendKind;
-use crate::error::ValidationError;
-
-/// How a VM's network is provided. Serialised as `tap` or `user`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    /// A host TAP device with NAT and a loopback SSH forward made by smolvm (needs CAP_NET_ADMIN).
-    Tap,
-    /// QEMU's user-mode networking: NAT inside the VMM, SSH forwarded from 127.0.0.1 by QEMU. No
-    /// privileges needed; QEMU only; the guest is not reachable at its own IP from the host.
-    User,
-}
-
-impl NetworkMode {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetworkMode::Tap => "tap",
-            NetworkMode::User => "user",
-        }
-    }
-}
-
-impl fmt::Display for NetworkMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for NetworkMode {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tap" => Ok(NetworkMode::Tap),
-            "user" => Ok(NetworkMode::User),
-            other => Err(ValidationError::new(
-                "network_mode",
-                format!("must be tap or user; got {other:?}"),
-            )),
-        }
-    }
-}
+pub use crate::info::NetworkMode;
 
 /// Decides the network mode of a VM. `requested: None` means automatic: TAP when this process may
 /// create TAP devices and `nft` and `ip` exist, else (QEMU only) user-mode networking. An explicit

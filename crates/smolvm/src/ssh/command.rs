@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::quote::join;
 use super::SshError;
-use crate::info::NetworkConfig;
+use crate::info::{NetworkConfig, NetworkMode};
 
 /// Default `ConnectTimeout` of smolvm's own SSH connections.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,7 +154,8 @@ fn path_arg<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, SshError> {
 }
 
 /// Ready-to-paste SSH commands for a VM (spec: `get_ssh_commands`), every word shell-quoted:
-/// * `private_ip`: to the guest IP, port 22 (works from this host with TAP networking);
+/// * `private_ip`: to the guest IP, port 22 (TAP networking only: a user-mode guest has no address
+///   the host can reach);
 /// * `localhost_port`: to `127.0.0.1:<ssh_host_port>` (only when the VM has a forwarded port);
 /// * `public`: only when `public_host` is given (and a port is forwarded): through `public_host` as an
 ///   SSH jump host (`-J`), then to the loopback forward on it. The forward listens on 127.0.0.1 only, by
@@ -194,10 +195,13 @@ pub fn get_ssh_commands(
         join(&words)
     };
     let mut out = BTreeMap::new();
-    out.insert(
-        "private_ip".to_string(),
-        command(&[], &network.guest_ip.to_string()),
-    );
+    // A user-mode guest's IP exists only inside its QEMU: no command could reach it.
+    if network.mode == NetworkMode::Tap {
+        out.insert(
+            "private_ip".to_string(),
+            command(&[], &network.guest_ip.to_string()),
+        );
+    }
     if let Some(port) = network.ssh_host_port {
         let p = ["-p".to_string(), port.to_string()];
         out.insert("localhost_port".to_string(), command(&p, "127.0.0.1"));
@@ -227,6 +231,7 @@ mod tests {
             tap_device: "smv-5".into(),
             guest_mac: "02:00:00:00:00:05".into(),
             ssh_host_port: port,
+            mode: Default::default(),
         }
     }
 
@@ -319,6 +324,13 @@ mod tests {
         let bare = get_ssh_commands(&net(None), "ubuntu", None, None, Some("h"));
         assert_eq!(bare.len(), 1);
         assert_eq!(bare["private_ip"], "ssh ubuntu@172.16.0.5");
+        let user = NetworkConfig {
+            mode: NetworkMode::User,
+            ..net(Some(2223))
+        };
+        let c = get_ssh_commands(&user, "root", None, None, Some("h"));
+        assert_eq!(c.keys().collect::<Vec<_>>(), ["localhost_port", "public"]);
+        assert_eq!(c["localhost_port"], "ssh -p 2223 root@127.0.0.1");
         let no_public = get_ssh_commands(&net(Some(1)), "root", None, None, None);
         assert_eq!(
             no_public.keys().collect::<Vec<_>>(),

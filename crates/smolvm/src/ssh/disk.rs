@@ -67,6 +67,52 @@ pub fn install_file_into_disk(
     })
 }
 
+/// Which of `guest_paths` exist in the ext4 image (one `debugfs` run; order kept). Used to see which SSH
+/// server an image carries before installing host keys for it.
+pub fn paths_in_disk(disk_image: &Path, guest_paths: &[&str]) -> Result<Vec<bool>, SshError> {
+    for p in guest_paths {
+        check_guest_path(p)?;
+    }
+    fs::metadata(disk_image).map_err(io_err("open disk image", disk_image))?;
+    let disk = path_str("disk image path", disk_image)?;
+    let script: String = guest_paths.iter().map(|p| format!("stat {p}\n")).collect();
+    let out = run_tool("debugfs", &["-f", "-", disk], None, Some(&script))?;
+    Ok(parse_stat_sections(
+        &String::from_utf8_lossy(&out),
+        guest_paths.len(),
+    ))
+}
+
+/// debugfs with `-f` echoes each request as `debugfs: <request>` on stdout, followed by its output;
+/// a missing file prints only on stderr. A section with an `Inode:` line is a file that exists.
+fn parse_stat_sections(stdout: &str, n: usize) -> Vec<bool> {
+    let mut found = Vec::with_capacity(n);
+    for line in stdout.lines() {
+        if line.starts_with("debugfs: ") {
+            found.push(false);
+        } else if line.starts_with("Inode:") {
+            if let Some(last) = found.last_mut() {
+                *last = true;
+            }
+        }
+    }
+    found.resize(n, false);
+    found
+}
+
+/// The content of `guest_path` in the ext4 image, `None` if it does not exist.
+pub fn read_file_from_disk(
+    disk_image: &Path,
+    guest_path: &str,
+) -> Result<Option<Vec<u8>>, SshError> {
+    if !paths_in_disk(disk_image, &[guest_path])?[0] {
+        return Ok(None);
+    }
+    let disk = path_str("disk image path", disk_image)?;
+    let cat = format!("cat {guest_path}");
+    run_tool("debugfs", &["-R", &cat, disk], None, None).map(Some)
+}
+
 /// The debugfs requests: parents, rm, write, then owner and mode (`sif` takes the full `i_mode`,
 /// file type bits included).
 fn script(guest_path: &str, src_name: &str, mode: u32) -> String {
@@ -167,6 +213,14 @@ mod tests {
     }
 
     #[test]
+    fn stat_sections_are_parsed_in_order() {
+        let out = "debugfs: stat /a\nInode: 12   Type: regular\nUser: 0\n\
+                   debugfs: stat /b\ndebugfs: stat /c\nInode: 2   Type: directory\n";
+        assert_eq!(parse_stat_sections(out, 3), [true, false, true]);
+        assert_eq!(parse_stat_sections("", 2), [false, false]);
+    }
+
+    #[test]
     fn unsafe_paths_are_refused() {
         for bad in ["etc/x", "/", "/a b", "/a/../b", "/a//b", "/a/-x", "/a/x\n"] {
             assert!(check_guest_path(bad).is_err(), "{bad:?}");
@@ -211,6 +265,19 @@ mod tests {
         .unwrap();
         assert_eq!(out, b"second, longer key material\n");
         install_file_into_disk(&img, &key, "/root/.ssh/authorized_keys", 0o644).unwrap();
+        assert_eq!(
+            paths_in_disk(
+                &img,
+                &[gp, "/usr/sbin/sshd", "/etc", "/root/.ssh/authorized_keys"]
+            )
+            .unwrap(),
+            [true, false, true, true]
+        );
+        assert_eq!(
+            read_file_from_disk(&img, gp).unwrap().unwrap(),
+            b"second, longer key material\n"
+        );
+        assert_eq!(read_file_from_disk(&img, "/etc/nope").unwrap(), None);
 
         let missing = install_host_key_into_disk(&tmp.path().join("nope.img"), &key, gp);
         assert!(matches!(missing, Err(SshError::Io { .. })), "{missing:?}");

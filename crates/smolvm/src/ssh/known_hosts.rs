@@ -7,16 +7,19 @@ use std::path::Path;
 
 use super::keys::key_fields;
 use super::{io_err, SshError};
-use crate::info::NetworkConfig;
+use crate::info::{NetworkConfig, NetworkMode};
 
-/// The host patterns a VM is reached at: `[127.0.0.1]:<ssh_host_port>` (when forwarded) and the guest
-/// IP (port 22, which known_hosts writes without brackets).
+/// The host patterns a VM is reached at: `[127.0.0.1]:<ssh_host_port>` (when forwarded) and, in TAP
+/// mode, the guest IP (port 22, which known_hosts writes without brackets). A user-mode guest's IP is
+/// private to its QEMU, so it is not pinned.
 pub fn known_hosts_patterns(net: &NetworkConfig) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(port) = net.ssh_host_port {
         out.push(format!("[127.0.0.1]:{port}"));
     }
-    out.push(net.guest_ip.to_string());
+    if net.mode == NetworkMode::Tap {
+        out.push(net.guest_ip.to_string());
+    }
     out
 }
 
@@ -76,6 +79,7 @@ mod tests {
             tap_device: "smv-5".into(),
             guest_mac: "02:00:00:00:00:05".into(),
             ssh_host_port: port,
+            mode: Default::default(),
         }
     }
 
@@ -84,6 +88,11 @@ mod tests {
         let p = known_hosts_patterns(&net(Some(2222)));
         assert_eq!(p, ["[127.0.0.1]:2222", "172.16.0.5"]);
         assert_eq!(known_hosts_patterns(&net(None)), ["172.16.0.5"]);
+        let user = NetworkConfig {
+            mode: NetworkMode::User,
+            ..net(Some(2223))
+        };
+        assert_eq!(known_hosts_patterns(&user), ["[127.0.0.1]:2223"]);
         let line = known_hosts_line(&p, "ssh-ed25519 AAAAC3Nz smolvm-host-vm1").unwrap();
         assert_eq!(line, "[127.0.0.1]:2222,172.16.0.5 ssh-ed25519 AAAAC3Nz\n");
         assert!(known_hosts_line(&p, "garbage").is_err());

@@ -14,7 +14,9 @@ mod quote;
 mod wait;
 
 pub use command::{get_ssh_commands, ssh_argv, SshTarget, DEFAULT_CONNECT_TIMEOUT};
-pub use disk::{install_file_into_disk, install_host_key_into_disk};
+pub use disk::{
+    install_file_into_disk, install_host_key_into_disk, paths_in_disk, read_file_from_disk,
+};
 pub use keys::{ensure_client_key, ensure_host_key, ClientKey, HostKey, HostKeyFormat};
 pub use known_hosts::{known_hosts_line, known_hosts_patterns, write_known_hosts};
 pub use wait::{run_ssh, wait_for_ssh, SshOutput};

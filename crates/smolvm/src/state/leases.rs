@@ -9,7 +9,7 @@ use std::ops::RangeInclusive;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::info::NetworkConfig;
+use crate::info::{NetworkConfig, NetworkMode};
 use crate::state::error::{Fail, StateError};
 use crate::state::forwards::Protocol;
 use crate::state::StateStore;
@@ -22,6 +22,16 @@ pub const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 0, 0);
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
 /// Prefix of TAP device names; the rest is the lease's host number, so names stay within 15 bytes.
 pub const TAP_PREFIX: &str = "smv-";
+
+/// Guest address of every user-mode VM: QEMU's default `dhcpstart` in its default `10.0.2.0/24`. Each
+/// user-mode VM has a private network inside its own QEMU, so they never collide.
+pub const USER_GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+/// Gateway of QEMU's user-mode network (QEMU's default host address, `net` + 2).
+pub const USER_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+/// Netmask of QEMU's user-mode network.
+pub const USER_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
+/// DNS server of QEMU's user-mode network (QEMU's default, `net` + 3; it relays to the host's resolver).
+pub const USER_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 
 /// One VM's network lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +47,8 @@ impl StateStore {
     pub fn list_leases(&self) -> Result<Vec<Lease>, StateError> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT vm_id, guest_ip, gateway_ip, netmask, tap_device, guest_mac, ssh_host_port
+                "SELECT vm_id, guest_ip, gateway_ip, netmask, tap_device, guest_mac, ssh_host_port,
+                     mode
                  FROM leases",
             )?;
             let raws = stmt
@@ -51,6 +62,7 @@ impl StateStore {
                             tap_device: r.get(4)?,
                             guest_mac: r.get(5)?,
                             ssh_host_port: r.get(6)?,
+                            mode: r.get(7)?,
                         },
                     ))
                 })?
@@ -77,6 +89,7 @@ pub(crate) struct RawLease {
     pub tap_device: String,
     pub guest_mac: String,
     pub ssh_host_port: Option<i64>,
+    pub mode: String,
 }
 
 impl RawLease {
@@ -89,6 +102,10 @@ impl RawLease {
             .ssh_host_port
             .map(|p| u16::try_from(p).map_err(|e| StateError::bad_row(vm_id, "ssh_host_port", e)))
             .transpose()?;
+        let mode: NetworkMode = self
+            .mode
+            .parse()
+            .map_err(|e| StateError::bad_row(vm_id, "mode", e))?;
         Ok(NetworkConfig {
             guest_ip: ip("guest_ip", &self.guest_ip)?,
             gateway_ip: ip("gateway_ip", &self.gateway_ip)?,
@@ -96,6 +113,7 @@ impl RawLease {
             tap_device: self.tap_device,
             guest_mac: self.guest_mac,
             ssh_host_port,
+            mode,
         })
     }
 }
@@ -123,16 +141,68 @@ fn guest_hosts() -> RangeInclusive<u32> {
     2..=size - 2
 }
 
-/// Leases the lowest free guest IP (with its TAP name and MAC) and an SSH host port for `vm_id`.
+/// Leases the network of `vm_id` for `mode`: in TAP mode the lowest free guest IP (with its TAP name and
+/// MAC), in user mode the fixed user-network addresses (no TAP); in both an SSH host port.
 pub(crate) fn allocate(
     conn: &Connection,
     vm_id: &str,
+    mode: NetworkMode,
     ports: &RangeInclusive<u16>,
     probe_ports: bool,
 ) -> Result<NetworkConfig, Fail> {
+    let net = match mode {
+        NetworkMode::Tap => {
+            let guest_ip = free_guest_ip(conn)?;
+            NetworkConfig {
+                guest_ip,
+                gateway_ip: GATEWAY_IP,
+                netmask: GUEST_NETMASK,
+                tap_device: tap_name(guest_ip),
+                guest_mac: mac_for(guest_ip),
+                ssh_host_port: None,
+                mode,
+            }
+        }
+        NetworkMode::User => NetworkConfig {
+            guest_ip: USER_GUEST_IP,
+            gateway_ip: USER_GATEWAY_IP,
+            netmask: USER_NETMASK,
+            tap_device: String::new(),
+            guest_mac: mac_for(USER_GUEST_IP),
+            ssh_host_port: None,
+            mode,
+        },
+    };
+    let probe = probe_ports.then_some((Ipv4Addr::LOCALHOST, Protocol::Tcp));
+    let ssh_port = free_host_port(conn, ports, probe)?;
+    let net = NetworkConfig {
+        ssh_host_port: Some(ssh_port),
+        ..net
+    };
+    conn.execute(
+        "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac,
+             ssh_host_port)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        rusqlite::params![
+            vm_id,
+            mode.as_str(),
+            net.guest_ip.to_string(),
+            net.gateway_ip.to_string(),
+            net.netmask.to_string(),
+            net.tap_device,
+            net.guest_mac,
+            ssh_port,
+        ],
+    )?;
+    Ok(net)
+}
+
+/// The lowest guest IP of the TAP network that no TAP-mode lease holds (by IP, TAP name or MAC).
+fn free_guest_ip(conn: &Connection) -> Result<Ipv4Addr, Fail> {
     let mut used_ips = HashSet::new();
     let mut used_names = HashSet::new();
-    let mut stmt = conn.prepare("SELECT vm_id, guest_ip, tap_device, guest_mac FROM leases")?;
+    let mut stmt = conn
+        .prepare("SELECT vm_id, guest_ip, tap_device, guest_mac FROM leases WHERE mode = 'tap'")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let holder: String = r.get(0)?;
@@ -146,40 +216,19 @@ pub(crate) fn allocate(
         used_names.insert(r.get::<_, String>(3)?);
     }
     let base = u32::from(GUEST_NETWORK);
-    let guest_ip = guest_hosts()
+    guest_hosts()
         .map(|h| Ipv4Addr::from(base + h))
         .find(|ip| {
             !used_ips.contains(&u32::from(*ip))
                 && !used_names.contains(&tap_name(*ip))
                 && !used_names.contains(&mac_for(*ip))
         })
-        .ok_or_else(|| StateError::Exhausted {
-            what: format!("guest IP address in {GUEST_NETWORK}/16"),
-        })?;
-    let probe = probe_ports.then_some((Ipv4Addr::LOCALHOST, Protocol::Tcp));
-    let ssh_port = free_host_port(conn, ports, probe)?;
-    let net = NetworkConfig {
-        guest_ip,
-        gateway_ip: GATEWAY_IP,
-        netmask: GUEST_NETMASK,
-        tap_device: tap_name(guest_ip),
-        guest_mac: mac_for(guest_ip),
-        ssh_host_port: Some(ssh_port),
-    };
-    conn.execute(
-        "INSERT INTO leases (vm_id, guest_ip, gateway_ip, netmask, tap_device, guest_mac, ssh_host_port)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        rusqlite::params![
-            vm_id,
-            net.guest_ip.to_string(),
-            net.gateway_ip.to_string(),
-            net.netmask.to_string(),
-            net.tap_device,
-            net.guest_mac,
-            ssh_port,
-        ],
-    )?;
-    Ok(net)
+        .ok_or_else(|| {
+            StateError::Exhausted {
+                what: format!("guest IP address in {GUEST_NETWORK}/16"),
+            }
+            .into()
+        })
 }
 
 /// The lowest port of `range` that no lease (SSH) and no forward (any address or protocol) holds, and,

@@ -20,7 +20,10 @@ use rusqlite::{Connection, TransactionBehavior};
 
 pub use error::StateError;
 pub use forwards::{PortForward, PortForwardRequest, Protocol};
-pub use leases::{mac_for, tap_name, Lease, GATEWAY_IP, GUEST_NETMASK, GUEST_NETWORK, TAP_PREFIX};
+pub use leases::{
+    mac_for, tap_name, Lease, GATEWAY_IP, GUEST_NETMASK, GUEST_NETWORK, TAP_PREFIX, USER_DNS_IP,
+    USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
+};
 pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};
 pub use vms::{RunningVmm, VmRecord};
 

@@ -14,7 +14,7 @@ use crate::state::error::{Fail, StateError};
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forward migrations; entry `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -60,6 +60,31 @@ CREATE TABLE port_forwards (
     UNIQUE (host_addr, host_port, protocol)
 ) STRICT;
 CREATE INDEX port_forwards_vm ON port_forwards (vm_id);
+";
+
+/// Version 2: leases record their network mode. A user-mode VM (QEMU's user networking) has a private
+/// network of its own, so every one of them is `10.0.2.15` with the same MAC and no TAP: the uniqueness
+/// of address, TAP name and MAC now holds among TAP-mode leases only (partial unique indexes). The SSH
+/// host port stays unique across all leases. SQLite cannot drop a column constraint, hence the rebuild.
+const V2: &str = "
+CREATE TABLE leases_v2 (
+    vm_id         TEXT    PRIMARY KEY NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+    mode          TEXT    NOT NULL DEFAULT 'tap' CHECK (mode IN ('tap', 'user')),
+    guest_ip      TEXT    NOT NULL,
+    gateway_ip    TEXT    NOT NULL,
+    netmask       TEXT    NOT NULL,
+    tap_device    TEXT    NOT NULL CHECK (length(tap_device) <= 15
+                                          AND (mode = 'user' OR length(tap_device) >= 1)),
+    guest_mac     TEXT    NOT NULL,
+    ssh_host_port INTEGER UNIQUE CHECK (ssh_host_port BETWEEN 1 AND 65535)
+) STRICT;
+INSERT INTO leases_v2 (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac, ssh_host_port)
+    SELECT vm_id, 'tap', guest_ip, gateway_ip, netmask, tap_device, guest_mac, ssh_host_port FROM leases;
+DROP TABLE leases;
+ALTER TABLE leases_v2 RENAME TO leases;
+CREATE UNIQUE INDEX leases_tap_guest_ip ON leases (guest_ip) WHERE mode = 'tap';
+CREATE UNIQUE INDEX leases_tap_device ON leases (tap_device) WHERE mode = 'tap';
+CREATE UNIQUE INDEX leases_tap_guest_mac ON leases (guest_mac) WHERE mode = 'tap';
 ";
 
 /// Opens (creating if missing) and prepares the database at `path`.

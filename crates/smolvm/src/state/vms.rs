@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
 use crate::config::{BackendKind, VmConfig, VmConfigSpec};
-use crate::info::{VmInfo, VmState};
+use crate::info::{NetworkMode, VmInfo, VmState};
 use crate::process::ProcessIdentity;
 use crate::state::error::{Fail, StateError};
 use crate::state::leases::{self, RawLease};
@@ -47,8 +47,9 @@ pub struct VmRecord {
 }
 
 impl StateStore {
-    /// Records a new VM in state `created`, in one write transaction that also leases its network
-    /// (lowest free guest IP with TAP name and MAC, and an SSH host port) when `network` is true.
+    /// Records a new VM in state `created`, in one write transaction that also leases its network when
+    /// `network` names a mode: in TAP mode the lowest free guest IP with TAP name and MAC, in user mode
+    /// QEMU's fixed user-network addresses; in both an SSH host port. `None`: no network.
     ///
     /// Fails with [`StateError::VmAlreadyExists`] if the id is taken and [`StateError::Exhausted`] if
     /// no IP or port is free; nothing is recorded then.
@@ -56,7 +57,7 @@ impl StateStore {
         &mut self,
         config: &VmConfig,
         backend: BackendKind,
-        network: bool,
+        network: Option<NetworkMode>,
     ) -> Result<VmRecord, StateError> {
         let id = config.vm_id();
         let json = serde_json::to_string(config).map_err(|source| StateError::Encode {
@@ -81,8 +82,8 @@ impl StateStore {
                 }
                 _ => Fail::from(e),
             })?;
-            if network {
-                leases::allocate(tx, id, &range, probe)?;
+            if let Some(mode) = network {
+                leases::allocate(tx, id, mode, &range, probe)?;
             }
             load(tx, id)
         })
@@ -211,7 +212,7 @@ fn load(conn: &Connection, id: &str) -> Result<VmRecord, Fail> {
 /// One query for a VM and its lease, so a reader never sees a half-deleted VM.
 const SELECT: &str = "SELECT v.id, v.status, v.backend, v.config, v.pid, v.pid_start_time,
         v.socket_path, v.agent_socket, v.disk_path, v.created_at, v.updated_at, v.last_error,
-        l.guest_ip, l.gateway_ip, l.netmask, l.tap_device, l.guest_mac, l.ssh_host_port
+        l.guest_ip, l.gateway_ip, l.netmask, l.tap_device, l.guest_mac, l.ssh_host_port, l.mode
     FROM vms v LEFT JOIN leases l ON l.vm_id = v.id";
 
 /// A VM row as stored, before parsing.
@@ -242,6 +243,7 @@ impl RawVm {
                 tap_device: r.get(15)?,
                 guest_mac: r.get(16)?,
                 ssh_host_port: r.get(17)?,
+                mode: r.get(18)?,
             }),
             None => None,
         };

@@ -1,11 +1,13 @@
 //! Raw frames straight at the server: malformed, misdirected and random ones get an `Error` frame (or
-//! are dropped when stale) and the server keeps serving; a broken length closes the connection.
+//! are dropped when stale) and the server keeps serving; a broken length makes it skip input up to the
+//! next `SYNC`, and a new greeting brings it back.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 
-use smolvm_protocol::{ErrorKind, ErrorReply, Frame, FrameType, Reply, Request, MAX_FRAME_LEN};
+use smolvm_protocol::{ErrorKind, ErrorReply, FrameType, Reply, Request, MAX_FRAME_LEN};
 
+use super::channel::{greet, RawHost};
 use super::{config_in, start_server};
 
 fn send(s: &UnixStream, t: u8, id: u32, payload: &[u8]) {
@@ -17,10 +19,10 @@ fn send(s: &UnixStream, t: u8, id: u32, payload: &[u8]) {
 }
 
 /// Reads replies until the `Done` of request `until`; returns the others by id.
-fn replies_until(s: &UnixStream, until: u32) -> HashMap<u32, Reply> {
+fn replies_until(s: &mut RawHost, until: u32) -> HashMap<u32, Reply> {
     let mut seen = HashMap::new();
     loop {
-        let f = Frame::read_from(&mut &*s).unwrap();
+        let f = s.frame();
         let id = f.request_id;
         let reply = Reply::from_frame(f).unwrap();
         if id == until {
@@ -42,10 +44,8 @@ fn kind(r: Option<&Reply>) -> Option<ErrorKind> {
 fn malformed_frames_get_errors_and_the_server_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let (_agent, host, server) = start_server(&config_in(dir.path()));
-    host.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let ready = Frame::read_from(&mut &host).unwrap();
-    assert_eq!(ready.frame_type, FrameType::Ready);
+    let mut raw = RawHost::new(host.try_clone().unwrap());
+    assert_eq!(greet(&mut raw, 1).nonce, Some(1));
 
     send(&host, 200, 5, b"whatever");
     send(&host, FrameType::Exec as u8, 6, b"{not json");
@@ -67,7 +67,7 @@ fn malformed_frames_get_errors_and_the_server_goes_on() {
     send(&host, FrameType::FileData as u8, 12, b"stale data");
     send(&host, FrameType::Cancel as u8, 13, b"");
     send(&host, FrameType::Ping as u8, 100, b"");
-    let seen = replies_until(&host, 100);
+    let seen = replies_until(&mut raw, 100);
     for id in [5, 6, 7, 0, 9, 10] {
         assert_eq!(kind(seen.get(&id)), Some(ErrorKind::BadRequest), "{id}");
     }
@@ -97,7 +97,7 @@ fn malformed_frames_get_errors_and_the_server_goes_on() {
             send(&host, t, 1000 + batch * 100 + i, &payload);
         }
         send(&host, FrameType::Ping as u8, 101, b"");
-        replies_until(&host, 101);
+        replies_until(&mut raw, 101);
     }
 
     // A request id in use is refused without disturbing the running request.
@@ -120,7 +120,7 @@ fn malformed_frames_get_errors_and_the_server_goes_on() {
     send(&host, FrameType::Ping as u8, 102, b"");
     let mut errors = Vec::new();
     while errors.len() < 2 {
-        let f = Frame::read_from(&mut &host).unwrap();
+        let f = raw.frame();
         if f.request_id == 50 {
             errors.push(kind(Some(&Reply::from_frame(f).unwrap())));
         }
@@ -128,9 +128,19 @@ fn malformed_frames_get_errors_and_the_server_goes_on() {
     assert!(errors.contains(&Some(ErrorKind::Busy)));
     assert!(errors.contains(&Some(ErrorKind::BadRequest)));
 
-    // A length beyond the limit cannot be resynchronised: the server closes the connection.
+    // A length beyond the limit loses the frame boundaries: the server skips everything (this ping
+    // too) up to the next SYNC, and a new greeting finds it serving again.
     let mut bad = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes().to_vec();
     bad.extend([16, 0, 0, 0, 1]);
     std::io::Write::write_all(&mut &host, &bad).unwrap();
-    assert!(server.join().unwrap().is_err());
+    send(&host, FrameType::Ping as u8, 103, b"");
+    assert_eq!(greet(&mut raw, 2).nonce, Some(2));
+    send(&host, FrameType::Ping as u8, 104, b"");
+    let seen = replies_until(&mut raw, 104);
+    assert!(
+        !seen.contains_key(&103),
+        "a ping inside skipped input was answered"
+    );
+    host.shutdown(std::net::Shutdown::Both).unwrap();
+    assert!(server.join().unwrap().is_ok());
 }

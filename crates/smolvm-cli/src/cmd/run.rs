@@ -1,0 +1,136 @@
+//! `smolvm run [create options] [--keep] -- CMD...`: create a VM, start it, run one command with its
+//! output streamed live, then stop and delete the VM (unless `--keep`). The exit status is the guest
+//! command's.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use smolvm::exec::{ExecRequest, Stream};
+use smolvm::SmolVm;
+
+use super::common::{backend_choice, manager};
+use super::vm::CreateArgs;
+use crate::Cli;
+
+/// Arguments of `smolvm run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Keep the VM running afterwards (prints its id); by default it is deleted.
+    #[arg(long)]
+    pub keep: bool,
+    /// Run the command through `/bin/sh -lc` (one string) instead of as an argv.
+    #[arg(long)]
+    pub shell: bool,
+    /// Boot timeout in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub boot_timeout: f64,
+    /// Command timeout in seconds (none by default).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs `smolvm run`.
+pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
+    let m = manager(cli)?;
+    let config = a.create.config(&m, cli)?;
+    drop(m);
+    let chatty = std::io::stderr().is_terminal();
+    let t0 = Instant::now();
+    let mut builder = SmolVm::builder()
+        .config(config)
+        .backend(backend_choice(cli)?)
+        .network(a.create.options().network);
+    if let Some(d) = &cli.data_dir {
+        builder = builder.data_dir(d);
+    }
+    if let Some(d) = &cli.socket_dir {
+        builder = builder.socket_dir(d);
+    }
+    // From here on the VM is owned: an error deletes it on drop, and Ctrl-C (or SIGTERM/SIGHUP) deletes it
+    // from the signal watcher.
+    let mut vm = builder.build()?;
+    cleanup_on_signal(cli, vm.vm_id());
+    if chatty {
+        eprintln!("smolvm: booting {} ...", vm.vm_id());
+    }
+    vm.start_with_timeout(Duration::try_from_secs_f64(a.boot_timeout)?)?;
+    if chatty {
+        eprintln!(
+            "smolvm: {} ready in {:.2}s",
+            vm.vm_id(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let req = if a.shell {
+        ExecRequest::shell(a.command.join(" "))
+    } else {
+        ExecRequest::argv(a.command.clone())
+    }
+    .timeout(a.timeout.map(Duration::try_from_secs_f64).transpose()?);
+    let code = vm.with_agent(|c| {
+        let mut out = std::io::stdout();
+        let mut err = std::io::stderr();
+        Ok(c.exec_streaming(&req, |stream, data| {
+            let _ = match stream {
+                Stream::Stdout => out.write_all(data).and_then(|()| out.flush()),
+                Stream::Stderr => err.write_all(data).and_then(|()| err.flush()),
+            };
+        })?)
+    })?;
+    if a.keep {
+        eprintln!(
+            "smolvm: kept {} (delete it with `smolvm delete {}`)",
+            vm.vm_id(),
+            vm.vm_id()
+        );
+        vm.close();
+    } else {
+        vm.delete()?;
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Blocks SIGINT/SIGTERM/SIGHUP and starts a thread that, when one arrives, deletes the VM and exits 130:
+/// the VMM runs detached, so without this an interrupted `run` would leave it behind.
+fn cleanup_on_signal(cli: &Cli, vm_id: &str) {
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    // SAFETY: plain signal-set manipulation on a local set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let (data, sock, backend) = (
+        cli.data_dir.clone(),
+        cli.socket_dir.clone(),
+        cli.backend.clone(),
+    );
+    let id = vm_id.to_string();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits on the set blocked above.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            eprintln!("smolvm: interrupted, deleting {id}");
+            let backend =
+                backend.and_then(|b| smolvm::BackendKind::parse_choice(&b).ok().flatten());
+            if let Ok(m) = smolvm::SmolVmManager::new(data.as_deref(), sock.as_deref(), backend) {
+                let _ = m.delete(&id);
+            }
+            std::process::exit(130);
+        });
+}

@@ -1,0 +1,415 @@
+//! `cleanup`: finds and removes what a crash left behind, for this manager's data and socket
+//! directories.
+//!
+//! Per VM id (from rows, VMM processes, socket files, disks and VM directories), under the VM's lock so
+//! that a concurrent create/start/delete is never disturbed half-way:
+//! * VMM processes (`qemu-system-*`, `firecracker`) whose command line names a control socket
+//!   `<socket_dir>/<id>.qmp` / `.fc.sock` and that no row records as the VM's running VMM: killed, by
+//!   identity (pid and start time), so a reused pid is never hit;
+//! * rows that say running while their VMM is gone: marked `error` (like `reconcile`); with
+//!   [`CleanupScope::All`] or [`CleanupScope::Vm`], these and VMs already in `error` are deleted
+//!   completely (`delete`: network, disk unless retained, files, row);
+//! * socket files of VMs with no live VMM; interrupted disk clones `<disk_dir>/<id>.tmp-*`; VM
+//!   directories without a row;
+//! * disks `<disk_dir>/<id>.ext4` without a row: these are retained disks (`retain_disk_on_delete`) and
+//!   are only listed, unless [`CleanupOptions::remove_retained_disks`].
+//!
+//! Then host networking: TAPs and nft rules tagged for VMs that neither have a row here nor a live VMM
+//! process anywhere on the host ([`HostNetwork::cleanup_orphans`]). Tags do not name the data
+//! directory, so a stopped VM of another data directory loses its TAP too; its next `start` makes it
+//! again. With [`CleanupScope::Vm`] only that VM's tagged TAP and rules are considered. Without the
+//! privilege for TAP networking this step is skipped and the report says why.
+//!
+//! A step that fails is recorded in [`CleanupReport::failures`] and the rest still runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::cleanup_plan::{decide, Action, RowFacts, VmFacts};
+use super::procscan::{scan_vmm_processes, socket_file_vm, VmmProcess};
+use super::SmolVmManager;
+use crate::config::{validate_vm_id, BackendKind};
+use crate::error::Result;
+use crate::info::VmState;
+use crate::network::CleanupReport as NetworkCleanup;
+
+/// Which VMs `cleanup` may act on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CleanupScope {
+    /// Orphans only: kill VMMs without rows, mark dead VMs `error`, remove stale files and network
+    /// leftovers. Rows are never deleted.
+    #[default]
+    Orphans,
+    /// Orphans, and delete every VM whose VMM died or that is in `error` (`--all`).
+    All,
+    /// Only this VM id: its orphans, and delete it if its VMM died or it is in `error`.
+    Vm(String),
+}
+
+/// Options of [`SmolVmManager::cleanup`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupOptions {
+    /// Only report what would be done.
+    pub dry_run: bool,
+    /// Which VMs.
+    pub scope: CleanupScope,
+    /// Also remove disks without a row (retained disks), which are otherwise only listed.
+    pub remove_retained_disks: bool,
+}
+
+/// A VMM process cleanup killed (or would kill).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrphanProcess {
+    /// The VM its control socket names.
+    pub vm_id: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Which VMM.
+    pub backend: BackendKind,
+    /// Its control socket.
+    pub control_socket: PathBuf,
+    /// Why it is an orphan.
+    pub reason: String,
+}
+
+/// A disk without a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetainedDisk {
+    /// The VM id its name carries (a later create with this id and `retain_disk_on_delete` reuses it).
+    pub vm_id: String,
+    /// The disk.
+    pub path: PathBuf,
+    /// Whether it was (or, in a dry run, would be) removed.
+    pub removed: bool,
+}
+
+/// A step that failed; the others still ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CleanupFailure {
+    /// What was being cleaned up.
+    pub item: String,
+    /// The error with its causes.
+    pub error: String,
+}
+
+/// What [`SmolVmManager::cleanup`] found and did (in a dry run: would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// Nothing was changed.
+    pub dry_run: bool,
+    /// VMM processes killed.
+    pub processes: Vec<OrphanProcess>,
+    /// VMs marked `error` because their VMM died.
+    pub marked_error: Vec<String>,
+    /// VMs deleted completely.
+    pub deleted_vms: Vec<String>,
+    /// Stale socket files removed.
+    pub sockets: Vec<PathBuf>,
+    /// Interrupted disk clones removed.
+    pub temp_files: Vec<PathBuf>,
+    /// VM directories without a row removed.
+    pub vm_dirs: Vec<PathBuf>,
+    /// Disks without a row (listed; removed only when asked).
+    pub retained_disks: Vec<RetainedDisk>,
+    /// Orphaned TAPs and nft rules, when the network step ran.
+    pub network: Option<NetworkCleanup>,
+    /// Why the network step did not run.
+    pub network_skipped: Option<String>,
+    /// Steps that failed.
+    pub failures: Vec<CleanupFailure>,
+}
+
+impl CleanupReport {
+    /// True if nothing was found (retained disks that were only listed count as nothing to do).
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+            && self.marked_error.is_empty()
+            && self.deleted_vms.is_empty()
+            && self.sockets.is_empty()
+            && self.temp_files.is_empty()
+            && self.vm_dirs.is_empty()
+            && self.retained_disks.iter().all(|d| !d.removed)
+            && self.network.as_ref().is_none_or(NetworkCleanup::is_empty)
+            && self.failures.is_empty()
+    }
+}
+
+/// Files found in the manager's directories, by VM id.
+#[derive(Debug, Default)]
+struct Files {
+    sockets: BTreeMap<String, Vec<PathBuf>>,
+    disks: BTreeMap<String, PathBuf>,
+    temp_files: BTreeMap<String, Vec<PathBuf>>,
+    vm_dirs: BTreeMap<String, PathBuf>,
+}
+
+impl SmolVmManager {
+    /// Finds and removes what a crash left behind (see the module docs); `opts.dry_run` only reports.
+    pub fn cleanup(&self, opts: &CleanupOptions) -> Result<CleanupReport> {
+        if let CleanupScope::Vm(id) = &opts.scope {
+            validate_vm_id(id)?;
+        }
+        let mut report = CleanupReport {
+            dry_run: opts.dry_run,
+            ..CleanupReport::default()
+        };
+        let rows: BTreeSet<String> = self
+            .state()?
+            .list_vms(None)?
+            .into_iter()
+            .map(|r| r.info.vm_id)
+            .collect();
+        let all_vmms = scan_vmm_processes(Path::new("/proc"));
+        let files = self.find_files();
+        let mut ids: BTreeSet<String> = rows.clone();
+        ids.extend(self.own_vmms(&all_vmms).map(|p| p.vm_id.clone()));
+        ids.extend(files.sockets.keys().cloned());
+        ids.extend(files.disks.keys().cloned());
+        ids.extend(files.temp_files.keys().cloned());
+        ids.extend(files.vm_dirs.keys().cloned());
+        if let CleanupScope::Vm(only) = &opts.scope {
+            ids.retain(|id| id == only);
+        }
+        let delete_dead = opts.scope != CleanupScope::Orphans;
+        let mut to_delete = Vec::new();
+        for id in &ids {
+            let _lock = self.lock(id)?;
+            // Facts are read under the lock: a create/start/delete that was running has finished.
+            let facts = self.facts(id, &all_vmms, &files)?;
+            for action in decide(&facts, delete_dead, opts.remove_retained_disks) {
+                if action == Action::Delete {
+                    to_delete.push(id.clone());
+                } else {
+                    self.apply(id, action, opts.dry_run, &mut report);
+                }
+            }
+        }
+        // `delete` takes the VM's lock itself, so it runs after ours was released.
+        for id in to_delete {
+            if !opts.dry_run {
+                if let Err(e) = self.delete(&id) {
+                    report.fail(format!("delete VM {id}"), &e);
+                    continue;
+                }
+            }
+            report.deleted_vms.push(id);
+        }
+        self.cleanup_network(opts, &all_vmms, &mut report);
+        Ok(report)
+    }
+
+    /// VMM processes of this manager (control socket in its socket directory).
+    fn own_vmms<'a>(&'a self, all: &'a [VmmProcess]) -> impl Iterator<Item = &'a VmmProcess> {
+        all.iter()
+            .filter(|p| p.control_socket.parent() == Some(self.socket_dir()))
+    }
+
+    fn facts(&self, id: &str, all_vmms: &[VmmProcess], files: &Files) -> Result<VmFacts> {
+        let row = self.state()?.get_vm(id)?.map(|r| RowFacts {
+            status: r.info.status,
+            process: r.process,
+            process_alive: r.process.is_some_and(|p| p.is_alive()),
+        });
+        Ok(VmFacts {
+            row,
+            processes: self
+                .own_vmms(all_vmms)
+                .filter(|p| p.vm_id == id && p.identity.is_alive())
+                .cloned()
+                .collect(),
+            sockets: existing(files.sockets.get(id).cloned().unwrap_or_default()),
+            disk: files.disks.get(id).filter(|p| p.exists()).cloned(),
+            temp_files: existing(files.temp_files.get(id).cloned().unwrap_or_default()),
+            vm_dir: files.vm_dirs.get(id).filter(|p| p.exists()).cloned(),
+        })
+    }
+
+    fn apply(&self, id: &str, action: Action, dry_run: bool, report: &mut CleanupReport) {
+        match action {
+            Action::Kill { process, reason } => {
+                if !dry_run && !process.identity.kill() {
+                    let e = std::io::Error::other("still alive 5 s after SIGKILL");
+                    report.fail(format!("kill VMM pid {}", process.identity.pid), &e);
+                    return;
+                }
+                report.processes.push(OrphanProcess {
+                    vm_id: id.to_string(),
+                    pid: process.identity.pid,
+                    backend: process.backend,
+                    control_socket: process.control_socket,
+                    reason: reason.to_string(),
+                });
+            }
+            Action::MarkError => {
+                if !dry_run {
+                    let why = Some("the VMM process is gone (found by cleanup)");
+                    let marked = self
+                        .state()
+                        .and_then(|mut s| Ok(s.set_status(id, VmState::Error, why)?));
+                    if let Err(e) = marked {
+                        report.fail(format!("mark VM {id} as error"), &e);
+                        return;
+                    }
+                }
+                report.marked_error.push(id.to_string());
+            }
+            Action::Delete => {}
+            Action::RemoveSocket(p) => {
+                if remove(&p, dry_run, false, report) {
+                    report.sockets.push(p);
+                }
+            }
+            Action::RemoveTempFile(p) => {
+                if remove(&p, dry_run, false, report) {
+                    report.temp_files.push(p);
+                }
+            }
+            Action::RemoveVmDir(p) => {
+                if remove(&p, dry_run, true, report) {
+                    report.vm_dirs.push(p);
+                }
+            }
+            Action::RetainedDisk { path, remove: rm } => {
+                if rm && !remove(&path, dry_run, false, report) {
+                    return;
+                }
+                report.retained_disks.push(RetainedDisk {
+                    vm_id: id.to_string(),
+                    path,
+                    removed: rm,
+                });
+            }
+        }
+    }
+
+    fn cleanup_network(
+        &self,
+        opts: &CleanupOptions,
+        all_vmms: &[VmmProcess],
+        report: &mut CleanupReport,
+    ) {
+        let net = self.host_network();
+        if let Err(e) = net.capabilities().check_tap() {
+            report.network_skipped = Some(e.to_string());
+            return;
+        }
+        let result = match &opts.scope {
+            CleanupScope::Vm(id) => match self.state().and_then(|s| Ok(s.get_vm(id)?)) {
+                // A VM that still has a row keeps its network (delete removes it).
+                Ok(Some(_)) => return,
+                Ok(None) => net.cleanup_vm(id, opts.dry_run),
+                Err(e) => {
+                    report.fail("read the state store".to_string(), &e);
+                    return;
+                }
+            },
+            _ => {
+                let rows = match self.state().and_then(|s| Ok(s.list_vms(None)?)) {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        report.fail("read the state store".to_string(), &e);
+                        return;
+                    }
+                };
+                // Live VMMs of any data directory keep their network.
+                let known: BTreeSet<String> = rows
+                    .into_iter()
+                    .map(|r| r.info.vm_id)
+                    .chain(all_vmms.iter().map(|p| p.vm_id.clone()))
+                    .collect();
+                net.cleanup_orphans(&known, opts.dry_run)
+            }
+        };
+        match result {
+            Ok(r) => report.network = Some(r),
+            Err(e) => report.fail("clean up host networking".to_string(), &e),
+        }
+    }
+
+    /// Lists the files smolvm makes per VM in the socket, disk and VM directories.
+    fn find_files(&self) -> Files {
+        let mut f = Files::default();
+        for (name, path) in list_dir(self.socket_dir()) {
+            if let Some(id) = socket_file_vm(&name) {
+                f.sockets.entry(id.to_string()).or_default().push(path);
+            }
+        }
+        for (name, path) in list_dir(self.disk_dir()) {
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name
+                .strip_suffix(".ext4")
+                .filter(|i| validate_vm_id(i).is_ok())
+            {
+                f.disks.insert(id.to_string(), path);
+            } else if let Some((id, _)) = name.split_once(".tmp-") {
+                // Ids have no dots, so the first one ends the id; a name without a valid id is still
+                // an interrupted clone, handled under the lock of the (invalid) id, which nothing uses.
+                f.temp_files.entry(id.to_string()).or_default().push(path);
+            }
+        }
+        for (name, path) in list_dir(&self.data_dir().join("vms")) {
+            if let Some(id) = name.to_str().filter(|i| validate_vm_id(i).is_ok()) {
+                if path.is_dir() {
+                    f.vm_dirs.insert(id.to_string(), path);
+                }
+            }
+        }
+        f
+    }
+}
+
+impl CleanupReport {
+    fn fail(&mut self, item: String, e: &dyn std::error::Error) {
+        let mut error = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            error.push_str(": ");
+            error.push_str(&c.to_string());
+            cause = c.source();
+        }
+        self.failures.push(CleanupFailure { item, error });
+    }
+}
+
+fn list_dir(dir: &Path) -> Vec<(OsString, PathBuf)> {
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (e.file_name(), e.path()))
+        .collect();
+    out.sort();
+    out
+}
+
+fn existing(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths
+        .into_iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect()
+}
+
+/// Removes a file (or a directory tree); a path that vanished meanwhile counts as removed. Returns
+/// false (after recording the failure) if it could not be removed.
+fn remove(path: &Path, dry_run: bool, dir: bool, report: &mut CleanupReport) -> bool {
+    if dry_run {
+        return true;
+    }
+    let result = if dir {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            report.fail(format!("remove {}", path.display()), &e);
+            false
+        }
+    }
+}

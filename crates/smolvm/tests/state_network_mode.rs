@@ -1,0 +1,217 @@
+//! Network modes in the state store: user-mode leases share QEMU's fixed addresses but never an SSH port,
+//! TAP-mode leases stay unique, and a version-1 database is migrated with its leases read as TAP mode.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use smolvm::info::NetworkMode;
+use smolvm::state::{
+    StateStore, StoreOptions, SCHEMA_VERSION, USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
+};
+use smolvm::{BackendKind, VmConfig};
+
+struct Env {
+    dir: tempfile::TempDir,
+    kernel: PathBuf,
+    rootfs: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        let rootfs = dir.path().join("rootfs.ext4");
+        std::fs::write(&kernel, b"k").unwrap();
+        std::fs::write(&rootfs, b"r").unwrap();
+        Env {
+            dir,
+            kernel,
+            rootfs,
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("smolvm.db")
+    }
+
+    fn config(&self, id: &str) -> VmConfig {
+        VmConfig::builder(&self.kernel, &self.rootfs)
+            .vm_id(id)
+            .build()
+            .unwrap()
+    }
+
+    fn store(&self) -> StateStore {
+        let opts = StoreOptions {
+            ssh_port_range: 42000..=42999,
+            probe_host_ports: false,
+        };
+        StateStore::open_with(&self.db(), opts).unwrap()
+    }
+}
+
+#[test]
+fn user_mode_leases_share_addresses_but_not_ports() {
+    let env = Env::new();
+    let mut s = env.store();
+    let tap = |s: &mut StateStore, id: &str| {
+        s.create_vm(&env.config(id), BackendKind::Qemu, Some(NetworkMode::Tap))
+            .unwrap()
+            .info
+            .network
+            .unwrap()
+    };
+    let user = |s: &mut StateStore, id: &str| {
+        s.create_vm(&env.config(id), BackendKind::Qemu, Some(NetworkMode::User))
+            .unwrap()
+            .info
+            .network
+            .unwrap()
+    };
+    let t1 = tap(&mut s, "t1");
+    let u1 = user(&mut s, "u1");
+    let u2 = user(&mut s, "u2");
+    let t2 = tap(&mut s, "t2");
+
+    assert_eq!(t1.mode, NetworkMode::Tap);
+    assert_eq!(t1.guest_ip, Ipv4Addr::new(172, 16, 0, 2));
+    assert_eq!(t2.guest_ip, Ipv4Addr::new(172, 16, 0, 3));
+    for u in [&u1, &u2] {
+        assert_eq!(u.mode, NetworkMode::User);
+        assert_eq!(u.guest_ip, USER_GUEST_IP);
+        assert_eq!(u.gateway_ip, USER_GATEWAY_IP);
+        assert_eq!(u.netmask, USER_NETMASK);
+        assert_eq!(u.tap_device, "");
+        assert_eq!(u.guest_mac, "02:00:0a:00:02:0f");
+    }
+    let ports: Vec<_> = [&t1, &u1, &u2, &t2]
+        .iter()
+        .map(|n| n.ssh_host_port.unwrap())
+        .collect();
+    assert_eq!(ports, [42000, 42001, 42002, 42003]);
+
+    // The mode survives a reopen and shows in the lease list.
+    drop(s);
+    let s = env.store();
+    assert_eq!(s.get_vm("u2").unwrap().unwrap().info.network.unwrap(), u2);
+    let leases = s.list_leases().unwrap();
+    let modes: Vec<_> = leases
+        .iter()
+        .map(|l| (l.vm_id.as_str(), l.network.mode))
+        .collect();
+    assert!(modes.contains(&("u1", NetworkMode::User)));
+    assert!(modes.contains(&("t2", NetworkMode::Tap)));
+}
+
+#[test]
+fn a_version_1_database_is_migrated_and_reads_as_tap_mode() {
+    let env = Env::new();
+    let config = serde_json::to_string(&env.config("old")).unwrap();
+    let c = rusqlite::Connection::open(env.db()).unwrap();
+    // The version-1 tables as that release created them, with one VM and its lease.
+    c.execute_batch(
+        "CREATE TABLE vms (
+            seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL CHECK (status IN ('created', 'running', 'stopped', 'error')),
+            backend TEXT NOT NULL CHECK (backend IN ('firecracker', 'qemu')),
+            config TEXT NOT NULL, pid INTEGER, pid_start_time INTEGER, socket_path BLOB,
+            agent_socket BLOB, disk_path BLOB, created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL, last_error TEXT,
+            CHECK ((pid IS NULL) = (pid_start_time IS NULL))
+        ) STRICT;
+        CREATE INDEX vms_status ON vms (status);
+        CREATE TABLE leases (
+            vm_id TEXT PRIMARY KEY NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+            guest_ip TEXT NOT NULL UNIQUE, gateway_ip TEXT NOT NULL, netmask TEXT NOT NULL,
+            tap_device TEXT NOT NULL UNIQUE CHECK (length(tap_device) BETWEEN 1 AND 15),
+            guest_mac TEXT NOT NULL UNIQUE,
+            ssh_host_port INTEGER UNIQUE CHECK (ssh_host_port BETWEEN 1 AND 65535)
+        ) STRICT;
+        CREATE TABLE port_forwards (
+            id INTEGER PRIMARY KEY,
+            vm_id TEXT NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+            host_addr TEXT NOT NULL,
+            host_port INTEGER NOT NULL CHECK (host_port BETWEEN 1 AND 65535),
+            guest_port INTEGER NOT NULL CHECK (guest_port BETWEEN 1 AND 65535),
+            protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+            UNIQUE (host_addr, host_port, protocol)
+        ) STRICT;
+        CREATE INDEX port_forwards_vm ON port_forwards (vm_id);
+        PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO vms (id, status, backend, config, created_at, updated_at)
+         VALUES ('old', 'stopped', 'qemu', ?1, 1, 1)",
+        [&config],
+    )
+    .unwrap();
+    c.execute_batch(
+        "INSERT INTO leases VALUES
+             ('old', '172.16.0.2', '172.16.0.1', '255.255.0.0', 'smv-2', '02:00:ac:10:00:02', 42000);",
+    )
+    .unwrap();
+    drop(c);
+
+    let mut s = env.store();
+    let net = s.get_vm("old").unwrap().unwrap().info.network.unwrap();
+    assert_eq!(net.mode, NetworkMode::Tap);
+    assert_eq!(net.tap_device, "smv-2");
+    assert_eq!(net.ssh_host_port, Some(42000));
+    // Allocation after the migration still sees the old lease.
+    let next = s
+        .create_vm(
+            &env.config("new"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
+        .unwrap()
+        .info
+        .network
+        .unwrap();
+    assert_eq!(next.guest_ip, Ipv4Addr::new(172, 16, 0, 3));
+    assert_eq!(next.ssh_host_port, Some(42001));
+    // Deleting the VM still releases its lease (the cascade survived the table rebuild).
+    assert!(s.delete_vm("old").unwrap());
+    assert_eq!(s.list_leases().unwrap().len(), 1);
+    drop(s);
+    let c = rusqlite::Connection::open(env.db()).unwrap();
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, i64::from(SCHEMA_VERSION));
+}
+
+#[test]
+fn tap_mode_uniqueness_is_still_enforced_by_the_schema() {
+    let env = Env::new();
+    let mut s = env.store();
+    s.create_vm(&env.config("a"), BackendKind::Qemu, Some(NetworkMode::Tap))
+        .unwrap();
+    drop(s);
+    let c = rusqlite::Connection::open(env.db()).unwrap();
+    c.execute(
+        "INSERT INTO vms (id, status, backend, config, created_at, updated_at)
+         SELECT 'b', status, backend, config, created_at, updated_at FROM vms WHERE id = 'a'",
+        [],
+    )
+    .unwrap();
+    let dup = c.execute(
+        "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac)
+         VALUES ('b', 'tap', '172.16.0.2', '172.16.0.1', '255.255.0.0', 'smv-9', '02:00:00:00:00:09')",
+        [],
+    );
+    assert!(
+        dup.is_err(),
+        "a second TAP lease of the same IP was accepted"
+    );
+    let no_tap = c.execute(
+        "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac)
+         VALUES ('b', 'tap', '172.16.0.9', '172.16.0.1', '255.255.0.0', '', '02:00:00:00:00:09')",
+        [],
+    );
+    assert!(
+        no_tap.is_err(),
+        "a TAP lease without a TAP name was accepted"
+    );
+}
