@@ -52,6 +52,12 @@ enum Command {
     Logs(cmd::vm::LogsArgs),
     /// Create a VM, run one command in it (output streamed), then delete it unless --keep.
     Run(cmd::run::RunArgs),
+    /// Run a command in a running VM, streaming its output; exits with the command's status.
+    Exec(cmd::exec::ExecArgs),
+    /// Set, unset or list a VM's persisted environment variables.
+    Env(cmd::env::EnvArgs),
+    /// Copy a file between this host and a VM: `smolvm cp SRC DST`, one side as ID:/guest/path.
+    Cp(cmd::cp::CpArgs),
     /// Mark running VMs whose VMM died as error.
     Reconcile(cmd::vm::ReconcileArgs),
     /// Open a shell in a running VM over SSH, or run one command (`smolvm ssh ID -- CMD...`).
@@ -84,6 +90,9 @@ fn main() -> ExitCode {
         Command::Delete(a) => cmd::vm::delete(&cli, a),
         Command::Logs(a) => cmd::vm::logs(&cli, a),
         Command::Run(a) => cmd::run::run(&cli, a),
+        Command::Exec(a) => cmd::exec::exec(&cli, a),
+        Command::Env(a) => cmd::env::run(&cli, a),
+        Command::Cp(a) => cmd::cp::cp(&cli, a),
         Command::Reconcile(a) => cmd::vm::reconcile(&cli, a),
         Command::Ssh(a) => cmd::ssh::ssh(&cli, a),
         Command::SshCommands(a) => cmd::ssh::ssh_commands(&cli, a),

@@ -11,6 +11,7 @@ use std::io::{self, Read};
 
 use crate::frame::{Frame, FrameType, ProtocolError};
 use crate::limits::{HEADER_LEN, MAX_FRAME_LEN};
+use crate::messages::Hello;
 
 /// Written immediately before every `Hello` and `Ready` frame. Its first byte is non-zero (no frame
 /// starts with it) and occurs only once in it, so a byte-wise scan never needs to back up.
@@ -42,6 +43,8 @@ pub struct Decoder {
     hunting: bool,
     discarded: u64,
     frames: u64,
+    /// Bytes after `pos` that [`Decoder::buffered_has_hello`] already searched.
+    scanned: usize,
 }
 
 impl Decoder {
@@ -97,6 +100,41 @@ impl Decoder {
         self.frames
     }
 
+    /// True if the buffered, not yet decoded bytes hold a complete `SYNC` + `Hello` frame that the
+    /// decoder cannot see because it lies inside a frame still incomplete: the sign that this frame was
+    /// cut off (its writer died) and a new host is greeting. Scans each byte once across calls.
+    pub fn buffered_has_hello(&mut self) -> bool {
+        if self.hunting {
+            return false;
+        }
+        let avail = &self.buf[self.pos..];
+        let mut at = self.scanned.min(avail.len());
+        while let Some(i) = avail[at..].windows(SYNC.len()).position(|w| w == SYNC) {
+            let frame = &avail[at + i + SYNC.len()..];
+            if frame.len() < HEADER_LEN {
+                self.scanned = at + i;
+                return false; // maybe a greeting, still arriving
+            }
+            let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+            let is_hello = frame[4] == FrameType::Hello as u8
+                && frame[5..HEADER_LEN] == [0, 0, 0, 0]
+                && (5..=MAX_FRAME_LEN).contains(&len);
+            if is_hello {
+                if frame.len() < 4 + len {
+                    self.scanned = at + i;
+                    return false;
+                }
+                if serde_json::from_slice::<Hello>(&frame[HEADER_LEN..4 + len]).is_ok() {
+                    return true;
+                }
+            }
+            at += i + 1;
+        }
+        // A marker may still be arriving at the end.
+        self.scanned = avail.len().saturating_sub(SYNC.len() - 1);
+        false
+    }
+
     /// Bytes discarded while hunting, in total.
     pub fn discarded(&self) -> u64 {
         self.discarded
@@ -145,6 +183,7 @@ impl Decoder {
             let payload = avail[HEADER_LEN..total].to_vec();
             self.pos += total;
             self.frames += 1;
+            self.scanned = 0;
             return Some(match FrameType::from_u8(type_byte) {
                 Some(t) => Ok(Frame::new(t, request_id, payload)),
                 None => Err(ProtocolError::UnknownType {
@@ -168,6 +207,7 @@ impl Decoder {
                 if n == SYNC.len() {
                     self.pos += at + SYNC.len();
                     self.hunting = false;
+                    self.scanned = 0;
                     return true;
                 }
                 self.pos += at; // a marker's beginning: wait for the rest
@@ -182,6 +222,7 @@ impl Decoder {
 
     fn compact(&mut self) {
         if self.pos > 0 {
+            self.scanned = 0;
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
@@ -276,12 +317,32 @@ mod tests {
     #[test]
     fn hunt_abandons_a_partial_frame() {
         let mut d = Decoder::new();
-        d.push(&ping(1)[..5]);
+        let big = Frame::new(FrameType::Stdin, 1, vec![7; 100])
+            .encode()
+            .unwrap();
+        d.push(&big[..5]);
         assert!(d.next_frame().is_none());
         assert!(d.is_mid_frame());
-        d.hunt();
+        assert!(!d.buffered_has_hello());
+        // Another marked frame inside is no greeting; a marked Hello, arriving byte by byte, is.
         d.push(&with_sync(&Frame::new(FrameType::Ping, 2, vec![])).unwrap());
-        assert_eq!(drain(&mut d), vec![Ok(2)]);
+        let hello = crate::Request::Hello(Hello { nonce: 3 })
+            .to_frame(0)
+            .unwrap();
+        for b in with_sync(&hello).unwrap() {
+            assert!(!d.buffered_has_hello());
+            d.push(&[b]);
+        }
+        assert!(
+            d.next_frame().is_none(),
+            "the greeting is swallowed by the partial frame"
+        );
+        assert!(d.buffered_has_hello());
+        d.hunt();
+        let got: Vec<FrameType> = std::iter::from_fn(|| d.next_frame())
+            .map(|f| f.unwrap().frame_type)
+            .collect();
+        assert_eq!(got, vec![FrameType::Ping, FrameType::Hello]);
         assert_eq!(d.discarded(), 5);
     }
 

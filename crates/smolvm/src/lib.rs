@@ -20,6 +20,7 @@ pub mod network;
 pub mod process;
 pub mod ssh;
 pub mod state;
+pub mod tool;
 
 pub use config::{BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS};
 pub use error::{Error, Result, ValidationError};

@@ -1,12 +1,13 @@
 //! End-to-end test of the agent channel on a real QEMU guest (virtio-serial): many hosts one after
 //! another, immediately and after pauses, each running a command; and host processes killed in the
 //! middle of a long (quiet or output-flooding) command, after which the next host works and the
-//! abandoned command is gone. Run with `SMOLVM_E2E=1` as root; skips otherwise.
+//! abandoned command is gone; and hosts that die halfway through writing a frame. Run with `SMOLVM_E2E=1` as root; skips otherwise.
 
 mod netns_util;
 mod vm_util;
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use netns_util::e2e;
 use smolvm::exec::ExecRequest;
 use smolvm::manager::{CreateOptions, NetworkChoice};
 use smolvm::SmolVm;
+use smolvm_protocol::{with_sync, FrameType, Hello, Request};
 use vm_util::{spec, TestEnv};
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -185,16 +187,53 @@ fn many_hosts_one_after_another_and_hosts_killed_mid_command() {
         vm.close();
     }
 
+    // Hosts that die in the middle of writing a frame: the agent drops the half frame (it sees the
+    // host leave, or the frame stall) and the next host, connecting at once, works.
+    let socket = env.socket_dir().join(format!("{id}.agent"));
+    assert!(
+        socket.exists(),
+        "QEMU's agent socket is not at {}",
+        socket.display()
+    );
+    let mut after_half_frame = Vec::new();
+    for i in 0..4u64 {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        let hello = Request::Hello(Hello { nonce: 1000 + i })
+            .to_frame(0)
+            .unwrap();
+        s.write_all(&with_sync(&hello).unwrap()).unwrap();
+        // Half of a 200 KiB upload chunk.
+        let mut half = ((200 * 1024 + 5) as u32).to_be_bytes().to_vec();
+        half.push(FrameType::FileData as u8);
+        half.extend(7u32.to_be_bytes());
+        half.extend(vec![0x5a; 100 * 1024]);
+        s.write_all(&half).unwrap();
+        if i % 2 == 1 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        drop(s);
+        let vm = open(&env, id);
+        let t = Instant::now();
+        let r = vm
+            .run_with_timeout("echo whole", COMMAND)
+            .unwrap_or_else(|e| panic!("after a half frame: {e:?}\n{}", console(&env, id)));
+        after_half_frame.push(t.elapsed());
+        assert_eq!(r.stdout, "whole\n");
+        vm.close();
+    }
+
     let ms = |v: &[Duration]| -> Vec<u128> { v.iter().map(|d| d.as_millis()).collect() };
     eprintln!(
         "start() -> Ready: {:.3}s; greeting (ms): {:?}; new host + first command (ms): {:?} (median {:?}); \
-         warm `echo hi`: median {:?}; first command after a killed host (ms): {:?}",
+         warm `echo hi`: median {:?}; first command after a killed host (ms): {:?}; \
+         after a half frame (ms): {:?}",
         start_to_ready.as_secs_f64(),
         ms(&greetings),
         ms(&first_command),
         median(&mut first_command.clone()),
         median(&mut warm),
         ms(&after_kill),
+        ms(&after_half_frame),
     );
     let log = console(&env, id);
     let notes: Vec<&str> = log.lines().filter(|l| l.contains("smolvm-agent")).collect();

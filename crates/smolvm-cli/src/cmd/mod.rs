@@ -4,7 +4,10 @@
 pub mod bench;
 pub mod cleanup;
 pub mod common;
+pub mod cp;
 pub mod doctor;
+pub mod env;
+pub mod exec;
 pub mod image;
 pub mod list;
 pub mod run;

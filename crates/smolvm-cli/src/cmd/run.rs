@@ -2,12 +2,12 @@
 //! output streamed live, then stop and delete the VM (unless `--keep`). The exit status is the guest
 //! command's.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use smolvm::exec::{ExecRequest, Stream};
+use smolvm::exec::ExecRequest;
 use smolvm::SmolVm;
 
 use super::common::{backend_choice, manager};
@@ -74,16 +74,12 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
         ExecRequest::argv(a.command.clone())
     }
     .timeout(a.timeout.map(Duration::try_from_secs_f64).transpose()?);
-    let code = vm.with_agent(|c| {
-        let mut out = std::io::stdout();
-        let mut err = std::io::stderr();
-        Ok(c.exec_streaming(&req, |stream, data| {
-            let _ = match stream {
-                Stream::Stdout => out.write_all(data).and_then(|()| out.flush()),
-                Stream::Stderr => err.write_all(data).and_then(|()| err.flush()),
-            };
-        })?)
-    })?;
+    // The same streaming, broken-pipe handling and exit statuses as `smolvm exec`.
+    let outcome = vm.with_agent(|c| Ok(super::exec::exec_streaming_to_stdio(c, &req)));
+    let outcome = match outcome {
+        Ok(inner) => inner,
+        Err(e) => Err(e.into()),
+    };
     if a.keep {
         eprintln!(
             "smolvm: kept {} (delete it with `smolvm delete {}`)",
@@ -94,7 +90,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         vm.delete()?;
     }
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(super::exec::exit_status(outcome))
 }
 
 /// Blocks SIGINT/SIGTERM/SIGHUP and starts a thread that, when one arrives, deletes the VM and exits 130:

@@ -172,6 +172,10 @@ impl SmolVmManager {
             initrd: config.initrd_path().map(|p| p.to_path_buf()),
             kernel_cmdline: {
                 let mut line = kernel_cmdline(config.boot_args(), id, guest_net.as_ref());
+                // A read-only disk must be mounted read-only, or the guest's first mount fails.
+                if read_only && !line.split_whitespace().any(|a| a == "ro") {
+                    line.push_str(" ro");
+                }
                 if let Some(extra) = self.ssh_boot_args(rec)? {
                     line.push(' ');
                     line.push_str(&extra);

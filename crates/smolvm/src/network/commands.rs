@@ -2,10 +2,8 @@
 //! without touching the host.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use super::NetworkError;
@@ -106,12 +104,26 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn package_of(program: &str) -> &'static str {
-    match program {
-        "nft" => "nftables",
-        "ip" => "iproute2",
-        "iptables" => "iptables",
-        _ => "matching",
+impl From<crate::tool::ToolError> for NetworkError {
+    fn from(e: crate::tool::ToolError) -> Self {
+        use crate::tool::ToolError;
+        match e {
+            ToolError::Missing { program, package } => NetworkError::ToolMissing {
+                program,
+                package,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
+            },
+            ToolError::Spawn { program, source } => NetworkError::Spawn { program, source },
+            ToolError::Failed {
+                command,
+                status,
+                stderr,
+            } => NetworkError::CommandFailed {
+                command,
+                status,
+                stderr,
+            },
+        }
     }
 }
 
@@ -150,46 +162,9 @@ impl NetCommands for SystemCommands {
         args: &[String],
         stdin: Option<&str>,
     ) -> Result<String, NetworkError> {
-        let path = find_program(program).ok_or_else(|| NetworkError::ToolMissing {
-            program: program.to_string(),
-            package: package_of(program),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
-        })?;
-        let mut cmd = Command::new(&path);
-        // English messages: is_permission() and users read them.
-        cmd.args(args)
-            .env("LC_ALL", "C")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| NetworkError::Spawn {
-            program: program.to_string(),
-            source,
-        })?;
-        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // Scripts are small (a few KiB), far below the pipe buffer, so writing before reading
-            // cannot deadlock; a write error shows up as the tool's own failure below.
-            let _ = pipe.write_all(input.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| NetworkError::Spawn {
-                program: program.to_string(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(NetworkError::CommandFailed {
-                command: display_command(program, args),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
-        }
+        // English messages (LC_ALL=C in the runner): is_permission() and users read them.
+        let out = crate::tool::run(program, args, None, stdin)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     fn read_file(&self, path: &str) -> Result<Option<String>, NetworkError> {
@@ -218,8 +193,12 @@ impl NetCommands for SystemCommands {
 
     fn loopback_port_in_use(&self, port: u16) -> bool {
         // Binding is the only race-free-enough probe that needs no privileges; the socket closes at
-        // once. (A listener on 0.0.0.0 also makes this bind fail.)
-        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).is_err()
+        // once. (A listener on 0.0.0.0 also makes this bind fail.) Only EADDRINUSE means "taken": with
+        // loopback down (a fresh network namespace) the bind fails with EADDRNOTAVAIL instead.
+        matches!(
+            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse
+        )
     }
 }
 

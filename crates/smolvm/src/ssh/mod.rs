@@ -22,7 +22,6 @@ pub use known_hosts::{known_hosts_line, known_hosts_patterns, write_known_hosts}
 pub use wait::{run_ssh, wait_for_ssh, SshOutput};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// SSH key handling, disk injection or an SSH connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -127,15 +126,6 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> S
     }
 }
 
-fn package_of(program: &str) -> &'static str {
-    match program {
-        "ssh" | "ssh-keygen" => "openssh-client",
-        "dropbearconvert" => "dropbear-bin",
-        "debugfs" => "e2fsprogs",
-        _ => "matching",
-    }
-}
-
 /// Runs a tool (argv only) and returns its stdout; a non-zero exit carries stderr.
 fn run_tool(
     program: &str,
@@ -143,46 +133,29 @@ fn run_tool(
     cwd: Option<&Path>,
     stdin: Option<&str>,
 ) -> Result<Vec<u8>, SshError> {
-    use std::io::Write;
-    let path = crate::network::find_program(program).ok_or_else(|| SshError::ToolMissing {
-        program: program.to_string(),
-        package: package_of(program),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in PATH"),
-    })?;
-    let mut cmd = Command::new(path);
-    cmd.args(args)
-        .env("LC_ALL", "C")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    let spawn_err = |source| SshError::Spawn {
-        program: program.to_string(),
-        source,
-    };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // Small scripts only (below the pipe buffer); a failed write shows as the tool's failure.
-        let _ = pipe.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(SshError::CommandFailed {
-            command: std::iter::once(program)
-                .chain(args.iter().copied())
-                .collect::<Vec<_>>()
-                .join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+    Ok(crate::tool::run(program, args, cwd, stdin)?)
+}
+
+impl From<crate::tool::ToolError> for SshError {
+    fn from(e: crate::tool::ToolError) -> Self {
+        use crate::tool::ToolError;
+        match e {
+            ToolError::Missing { program, package } => SshError::ToolMissing {
+                program,
+                package,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in PATH"),
+            },
+            ToolError::Spawn { program, source } => SshError::Spawn { program, source },
+            ToolError::Failed {
+                command,
+                status,
+                stderr,
+            } => SshError::CommandFailed {
+                command,
+                status,
+                stderr,
+            },
+        }
     }
 }
 

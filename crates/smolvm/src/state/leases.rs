@@ -262,11 +262,14 @@ pub(crate) fn free_host_port(
         })
 }
 
-/// Whether `addr:port` can be bound now; the socket is closed again at once.
+/// Whether `addr:port` is free now (the probe socket is closed again at once). Only EADDRINUSE means
+/// taken: with loopback down (a fresh network namespace) binding fails with EADDRNOTAVAIL for every port.
 fn bindable(addr: Ipv4Addr, port: u16, proto: Protocol) -> bool {
-    match proto {
-        Protocol::Tcp => TcpListener::bind((addr, port)).is_ok(),
-        Protocol::Udp => UdpSocket::bind((addr, port)).is_ok(),
+    let in_use =
+        |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse);
+    !match proto {
+        Protocol::Tcp => in_use(TcpListener::bind((addr, port)).map(drop)),
+        Protocol::Udp => in_use(UdpSocket::bind((addr, port)).map(drop)),
     }
 }
 
