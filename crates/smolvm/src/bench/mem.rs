@@ -87,8 +87,8 @@ pub struct VmmMemorySplit {
     pub other_rss_kib: u64,
     /// Of `other_rss_kib`: anonymous memory (QEMU's heap, TCG's translation cache, stacks).
     pub other_anon_rss_kib: u64,
-    /// The largest other resident mapping: (name or `anon`, size KiB, resident KiB).
-    pub largest_other: Option<(String, u64, u64)>,
+    /// The three most resident other mappings: (name or `anon`, size KiB, resident KiB).
+    pub top_other: Vec<(String, u64, u64)>,
 }
 
 /// Splits the mappings of a VMM with `guest_mib` of guest RAM. The RAM block is the anonymous mapping
@@ -110,15 +110,21 @@ pub fn split_vmm_memory(maps: &[Mapping], guest_mib: u64) -> VmmMemorySplit {
         .filter(|(_, m)| m.name.is_empty() || m.name.starts_with('['))
         .map(|(_, m)| m.rss_kib)
         .sum();
-    let largest_other = others.max_by_key(|(_, m)| m.rss_kib).map(|(_, m)| {
-        let name = if m.name.is_empty() { "anon" } else { &m.name };
-        (name.to_string(), m.size_kib, m.rss_kib)
-    });
+    let mut sorted: Vec<&Mapping> = others.map(|(_, m)| m).collect();
+    sorted.sort_by_key(|m| std::cmp::Reverse(m.rss_kib));
+    let top_other = sorted
+        .into_iter()
+        .take(3)
+        .map(|m| {
+            let name = if m.name.is_empty() { "anon" } else { &m.name };
+            (name.to_string(), m.size_kib, m.rss_kib)
+        })
+        .collect();
     VmmMemorySplit {
         guest_ram_rss_kib,
         other_rss_kib,
         other_anon_rss_kib,
-        largest_other,
+        top_other,
     }
 }
 
@@ -228,7 +234,8 @@ Rss:                  16 kB
         assert_eq!(s.guest_ram_rss_kib, 40000);
         assert_eq!(s.other_rss_kib, 30020);
         assert_eq!(s.other_anon_rss_kib, 30016);
-        assert_eq!(s.largest_other, Some(("anon".into(), 1048576, 30000)));
+        assert_eq!(s.top_other[0], ("anon".into(), 1048576, 30000));
+        assert_eq!(s.top_other.len(), 3);
         // No mapping of the guest's size: everything is "other".
         assert_eq!(split_vmm_memory(&maps, 512).guest_ram_rss_kib, 0);
     }

@@ -204,7 +204,7 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     for size in GUEST_SIZES_MIB {
         let (mut rss, mut pss, mut ram, mut other, mut anon) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut largest = None;
+        let mut top = Vec::new();
         for r in 0..rounds {
             checkpoint()?;
             let config = ctx.config(&format!("bench-mem-{size}-{r}"), Some(size))?;
@@ -219,7 +219,7 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
                 ram.push(mib(split.guest_ram_rss_kib));
                 other.push(mib(split.other_rss_kib));
                 anon.push(mib(split.other_anon_rss_kib));
-                largest = split.largest_other;
+                top = split.top_other;
             }
         }
         ctx.say(&format!("memory: {size} MiB guest measured"));
@@ -247,12 +247,18 @@ pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
                 Unit::Mib,
                 other,
             );
-            if let Some((name, size_kib, rss_kib)) = largest {
-                row = row.with_note(format!(
-                    "largest: {name} mapping of {:.0} MiB with {:.1} MiB resident",
-                    mib(size_kib),
-                    mib(rss_kib)
-                ));
+            if !top.is_empty() {
+                let parts: Vec<String> = top
+                    .iter()
+                    .map(|(name, size_kib, rss_kib)| {
+                        format!(
+                            "{name} {:.0} MiB mapped/{:.1} MiB resident",
+                            mib(*size_kib),
+                            mib(*rss_kib)
+                        )
+                    })
+                    .collect();
+                row = row.with_note(format!("largest: {}", parts.join(", ")));
             }
             rep.rows.push(row);
             rep.rows.push(Row::samples(
