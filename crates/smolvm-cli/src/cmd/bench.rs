@@ -32,6 +32,13 @@ pub struct BenchArgs {
     /// Write the JSON report here [default: <data dir>/bench/<UTC timestamp>.json].
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// vCPUs per VM [default: the image's].
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Guest memory in MiB of the VMs that do not set their own (the memory section sets 128 and 512)
+    /// [default: the image's].
+    #[arg(long)]
+    pub mem: Option<u32>,
     /// Where the default image is cached [default: --data-dir, else smolvm's default data dir].
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
@@ -58,6 +65,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         data_dir: cli.data_dir.clone(),
         socket_dir: cli.socket_dir.clone(),
         image_dir: args.image_dir.clone(),
+        vcpu_count: args.vcpus,
+        mem_size_mib: args.mem,
         progress: Progress::new(|m| eprintln!("bench: {m}")),
         ..BenchOptions::default()
     };

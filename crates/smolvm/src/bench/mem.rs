@@ -47,6 +47,8 @@ impl ProcessMemory {
 pub struct Mapping {
     /// The header line's path or pseudo-name (`[heap]`), empty for anonymous memory.
     pub name: String,
+    /// Permissions (`rw-p`, `rwxp`, ...).
+    pub perms: String,
     /// Mapped size in KiB.
     pub size_kib: u64,
     /// Resident part in KiB.
@@ -61,8 +63,10 @@ pub fn parse_smaps(text: &str) -> Vec<Mapping> {
         let first = parts.next().unwrap_or("");
         // A header is `start-end perms offset dev inode [name]`; field lines are `Key: value kB`.
         if !first.ends_with(':') && first.contains('-') {
+            let perms = parts.next().unwrap_or("").to_string();
             out.push(Mapping {
-                name: parts.skip(4).collect::<Vec<_>>().join(" "),
+                name: parts.skip(3).collect::<Vec<_>>().join(" "),
+                perms,
                 size_kib: 0,
                 rss_kib: 0,
             });
@@ -116,8 +120,12 @@ pub fn split_vmm_memory(maps: &[Mapping], guest_mib: u64) -> VmmMemorySplit {
         .into_iter()
         .take(3)
         .map(|m| {
-            let name = if m.name.is_empty() { "anon" } else { &m.name };
-            (name.to_string(), m.size_kib, m.rss_kib)
+            let name = if m.name.is_empty() {
+                format!("anon {}", m.perms)
+            } else {
+                m.name.clone()
+            };
+            (name, m.size_kib, m.rss_kib)
         })
         .collect();
     VmmMemorySplit {
@@ -234,7 +242,8 @@ Rss:                  16 kB
         assert_eq!(s.guest_ram_rss_kib, 40000);
         assert_eq!(s.other_rss_kib, 30020);
         assert_eq!(s.other_anon_rss_kib, 30016);
-        assert_eq!(s.top_other[0], ("anon".into(), 1048576, 30000));
+        assert_eq!(s.top_other[0], ("anon rwxp".into(), 1048576, 30000));
+        assert_eq!(maps[0].perms, "r-xp");
         assert_eq!(s.top_other.len(), 3);
         // No mapping of the guest's size: everything is "other".
         assert_eq!(split_vmm_memory(&maps, 512).guest_ram_rss_kib, 0);

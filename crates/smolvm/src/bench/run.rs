@@ -103,6 +103,10 @@ pub struct BenchOptions {
     pub socket_dir: Option<PathBuf>,
     /// Where the default image is cached; `None` = `data_dir` if given, else smolvm's default data dir.
     pub image_dir: Option<PathBuf>,
+    /// vCPUs of every benchmark VM (the image's default if `None`).
+    pub vcpu_count: Option<u32>,
+    /// Guest memory of the VMs that do not set their own (the image's default if `None`).
+    pub mem_size_mib: Option<u32>,
     /// Boot timeout per VM.
     pub boot_timeout: Duration,
     /// Progress lines.
@@ -118,6 +122,8 @@ impl Default for BenchOptions {
             data_dir: None,
             socket_dir: None,
             image_dir: None,
+            vcpu_count: None,
+            mem_size_mib: None,
             boot_timeout: BENCH_BOOT_TIMEOUT,
             progress: Progress::default(),
         }
@@ -189,6 +195,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     opts.progress
         .say(&format!("image: default image in {}", image_dir.display()));
     let template = super::image::default_config(&image_dir, backend)
+        .and_then(|t| {
+            Ok(t.with(|s| {
+                if let Some(n) = opts.vcpu_count {
+                    s.vcpu_count = n;
+                }
+                if let Some(m) = opts.mem_size_mib {
+                    s.mem_size_mib = m;
+                }
+            })?)
+        })
         .map_err(|e| BenchError::step("build or find the default image", e))?;
     let qemu = match backend {
         BackendKind::Qemu => Some(
