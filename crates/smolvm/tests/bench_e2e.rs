@@ -1,7 +1,8 @@
 //! `smolvm::bench::run` end to end against real QEMU (TCG here): the benchmark runs, reports every
 //! figure it promises, and leaves no VM, VMM process or file behind. No timing is asserted: the figures
 //! are the benchmark's business, this only checks that it works. Needs `SMOLVM_E2E=1` (skips otherwise);
-//! builds the default image on first use.
+//! builds the default image on first use (under `target/tmp`). The exec section's SSH measurement runs
+//! in a private network namespace of the benchmark's own.
 
 use std::path::Path;
 
@@ -42,8 +43,8 @@ fn one_iteration_reports_every_figure_and_cleans_up() {
         sections: vec![Section::Lifecycle, Section::ColdStart, Section::Exec],
         data_dir: Some(data.path().join("d")),
         socket_dir: Some(data.path().join("s")),
-        // The default image cache, shared with normal use, so the image is built at most once.
-        image_dir: Some(smolvm::dirs::Dirs::resolve(None, None).unwrap().data_dir),
+        // The tests' image cache under the target directory, built at most once per target dir.
+        image_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolvm-images")),
         ..BenchOptions::default()
     };
     let report = bench::run(&opts).expect("benchmark run");
@@ -69,6 +70,21 @@ fn one_iteration_reports_every_figure_and_cleans_up() {
         cold.notes.iter().any(|n| n.contains("argv equals")),
         "the baseline must boot smolvm's exact argv: {:?}",
         cold.notes
+    );
+    let exec = report
+        .sections
+        .iter()
+        .find(|s| s.section == Section::Exec)
+        .unwrap();
+    let ssh = exec
+        .rows
+        .iter()
+        .find(|r| r.name.starts_with("SSH exec"))
+        .unwrap();
+    assert!(
+        ssh.stats.is_some(),
+        "SSH exec not measured: {:?}",
+        ssh.not_measured
     );
     // Every target of the chosen sections is checked.
     assert_eq!(

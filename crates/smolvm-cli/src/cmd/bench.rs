@@ -230,3 +230,20 @@ fn render(r: &BenchReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_and_numbers() {
+        assert_eq!(parse_section("cold-start"), Ok(Section::ColdStart));
+        let e = parse_section("boot").unwrap_err();
+        assert!(e.contains("lifecycle, cold-start"), "{e}");
+        assert_eq!(num(1.234, Unit::Ratio), "1.23x");
+        assert_eq!(num(0.5, Unit::Ms), "0.50 ms");
+        assert_eq!(num(123.45, Unit::Ms), "123.5 ms");
+        assert_eq!(num(4567.8, Unit::Ms), "4568 ms");
+        assert_eq!(num(f64::NAN, Unit::Mib), "-");
+    }
+}
