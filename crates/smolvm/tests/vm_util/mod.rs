@@ -89,6 +89,15 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// A test that fails half-way must not leave its VMs running: delete whatever is still in the store.
+    fn drop(&mut self) {
+        for vm in self.manager.list_vms(None).unwrap_or_default() {
+            let _ = self.manager.delete(&vm.vm_id);
+        }
+    }
+}
+
 /// Pids of live (non-zombie) processes whose command line contains `needle`.
 pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
     let needle = needle.to_string_lossy().into_owned();
