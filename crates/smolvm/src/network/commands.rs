@@ -42,13 +42,11 @@ impl NetCapabilities {
 
     /// Ok if TAP networking can be set up, else the first missing piece as a clear error.
     pub fn check_tap(&self) -> Result<(), NetworkError> {
-        let missing = |program: &str, package| NetworkError::ToolMissing {
-            program: program.to_string(),
-            package,
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "not in PATH, /usr/sbin or /sbin",
-            ),
+        let missing = |program: &str, package| {
+            NetworkError::Tool(crate::tool::ToolError::Missing {
+                program: program.to_string(),
+                package,
+            })
         };
         if !self.net_admin {
             return Err(NetworkError::NoPrivilege {
@@ -104,33 +102,10 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-impl From<crate::tool::ToolError> for NetworkError {
-    fn from(e: crate::tool::ToolError) -> Self {
-        use crate::tool::ToolError;
-        match e {
-            ToolError::Missing { program, package } => NetworkError::ToolMissing {
-                program,
-                package,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
-            },
-            ToolError::Spawn { program, source } => NetworkError::Spawn { program, source },
-            ToolError::Failed {
-                command,
-                status,
-                stderr,
-            } => NetworkError::CommandFailed {
-                command,
-                status,
-                stderr,
-            },
-        }
-    }
-}
-
 /// The system tools and kernel settings networking uses.
 pub trait NetCommands: Send + Sync + std::fmt::Debug {
     /// Runs `program` with `args` (argv, never a shell), feeding `stdin` if given. Returns stdout;
-    /// a non-zero exit becomes [`NetworkError::CommandFailed`] carrying stderr.
+    /// a non-zero exit becomes a [`crate::tool::ToolError::Failed`] carrying stderr.
     fn run(
         &self,
         program: &str,
@@ -363,10 +338,12 @@ impl NetCommands for RecordingCommands {
             Some(i) => responses[i].result.clone(),
             None => Ok(String::new()),
         };
-        result.map_err(|stderr| NetworkError::CommandFailed {
-            command: display_command(program, args),
-            status: "exit status: 1".into(),
-            stderr,
+        result.map_err(|stderr| {
+            NetworkError::Tool(crate::tool::ToolError::Failed {
+                command: display_command(program, args),
+                status: "exit status: 1".into(),
+                stderr,
+            })
         })
     }
 
@@ -406,7 +383,7 @@ mod tests {
             .run("sh", &["-c".into(), "echo oops >&2; exit 3".into()], None)
             .unwrap_err();
         match err {
-            NetworkError::CommandFailed { stderr, status, .. } => {
+            NetworkError::Tool(crate::tool::ToolError::Failed { stderr, status, .. }) => {
                 assert_eq!(stderr, "oops");
                 assert!(status.contains('3'), "{status}");
             }
@@ -414,7 +391,10 @@ mod tests {
         }
         let missing = c.run("smolvm-no-such-tool", &[], None).unwrap_err();
         assert!(
-            matches!(missing, NetworkError::ToolMissing { .. }),
+            matches!(
+                missing,
+                NetworkError::Tool(crate::tool::ToolError::Missing { .. })
+            ),
             "{missing:?}"
         );
     }

@@ -5,38 +5,9 @@ use crate::config::BackendKind;
 /// Host networking failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    /// A system tool is not installed.
-    #[error("`{program}` not found: install the {package} package (apt-get install {package})")]
-    ToolMissing {
-        /// The program (`nft`, `ip`, `iptables`).
-        program: String,
-        /// The Debian package that provides it.
-        package: &'static str,
-        /// The spawn error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A system tool could not be started for another reason.
-    #[error("cannot run `{program}`")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The spawn error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A system tool exited with an error.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed {
-        /// The command line, for the message only (never executed as a string).
-        command: String,
-        /// Exit status description.
-        status: String,
-        /// What the tool printed on stderr.
-        stderr: String,
-    },
+    /// A system tool is missing, could not be run, or failed.
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
 
     /// The process may not create TAP devices or firewall rules.
     #[error(
@@ -136,7 +107,7 @@ impl NetworkError {
     pub fn is_permission(&self) -> bool {
         match self {
             NetworkError::NoPrivilege { .. } => true,
-            NetworkError::CommandFailed { stderr, .. } => {
+            NetworkError::Tool(crate::tool::ToolError::Failed { stderr, .. }) => {
                 stderr.contains("Operation not permitted") || stderr.contains("Permission denied")
             }
             _ => false,

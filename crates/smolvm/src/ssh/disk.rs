@@ -288,10 +288,7 @@ mod tests {
             .unwrap();
         let e = install_host_key_into_disk(&not_ext4, &key, gp).unwrap_err();
         assert!(
-            matches!(
-                e,
-                SshError::DiskWrite { .. } | SshError::CommandFailed { .. }
-            ),
+            matches!(e, SshError::DiskWrite { .. } | SshError::Tool(_)),
             "{e:?}"
         );
     }

@@ -26,38 +26,9 @@ use std::path::{Path, PathBuf};
 /// SSH key handling, disk injection or an SSH connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
-    /// A tool is not installed.
-    #[error("`{program}` not found: install the {package} package (apt-get install {package})")]
-    ToolMissing {
-        /// The program.
-        program: String,
-        /// The Debian package that provides it.
-        package: &'static str,
-        /// The spawn error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A tool could not be started for another reason.
-    #[error("cannot run `{program}`")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// A tool exited with an error.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    CommandFailed {
-        /// The command line, for the message only.
-        command: String,
-        /// Exit status description.
-        status: String,
-        /// What it printed on stderr.
-        stderr: String,
-    },
+    /// A tool is missing, could not be run, or failed.
+    #[error(transparent)]
+    Tool(#[from] crate::tool::ToolError),
 
     /// A file operation failed.
     #[error("cannot {action} {}", path.display())]
@@ -134,29 +105,6 @@ fn run_tool(
     stdin: Option<&str>,
 ) -> Result<Vec<u8>, SshError> {
     Ok(crate::tool::run(program, args, cwd, stdin)?)
-}
-
-impl From<crate::tool::ToolError> for SshError {
-    fn from(e: crate::tool::ToolError) -> Self {
-        use crate::tool::ToolError;
-        match e {
-            ToolError::Missing { program, package } => SshError::ToolMissing {
-                program,
-                package,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in PATH"),
-            },
-            ToolError::Spawn { program, source } => SshError::Spawn { program, source },
-            ToolError::Failed {
-                command,
-                status,
-                stderr,
-            } => SshError::CommandFailed {
-                command,
-                status,
-                stderr,
-            },
-        }
-    }
 }
 
 fn path_str<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, SshError> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::command::{ssh_argv, SshTarget};
 use super::SshError;
+use crate::tool::ToolError;
 
 /// What a command run over SSH produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +30,11 @@ pub fn run_ssh(
     timeout: Option<Duration>,
 ) -> Result<SshOutput, SshError> {
     let argv = ssh_argv(target, Some(command))?;
-    let program = crate::network::find_program(&argv[0]).ok_or_else(|| SshError::ToolMissing {
+    let program = crate::network::find_program(&argv[0]).ok_or_else(|| ToolError::Missing {
         program: "ssh".into(),
         package: "openssh-client",
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in PATH"),
     })?;
-    let spawn_err = |source| SshError::Spawn {
+    let spawn_err = |source| ToolError::Spawn {
         program: "ssh".into(),
         source,
     };
@@ -117,13 +117,13 @@ pub fn wait_for_ssh(target: &SshTarget, timeout: Duration) -> Result<(), SshErro
             Ok(()) => match run_ssh(target, &["true".to_string()], Some(remaining)) {
                 Ok(o) if o.exit_code == 0 => return Ok(()),
                 Ok(o) => {
-                    last = Some(SshError::CommandFailed {
+                    last = Some(SshError::Tool(ToolError::Failed {
                         command: format!("ssh {addr_name} true"),
                         status: format!("exit status: {}", o.exit_code),
                         stderr: o.stderr.trim().to_string(),
-                    })
+                    }))
                 }
-                Err(e @ (SshError::ToolMissing { .. } | SshError::Invalid { .. })) => {
+                Err(e @ (SshError::Tool(ToolError::Missing { .. }) | SshError::Invalid { .. })) => {
                     return Err(e)
                 }
                 Err(e) => last = Some(e),
