@@ -7,13 +7,39 @@ mod vm_util;
 
 use std::time::Duration;
 
-use netns_util::{e2e, Netns};
+use netns_util::{e2e, Entered, Netns};
 use smolvm::manager::{CreateOptions, NetworkChoice};
 use smolvm::{DiskMode, Error, SmolVm, VmState};
 use vm_util::{processes_mentioning, spec, TestEnv};
 
 const BOOT: Duration = Duration::from_secs(60);
 const TOOLS: &[&str] = &["qemu-system-x86_64", "mkfs.ext4", "ip"];
+
+/// One test's world: skipped unless the E2E prerequisites are there, the image built (outside the
+/// namespace: it may fetch the kernel package), a fresh network namespace entered, a private manager.
+/// Fields drop in order: the VMs are deleted inside the namespace, then the thread leaves it, then it is
+/// removed.
+struct Scene {
+    env: TestEnv,
+    _inside: Entered,
+    _ns: Netns,
+}
+
+impl Scene {
+    fn enter(test: &str) -> Option<Scene> {
+        if !e2e(test, TOOLS) {
+            return None;
+        }
+        vm_util::image();
+        let ns = Netns::new();
+        let inside = ns.enter();
+        Some(Scene {
+            env: TestEnv::new(),
+            _inside: inside,
+            _ns: ns,
+        })
+    }
+}
 
 fn no_net() -> CreateOptions {
     CreateOptions {
@@ -23,13 +49,10 @@ fn no_net() -> CreateOptions {
 
 #[test]
 fn create_start_exec_stop_restart_delete() {
-    if !e2e("lifecycle", TOOLS) {
+    let Some(scene) = Scene::enter("lifecycle") else {
         return;
-    }
-    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
-    let ns = Netns::new();
-    let _in = ns.enter();
-    let env = TestEnv::new();
+    };
+    let env = &scene.env;
     let m = &env.manager;
     let config = spec("life-1")
         .env_var("GREETING", "it's $(not) run")
@@ -51,13 +74,7 @@ fn create_start_exec_stop_restart_delete() {
     // Starting a running VM is a no-op.
     assert_eq!(m.start("life-1", BOOT).unwrap().pid, Some(pid));
 
-    let vm = SmolVm::from_id(
-        "life-1",
-        Some(&env.data_dir()),
-        Some(&env.socket_dir()),
-        None,
-    )
-    .unwrap();
+    let vm = env.reconnect("life-1");
     let r = vm.run("echo out; echo err >&2; exit 3").unwrap();
     assert_eq!(r.exit_code, 3);
     assert_eq!(r.stdout, "out\n");
@@ -77,13 +94,7 @@ fn create_start_exec_stop_restart_delete() {
     // The isolated disk kept what the guest wrote? Start again and check the VM still works.
     let info = m.start("life-1", BOOT).unwrap();
     assert_eq!(info.status, VmState::Running);
-    let vm = SmolVm::from_id(
-        "life-1",
-        Some(&env.data_dir()),
-        Some(&env.socket_dir()),
-        None,
-    )
-    .unwrap();
+    let vm = env.reconnect("life-1");
     assert_eq!(vm.run("echo again").unwrap().output(), "again");
     vm.close();
 
@@ -94,13 +105,10 @@ fn create_start_exec_stop_restart_delete() {
 
 #[test]
 fn boot_timeout_leaves_no_process() {
-    if !e2e("boot timeout", TOOLS) {
+    let Some(scene) = Scene::enter("boot timeout") else {
         return;
-    }
-    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
-    let ns = Netns::new();
-    let _in = ns.enter();
-    let env = TestEnv::new();
+    };
+    let env = &scene.env;
     let m = &env.manager;
     m.create_with(&spec("slow-1").build().unwrap(), &no_net())
         .unwrap();
@@ -120,13 +128,10 @@ fn boot_timeout_leaves_no_process() {
 
 #[test]
 fn killed_vmm_is_reconciled_and_delete_still_cleans() {
-    if !e2e("kill + reconcile", TOOLS) {
+    let Some(scene) = Scene::enter("kill + reconcile") else {
         return;
-    }
-    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
-    let ns = Netns::new();
-    let _in = ns.enter();
-    let env = TestEnv::new();
+    };
+    let env = &scene.env;
     let m = &env.manager;
     m.create_with(&spec("kill-1").build().unwrap(), &no_net())
         .unwrap();
@@ -150,26 +155,17 @@ fn killed_vmm_is_reconciled_and_delete_still_cleans() {
 
 #[test]
 fn disk_modes_shared_and_retained() {
-    if !e2e("disk modes", TOOLS) {
+    let Some(scene) = Scene::enter("disk modes") else {
         return;
-    }
-    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
-    let ns = Netns::new();
-    let _in = ns.enter();
-    let env = TestEnv::new();
+    };
+    let env = &scene.env;
     let m = &env.manager;
 
     // Retained isolated disk: what the guest wrote survives delete and a later create reuses it.
     let retained = spec("keep-1").retain_disk_on_delete(true).build().unwrap();
     m.create_with(&retained, &no_net()).unwrap();
     m.start("keep-1", BOOT).unwrap();
-    let vm = SmolVm::from_id(
-        "keep-1",
-        Some(&env.data_dir()),
-        Some(&env.socket_dir()),
-        None,
-    )
-    .unwrap();
+    let vm = env.reconnect("keep-1");
     assert!(vm
         .run("echo persisted > /root/marker && sync")
         .unwrap()
@@ -180,13 +176,7 @@ fn disk_modes_shared_and_retained() {
     assert!(disk.exists(), "retained disk was removed");
     m.create_with(&retained, &no_net()).unwrap();
     m.start("keep-1", BOOT).unwrap();
-    let vm = SmolVm::from_id(
-        "keep-1",
-        Some(&env.data_dir()),
-        Some(&env.socket_dir()),
-        None,
-    )
-    .unwrap();
+    let vm = env.reconnect("keep-1");
     assert_eq!(vm.run("cat /root/marker").unwrap().output(), "persisted");
     vm.close();
     let off = spec("keep-1").build().unwrap();
@@ -206,13 +196,7 @@ fn disk_modes_shared_and_retained() {
     m.create_with(&shared, &no_net()).unwrap();
     assert!(!m.disk_dir().join("shared-1.ext4").exists());
     m.start("shared-1", BOOT).unwrap();
-    let vm = SmolVm::from_id(
-        "shared-1",
-        Some(&env.data_dir()),
-        Some(&env.socket_dir()),
-        None,
-    )
-    .unwrap();
+    let vm = env.reconnect("shared-1");
     let r = vm.run("touch /root/x").unwrap();
     assert!(!r.ok(), "shared root must be read-only: {r:?}");
     vm.close();
@@ -226,13 +210,10 @@ fn disk_modes_shared_and_retained() {
 
 #[test]
 fn owned_facade_deletes_on_drop_and_reconnected_one_only_stops() {
-    if !e2e("facade RAII", TOOLS) {
+    let Some(scene) = Scene::enter("facade RAII") else {
         return;
-    }
-    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
-    let ns = Netns::new();
-    let _in = ns.enter();
-    let env = TestEnv::new();
+    };
+    let env = &scene.env;
     {
         let mut vm = SmolVm::builder()
             .config(spec("own-1").build().unwrap())
@@ -254,13 +235,7 @@ fn owned_facade_deletes_on_drop_and_reconnected_one_only_stops() {
         .unwrap();
     m.start("rec-1", BOOT).unwrap();
     {
-        let vm = SmolVm::from_id(
-            "rec-1",
-            Some(&env.data_dir()),
-            Some(&env.socket_dir()),
-            None,
-        )
-        .unwrap();
+        let vm = env.reconnect("rec-1");
         assert_eq!(vm.status(), VmState::Running);
     }
     assert_eq!(m.get("rec-1").unwrap().status, VmState::Stopped);
@@ -274,13 +249,10 @@ fn from_id_in_a_second_process() {
     if std::env::var("SMOLVM_CHILD_FROM_ID").is_ok() {
         return; // the child mode runs in `child_from_id` below
     }
-    if !e2e("from_id across processes", TOOLS) {
+    let Some(scene) = Scene::enter("from_id across processes") else {
         return;
-    }
-    vm_util::image(); // built (or found cached) outside the namespace: it may fetch the kernel package
-    let ns = Netns::new();
-    let _in = ns.enter();
-    let env = TestEnv::new();
+    };
+    let env = &scene.env;
     let m = &env.manager;
     m.create_with(&spec("cross-1").build().unwrap(), &no_net())
         .unwrap();

@@ -61,6 +61,17 @@ impl TestEnv {
         self.dir.path().join("s")
     }
 
+    /// Reconnects to a VM of this environment (not owned: call `close()` to keep it running).
+    pub fn reconnect(&self, vm_id: &str) -> smolvm::SmolVm {
+        smolvm::SmolVm::from_id(
+            vm_id,
+            Some(&self.data_dir()),
+            Some(&self.socket_dir()),
+            None,
+        )
+        .unwrap()
+    }
+
     /// Asserts nothing of `vm_id` remains: no row, no sockets, no disk, no VM directory, and no process
     /// whose command line mentions this test's socket directory.
     pub fn assert_no_leaks(&self, vm_id: &str) {
