@@ -386,6 +386,12 @@ impl VmConfig {
     pub fn env_vars(&self) -> &BTreeMap<String, String> {
         &self.env_vars
     }
+
+    /// True when the guest boots smolvm's agent: images built by smolvm run it as `/init`, and the
+    /// spec ties `init=/init` to SSH-capable images.
+    pub fn boots_agent(&self) -> bool {
+        self.boot_args.split_whitespace().any(|a| a == "init=/init")
+    }
 }
 
 /// Checks a VM id against `^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$` or `^[a-z0-9]$`.

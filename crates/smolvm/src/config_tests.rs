@@ -213,3 +213,19 @@ fn stored_config_loads_even_if_files_vanished() {
     assert!(s.clone().build().is_err());
     assert_eq!(s.build_unchecked_paths().unwrap(), c);
 }
+
+#[test]
+fn boots_agent_follows_init_in_boot_args() {
+    let f = files();
+    assert!(!spec(&f).build().unwrap().boots_agent());
+    assert!(spec(&f)
+        .boot_args("console=ttyS0 init=/init")
+        .build()
+        .unwrap()
+        .boots_agent());
+    assert!(!spec(&f)
+        .boot_args("init=/init2")
+        .build()
+        .unwrap()
+        .boots_agent());
+}

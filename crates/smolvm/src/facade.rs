@@ -325,15 +325,7 @@ impl SmolVm {
     /// True when commands can run in this VM: it boots smolvm's agent (`init=/init`), or it has a
     /// network through which SSH can reach it.
     pub fn can_run_commands(&self) -> bool {
-        self.has_agent() || self.info.network.is_some()
-    }
-
-    fn has_agent(&self) -> bool {
-        self.info
-            .config
-            .boot_args()
-            .split_whitespace()
-            .any(|a| a == "init=/init")
+        self.info.config.boots_agent() || self.info.network.is_some()
     }
 
     /// Runs a shell command (`/bin/sh -lc`, so profile environment applies) and collects its output.
@@ -349,7 +341,7 @@ impl SmolVm {
         command: &str,
         timeout: Option<Duration>,
     ) -> Result<CommandResult> {
-        if !self.has_agent() && self.info.network.is_some() {
+        if !self.info.config.boots_agent() && self.info.network.is_some() {
             return self.run_over_ssh(command, timeout);
         }
         self.with_agent(|c| Ok(c.run(command, timeout.or(Some(DEFAULT_RUN_TIMEOUT)))?))
@@ -357,7 +349,7 @@ impl SmolVm {
 
     /// Runs `f` with a connected agent client, connecting (or reconnecting once) as needed.
     pub fn with_agent<T>(&self, f: impl Fn(&AgentClient) -> Result<T>) -> Result<T> {
-        if !self.has_agent() {
+        if !self.info.config.boots_agent() {
             return Err(Error::InvalidState {
                 vm_id: self.vm_id.clone(),
                 status: self.info.status,

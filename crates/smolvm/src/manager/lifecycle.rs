@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::cmdline::{kernel_cmdline, GuestNet};
 use super::disk;
-use super::{check_config, CreateOptions, SmolVmManager};
-use crate::backend::{AgentEndpoint, LaunchSpec};
+use super::{CreateOptions, SmolVmManager};
+use crate::backend::LaunchSpec;
 use crate::config::{DiskMode, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::AgentClient;
@@ -26,7 +26,7 @@ impl SmolVmManager {
 
     /// [`create`](Self::create) with smolvm's extra options (network attachment).
     pub fn create_with(&self, config: &VmConfig, opts: &CreateOptions) -> Result<VmInfo> {
-        let backend = check_config(self, config)?;
+        let backend = self.resolve(config.backend())?;
         let vm_id = config.vm_id();
         let mode = self.network_mode_for(opts.network, backend)?;
         let _lock = self.lock(vm_id)?;
@@ -108,7 +108,7 @@ impl SmolVmManager {
             remove_sockets(&spec);
             return Err(e.into());
         }
-        let client = if expects_agent(&rec.info.config) {
+        let client = if rec.info.config.boots_agent() {
             let left = deadline.saturating_duration_since(Instant::now());
             match AgentClient::connect(&spec.agent, left) {
                 Ok(c) => Some(c),
@@ -293,22 +293,7 @@ impl SmolVmManager {
     }
 }
 
-/// Images built by smolvm run its agent as `/init`; the spec ties `init=/init` to SSH-capable images.
-fn expects_agent(config: &VmConfig) -> bool {
-    config
-        .boot_args()
-        .split_whitespace()
-        .any(|a| a == "init=/init")
-}
-
 fn remove_sockets(spec: &LaunchSpec) {
     let _ = fs::remove_file(&spec.control_socket);
-    match &spec.agent {
-        AgentEndpoint::UnixSocket(p) => {
-            let _ = fs::remove_file(p);
-        }
-        AgentEndpoint::FirecrackerVsock { uds_path, .. } => {
-            let _ = fs::remove_file(uds_path);
-        }
-    }
+    let _ = fs::remove_file(spec.agent.path());
 }

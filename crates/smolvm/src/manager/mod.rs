@@ -31,7 +31,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::backend::firecracker::FirecrackerBackend;
 use crate::backend::qemu::QemuBackend;
 use crate::backend::{Backend, BackendError};
-use crate::config::{BackendKind, VmConfig};
+use crate::config::BackendKind;
 use crate::dirs::Dirs;
 use crate::error::{Error, Result};
 use crate::host::HostCapabilities;
@@ -251,9 +251,4 @@ impl SmolVmManager {
     pub fn open_default() -> Result<SmolVmManager> {
         SmolVmManager::new(None, None, None)
     }
-}
-
-/// Validates a config for creation on this host (backend availability) without creating anything.
-pub(crate) fn check_config(m: &SmolVmManager, config: &VmConfig) -> Result<BackendKind> {
-    m.resolve(config.backend())
 }
