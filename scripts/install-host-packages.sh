@@ -1,11 +1,87 @@
 #!/usr/bin/env bash
-# Installs the Debian/Ubuntu packages smolvm and its tests use: QEMU, the image tools (mkfs.ext4/debugfs,
-# busybox, dropbear, cpio, lz4), networking (nft, ip) and the SSH client.
+# Installs the Debian/Ubuntu packages smolvm and its tests use: one consistent QEMU (system emulator and
+# utilities of the same version), the image tools (mkfs.ext4/debugfs, busybox, dropbear, cpio, lz4), networking
+# (nft, ip), the SSH client, and Python's venv for the Python package.
+#
+# Unattended and idempotent. Supported: Debian 12 (as shipped, or with newer backports QEMU pieces already
+# installed), Debian 13, Ubuntu 22.04 and 24.04. On Debian 12 it prefers QEMU from bookworm-backports (10.x):
+# snapshots (mapped-ram migration) and newer microvm fixes need QEMU >= 9. A backports entry goes in its own
+# file, /etc/apt/sources.list.d/smolvm-backports.sources; the distribution's own sources are never edited.
+#
+#   SMOLVM_NO_BACKPORTS=1   on Debian 12, stay on bookworm's QEMU 7.2 (downgrading newer pieces if needed)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
-$SUDO apt-get update
-$SUDO apt-get install -y --no-install-recommends \
-    qemu-system-x86 qemu-utils e2fsprogs nftables iproute2 openssh-client \
-    busybox-static dropbear-bin iptables cpio lz4 zstd xz-utils binutils ca-certificates
+APT=($SUDO apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+
+say() { printf 'install-host-packages: %s\n' "$*" >&2; }
+
+# The tools besides QEMU, from the distribution's default suite.
+TOOLS=(e2fsprogs nftables iproute2 openssh-client busybox-static dropbear-bin iptables cpio lz4 zstd
+    xz-utils binutils ca-certificates util-linux procps python3-venv)
+# QEMU, installed as one set so every piece comes from the same version.
+QEMU=(qemu-system-x86 qemu-utils)
+
+. /etc/os-release
+say "host: ${PRETTY_NAME:-unknown}"
+codename="${VERSION_CODENAME:-}"
+
+# Debian 12: add bookworm-backports (in its own file) unless some source already provides it.
+backports=""
+if [ "${ID:-}" = debian ] && [ "$codename" = bookworm ] && [ "${SMOLVM_NO_BACKPORTS:-0}" != 1 ]; then
+    if ! grep -rqsE '(^|\s)bookworm-backports(\s|$)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        mirror=$(grep -rhsE '^URIs:\s*\S+/debian/?$' /etc/apt/sources.list.d/*.sources | head -n1 |
+            awk '{print $2}')
+        [ -n "$mirror" ] || mirror=$(grep -hsE '^deb\s+\S+/debian/?\s+bookworm\s' /etc/apt/sources.list |
+            head -n1 | awk '{print $2}')
+        [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+        say "adding bookworm-backports from $mirror in /etc/apt/sources.list.d/smolvm-backports.sources"
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+            "$mirror" /usr/share/keyrings/debian-archive-keyring.gpg |
+            $SUDO tee /etc/apt/sources.list.d/smolvm-backports.sources >/dev/null
+    fi
+    backports=bookworm-backports
+fi
+
+$SUDO apt-get update -q
+"${APT[@]}" install --no-install-recommends "${TOOLS[@]}"
+
+# Which suite QEMU comes from: backports when it has qemu-system-x86 there, else the default suite.
+suite=""
+if [ -n "$backports" ] && apt-cache madison qemu-system-x86 | grep -q "$backports"; then
+    suite=$backports
+elif [ -n "$backports" ]; then
+    say "bookworm-backports has no qemu-system-x86 on this mirror: using bookworm's QEMU"
+fi
+
+if [ -n "$suite" ]; then
+    "${APT[@]}" install --no-install-recommends -t "$suite" "${QEMU[@]}"
+else
+    # One version for every QEMU piece: the default suite's candidate of the emulator. Pieces installed
+    # newer by someone else (a machine image with backports' qemu-utils) are brought to that version.
+    ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
+        say "no installable qemu-system-x86 in this machine's package sources"
+        exit 1
+    fi
+    pins=()
+    for p in "${QEMU[@]}" $(dpkg-query -W -f '${Package} ${Status}\n' 'qemu-*' 2>/dev/null |
+        awk '/ installed$/ {print $1}'); do
+        if apt-cache madison "$p" | awk -v v="$ver" '$3 == v {f=1} END {exit !f}'; then
+            pins+=("$p=$ver")
+        fi
+    done
+    "${APT[@]}" install --no-install-recommends --allow-downgrades $(printf '%s\n' "${pins[@]}" | sort -u)
+fi
+
+# Report what is installed, and from where.
+for p in "${QEMU[@]}" qemu-system-common; do
+    v=$(dpkg-query -W -f '${Version}' "$p" 2>/dev/null) || continue
+    from=$(apt-cache policy "$p" | awk -v v="$v" '
+        $1 == "***" && $2 == v {mine=1; next}
+        mine && /^ +[0-9]+ / {print $2, $3; exit}
+        /^ +(\*\*\* )?[0-9:]/ {mine=0}')
+    say "$p $v (${from:-local})"
+done
+qemu-system-x86_64 --version | head -n1 >&2
