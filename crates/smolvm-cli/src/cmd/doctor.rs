@@ -39,6 +39,8 @@ struct Report {
     /// The `--backend` choice, null for auto.
     requested_backend: Option<BackendKind>,
     backends: Backends,
+    /// Things that work but are not what smolvm is tested with (an older QEMU, ...).
+    warnings: Vec<String>,
     host: HostCapabilities,
     network: NetworkReport,
 }
@@ -118,6 +120,7 @@ pub fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
         backend,
         requested_backend: requested,
         backends,
+        warnings: host.warnings(),
         host,
         network: NetworkReport::detect(),
     };
@@ -179,6 +182,13 @@ fn render(r: &Report) -> String {
             (None, None) => "none: no backend can run a VM on this host".to_string(),
         },
     );
+
+    if !r.warnings.is_empty() {
+        t.section("Warnings");
+        for w in &r.warnings {
+            t.line("", format!("- {w}"));
+        }
+    }
 
     t.section("KVM");
     let k = &h.kvm;

@@ -123,6 +123,35 @@ impl HostCapabilities {
         check_prerequisites(self, backend)
     }
 
+    /// Things that work but are not what smolvm is tested with (for example an older QEMU), one readable
+    /// line each. Unlike [`check_prerequisites`](Self::check_prerequisites), none of them stops a VM.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(v) = self
+            .tools
+            .qemu_system
+            .as_ref()
+            .and_then(|t| t.version.as_deref())
+        {
+            match parse_major_minor(v) {
+                Some(found) if found < QEMU_TESTED => out.push(format!(
+                    "QEMU {v} is older than the tested {}.{}: VMs should run{}; on Debian 12, \
+                     scripts/install-host-packages.sh installs QEMU 10 from bookworm-backports",
+                    QEMU_TESTED.0,
+                    QEMU_TESTED.1,
+                    if found.0 < 9 {
+                        ", but snapshots need QEMU >= 9"
+                    } else {
+                        ""
+                    }
+                )),
+                Some(_) => {}
+                None => out.push(format!("QEMU reports an unrecognised version {v:?}")),
+            }
+        }
+        out
+    }
+
     /// The backend `auto` resolves to: Firecracker where it can run (real KVM), else QEMU if it can run,
     /// else `None`.
     pub fn auto_backend(&self) -> Option<BackendKind> {
@@ -139,6 +168,17 @@ impl HostCapabilities {
             .or_else(|| self.auto_backend())
             .unwrap_or(BackendKind::Qemu)
     }
+}
+
+/// The QEMU version (major, minor) the test suite runs on; older ones get a warning from `doctor`.
+pub const QEMU_TESTED: (u32, u32) = (10, 0);
+
+/// `"10.0.2"` -> `(10, 0)`.
+fn parse_major_minor(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next().map_or(Some(0), |m| m.parse().ok())?;
+    Some((major, minor))
 }
 
 /// What is missing on the host for `backend` (spec: `check_prerequisites`), one readable line per

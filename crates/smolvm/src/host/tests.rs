@@ -169,3 +169,29 @@ fn detect_on_this_host_is_consistent() {
         assert!(q.version.is_some(), "qemu version not probed");
     }
 }
+
+#[test]
+fn qemu_older_than_tested_is_a_warning_not_a_problem() {
+    let mut h = full_host();
+    let with = |h: &mut HostCapabilities, v: &str| {
+        h.tools.qemu_system.as_mut().unwrap().version = Some(v.to_string());
+    };
+    with(&mut h, "10.0.2");
+    assert_eq!(h.warnings(), Vec::<String>::new());
+    with(&mut h, "11.1");
+    assert_eq!(h.warnings(), Vec::<String>::new());
+    with(&mut h, "7.2.22");
+    let w = h.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("QEMU 7.2.22 is older than the tested 10.0"),
+        "{w:?}"
+    );
+    assert!(h.check_prerequisites(BackendKind::Qemu).is_empty());
+    with(&mut h, "garbage");
+    assert!(
+        h.warnings()[0].contains("unrecognised version"),
+        "{:?}",
+        h.warnings()
+    );
+}

@@ -1,13 +1,15 @@
 //! Finding the guest agent binary and checking it can run in the guest (statically linked, x86_64).
 //!
-//! Order: an explicit path (builder option or `SMOLVM_AGENT_BIN`), then `smolvm-agent` next to the
-//! running executable, then the static build outputs of a workspace
-//! (`target/x86_64-unknown-linux-gnu/{release,debug}/smolvm-agent`) found above the running executable
-//! or this crate's source directory. Dynamically linked candidates (a plain `cargo build` makes one in
-//! `target/release`) are skipped in favour of a static one; if only dynamic ones exist, the error says
-//! how to build the static one.
+//! Order: an explicit path (builder option), then `SMOLVM_AGENT_BIN`, then the agent embedded in this
+//! library by its build script (`build.rs` builds `smolvm-agent` statically and includes it), which is
+//! written once into the image cache (`images/.agent/<digest>/smolvm-agent`) so the image builder can
+//! copy and fingerprint it like any other input.
 
+use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use super::elf::{Elf, EM_X86_64};
 use super::error::ImageError;
@@ -16,65 +18,59 @@ use super::error::ImageError;
 pub const AGENT_ENV: &str = "SMOLVM_AGENT_BIN";
 /// File name of the agent binary.
 pub const AGENT_NAME: &str = "smolvm-agent";
-/// Target directory of the static build.
-const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Candidate paths, in order.
-pub fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
-    if let Some(p) = explicit {
-        return vec![p.to_path_buf()];
-    }
-    if let Some(p) = std::env::var_os(AGENT_ENV).filter(|v| !v.is_empty()) {
-        return vec![PathBuf::from(p)];
-    }
-    let mut out = Vec::new();
-    let exe = std::env::current_exe().ok();
-    if let Some(dir) = exe.as_deref().and_then(Path::parent) {
-        out.push(dir.join(AGENT_NAME));
-    }
-    let manifest_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    let roots = exe
-        .as_deref()
-        .into_iter()
-        .flat_map(Path::ancestors)
-        .map(Path::to_path_buf)
-        .chain([manifest_target]);
-    for root in roots {
-        for profile in ["release", "debug"] {
-            let p = root.join(STATIC_TARGET).join(profile).join(AGENT_NAME);
-            if !out.contains(&p) {
-                out.push(p);
-            }
+/// The static agent built by `build.rs`, if the build embedded one.
+#[cfg(smolvm_embedded_agent)]
+const EMBEDDED: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/smolvm-agent")));
+#[cfg(not(smolvm_embedded_agent))]
+const EMBEDDED: Option<&[u8]> = None;
+
+/// Finds a usable agent: `explicit`, else `SMOLVM_AGENT_BIN`, else the embedded one written under
+/// `cache_dir`. A path given by the caller or the environment must be a static x86_64 executable.
+pub fn locate(explicit: Option<&Path>, cache_dir: &Path) -> Result<PathBuf, ImageError> {
+    let given = explicit.map(Path::to_path_buf).or_else(|| {
+        std::env::var_os(AGENT_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(path) = given {
+        if !path.is_file() {
+            return Err(ImageError::AgentMissing {
+                searched: vec![path],
+            });
         }
+        check(&path)?;
+        return Ok(path);
     }
-    out
+    match EMBEDDED {
+        Some(bytes) => materialize(bytes, cache_dir),
+        None => Err(ImageError::AgentMissing { searched: vec![] }),
+    }
 }
 
-/// Finds a usable agent: the first static x86_64 candidate.
-pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ImageError> {
-    let cands = candidates(explicit);
-    let mut first_dynamic = None;
-    for c in &cands {
-        if !c.is_file() {
-            continue;
-        }
-        match check(c) {
-            Ok(()) => return Ok(c.clone()),
-            Err(ImageError::AgentNotStatic { .. }) if explicit.is_none() => {
-                first_dynamic.get_or_insert_with(|| c.clone());
-            }
-            Err(e) => return Err(e),
-        }
+/// Writes `bytes` to `cache_dir/<digest>/smolvm-agent` unless it is already there (atomically: a temp
+/// file renamed into place, so concurrent builders never see half a binary).
+fn materialize(bytes: &[u8], cache_dir: &Path) -> Result<PathBuf, ImageError> {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = cache_dir.join(hex);
+    let path = dir.join(AGENT_NAME);
+    if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+        return Ok(path);
     }
-    match first_dynamic {
-        Some(path) => Err(ImageError::AgentNotStatic { path }),
-        None => Err(ImageError::AgentMissing {
-            searched: cands
-                .into_iter()
-                .filter(|c| c.parent().is_some_and(Path::exists))
-                .collect(),
-        }),
-    }
+    fs::create_dir_all(&dir).map_err(|e| ImageError::io("create directory", &dir, e))?;
+    let tmp = dir.join(format!(".{AGENT_NAME}.tmp-{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        ImageError::io("write agent", &path, e)
+    })?;
+    Ok(path)
 }
 
 /// Checks that `path` is a static x86_64 ELF executable.
@@ -104,29 +100,45 @@ mod tests {
     use crate::image::elf::build_test_elf;
 
     #[test]
-    fn static_check_and_explicit_path() {
+    fn explicit_path_must_be_a_static_x86_64_file() {
         let t = tempfile::tempdir().unwrap();
+        let cache = t.path().join("cache");
         let stat = t.path().join("static");
         std::fs::write(&stat, build_test_elf(false, &[])).unwrap();
         let dynamic = t.path().join("dynamic");
         std::fs::write(&dynamic, build_test_elf(true, &[])).unwrap();
-        assert_eq!(locate(Some(&stat)).unwrap(), stat);
+        assert_eq!(locate(Some(&stat), &cache).unwrap(), stat);
         assert!(matches!(
-            locate(Some(&dynamic)),
+            locate(Some(&dynamic), &cache),
             Err(ImageError::AgentNotStatic { .. })
         ));
         let missing = t.path().join("missing");
-        let e = locate(Some(&missing)).unwrap_err();
-        assert!(e.to_string().contains("scripts/build-agent.sh"), "{e}");
+        let e = locate(Some(&missing), &cache).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
     }
 
     #[test]
-    fn default_candidates_include_the_static_target() {
-        let c = candidates(None);
-        if std::env::var_os(AGENT_ENV).is_none() {
-            assert!(c
-                .iter()
-                .any(|p| p.ends_with("x86_64-unknown-linux-gnu/release/smolvm-agent")));
-        }
+    fn materialized_agent_is_written_once_and_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let bytes = build_test_elf(false, &[]);
+        let a = materialize(&bytes, t.path()).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), bytes);
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        let b = materialize(&bytes, t.path()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(std::fs::metadata(&b).unwrap().modified().unwrap(), mtime);
+        // Another binary gets another path: images fingerprint the agent by its bytes.
+        let other = materialize(&build_test_elf(true, &[]), t.path()).unwrap();
+        assert_ne!(other, a);
+    }
+
+    /// The library this test runs in was built by `build.rs` with the agent embedded, and that agent is
+    /// what the guest needs: static and x86_64.
+    #[test]
+    fn the_build_embeds_a_static_agent() {
+        let bytes = EMBEDDED.expect("build.rs embeds the agent unless SMOLVM_EMBED_AGENT=0");
+        let t = tempfile::tempdir().unwrap();
+        let path = materialize(bytes, t.path()).unwrap();
+        check(&path).unwrap();
     }
 }

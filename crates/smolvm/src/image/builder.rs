@@ -122,7 +122,8 @@ pub struct ImageBuilder {
 impl ImageBuilder {
     /// A builder caching under `data_dir/images`. The kernel is Debian's `linux-image-cloud-amd64`,
     /// unless `SMOLVM_KERNEL` (a bzImage) and `SMOLVM_KERNEL_MODULES` (its `lib/modules/<release>`) name
-    /// another; the agent is found as [`agent`](super::agent) describes (`SMOLVM_AGENT_BIN` first).
+    /// another; the agent is found as [`agent`](super::agent) describes (this path, `SMOLVM_AGENT_BIN`, else the
+    /// agent embedded at build time).
     pub fn new(data_dir: &Path) -> ImageBuilder {
         let kernel = match std::env::var_os(KERNEL_ENV).filter(|v| !v.is_empty()) {
             Some(bz) => KernelSource::Local {
@@ -277,7 +278,7 @@ impl ImageBuilder {
         let memo_dir = self.images_dir.join(".cache");
         report.step("checking inputs");
         let kid = kcache::identify(&self.kernel, &memo_dir)?;
-        let agent_path = agent::locate(self.agent.as_deref())?;
+        let agent_path = agent::locate(self.agent.as_deref(), &self.images_dir.join(".agent"))?;
         let inputs = Inputs::gather(self, opts, &agent_path, &kid.identity)?;
 
         let _lock = cache::lock(&self.images_dir.join(format!(".{}.lock", opts.name)))?;

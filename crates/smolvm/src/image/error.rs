@@ -117,10 +117,10 @@ pub enum ImageError {
 
     /// The guest agent binary was not found.
     #[error(
-        "guest agent binary not found (looked at: {}). Build it with `scripts/build-agent.sh` (a static \
-         `cargo build -p smolvm-agent --release --target x86_64-unknown-linux-gnu` with \
-         RUSTFLAGS='-C target-feature=+crt-static'), or set SMOLVM_AGENT_BIN to its path",
-        searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        "guest agent binary not found{}: this smolvm was built without the embedded agent \
+         (SMOLVM_EMBED_AGENT=0); set SMOLVM_AGENT_BIN to a static build of smolvm-agent \
+         (`scripts/build-agent.sh` makes one)",
+        if searched.is_empty() { String::new() } else { format!(" at {}", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")) }
     )]
     AgentMissing {
         /// The places looked at, in order.
