@@ -222,3 +222,41 @@ fn corrupt_database_is_reported_and_left_alone() {
         b"this is not a database, not even close"
     );
 }
+
+/// Bad input is reported before any slow step: with no kernel/rootfs given, `create` would build the
+/// default image, but an invalid id (or range, or env key) is refused first, so the answer names the field
+/// even where the image cannot be built (here: a kernel override that does not exist).
+#[test]
+fn invalid_fields_are_refused_before_the_image_build() {
+    let env = Env::new();
+    for (args, field) in [
+        (vec!["--id", "My_VM"], "vm_id"),
+        (vec!["--vcpus", "0"], "vcpu_count"),
+        (vec!["--mem", "20000"], "mem_size_mib"),
+        (vec!["--env", "A-B=1"], "env_vars"),
+    ] {
+        let mut all = vec!["create", "--network", "none"];
+        all.extend(args.iter().copied());
+        let o = Command::new(env!("CARGO_BIN_EXE_smolvm"))
+            .arg("--data-dir")
+            .arg(env.dir.path().join("data"))
+            .arg("--socket-dir")
+            .arg(env.dir.path().join("s"))
+            .args(&all)
+            .env("SMOLVM_KERNEL", env.dir.path().join("no-such-kernel"))
+            .env("SMOLVM_BACKEND", "qemu")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} accepted");
+        let err = stderr(&o);
+        assert!(err.contains(field), "{args:?}: {err}");
+        assert!(
+            !err.contains("image"),
+            "{args:?} reached the image build: {err}"
+        );
+        assert!(
+            !env.dir.path().join("data/images").exists(),
+            "{args:?} started an image build"
+        );
+    }
+}

@@ -229,6 +229,12 @@ impl VmConfigSpec {
         self.build_unchecked_paths()
     }
 
+    /// Checks every rule that does not look at the file system (id, ranges, env keys), so a caller can
+    /// reject bad input before a slow step such as building the image the paths will point to.
+    pub fn validate_fields(&self) -> Result<(), ValidationError> {
+        self.clone().build_unchecked_paths().map(|_| ())
+    }
+
     /// Validates everything except the existence of files. Used when loading a stored config: a VM whose
     /// kernel was removed since must still be listable and deletable.
     pub(crate) fn build_unchecked_paths(self) -> Result<VmConfig, ValidationError> {

@@ -83,9 +83,30 @@ pub struct CreateArgs {
 }
 
 impl CreateArgs {
-    /// Builds the validated config (building the default image if needed).
+    /// Builds the validated config (building the default image if needed). Every user-given value is
+    /// checked first, so bad input is reported before the (slow) image build.
     pub fn config(&self, m: &SmolVmManager, cli: &Cli) -> anyhow::Result<VmConfig> {
         let backend = m.resolve(super::common::backend_choice(cli)?)?;
+        let disk_mode = self.disk_mode.parse::<DiskMode>()?;
+        let apply = |spec: &mut VmConfigSpec| -> anyhow::Result<()> {
+            spec.vm_id = self.vm_id.clone();
+            spec.vcpu_count = self.vcpus;
+            spec.mem_size_mib = self.mem;
+            spec.backend = Some(backend);
+            spec.disk_mode = disk_mode;
+            spec.retain_disk_on_delete = self.retain_disk;
+            for kv in &self.env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+                spec.env_vars.insert(k.to_string(), v.to_string());
+            }
+            Ok(())
+        };
+        let mut probe = VmConfigSpec::new("", "");
+        apply(&mut probe)?;
+        probe.validate_fields()?;
+
         let mut spec = match (&self.kernel, &self.rootfs) {
             (Some(k), Some(r)) => {
                 let mut s = VmConfigSpec::new(k, r);
@@ -110,18 +131,7 @@ impl CreateArgs {
                     .vm_config(backend)
             }
         };
-        spec.vm_id = self.vm_id.clone();
-        spec.vcpu_count = self.vcpus;
-        spec.mem_size_mib = self.mem;
-        spec.backend = Some(backend);
-        spec.disk_mode = self.disk_mode.parse::<DiskMode>()?;
-        spec.retain_disk_on_delete = self.retain_disk;
-        for kv in &self.env {
-            let (k, v) = kv
-                .split_once('=')
-                .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
-            spec.env_vars.insert(k.to_string(), v.to_string());
-        }
+        apply(&mut spec)?;
         Ok(spec.build()?)
     }
 
