@@ -31,10 +31,11 @@ codename="${VERSION_CODENAME:-}"
 backports=""
 if [ "${ID:-}" = debian ] && [ "$codename" = bookworm ] && [ "${SMOLVM_NO_BACKPORTS:-0}" != 1 ]; then
     if ! grep -rqsE '(^|\s)bookworm-backports(\s|$)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        mirror=$(grep -rhsE '^URIs:\s*\S+/debian/?$' /etc/apt/sources.list.d/*.sources | head -n1 |
+        # The mirror the machine already uses for bookworm (deb822 or one-line format), else Debian's.
+        mirror=$( (grep -rhsE '^URIs:\s*\S+/debian/?$' /etc/apt/sources.list.d/ || true) | head -n1 |
             awk '{print $2}')
-        [ -n "$mirror" ] || mirror=$(grep -hsE '^deb\s+\S+/debian/?\s+bookworm\s' /etc/apt/sources.list |
-            head -n1 | awk '{print $2}')
+        [ -n "$mirror" ] || mirror=$( (grep -hsE '^deb\s+\S+/debian/?\s+bookworm\s' /etc/apt/sources.list ||
+            true) | head -n1 | awk '{print $2}')
         [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
         say "adding bookworm-backports from $mirror in /etc/apt/sources.list.d/smolvm-backports.sources"
         printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \

