@@ -59,20 +59,20 @@ fi
 if [ -n "$suite" ]; then
     "${APT[@]}" install --no-install-recommends -t "$suite" "${QEMU[@]}"
 else
-    # One version for every QEMU piece: the default suite's candidate of the emulator. Pieces installed
-    # newer by someone else (a machine image with backports' qemu-utils) are brought to that version.
-    ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
-    if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
-        say "no installable qemu-system-x86 in this machine's package sources"
-        exit 1
-    fi
+    # Every QEMU piece at the newest version outside backports: the emulator, the utilities and any
+    # qemu-* package already installed newer by someone else (today's machine images carry backports'
+    # qemu-utils). apt's own candidate would keep an installed newer version, hence explicit versions.
+    newest() { apt-cache madison "$1" | awk -F'|' '$3 !~ /backports/ {gsub(/ /, "", $2); print $2; exit}'; }
     pins=()
     for p in "${QEMU[@]}" $(dpkg-query -W -f '${Package} ${Status}\n' 'qemu-*' 2>/dev/null |
         awk '/ installed$/ {print $1}'); do
-        if apt-cache madison "$p" | awk -v v="$ver" '$3 == v {f=1} END {exit !f}'; then
-            pins+=("$p=$ver")
-        fi
+        v=$(newest "$p")
+        [ -n "$v" ] && pins+=("$p=$v")
     done
+    if [ -z "$(newest qemu-system-x86)" ]; then
+        say "no installable qemu-system-x86 in this machine's package sources"
+        exit 1
+    fi
     "${APT[@]}" install --no-install-recommends --allow-downgrades $(printf '%s\n' "${pins[@]}" | sort -u)
 fi
 
