@@ -15,6 +15,10 @@ use crate::cmdline::BootParams;
 use crate::stages::Stages;
 use crate::{power, setup, sys};
 
+/// How long `Ready` waits for the SSH server's listening socket (it takes milliseconds; a dropbear that
+/// fails to bind must not keep the agent from serving).
+const SSHD_LISTEN_LIMIT: Duration = Duration::from_secs(3);
+
 /// Signals PID 1 handles synchronously (blocked, then taken with `sigwaitinfo`).
 fn handled_signals() -> Vec<libc::c_int> {
     let mut s = vec![libc::SIGCHLD, libc::SIGHUP];
@@ -66,6 +70,15 @@ pub fn run(mut stages: Stages) -> ! {
         crate::log(w);
     }
     setup::hostname(params.hostname.as_deref());
+    // The SSH server starts before the network is configured (it binds the wildcard address), so its
+    // start-up overlaps the network setup; `Ready` waits for its listening socket below.
+    if let Some(key) = &params.authorized_key {
+        if let Err(e) = setup::install_authorized_key(key) {
+            crate::log(&format!("install authorized key: {e}"));
+        }
+    }
+    let mut sshd = Supervised::new(start_sshd());
+    stages.mark("sshd_started");
     match crate::net::configure(&params) {
         Ok(_) => {}
         Err(e) => crate::log(&format!("network: {e}")),
@@ -74,13 +87,14 @@ pub fn run(mut stages: Stages) -> ! {
         crate::log(&format!("write /etc/resolv.conf: {e}"));
     }
     stages.mark("network_up");
-    if let Some(key) = &params.authorized_key {
-        if let Err(e) = setup::install_authorized_key(key) {
-            crate::log(&format!("install authorized key: {e}"));
+    // The agent process answers `Ready`; everything smolvm advertises must accept by then.
+    if sshd.pid.is_some() {
+        if setup::wait_listening(22, SSHD_LISTEN_LIMIT) {
+            stages.mark("sshd_listening");
+        } else {
+            crate::log("the SSH server is not listening on port 22: continuing without it");
         }
     }
-    let mut sshd = Supervised::new(start_sshd());
-    stages.mark("sshd_started");
 
     let mode = power::detect_mode(Some(&params));
     let mut agent = Supervised::new(spawn_agent(&stages, &signals));

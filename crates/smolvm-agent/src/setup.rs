@@ -154,6 +154,36 @@ pub fn start_sshd() -> io::Result<Option<u32>> {
     Ok(Some(child.id()))
 }
 
+/// Waits until something listens on TCP `port` (IPv4 or IPv6), polling `/proc/net/tcp{,6}`, for at
+/// most `limit`. True if it does. Used so that `Ready` means the SSH server accepts: a connection made
+/// right after `start` returns must not be reset because dropbear has not bound its socket yet.
+pub fn wait_listening(port: u16, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let found = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .any(|f| fs::read_to_string(f).is_ok_and(|t| listening_on(&t, port)));
+        if found {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Whether a `/proc/net/tcp`-format table has a socket in state LISTEN (`0A`) on local `port`.
+fn listening_on(table: &str, port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let mut f = line.split_whitespace();
+        let local = f.nth(1).unwrap_or("");
+        let state = f.nth(1).unwrap_or("");
+        local.ends_with(&want) && state == "0A"
+    })
+}
+
 /// Makes a child start with no blocked signals and SIGPIPE at its default. `std::process::Command` no
 /// longer resets either, and a child would otherwise inherit PID 1's blocked set (measured: dropbear
 /// then ignored SIGTERM at power off) and the Rust runtime's ignored SIGPIPE (`yes | head` in an SSH
@@ -176,6 +206,22 @@ pub fn reset_signals(cmd: &mut Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_sockets_are_found_by_port_and_state() {
+        let table =
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n\
+           0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0\n\
+           1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0\n";
+        assert!(listening_on(table, 22));
+        // 8080 only has an established connection, not a listener.
+        assert!(!listening_on(table, 8080));
+        assert!(!listening_on(table, 2));
+        let v6 = "  sl  local_address                         remote_address                        st\n\
+           0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A\n";
+        assert!(listening_on(v6, 22));
+        assert!(!listening_on("header only\n", 22));
+    }
 
     #[test]
     fn key_is_appended_once_with_strict_modes() {

@@ -250,6 +250,7 @@ fn boots_to_ready_reconnects_and_powers_off() {
         "modules_loaded",
         "mounts_done",
         "sshd_started",
+        "sshd_listening",
         "ready",
     ] {
         assert!(
