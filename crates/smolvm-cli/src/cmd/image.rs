@@ -23,9 +23,9 @@ pub enum ImageCommand {
 /// Arguments of `smolvm image build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Image name.
-    #[arg(long, default_value = smolvm::image::DEFAULT_IMAGE_NAME)]
-    pub name: String,
+    /// Image name [default: "default", or "minimal" with --kernel minimal].
+    #[arg(long)]
+    pub name: Option<String>,
     /// Root password for SSH logins.
     #[arg(long, conflicts_with = "ssh_key")]
     pub ssh_password: Option<String>,
@@ -38,8 +38,10 @@ pub struct BuildArgs {
     /// Rebuild even if the cached image is up to date.
     #[arg(long)]
     pub force: bool,
-    /// Use this bzImage instead of Debian's linux-image-cloud-amd64 [env: SMOLVM_KERNEL].
-    #[arg(long, value_name = "BZIMAGE")]
+    /// The kernel: `debian` (Debian's linux-image-cloud-amd64, the default), `minimal` (smolvm's
+    /// minimal kernel compiled here from Debian's linux-source: minutes once, then cached; boots without
+    /// an initramfs, about twice as fast), or the path of a bzImage [env: SMOLVM_KERNEL].
+    #[arg(long, value_name = "debian|minimal|BZIMAGE")]
     pub kernel: Option<PathBuf>,
     /// Modules directory (lib/modules/<release>) of --kernel [env: SMOLVM_KERNEL_MODULES].
     #[arg(long, value_name = "DIR", requires = "kernel")]
@@ -66,9 +68,26 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
     let mut builder = ImageBuilder::new(&dirs.data_dir);
     match cmd {
         ImageCommand::Build(a) => {
-            if let Some(k) = &a.kernel {
-                builder = builder.with_kernel(k, a.kernel_modules.clone());
+            let minimal = a.kernel.as_deref() == Some(std::path::Path::new("minimal"));
+            match a.kernel.as_deref().and_then(|k| k.to_str()) {
+                Some("minimal") if a.kernel_modules.is_some() => {
+                    anyhow::bail!("--kernel-modules: the minimal kernel has no modules")
+                }
+                Some("minimal") => builder = builder.with_minimal_kernel(),
+                Some("debian") => {
+                    builder = builder.with_kernel_package(smolvm::image::DEFAULT_KERNEL_PACKAGE)
+                }
+                _ => {
+                    if let Some(k) = &a.kernel {
+                        builder = builder.with_kernel(k, a.kernel_modules.clone());
+                    }
+                }
             }
+            let default_name = if minimal {
+                "minimal"
+            } else {
+                smolvm::image::DEFAULT_IMAGE_NAME
+            };
             if let Some(agent) = &a.agent {
                 builder = builder.with_agent(agent);
             }
@@ -81,7 +100,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 })
                 .transpose()?;
             let opts = ImageOptions {
-                name: a.name.clone(),
+                name: a.name.clone().unwrap_or_else(|| default_name.to_string()),
                 ssh_password: a.ssh_password.clone(),
                 ssh_public_key,
                 rootfs_size_mib: a.rootfs_size,
@@ -121,7 +140,11 @@ fn print_built(img: &GuestImage, secs: f64) {
         img.kernel_package
     );
     println!("  vmlinux    {}", img.kernel_elf.display());
-    println!("  initrd     {}", img.initrd.display());
+    if img.needs_initrd {
+        println!("  initrd     {}", img.initrd.display());
+    } else {
+        println!("  initrd     none (every driver is built into the kernel)");
+    }
     println!(
         "  rootfs     {}  ({} MiB, sparse)",
         img.rootfs.display(),

@@ -29,7 +29,8 @@ pub struct ResolvedPackage {
     pub version: Option<String>,
 }
 
-/// Parses `apt-cache show --no-all-versions <pkg>`: a metapackage's first `linux-image-*` dependency is
+/// Parses `apt-cache show --no-all-versions <pkg>`: a metapackage's first `linux-image-*` (or, for
+/// `linux-source`, `linux-source-*`) dependency is
 /// the real package (with its `(= version)` if given); otherwise the package itself is.
 pub fn parse_show(requested: &str, text: &str) -> Option<ResolvedPackage> {
     let mut version = None;
@@ -45,7 +46,7 @@ pub fn parse_show(requested: &str, text: &str) -> Option<ResolvedPackage> {
     let dep = depends.as_deref().and_then(|d| {
         d.split(',')
             .map(|alt| alt.split('|').next().unwrap_or("").trim())
-            .find(|dep| dep.starts_with("linux-image-"))
+            .find(|dep| dep.starts_with("linux-image-") || dep.starts_with("linux-source-"))
             .map(str::to_string)
     });
     Some(match dep {

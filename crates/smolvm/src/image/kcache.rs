@@ -10,7 +10,7 @@ use super::cache::{self, BuildDir, Fingerprint};
 use super::deb::{self, ResolvedPackage};
 use super::error::ImageError;
 use super::progress::Reporter;
-use super::{kernel, modules};
+use super::{kernel, minkernel, modules};
 
 /// Bumped when the prepared layout or the module selection changes.
 const KERNEL_FORMAT: u32 = 1;
@@ -22,6 +22,9 @@ const META: &str = "kernel.json";
 pub enum KernelSource {
     /// A distribution package fetched with `apt-get download` (never installed).
     Package(String),
+    /// smolvm's minimal kernel, compiled on this machine from this Debian source package (see
+    /// [`minkernel`](super::minkernel)): an ELF vmlinux with every driver built in, no initramfs needed.
+    Minimal(String),
     /// Files on this machine: a bzImage and, unless every driver is built in, its modules directory
     /// (`lib/modules/<release>`).
     Local {
@@ -69,7 +72,12 @@ pub struct PreparedKernel {
 }
 
 impl PreparedKernel {
-    /// The bzImage.
+    /// A minimal kernel (no modules, boots without an initramfs).
+    pub fn is_minimal(&self) -> bool {
+        self.meta.identity.starts_with("minimal:")
+    }
+    /// The bzImage (for a minimal kernel: the same ELF as [`vmlinux`](Self::vmlinux), which QEMU also
+    /// boots).
     pub fn bzimage(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
@@ -101,44 +109,62 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// Resolves `requested` with apt once per change of apt's lists (remembered in `memo_dir`), and the
+/// version to key caches by.
+fn resolve_memo(requested: &str, memo_dir: &Path) -> Result<(ResolvedPackage, String), ImageError> {
+    let state_key = deb::apt_state_key();
+    let memo_path = memo_dir.join(format!("apt-{}.json", sanitize(requested)));
+    let memo: Option<AptMemo> = fs::read(&memo_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|m: &AptMemo| m.state_key == state_key && m.resolved.requested == *requested);
+    let resolved = match memo {
+        Some(m) => m.resolved,
+        None => {
+            let r = deb::resolve(requested)?;
+            let memo = AptMemo {
+                state_key: state_key.clone(),
+                resolved: r.clone(),
+            };
+            // The memo only saves time; failing to write it is not an error.
+            if fs::create_dir_all(memo_dir).is_ok() {
+                if let Ok(b) = serde_json::to_vec(&memo) {
+                    let _ = fs::write(&memo_path, b);
+                }
+            }
+            r
+        }
+    };
+    let version = resolved
+        .version
+        .clone()
+        .unwrap_or_else(|| format!("unpinned-{}", &state_key[..16]));
+    Ok((resolved, version))
+}
+
 /// Identifies the kernel without preparing it. For a package this asks apt once per change of apt's
 /// lists (remembered in `memo_dir`), so cached builds do not pay for `apt-cache`.
 pub fn identify(source: &KernelSource, memo_dir: &Path) -> Result<KernelId, ImageError> {
     match source {
         KernelSource::Package(requested) => {
-            let state_key = deb::apt_state_key();
-            let memo_path = memo_dir.join(format!("apt-{}.json", sanitize(requested)));
-            let memo: Option<AptMemo> = fs::read(&memo_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .filter(|m: &AptMemo| {
-                    m.state_key == state_key && m.resolved.requested == *requested
-                });
-            let resolved = match memo {
-                Some(m) => m.resolved,
-                None => {
-                    let r = deb::resolve(requested)?;
-                    let memo = AptMemo {
-                        state_key: state_key.clone(),
-                        resolved: r.clone(),
-                    };
-                    // The memo only saves time; failing to write it is not an error.
-                    if fs::create_dir_all(memo_dir).is_ok() {
-                        if let Ok(b) = serde_json::to_vec(&memo) {
-                            let _ = fs::write(&memo_path, b);
-                        }
-                    }
-                    r
-                }
-            };
-            let version = resolved
-                .version
-                .clone()
-                .unwrap_or_else(|| format!("unpinned-{}", &state_key[..16]));
+            let (resolved, version) = resolve_memo(requested, memo_dir)?;
             Ok(KernelId {
                 identity: format!("deb:{}={version}:f{KERNEL_FORMAT}", resolved.package),
                 description: format!("{} {version}", resolved.package),
                 key: sanitize(&format!("{}_{version}", resolved.package)),
+                resolved: Some(resolved),
+            })
+        }
+        KernelSource::Minimal(requested) => {
+            let (resolved, version) = resolve_memo(requested, memo_dir)?;
+            let identity = format!("{}:f{KERNEL_FORMAT}", minkernel::identity(&resolved));
+            let short = &Fingerprint::default()
+                .add("identity", identity.as_bytes())
+                .finish()[..12];
+            Ok(KernelId {
+                description: format!("smolvm minimal kernel from {} {version}", resolved.package),
+                key: sanitize(&format!("minimal_{version}_{short}")),
+                identity,
                 resolved: Some(resolved),
             })
         }
@@ -184,6 +210,36 @@ pub fn prepare(
     cache::remove_stale(kernels_dir, &id.key);
     let build = BuildDir::create(kernels_dir, &id.key)?;
     let tmp = build.path();
+    if let (KernelSource::Minimal(_), Some(pkg)) = (source, &id.resolved) {
+        let work = tmp.join("work");
+        let built = minkernel::build(pkg, &work, report);
+        let result = built.and_then(|(vmlinux, release)| {
+            let dest = tmp.join("vmlinux");
+            fs::copy(&vmlinux, &dest).map_err(|e| ImageError::io("copy", &vmlinux, e))?;
+            if fs::hard_link(&dest, tmp.join("vmlinuz")).is_err() {
+                fs::copy(&dest, tmp.join("vmlinuz"))
+                    .map_err(|e| ImageError::io("copy", &dest, e))?;
+            }
+            Ok(release)
+        });
+        // The source tree and objects take about 2 GB: never keep them, also not after a failure.
+        let _ = fs::remove_dir_all(&work);
+        let release = result?;
+        let mdir = tmp.join("modules");
+        fs::create_dir_all(&mdir).map_err(|e| ImageError::io("create directory", &mdir, e))?;
+        let list = mdir.join("load.list");
+        fs::write(&list, "").map_err(|e| ImageError::io("write", &list, e))?;
+        let meta = KernelMeta {
+            identity: id.identity.clone(),
+            description: id.description.clone(),
+            release,
+            modules: Vec::new(),
+            warnings: Vec::new(),
+        };
+        write_meta(&tmp.join(META), &meta)?;
+        build.commit(&dir)?;
+        return Ok(PreparedKernel { dir, meta });
+    }
     let (bzimage, modules_dir, description) = match (source, &id.resolved) {
         (KernelSource::Package(_), Some(pkg)) => {
             report.step(format!("downloading {}", id.description));
@@ -211,7 +267,7 @@ pub fn prepare(
             },
             _,
         ) => (bzimage.clone(), modules_dir.clone(), id.description.clone()),
-        (KernelSource::Package(p), None) => {
+        (KernelSource::Package(p) | KernelSource::Minimal(p), _) => {
             return Err(ImageError::BadPackage {
                 path: PathBuf::from(p),
                 reason: "package was not resolved".into(),

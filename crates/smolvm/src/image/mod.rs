@@ -32,6 +32,7 @@ mod initramfs;
 mod kcache;
 mod kernel;
 mod lz4;
+mod minkernel;
 mod modules;
 mod progress;
 mod rootfs;
@@ -82,8 +83,13 @@ pub struct GuestImage {
     pub kernel: PathBuf,
     /// Uncompressed ELF kernel (vmlinux) for Firecracker.
     pub kernel_elf: PathBuf,
-    /// Initramfs (newc cpio) loading the drivers and switching to the root disk.
+    /// Initramfs (newc cpio) loading the drivers and switching to the root disk (absent when
+    /// [`needs_initrd`](Self::needs_initrd) is false).
     pub initrd: PathBuf,
+    /// The kernel needs the initramfs: true for the distribution kernel (its drivers are modules),
+    /// false for smolvm's minimal kernel, which boots straight from `/dev/vda`.
+    #[serde(default = "default_true")]
+    pub needs_initrd: bool,
     /// Root filesystem (ext4, sparse).
     pub rootfs: PathBuf,
     /// Kernel command line to boot it with ([`SSH_BOOT_ARGS`]).
@@ -116,10 +122,14 @@ impl GuestImage {
     /// [`kernel_for`](Self::kernel_for) picks, the initrd and [`GuestImage::boot_args`]. Adjust the rest
     /// (vCPUs, memory, id) on the returned spec, then `.build()` it.
     pub fn vm_config(&self, backend: BackendKind) -> VmConfigSpec {
-        VmConfigSpec::new(self.kernel_for(backend), &self.rootfs)
-            .initrd_path(&self.initrd)
+        let spec = VmConfigSpec::new(self.kernel_for(backend), &self.rootfs)
             .boot_args(self.boot_args.clone())
-            .backend(Some(backend))
+            .backend(Some(backend));
+        if self.needs_initrd {
+            spec.initrd_path(&self.initrd)
+        } else {
+            spec
+        }
     }
 
     /// The kernel file for `backend`: the uncompressed ELF `vmlinux` whenever the image has one (QEMU
@@ -156,11 +166,21 @@ impl GuestImage {
 
     /// True if every file of the image exists.
     pub fn is_complete(&self) -> bool {
-        [&self.kernel, &self.kernel_elf, &self.initrd, &self.rootfs]
+        [&self.kernel, &self.kernel_elf, &self.rootfs]
             .iter()
             .all(|p| p.is_file())
+            && (!self.needs_initrd || self.initrd.is_file())
     }
 }
+
+fn default_true() -> bool {
+    true
+}
+
+/// Kernel command line of images with smolvm's minimal kernel: [`SSH_BOOT_ARGS`] plus the root disk,
+/// which the kernel mounts itself (no initramfs).
+pub const MINIMAL_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet \
+     cryptomgr.notests init=/init root=/dev/vda rootfstype=ext4";
 
 /// The initrd that belongs with `kernel` when the kernel is one of a built image's files (for callers
 /// that, as in the specification's examples, pass only a kernel and a rootfs: the default image's
@@ -186,6 +206,7 @@ mod tests {
             kernel: PathBuf::new(),
             kernel_elf: PathBuf::new(),
             initrd: PathBuf::new(),
+            needs_initrd: true,
             rootfs: PathBuf::new(),
             boot_args: SSH_BOOT_ARGS.into(),
             fingerprint: "f".into(),
