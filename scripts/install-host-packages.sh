@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages smolvm and its tests use: one consistent QEMU (system emulator and
 # utilities of the same version), the image tools (mkfs.ext4/debugfs, busybox, dropbear, cpio, lz4), networking
-# (nft, ip), the SSH client, and Python's venv for the Python package.
+# (nft, ip), the SSH client, Python's venv for the Python package, and the kernel build tools for the
+# minimal guest kernel.
 #
 # Unattended and idempotent. Supported: Debian 12 (as shipped, or with newer backports QEMU pieces already
 # installed), Debian 13, Ubuntu 22.04 and 24.04. On Debian 12 it prefers QEMU from bookworm-backports (10.x):
@@ -19,7 +20,8 @@ say() { printf 'install-host-packages: %s\n' "$*" >&2; }
 
 # The tools besides QEMU, from the distribution's default suite.
 TOOLS=(e2fsprogs nftables iproute2 openssh-client busybox-static dropbear-bin iptables cpio lz4 zstd
-    xz-utils binutils ca-certificates util-linux procps python3-venv)
+    xz-utils binutils ca-certificates util-linux procps python3-venv
+    make gcc flex bison bc libelf-dev)  # the last line: `smolvm image build --kernel minimal`
 # QEMU, installed as one set so every piece comes from the same version.
 QEMU=(qemu-system-x86 qemu-utils)
 
