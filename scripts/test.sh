@@ -3,4 +3,10 @@
 # run (a missing prerequisite fails them); without it they skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --all-targets -- --test-threads="${SMOLVM_TEST_THREADS:-4}"
+threads="${SMOLVM_TEST_THREADS:-4}"
+if [ "${SMOLVM_E2E:-}" = 1 ]; then
+    # The minimal-kernel test compiles a kernel on every core for minutes (once per machine: cached
+    # under target/tmp): run it alone first, so the compile does not slow down VM boots of other tests.
+    cargo test -p smolvm --test minimal_kernel_e2e
+fi
+cargo test --workspace --all-targets -- --test-threads="$threads"
