@@ -59,7 +59,10 @@ fn minimal_kernel_boots_without_initramfs_through_the_lifecycle() {
     let env = TestEnv::new();
     let m = &env.manager;
     let spec = img.vm_config(BackendKind::Qemu);
-    assert_eq!(spec.kernel_path, img.kernel_elf, "QEMU boots the ELF through PVH");
+    assert_eq!(
+        spec.kernel_path, img.kernel_elf,
+        "QEMU boots the ELF through PVH"
+    );
     assert_eq!(spec.initrd_path, None);
     let config = spec
         .vm_id("mini-1")

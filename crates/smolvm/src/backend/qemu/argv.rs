@@ -4,10 +4,6 @@
 //! against the installed binary. Choices:
 //! * `-M microvm,acpi=on`: the guest kernel (Debian cloud) cannot take virtio-mmio devices from its
 //!   command line, so they are described in ACPI. Under TCG `pit=on`, else timer calibration can hang.
-//! * `pic=off`: an ELF kernel is entered through PVH, where no firmware programs the legacy i8259's
-//!   vector base, so a PIT tick routed through it arrives as vector 0 ("divide error" and a panic in
-//!   `start_kernel`, measured in 3 of 17 TCG boots); without the PIC the PIT goes through the IOAPIC,
-//!   which the kernel programs (0 failures in 44 boots, ELF and bzImage).
 //! * `-cpu host` under KVM; `-cpu max` under TCG (every feature TCG emulates, including RDRAND; boots as
 //!   fast as `qemu64` in measurements).
 //! * `-accel tcg,tb-size=N`: QEMU's default translation cache is sized for big guests and costs host
@@ -36,17 +32,10 @@ pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsStrin
     a.push(opt("guest=", Path::new(&spec.vm_id)));
     match accel {
         Accel::Kvm => {
-            a.push_all(&[
-                "-M",
-                "microvm,acpi=on,pic=off",
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host",
-            ]);
+            a.push_all(&["-M", "microvm,acpi=on", "-accel", "kvm", "-cpu", "host"]);
         }
         Accel::Tcg { tb_size_mib, .. } => {
-            a.push_all(&["-M", "microvm,acpi=on,pit=on,pic=off", "-accel"]);
+            a.push_all(&["-M", "microvm,acpi=on,pit=on", "-accel"]);
             a.push(match tb_size_mib {
                 Some(mib) => format!("tcg,tb-size={mib}"),
                 None => "tcg".to_string(),
