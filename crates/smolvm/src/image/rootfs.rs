@@ -309,8 +309,7 @@ mod tests {
     /// A real (small) ext4 from a staging tree, checked with e2fsck and debugfs.
     #[test]
     fn makes_a_sparse_ext4() {
-        if tools::which("mkfs.ext4").is_none() {
-            eprintln!("mkfs.ext4 not installed: skipping");
+        if crate::test_tools::tool_or_skip("makes_a_sparse_ext4", "mkfs.ext4").is_none() {
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -327,7 +326,16 @@ mod tests {
             "not sparse: {} blocks",
             m.blocks()
         );
-        let out = Command::new(tools::which("debugfs").unwrap())
+        let test = "makes_a_sparse_ext4";
+        let Some(e2fsck) = crate::test_tools::tool_or_skip(test, "e2fsck") else {
+            return;
+        };
+        let fsck = Command::new(e2fsck).arg("-fn").arg(&img).output().unwrap();
+        assert!(fsck.status.success(), "e2fsck: {fsck:?}");
+        let Some(debugfs) = crate::test_tools::tool_or_skip(test, "debugfs") else {
+            return;
+        };
+        let out = Command::new(debugfs)
             .args(["-R", "cat /etc/hostname"])
             .arg(&img)
             .output()
