@@ -105,7 +105,9 @@ fn qemu_or_skip() -> bool {
         Ok("1"),
         "qemu-system-x86_64 is required under SMOLVM_E2E=1"
     );
-    eprintln!("skipping: create resolves the qemu backend, and qemu-system-x86_64 is not installed");
+    eprintln!(
+        "skipping: create resolves the qemu backend, and qemu-system-x86_64 is not installed"
+    );
     false
 }
 
