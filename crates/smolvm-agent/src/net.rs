@@ -1,6 +1,7 @@
 //! Guest network setup from `smolvm.*` parameters with plain ioctls (no `ip` binary, no netlink
 //! library): bring `lo` up, give the first non-loopback interface its address, add the default route,
-//! write `/etc/resolv.conf` ([`write_resolv_conf`]). The interface is chosen by order, not by MAC address, so any MAC works.
+//! write `/etc/resolv.conf` ([`write_resolv_conf`]). The interface is chosen by order, not by MAC
+//! address, so any MAC works.
 
 use std::io;
 use std::net::Ipv4Addr;
