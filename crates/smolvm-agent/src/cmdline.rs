@@ -6,7 +6,7 @@
 //! | `smolvm.ip=<ipv4>/<prefix>` | address of the first non-loopback interface |
 //! | `smolvm.gw=<ipv4>` | default gateway |
 //! | `smolvm.hostname=<name>` | host name |
-//! | `smolvm.dns=<ipv4>[,<ipv4>...]` | name servers, written to `/etc/resolv.conf` |
+//! | `smolvm.dns=<ipv4>[,<ipv4>...]` | name servers, written to `/etc/resolv.conf` at every boot with `smolvm.ip` (none given: a file saying so) |
 //! | `smolvm.authorized_key=<base64>` | one `authorized_keys` line, appended to root's file |
 //! | `smolvm.poweroff=poweroff\|reboot` | how to end the VM (default: `reboot` on Firecracker, else `poweroff`) |
 //! | `smolvm.debug` | log per-step timings (module loads) on the console |

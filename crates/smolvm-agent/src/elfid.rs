@@ -69,18 +69,65 @@ pub fn parse(b: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_our_own_build_id_and_refuses_garbage() {
-        // The test binary itself is an ELF file with a build id (Rust passes --build-id on Linux).
-        let exe = std::env::current_exe().unwrap();
-        if let Some(id) = build_id(&exe) {
-            assert!(id.len() >= 8);
-            assert_eq!(build_id(&exe), Some(id));
+    /// One ELF note: name, type, descriptor, each padded to 4 bytes.
+    fn note(name: &[u8], ty: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend((name.len() as u32).to_le_bytes());
+        n.extend((desc.len() as u32).to_le_bytes());
+        n.extend(ty.to_le_bytes());
+        for part in [name, desc] {
+            n.extend(part);
+            n.resize(n.len().next_multiple_of(4), 0);
         }
+        n
+    }
+
+    /// A minimal ELF64 little-endian head: a LOAD header, then a NOTE header over `notes`.
+    fn elf_with_notes(notes: &[u8]) -> Vec<u8> {
+        const PHOFF: usize = 64;
+        const PHENTSIZE: usize = 56;
+        let notes_at = PHOFF + 2 * PHENTSIZE;
+        let mut b = vec![0u8; notes_at];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b[32..40].copy_from_slice(&(PHOFF as u64).to_le_bytes());
+        b[54..56].copy_from_slice(&(PHENTSIZE as u16).to_le_bytes());
+        b[56..58].copy_from_slice(&2u16.to_le_bytes());
+        b[PHOFF..PHOFF + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        let ph = PHOFF + PHENTSIZE;
+        b[ph..ph + 4].copy_from_slice(&PT_NOTE.to_le_bytes());
+        b[ph + 8..ph + 16].copy_from_slice(&(notes_at as u64).to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&(notes.len() as u64).to_le_bytes());
+        b.extend(notes);
+        b
+    }
+
+    #[test]
+    fn finds_the_gnu_build_id_among_other_notes() {
+        let id: Vec<u8> = (1..=20).collect();
+        let mut notes = note(b"GNU\0", 1, &[0; 16]); // NT_GNU_ABI_TAG first
+        notes.extend(note(b"Go\0\0", NT_GNU_BUILD_ID, b"not-gnu")); // right type, other owner
+        notes.extend(note(b"GNU\0", NT_GNU_BUILD_ID, &id));
+        let elf = elf_with_notes(&notes);
+        assert_eq!(parse(&elf), Some(id.clone()));
+        // Through a file, as stage 1 reads it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("init");
+        std::fs::write(&path, &elf).unwrap();
+        assert_eq!(build_id(&path), Some(id));
+        // Without the build-id note there is none.
+        assert_eq!(parse(&elf_with_notes(&note(b"GNU\0", 1, &[0; 16]))), None);
+    }
+
+    #[test]
+    fn refuses_garbage() {
         assert_eq!(parse(b"not an elf"), None);
         let mut fake = vec![0u8; 64];
         fake[..6].copy_from_slice(b"\x7fELF\x02\x01");
         fake[56] = 200; // many program headers, all out of bounds
         assert_eq!(parse(&fake), None);
+        // A note whose descriptor runs past the segment.
+        let mut bad = note(b"GNU\0", NT_GNU_BUILD_ID, &[7; 20]);
+        bad.truncate(bad.len() - 8);
+        assert_eq!(parse(&elf_with_notes(&bad)), None);
     }
 }

@@ -83,7 +83,8 @@ pub fn run(mut stages: Stages) -> ! {
         Ok(_) => {}
         Err(e) => crate::log(&format!("network: {e}")),
     }
-    if let Err(e) = crate::net::write_resolv_conf(&params.dns) {
+    let resolv = std::path::Path::new(crate::net::RESOLV_CONF);
+    if let Err(e) = crate::net::write_resolv_conf(resolv, &params) {
         crate::log(&format!("write /etc/resolv.conf: {e}"));
     }
     stages.mark("network_up");

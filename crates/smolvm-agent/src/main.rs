@@ -8,7 +8,8 @@
 //!   authorised key, SSH server, zombie reaping, clean power off ([`init`]);
 //! * **agent process** (forked by stage 2): the host channel, Ready frame, request server ([`channel`]).
 //!
-//! Run as anything but PID 1 it only prints its version.
+//! Called as `wget` (the default image links `/usr/bin/wget` to it) it is a front end for busybox's
+//! wget ([`wget`]). Run as anything else but PID 1 it only prints its version.
 //!
 //! Build (static, from a fresh clone): `scripts/build-agent.sh`.
 
@@ -26,6 +27,7 @@ mod setup;
 mod stage1;
 mod stages;
 mod sys;
+mod wget;
 
 /// Prints one line to the console (stderr of PID 1 is /dev/console).
 pub fn log(msg: &str) {
@@ -33,6 +35,10 @@ pub fn log(msg: &str) {
 }
 
 fn main() {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new("wget")) {
+        wget::main();
+    }
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         println!(

@@ -1,6 +1,7 @@
 //! Guest network setup from `smolvm.*` parameters with plain ioctls (no `ip` binary, no netlink
 //! library): bring `lo` up, give the first non-loopback interface its address, add the default route,
-//! write `/etc/resolv.conf`. The interface is chosen by order, not by MAC address, so any MAC works.
+//! write `/etc/resolv.conf` ([`write_resolv_conf`]). The interface is chosen by order, not by MAC
+//! address, so any MAC works.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -55,16 +56,29 @@ pub fn configure(p: &BootParams) -> io::Result<Option<String>> {
     Ok(Some(iface))
 }
 
-/// Writes `/etc/resolv.conf` for the given servers (nothing if none).
-pub fn write_resolv_conf(servers: &[Ipv4Addr]) -> io::Result<()> {
-    if servers.is_empty() {
+/// The guest's resolver configuration.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Writes the resolver configuration when smolvm configures the network (`smolvm.ip` given): the
+/// `smolvm.dns` servers, or a comment saying there are none, so a disk that kept an older file from a
+/// previous boot never points at stale servers. Without `smolvm.ip` the image's own file stays.
+pub fn write_resolv_conf(path: &std::path::Path, p: &BootParams) -> io::Result<()> {
+    if p.ip.is_none() {
         return Ok(());
     }
-    let text: String = servers
-        .iter()
-        .map(|s| format!("nameserver {s}\n"))
-        .collect();
-    std::fs::write("/etc/resolv.conf", text)
+    std::fs::write(path, resolv_conf_text(&p.dns))
+}
+
+/// `/etc/resolv.conf` text for `servers`.
+pub fn resolv_conf_text(servers: &[Ipv4Addr]) -> String {
+    let mut text = String::from("# written by smolvm-agent at boot from smolvm.dns=\n");
+    if servers.is_empty() {
+        text.push_str("# no name server: the host named none this VM can reach\n");
+    }
+    for s in servers {
+        text.push_str(&format!("nameserver {s}\n"));
+    }
+    text
 }
 
 /// The netmask of a prefix length.
@@ -192,6 +206,30 @@ fn add_default_route(sock: &OwnedFd, gw: Ipv4Addr) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_only_when_smolvm_sets_up_the_network() {
+        let t = std::env::temp_dir().join(format!("smolvm-agent-resolv-{}", std::process::id()));
+        std::fs::write(&t, "nameserver 192.0.2.9\n").unwrap();
+        let mut p = crate::cmdline::parse("smolvm.dns=10.0.2.3");
+        write_resolv_conf(&t, &p).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&t).unwrap(),
+            "nameserver 192.0.2.9\n"
+        );
+        p = crate::cmdline::parse("smolvm.ip=10.0.2.15/24 smolvm.dns=10.0.2.3,192.0.2.1");
+        write_resolv_conf(&t, &p).unwrap();
+        let text = std::fs::read_to_string(&t).unwrap();
+        assert!(
+            text.ends_with("\nnameserver 10.0.2.3\nnameserver 192.0.2.1\n"),
+            "{text}"
+        );
+        p = crate::cmdline::parse("smolvm.ip=172.16.0.2/16");
+        write_resolv_conf(&t, &p).unwrap();
+        let text = std::fs::read_to_string(&t).unwrap();
+        assert!(!text.contains("nameserver"), "{text}");
+        std::fs::remove_file(&t).unwrap();
+    }
 
     #[test]
     fn netmasks() {

@@ -224,3 +224,137 @@ impl PortSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reader's rules for keeping input decodable, with one end of a socket pair as the "port".
+    //! The host-connected/EOF semantics of a real virtio-serial port are the E2E tests' business; these
+    //! check the decisions `fill` makes on the bytes it sees.
+
+    use super::*;
+    use smolvm_protocol::{with_sync, Frame, FrameType, Hello, Request};
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    fn port() -> (PortSource, UnixStream) {
+        let (guest, host) = UnixStream::pair().unwrap();
+        let source = PortSource {
+            port: File::from(OwnedFd::from(guest)),
+            sigs: crate::sys::sigset(&signals()),
+            frames_seen: 0,
+            stalled: Duration::ZERO,
+        };
+        (source, host)
+    }
+
+    fn greeting(nonce: u64) -> Vec<u8> {
+        with_sync(&Request::Hello(Hello { nonce }).to_frame(0).unwrap()).unwrap()
+    }
+
+    /// The first `n` bytes of a 1000-byte stdout frame: a frame whose writer stopped half-way.
+    fn cut_frame(n: usize) -> Vec<u8> {
+        let mut f = Frame::new(FrameType::Stdout, 7, vec![b'x'; 991])
+            .encode()
+            .unwrap();
+        f.truncate(n);
+        f
+    }
+
+    /// Runs a test body on its own thread: a reader that never returns fails the test instead of
+    /// hanging it (the limit is a deadlock guard, far above anything the body waits for).
+    fn bounded(body: impl FnOnce() + Send + 'static) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            body();
+            let _ = tx.send(());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the test body failed"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("fill never returned"),
+        }
+    }
+
+    /// Fills until a frame decodes; returns it.
+    fn next(src: &mut PortSource, dec: &mut Decoder) -> Frame {
+        loop {
+            if let Some(f) = dec.next_frame() {
+                return f.unwrap();
+            }
+            assert!(src.fill(dec).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_host_that_leaves_mid_frame_makes_the_reader_skip_to_the_next_sync() {
+        bounded(|| {
+            let (mut src, mut host) = port();
+            let mut dec = Decoder::new();
+            host.write_all(&greeting(1)).unwrap();
+            host.write_all(&cut_frame(300)).unwrap();
+            assert_eq!(next(&mut src, &mut dec).frame_type, FrameType::Hello);
+            drop(host); // read now returns 0, as on a port whose host went away
+            while dec.next_frame().is_none() && !dec.is_hunting() {
+                assert!(src.fill(&mut dec).unwrap());
+            }
+            assert!(dec.is_hunting(), "the half frame was kept");
+        });
+    }
+
+    #[test]
+    fn a_cut_off_frame_with_a_new_greeting_inside_is_dropped_and_the_greeting_served() {
+        bounded(|| {
+            let (mut src, mut host) = port();
+            let mut dec = Decoder::new();
+            // The old host wrote 200 bytes of a 1000-byte frame; the next host connected at once and
+            // greeted, so its bytes arrive as if they were the rest of that frame. It stays connected.
+            host.write_all(&cut_frame(200)).unwrap();
+            host.write_all(&greeting(42)).unwrap();
+            let f = next(&mut src, &mut dec);
+            assert_eq!(f.frame_type, FrameType::Hello);
+            let hello: Hello = f.parse_json("hello").unwrap();
+            assert_eq!(hello.nonce, 42);
+        });
+    }
+
+    #[test]
+    fn a_frame_written_in_two_parts_by_a_live_host_is_kept_whole() {
+        bounded(|| {
+            let (mut src, mut host) = port();
+            let mut dec = Decoder::new();
+            let whole = cut_frame(1004);
+            host.write_all(&whole[..500]).unwrap();
+            let rest = whole[500..].to_vec();
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                host.write_all(&rest).unwrap();
+                host
+            });
+            let f = next(&mut src, &mut dec);
+            assert_eq!(
+                (f.frame_type, f.request_id, f.payload.len()),
+                (FrameType::Stdout, 7, 991)
+            );
+            drop(writer.join().unwrap());
+        });
+    }
+
+    #[test]
+    fn a_stalled_frame_without_greeting_is_dropped_after_the_stall_limit() {
+        bounded(|| {
+            let (mut src, mut host) = port();
+            let mut dec = Decoder::new();
+            host.write_all(&cut_frame(100)).unwrap();
+            // The host stays connected and sends nothing more.
+            while dec.next_frame().is_none() && !dec.is_hunting() {
+                assert!(src.fill(&mut dec).unwrap());
+            }
+            assert!(dec.is_hunting());
+            // What comes next is read from the next SYNC on.
+            host.write_all(b"garbage").unwrap();
+            host.write_all(&greeting(5)).unwrap();
+            assert_eq!(next(&mut src, &mut dec).frame_type, FrameType::Hello);
+        });
+    }
+}

@@ -94,17 +94,26 @@ fn unknown_id_is_not_found_and_bad_input_is_refused() {
     assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
 }
 
+/// `create` resolves the QEMU backend: without it these tests skip, except under `SMOLVM_E2E=1`, where
+/// a missing prerequisite fails.
+fn qemu_or_skip() -> bool {
+    if qemu_installed() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("SMOLVM_E2E").as_deref(),
+        Ok("1"),
+        "qemu-system-x86_64 is required under SMOLVM_E2E=1"
+    );
+    eprintln!(
+        "skipping: create resolves the qemu backend, and qemu-system-x86_64 is not installed"
+    );
+    false
+}
+
 #[test]
 fn created_vm_is_listed_with_the_spec_field_names() {
-    if !qemu_installed() {
-        eprintln!(
-            "skipping: create resolves the qemu backend, and qemu-system-x86_64 is not installed"
-        );
-        assert_ne!(
-            std::env::var("SMOLVM_E2E").as_deref(),
-            Ok("1"),
-            "qemu is required under SMOLVM_E2E=1"
-        );
+    if !qemu_or_skip() {
         return;
     }
     let env = Env::new();
@@ -165,10 +174,7 @@ fn created_vm_is_listed_with_the_spec_field_names() {
 
 #[test]
 fn invalid_config_names_the_field_and_creates_nothing() {
-    if !qemu_installed() {
-        eprintln!(
-            "skipping: create resolves the qemu backend, and qemu-system-x86_64 is not installed"
-        );
+    if !qemu_or_skip() {
         return;
     }
     let env = Env::new();

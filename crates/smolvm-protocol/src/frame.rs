@@ -267,15 +267,54 @@ mod tests {
         assert_eq!(FrameType::from_u8(20), None);
     }
 
+    /// Counts the bytes this thread allocates (the test binary's allocator), so a test can prove that a
+    /// call allocated nothing.
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: forwards to the system allocator; the counter is a const-initialised thread-local
+    // without destructor, so touching it never allocates or recurses.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get() + layout.size()));
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: same contract as ours.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAlloc = CountingAlloc;
+
+    fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let before = ALLOCATED.with(|a| a.get());
+        let r = f();
+        (r, ALLOCATED.with(|a| a.get()) - before)
+    }
+
     #[test]
     fn hostile_lengths_are_refused_without_allocation() {
+        // The counter works: a frame within limits allocates its payload.
+        let ok = Frame::new(FrameType::Ping, 1, vec![7; 1000])
+            .encode()
+            .unwrap();
+        let (f, bytes) = allocated_by(|| Frame::read_from(&mut &ok[..]));
+        assert!(f.is_ok() && bytes >= 1000, "{bytes}");
         for len in [0u32, 4, MAX_FRAME_LEN as u32 + 1, u32::MAX] {
             let mut bytes = len.to_be_bytes().to_vec();
             bytes.extend_from_slice(&[1, 0, 0, 0, 0]);
-            assert!(matches!(
-                Frame::read_from(&mut &bytes[..]),
-                Err(ProtocolError::BadLength(l)) if l == len
-            ));
+            let (r, allocated) = allocated_by(|| Frame::read_from(&mut &bytes[..]));
+            assert!(
+                matches!(r, Err(ProtocolError::BadLength(l)) if l == len),
+                "{len}: {r:?}"
+            );
+            assert_eq!(allocated, 0, "length {len} allocated before it was refused");
         }
         // Truncated payload is an I/O error, not a panic.
         let bytes = [0, 0, 0, 9, 1, 0, 0, 0, 0, 1];

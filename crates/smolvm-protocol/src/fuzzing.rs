@@ -2,7 +2,7 @@
 //! panicking, whatever they are. `fuzz/` wraps them for cargo-fuzz; `tests/hostile_input.rs` drives
 //! them with random and mutated frames on stable Rust.
 
-use crate::frame::Frame;
+use crate::frame::{Frame, ProtocolError};
 use crate::request::{Reply, Request};
 use crate::sync::Decoder;
 
@@ -15,17 +15,37 @@ pub fn decode_stream(data: &[u8]) -> usize {
         match Frame::read_from(&mut r) {
             Ok(frame) => {
                 frames += 1;
-                // Whatever parses must encode again.
+                // Whatever parses must encode again, to a frame that parses back to the same value.
                 if let Ok(req) = Request::from_frame(frame.clone()) {
-                    let _ = req.to_frame(frame.request_id);
+                    round_trip(&req, req.to_frame(frame.request_id), Request::from_frame);
                 }
                 if let Ok(reply) = Reply::from_frame(frame.clone()) {
-                    let _ = reply.to_frame(frame.request_id);
+                    round_trip(&reply, reply.to_frame(frame.request_id), Reply::from_frame);
                 }
             }
             Err(e) if e.is_fatal() => return frames,
             Err(_) => {}
         }
+    }
+}
+
+/// Panics (a finding for the fuzzer) unless `encoded`, the encoding of `value`, parses back to it. The
+/// only encoding failure allowed is a payload beyond the limit: a parsed message may re-encode longer
+/// than it came (`1e2` read as a number is written as `100.0`).
+fn round_trip<T: PartialEq + std::fmt::Debug>(
+    value: &T,
+    encoded: Result<Frame, ProtocolError>,
+    parse: impl Fn(Frame) -> Result<T, ProtocolError>,
+) {
+    match encoded {
+        Ok(f) => {
+            let id = f.request_id;
+            let back = parse(f)
+                .unwrap_or_else(|e| panic!("{value:?} encoded to an unparsable frame: {e}"));
+            assert_eq!(&back, value, "request {id} changed across encode + parse");
+        }
+        Err(ProtocolError::PayloadTooLarge(_)) => {}
+        Err(e) => panic!("{value:?} parsed but does not encode again: {e}"),
     }
 }
 

@@ -72,11 +72,19 @@ impl Dirs {
 
 /// The candidate default data directories, in order of preference.
 pub fn data_dir_candidates() -> Vec<PathBuf> {
+    candidates_from(std::env::var_os(DATA_DIR_ENV), std::env::var_os("HOME"))
+}
+
+/// [`data_dir_candidates`] for the given values of `$SMOLVM_DATA_DIR` and `$HOME` (empty = unset).
+fn candidates_from(
+    env_dir: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(d) = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()) {
+    if let Some(d) = env_dir.filter(|v| !v.is_empty()) {
         out.push(PathBuf::from(d));
     }
-    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+    if let Some(home) = home.filter(|v| !v.is_empty()) {
         out.push(PathBuf::from(home).join(".local/state/smolvm"));
     }
     out.push(PathBuf::from(SYSTEM_DATA_DIR));
@@ -159,11 +167,31 @@ mod tests {
 
     #[test]
     fn candidates_follow_the_spec_order() {
-        // Only inspects the tail, which does not depend on the environment.
-        let c = data_dir_candidates();
-        assert_eq!(c.last().unwrap(), Path::new(SYSTEM_DATA_DIR));
-        if let Some(home) = std::env::var_os("HOME") {
-            assert!(c.contains(&PathBuf::from(home).join(".local/state/smolvm")));
-        }
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        let p = PathBuf::from;
+        // $SMOLVM_DATA_DIR, then ~/.local/state/smolvm, then the system directory.
+        assert_eq!(
+            candidates_from(os("/d"), os("/home/u")),
+            [
+                p("/d"),
+                p("/home/u/.local/state/smolvm"),
+                p(SYSTEM_DATA_DIR)
+            ]
+        );
+        assert_eq!(
+            candidates_from(None, os("/home/u")),
+            [p("/home/u/.local/state/smolvm"), p(SYSTEM_DATA_DIR)]
+        );
+        // Empty values count as unset.
+        assert_eq!(candidates_from(os(""), os("")), [p(SYSTEM_DATA_DIR)]);
+        assert_eq!(
+            candidates_from(os("/d"), None),
+            [p("/d"), p(SYSTEM_DATA_DIR)]
+        );
+        // The public function reads the real environment the same way.
+        assert_eq!(
+            data_dir_candidates(),
+            candidates_from(std::env::var_os(DATA_DIR_ENV), std::env::var_os("HOME"))
+        );
     }
 }

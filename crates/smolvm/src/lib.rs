@@ -20,6 +20,8 @@ pub mod network;
 pub mod process;
 pub mod ssh;
 pub mod state;
+#[cfg(test)]
+mod test_tools;
 pub mod tool;
 
 pub use config::{BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS};

@@ -47,7 +47,12 @@ fn spawn_helper(env: &TestEnv, id: &str, command: &str) -> (Child, mpsc::Receive
         env.socket_dir().display()
     );
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["helper_holds_a_command", "--exact", "--nocapture"])
+        .args([
+            "helper_holds_a_command",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .args(["--test-threads", "1"])
         .env(HELPER_ENV, spec)
         .stdout(Stdio::piped())
@@ -71,6 +76,7 @@ fn spawn_helper(env: &TestEnv, id: &str, command: &str) -> (Child, mpsc::Receive
 
 /// Not a test of its own: the host process that [`spawn_helper`] starts (and then kills).
 #[test]
+#[ignore = "helper process, not a test: started with --ignored by spawn_helper"]
 fn helper_holds_a_command() {
     let Ok(spec) = std::env::var(HELPER_ENV) else {
         return;

@@ -196,22 +196,33 @@ fn tap_mode_uniqueness_is_still_enforced_by_the_schema() {
         [],
     )
     .unwrap();
-    let dup = c.execute(
-        "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac)
-         VALUES ('b', 'tap', '172.16.0.2', '172.16.0.1', '255.255.0.0', 'smv-9', '02:00:00:00:00:09')",
-        [],
-    );
+    let lease = |ip: &str, tap: &str| {
+        c.execute(
+            "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac)
+             VALUES ('b', 'tap', ?1, '172.16.0.1', '255.255.0.0', ?2, '02:00:00:00:00:09')",
+            [ip, tap],
+        )
+    };
+    // The constraint that refused it, from SQLite's message ("UNIQUE constraint failed: ...").
+    let refused_by = |r: rusqlite::Result<usize>| match r {
+        Err(rusqlite::Error::SqliteFailure(e, Some(msg)))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            msg
+        }
+        other => panic!("expected a constraint violation, got {other:?}"),
+    };
+    let dup = refused_by(lease("172.16.0.2", "smv-9"));
     assert!(
-        dup.is_err(),
-        "a second TAP lease of the same IP was accepted"
+        dup.starts_with("UNIQUE constraint failed") && dup.contains("guest_ip"),
+        "a second TAP lease of the same IP: {dup}"
     );
-    let no_tap = c.execute(
-        "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac)
-         VALUES ('b', 'tap', '172.16.0.9', '172.16.0.1', '255.255.0.0', '', '02:00:00:00:00:09')",
-        [],
-    );
+    let no_tap = refused_by(lease("172.16.0.9", ""));
     assert!(
-        no_tap.is_err(),
-        "a TAP lease without a TAP name was accepted"
+        no_tap.starts_with("CHECK constraint failed"),
+        "a TAP lease without a TAP name: {no_tap}"
     );
+    // Positive control: the same statement with a free address and a TAP name is accepted, so the
+    // refusals above came from the constraints and not from a malformed statement.
+    assert_eq!(lease("172.16.0.9", "smv-9").unwrap(), 1);
 }

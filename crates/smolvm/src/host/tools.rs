@@ -119,8 +119,12 @@ fn find_override_or(over: Option<&str>, default: &str) -> Option<PathBuf> {
 
 /// Finds `name` on `PATH`, then in the sbin directories.
 pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
+    find_program_in(&std::env::var_os("PATH").unwrap_or_default(), name)
+}
+
+/// [`find_program`] with the value of `PATH` given (relative entries are ignored).
+fn find_program_in(path: &std::ffi::OsStr, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
         .filter(|d| d.is_absolute())
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))
         .map(|d| d.join(name))
@@ -236,10 +240,53 @@ mod tests {
         assert_eq!(parse_version("weird tool\n").as_deref(), Some("weird tool"));
     }
 
+    /// An executable script in `dir` printing `banner` and appending a line to `dir/runs`.
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\necho run >> '{}'\n{body}\n",
+                dir.join("runs").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
     #[test]
     fn finds_programs_in_sbin_even_without_path() {
-        // `sh` is on PATH everywhere; a name that does not exist is not found.
-        assert!(find_program("sh").is_some());
+        // Some executable of the sbin directories (every Debian system has them).
+        let name = EXTRA_DIRS
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .find(|p| is_executable(p))
+            .map(|p| p.file_name().unwrap().to_owned())
+            .expect("no executable in any sbin directory");
+        let name = name.to_str().unwrap();
+        let empty = std::ffi::OsStr::new("");
+        let found = find_program_in(empty, name).expect("not found without PATH");
+        assert!(found.starts_with("/") && is_executable(&found), "{found:?}");
+        assert!(EXTRA_DIRS
+            .iter()
+            .any(|d| found.parent() == Some(Path::new(d))));
+        // A program only on PATH is found through PATH, not without it; relative entries are ignored.
+        let t = tempfile::tempdir().unwrap();
+        let own = script(t.path(), "smolvm-test-only-here", "true");
+        assert_eq!(
+            find_program_in(t.path().as_os_str(), "smolvm-test-only-here"),
+            Some(own)
+        );
+        assert_eq!(find_program_in(empty, "smolvm-test-only-here"), None);
+        assert_eq!(
+            find_program_in(
+                std::ffi::OsStr::new("relative/dir"),
+                "smolvm-test-only-here"
+            ),
+            None
+        );
         assert!(find_program("smolvm-no-such-program").is_none());
         assert!(find_override_or(Some("/nonexistent/firecracker"), "x").is_none());
         assert_eq!(
@@ -250,10 +297,30 @@ mod tests {
 
     #[test]
     fn version_probe_is_cached_and_bounded() {
-        let sh = find_program("sh").unwrap();
-        // `sh -c` without a command fails fast; any output (or none) is fine, it must not hang.
-        let a = cached_version(&sh, "--version");
-        let b = cached_version(&sh, "--version");
-        assert_eq!(a, b);
+        let t = tempfile::tempdir().unwrap();
+        let runs = || {
+            std::fs::read_to_string(t.path().join("runs"))
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        // Cached: the second call does not run the program again.
+        let tool = script(t.path(), "tool", "echo \"tool version 1.2.3\"");
+        assert_eq!(cached_version(&tool, "--version").as_deref(), Some("1.2.3"));
+        assert_eq!(cached_version(&tool, "--version").as_deref(), Some("1.2.3"));
+        assert_eq!(runs(), 1);
+        // Bounded: a program that never answers is killed after the limit and gives no version.
+        let pidfile = t.path().join("pid");
+        let hang = script(
+            t.path(),
+            "hang",
+            &format!("echo $$ > '{}'; exec sleep 1000", pidfile.display()),
+        );
+        assert_eq!(cached_version(&hang, "--version"), None);
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+            "the hanging probe {pid} is still there"
+        );
     }
 }

@@ -19,7 +19,7 @@ pub const KERNEL_ENV: &str = "SMOLVM_KERNEL";
 /// Environment variable: the modules directory (`lib/modules/<release>`) of [`KERNEL_ENV`]'s kernel.
 pub const KERNEL_MODULES_ENV: &str = "SMOLVM_KERNEL_MODULES";
 /// Bumped whenever the image layout or contents change for the same inputs.
-const IMAGE_FORMAT: u32 = 1;
+const IMAGE_FORMAT: u32 = 2; // 2: `/usr/bin/wget` is the agent's front end
 
 /// What to build.
 #[derive(Clone, PartialEq, Eq)]

@@ -324,7 +324,7 @@ mod tests {
             b"kernel bytes"
         );
 
-        if tools::which("dpkg-deb").is_some() {
+        if crate::test_tools::tool_or_skip("dpkg-deb cross-check", "dpkg-deb").is_some() {
             let out2 = t.path().join("out-dpkg");
             extract(&deb, &out2).unwrap();
             assert_eq!(
@@ -332,8 +332,6 @@ mod tests {
                 b"kernel bytes"
             );
             assert_eq!(control_field(&deb, "Version").unwrap(), "1.2-3");
-        } else {
-            eprintln!("dpkg-deb not installed: only the tar path was tested");
         }
 
         // Not a package at all.

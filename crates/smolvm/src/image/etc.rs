@@ -45,6 +45,10 @@ pub fn files(
                 "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
                 "umask 022\n",
                 "if [ \"$(id -u)\" = 0 ]; then PS1='\\h:\\w# '; else PS1='\\h:\\w$ '; fi\n",
+                // Debian's static busybox segfaults on `wget -T` and its shell runs applets without
+                // looking at PATH, so login shells (`smolvm exec` shell strings, `smolvm ssh`) reach
+                // the agent's front end at /usr/bin/wget through a function, which wins over applets.
+                "wget() { /usr/bin/wget \"$@\"; }\n",
                 "for f in /etc/profile.d/*.sh; do [ -r \"$f\" ] && . \"$f\"; done\n",
                 "unset f\n",
             )
@@ -174,12 +178,35 @@ mod tests {
         assert!(sha_crypt::sha512_check("other", &h).is_err());
         // Same salt through openssl gives the same string (glibc's crypt reads it then).
         let salt = h.split('$').nth(2).unwrap();
-        if let Some(openssl) = crate::image::tools::which("openssl") {
+        if let Some(openssl) = crate::test_tools::tool_or_skip("openssl cross-check", "openssl") {
             let out = std::process::Command::new(openssl)
                 .args(["passwd", "-6", "-salt", salt, "s3cret"])
                 .output()
                 .unwrap();
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), h);
         }
+    }
+
+    /// A login shell of the image (busybox ash, which runs applets before searching PATH) calls the
+    /// agent's wget front end, not busybox's crashing applet.
+    #[test]
+    fn profile_routes_wget_to_the_front_end() {
+        let Some(busybox) = crate::test_tools::tool_or_skip("profile wget", "busybox") else {
+            return;
+        };
+        let t = tempfile::tempdir().unwrap();
+        let profile = t.path().join("profile");
+        let f = files(None, None);
+        let text = &f.iter().find(|(p, _, _)| *p == "etc/profile").unwrap().2;
+        std::fs::write(&profile, text).unwrap();
+        let out = std::process::Command::new(busybox)
+            .arg("sh")
+            .arg("-c")
+            .arg(". \"$0\"; type wget")
+            .arg(&profile)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("wget is a function"), "{said} {out:?}");
     }
 }

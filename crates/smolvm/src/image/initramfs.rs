@@ -77,7 +77,7 @@ mod tests {
         write(&dest, b"agent", &m, "virtio.ko always\n").unwrap();
         let data = std::fs::read(&dest).unwrap();
         assert!(data.starts_with(b"070701"));
-        let Some(cpio) = crate::image::tools::which("cpio") else {
+        let Some(cpio) = crate::test_tools::tool_or_skip("initramfs listing", "cpio") else {
             return;
         };
         let out = std::process::Command::new(cpio)

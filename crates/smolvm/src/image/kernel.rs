@@ -244,8 +244,8 @@ mod tests {
 
     #[test]
     fn extracts_with_the_lz4_tool_format() {
-        let Some(lz4) = tools::which("lz4") else {
-            eprintln!("lz4 not installed: skipping");
+        let Some(lz4) = crate::test_tools::tool_or_skip("extracts_with_the_lz4_tool_format", "lz4")
+        else {
             return;
         };
         let (elf, raw) = vmlinux_plus_relocs();

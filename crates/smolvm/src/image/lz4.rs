@@ -171,8 +171,7 @@ mod tests {
     /// Cross-check against the `lz4` tool when present (`lz4 -l` writes the kernel's format).
     #[test]
     fn matches_the_lz4_tool() {
-        let Some(lz4) = super::super::tools::which("lz4") else {
-            eprintln!("lz4 not installed: skipping the cross-check");
+        let Some(lz4) = crate::test_tools::tool_or_skip("matches_the_lz4_tool", "lz4") else {
             return;
         };
         let t = tempfile::tempdir().unwrap();

@@ -38,6 +38,10 @@ pub const MAX_SIZE_MIB: u64 = 1 << 20;
 /// Applets not linked: busybox's own init would only confuse (the agent is init).
 const SKIP_APPLETS: &[&str] = &["linuxrc", "sbin/init"];
 
+/// Applets the agent binary (`/init`) serves instead of busybox: its `wget` front end handles `-T`,
+/// which crashes Debian's busybox (see the agent's `wget` module).
+pub const AGENT_APPLETS: &[&str] = &["usr/bin/wget"];
+
 /// Directories of the guest, with modes.
 const DIRS: &[(&str, u32)] = &[
     ("bin", 0o755),
@@ -139,6 +143,10 @@ pub fn stage(root: &Path, c: &Contents<'_>) -> Result<(), ImageError> {
     symlink("../run", root.join("var/run")).map_err(io("symlink", &root.join("var/run")))?;
     copy(c.agent, &root.join("init"), 0o755)?;
     copy(c.busybox, &root.join("bin/busybox"), 0o755)?;
+    for applet in AGENT_APPLETS {
+        let link = root.join(applet);
+        symlink("/init", &link).map_err(io("symlink", &link))?;
+    }
     for applet in c.applets {
         let link = root.join(applet);
         if link.exists() || link.symlink_metadata().is_ok() {
@@ -261,6 +269,32 @@ mod tests {
     }
 
     #[test]
+    fn wget_is_the_agent_and_other_applets_are_busybox() {
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("bin");
+        fs::create_dir(&bin).unwrap();
+        fs::write(bin.join("agent"), "agent").unwrap();
+        fs::write(bin.join("busybox"), "busybox").unwrap();
+        let root = t.path().join("root");
+        let applets = ["bin/sh".to_string(), "usr/bin/wget".to_string()];
+        stage(
+            &root,
+            &Contents {
+                agent: &bin.join("agent"),
+                busybox: &bin.join("busybox"),
+                applets: &applets,
+                ssh_files: &[],
+                etc_files: &[],
+            },
+        )
+        .unwrap();
+        let target = |p: &str| fs::read_link(root.join(p)).unwrap();
+        assert_eq!(target("usr/bin/wget"), PathBuf::from("/init"));
+        assert_eq!(target("bin/sh"), PathBuf::from("/bin/busybox"));
+        assert_eq!(fs::read_to_string(root.join("init")).unwrap(), "agent");
+    }
+
+    #[test]
     fn chown_script_covers_every_path() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir_all(t.path().join("etc/dropbear")).unwrap();
@@ -275,8 +309,7 @@ mod tests {
     /// A real (small) ext4 from a staging tree, checked with e2fsck and debugfs.
     #[test]
     fn makes_a_sparse_ext4() {
-        if tools::which("mkfs.ext4").is_none() {
-            eprintln!("mkfs.ext4 not installed: skipping");
+        if crate::test_tools::tool_or_skip("makes_a_sparse_ext4", "mkfs.ext4").is_none() {
             return;
         }
         let t = tempfile::tempdir().unwrap();
@@ -293,7 +326,16 @@ mod tests {
             "not sparse: {} blocks",
             m.blocks()
         );
-        let out = Command::new(tools::which("debugfs").unwrap())
+        let test = "makes_a_sparse_ext4";
+        let Some(e2fsck) = crate::test_tools::tool_or_skip(test, "e2fsck") else {
+            return;
+        };
+        let fsck = Command::new(e2fsck).arg("-fn").arg(&img).output().unwrap();
+        assert!(fsck.status.success(), "e2fsck: {fsck:?}");
+        let Some(debugfs) = crate::test_tools::tool_or_skip(test, "debugfs") else {
+            return;
+        };
+        let out = Command::new(debugfs)
             .args(["-R", "cat /etc/hostname"])
             .arg(&img)
             .output()

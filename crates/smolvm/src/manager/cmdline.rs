@@ -15,19 +15,31 @@ pub struct GuestNet {
     pub prefix: u32,
     /// Default gateway.
     pub gateway: Ipv4Addr,
-    /// DNS server, if any.
-    pub dns: Option<Ipv4Addr>,
+    /// Name servers (the agent writes them to `/etc/resolv.conf`); may be empty.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl GuestNet {
-    /// The guest side of a network. User mode gets QEMU's built-in DNS relay; TAP mode has no DNS
-    /// server of its own (none is guessed).
+    /// The guest side of a network. User mode gets QEMU's built-in DNS relay; TAP mode the host's
+    /// upstream servers (read now, see [`crate::network::resolv`]).
     pub fn from_network(net: &NetworkConfig) -> GuestNet {
+        let host_dns = match net.mode {
+            NetworkMode::Tap => crate::network::resolv::host_upstream_servers(),
+            NetworkMode::User => Vec::new(),
+        };
+        GuestNet::with_host_dns(net, host_dns)
+    }
+
+    /// [`GuestNet::from_network`] with the host's servers given (TAP mode uses them).
+    pub fn with_host_dns(net: &NetworkConfig, host_dns: Vec<Ipv4Addr>) -> GuestNet {
         GuestNet {
             ip: net.guest_ip,
             prefix: u32::from(net.netmask).count_ones(),
             gateway: net.gateway_ip,
-            dns: (net.mode == NetworkMode::User).then_some(crate::state::USER_DNS_IP),
+            dns: match net.mode {
+                NetworkMode::User => vec![crate::state::USER_DNS_IP],
+                NetworkMode::Tap => host_dns,
+            },
         }
     }
 }
@@ -39,8 +51,9 @@ pub fn kernel_cmdline(boot_args: &str, hostname: &str, net: Option<&GuestNet>) -
     if let Some(n) = net {
         parts.push(format!("smolvm.ip={}/{}", n.ip, n.prefix));
         parts.push(format!("smolvm.gw={}", n.gateway));
-        if let Some(dns) = n.dns {
-            parts.push(format!("smolvm.dns={dns}"));
+        if !n.dns.is_empty() {
+            let list: Vec<String> = n.dns.iter().map(Ipv4Addr::to_string).collect();
+            parts.push(format!("smolvm.dns={}", list.join(",")));
         }
     }
     parts.retain(|p| !p.is_empty());
@@ -66,9 +79,15 @@ mod tests {
             kernel_cmdline(
                 "console=ttyS0 init=/init ",
                 "vm-1",
-                Some(&GuestNet::from_network(&net))
+                Some(&GuestNet::with_host_dns(&net, vec![]))
             ),
             "console=ttyS0 init=/init smolvm.hostname=vm-1 smolvm.ip=172.16.0.2/16 smolvm.gw=172.16.0.1"
+        );
+        // TAP mode: the host's upstream servers, comma-separated as the agent parses them.
+        let dns = vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
+        assert_eq!(
+            kernel_cmdline("", "t", Some(&GuestNet::with_host_dns(&net, dns.clone()))),
+            "smolvm.hostname=t smolvm.ip=172.16.0.2/16 smolvm.gw=172.16.0.1 smolvm.dns=192.0.2.1,192.0.2.2"
         );
         assert_eq!(kernel_cmdline("", "a", None), "smolvm.hostname=a");
         let user = NetworkConfig {
@@ -80,7 +99,7 @@ mod tests {
             ..net
         };
         assert_eq!(
-            kernel_cmdline("", "u", Some(&GuestNet::from_network(&user))),
+            kernel_cmdline("", "u", Some(&GuestNet::with_host_dns(&user, dns))),
             "smolvm.hostname=u smolvm.ip=10.0.2.15/24 smolvm.gw=10.0.2.2 smolvm.dns=10.0.2.3"
         );
     }

@@ -77,4 +77,49 @@ mod tests {
         }
         assert_eq!(max.load(Ordering::SeqCst), 1);
     }
+
+    /// Across processes, checked with util-linux's `flock(1)` (another implementation of the same
+    /// `flock(2)` lock): our lock keeps another process out until dropped, and a holder that dies
+    /// releases it.
+    #[test]
+    fn lock_excludes_other_processes_and_dies_with_its_holder() {
+        let Some(flock) = crate::test_tools::tool_or_skip("cross-process VM lock", "flock") else {
+            return;
+        };
+        const CONFLICT: i32 = 75;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm-p.lock");
+        let try_other = || {
+            std::process::Command::new(&flock)
+                .args(["-n", "-E", &CONFLICT.to_string()])
+                .arg(&path)
+                .arg("true")
+                .status()
+                .unwrap()
+                .code()
+        };
+        let held = VmLock::acquire(dir.path(), "vm-p").unwrap();
+        assert_eq!(held.path(), path);
+        assert_eq!(try_other(), Some(CONFLICT), "another process got the lock");
+        drop(held);
+        assert_eq!(try_other(), Some(0));
+
+        // One process holds it: the shell takes the lock on its fd 9 with flock(1), then becomes sleep.
+        let script = format!(
+            "exec 9>>'{}'; '{}' 9; exec sleep 1000",
+            path.display(),
+            flock.display()
+        );
+        let mut holder = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        while try_other() != Some(CONFLICT) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        // Blocks (and the test hangs) unless the dead holder's lock was released.
+        let _again = VmLock::acquire(dir.path(), "vm-p").unwrap();
+    }
 }

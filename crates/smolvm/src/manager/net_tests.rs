@@ -110,15 +110,11 @@ impl Env {
     }
 }
 
+/// The tools these tests run; a missing one skips the test, or fails it under `SMOLVM_E2E=1`.
 fn tools_present(test: &str) -> bool {
-    let missing: Vec<_> = ["ssh-keygen", "dropbearconvert", "debugfs", "mkfs.ext4"]
+    ["ssh-keygen", "dropbearconvert", "debugfs", "mkfs.ext4"]
         .into_iter()
-        .filter(|t| crate::network::find_program(t).is_none())
-        .collect();
-    if !missing.is_empty() {
-        eprintln!("skipping {test}: {missing:?} not installed");
-    }
-    missing.is_empty()
+        .all(|t| crate::test_tools::tool_or_skip(test, t).is_some())
 }
 
 fn debugfs_cat(disk: &Path, path: &str) -> String {

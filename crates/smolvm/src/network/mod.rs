@@ -27,6 +27,7 @@ mod host;
 mod links;
 mod mode;
 pub mod nft;
+pub mod resolv;
 
 pub use commands::{
     find_program, Call, NetCapabilities, NetCommands, RecordingCommands, SystemCommands,

@@ -231,11 +231,11 @@ mod tests {
     /// Real debugfs on a small image: writes, overwrites, creates parents, sets mode and owner.
     #[test]
     fn writes_and_overwrites_files_in_an_ext4_image() {
+        let test = "writes_and_overwrites_files_in_an_ext4_image";
         let (Some(_), Some(mkfs)) = (
-            crate::network::find_program("debugfs"),
-            crate::network::find_program("mkfs.ext4"),
+            crate::test_tools::tool_or_skip(test, "debugfs"),
+            crate::test_tools::tool_or_skip(test, "mkfs.ext4"),
         ) else {
-            eprintln!("skipping: e2fsprogs (debugfs, mkfs.ext4) is not installed");
             return;
         };
         let tmp = tempfile::tempdir().unwrap();

@@ -219,12 +219,9 @@ fn read_public_line(path: &Path) -> Result<String, SshError> {
 mod tests {
     use super::*;
 
+    /// A missing tool skips the test, or fails it under `SMOLVM_E2E=1`.
     fn have(tool: &str) -> bool {
-        let ok = crate::network::find_program(tool).is_some();
-        if !ok {
-            eprintln!("skipping: {tool} is not installed");
-        }
-        ok
+        crate::test_tools::tool_or_skip("ssh key test", tool).is_some()
     }
 
     #[test]

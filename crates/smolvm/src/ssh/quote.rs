@@ -72,7 +72,7 @@ mod tests {
         let words: Vec<String> = NASTY.iter().map(|s| s.to_string()).collect();
         let line = format!("printf '%s\\0' {}", join(&words));
         for shell in ["sh", "bash", "dash"] {
-            if crate::network::find_program(shell).is_none() {
+            if crate::test_tools::tool_or_skip("sh_round_trips_every_word", shell).is_none() {
                 continue;
             }
             let out = Command::new(shell).arg("-c").arg(&line).output().unwrap();

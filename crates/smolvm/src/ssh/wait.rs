@@ -191,8 +191,9 @@ mod tests {
 
     #[test]
     fn a_server_that_is_not_ssh_never_counts_as_ready() {
-        if crate::network::find_program("ssh").is_none() {
-            eprintln!("skipping: ssh is not installed");
+        if crate::test_tools::tool_or_skip("a_server_that_is_not_ssh_never_counts_as_ready", "ssh")
+            .is_none()
+        {
             return;
         }
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
