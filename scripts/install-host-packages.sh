@@ -20,7 +20,7 @@ say() { printf 'install-host-packages: %s\n' "$*" >&2; }
 
 # The tools besides QEMU, from the distribution's default suite.
 TOOLS=(e2fsprogs nftables iproute2 openssh-client busybox-static dropbear-bin iptables cpio lz4 zstd
-    xz-utils binutils ca-certificates util-linux procps python3-venv
+    xz-utils binutils ca-certificates util-linux procps openssl python3-venv
     make gcc flex bison bc libelf-dev)  # the last line: `smolvm image build --kernel minimal`
 # QEMU, installed as one set so every piece comes from the same version.
 QEMU=(qemu-system-x86 qemu-utils)
