@@ -6,16 +6,17 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use smolvm::image::{GuestImage, ImageBuilder, ImageOptions, Progress};
+use smolvm::image::{DebianOptions, GuestImage, ImageBuilder, ImageOptions, Preset, Progress};
 
 use crate::Cli;
 
 /// Image commands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the default guest image (Debian cloud kernel, busybox, dropbear, smolvm agent), or reuse
-    /// the cached one when nothing changed.
-    Build(BuildArgs),
+    /// Build the default guest image (Debian cloud kernel, busybox, dropbear, smolvm agent), or with
+    /// `--distro debian` a Debian userland from the distribution's packages; reuses the cached image
+    /// when nothing changed.
+    Build(Box<BuildArgs>),
     /// List built images.
     List(ListArgs),
 }
@@ -23,18 +24,34 @@ pub enum ImageCommand {
 /// Arguments of `smolvm image build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Image name.
-    #[arg(long, default_value = smolvm::image::DEFAULT_IMAGE_NAME)]
-    pub name: String,
-    /// Root password for SSH logins.
-    #[arg(long, conflicts_with = "ssh_key")]
+    /// Image name [default: `default`, or `debian-<suite>[-<preset>]` with --distro debian].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Userland: a Debian system installed from the distribution's packages (mmdebstrap).
+    #[arg(long, value_enum)]
+    pub distro: Option<Distro>,
+    /// Debian suite [default: bookworm].
+    #[arg(long, requires = "distro")]
+    pub suite: Option<String>,
+    /// Extra Debian packages, comma-separated (python3,git,curl).
+    #[arg(long, value_delimiter = ',', requires = "distro")]
+    pub packages: Vec<String>,
+    /// A package preset: `python` = python3, python3-pip, python3-venv, git, curl, ca-certificates.
+    #[arg(long, requires = "distro")]
+    pub preset: Option<String>,
+    /// Debian mirror URL [default: the host's apt mirror].
+    #[arg(long, requires = "distro")]
+    pub mirror: Option<String>,
+    /// Root password for SSH logins (default image only).
+    #[arg(long, conflicts_with_all = ["ssh_key", "distro"])]
     pub ssh_password: Option<String>,
-    /// Public key file installed as root's authorized_keys.
-    #[arg(long, value_name = "PUBFILE")]
+    /// Public key file installed as root's authorized_keys (default image only; VMs get smolvm's key
+    /// at boot either way).
+    #[arg(long, value_name = "PUBFILE", conflicts_with = "distro")]
     pub ssh_key: Option<PathBuf>,
-    /// Root filesystem size in MiB (sparse).
-    #[arg(long, value_name = "MIB", default_value_t = smolvm::image::DEFAULT_SIZE_MIB)]
-    pub rootfs_size: u64,
+    /// Root filesystem size in MiB (sparse) [default: 512; Debian: the installed size plus room].
+    #[arg(long, value_name = "MIB")]
+    pub rootfs_size: Option<u64>,
     /// Rebuild even if the cached image is up to date.
     #[arg(long)]
     pub force: bool,
@@ -50,6 +67,13 @@ pub struct BuildArgs {
     /// Print the image as JSON (and no progress).
     #[arg(long)]
     pub json: bool,
+}
+
+/// A distribution to build the userland from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distro {
+    /// Debian, from the distribution's packages.
+    Debian,
 }
 
 /// Arguments of `smolvm image list`.
@@ -72,6 +96,39 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             if let Some(agent) = &a.agent {
                 builder = builder.with_agent(agent);
             }
+            let progress = if a.json {
+                Progress::Quiet
+            } else {
+                Progress::Auto
+            };
+            let start = Instant::now();
+            if a.distro == Some(Distro::Debian) {
+                let opts = DebianOptions {
+                    name: a.name.clone(),
+                    suite: a
+                        .suite
+                        .clone()
+                        .unwrap_or_else(|| smolvm::image::DEFAULT_SUITE.to_string()),
+                    packages: a.packages.clone(),
+                    preset: a
+                        .preset
+                        .as_deref()
+                        .map(str::parse::<Preset>)
+                        .transpose()
+                        .map_err(smolvm::Error::from)?,
+                    mirror: a.mirror.clone(),
+                    rootfs_size_mib: a.rootfs_size,
+                    force: a.force,
+                    progress,
+                };
+                let img = builder.build_debian(&opts).map_err(smolvm::Error::from)?;
+                if a.json {
+                    crate::output::print_json(&img)?;
+                } else {
+                    print_built(&img, start.elapsed().as_secs_f64());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let ssh_public_key = a
                 .ssh_key
                 .as_ref()
@@ -81,18 +138,16 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 })
                 .transpose()?;
             let opts = ImageOptions {
-                name: a.name.clone(),
+                name: a
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| smolvm::image::DEFAULT_IMAGE_NAME.to_string()),
                 ssh_password: a.ssh_password.clone(),
                 ssh_public_key,
-                rootfs_size_mib: a.rootfs_size,
+                rootfs_size_mib: a.rootfs_size.unwrap_or(smolvm::image::DEFAULT_SIZE_MIB),
                 force: a.force,
-                progress: if a.json {
-                    Progress::Quiet
-                } else {
-                    Progress::Auto
-                },
+                progress,
             };
-            let start = Instant::now();
             let img = builder.build(&opts).map_err(smolvm::Error::from)?;
             if a.json {
                 crate::output::print_json(&img)?;
@@ -128,6 +183,7 @@ fn print_built(img: &GuestImage, secs: f64) {
         img.rootfs_size_mib
     );
     println!("  boot args  {}", img.boot_args);
+    println!("  source     {}", img.source);
 }
 
 fn print_table(images: &[GuestImage]) {

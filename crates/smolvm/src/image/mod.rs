@@ -21,10 +21,12 @@
 
 mod agent;
 mod ar;
+mod assemble;
 mod builder;
 mod cache;
 mod cpio;
 mod deb;
+mod debian;
 mod elf;
 mod error;
 mod etc;
@@ -32,10 +34,13 @@ mod initramfs;
 mod kcache;
 mod kernel;
 mod lz4;
+mod mirror;
 mod modules;
 mod progress;
 mod rootfs;
+mod source;
 mod tools;
+mod userland;
 
 use std::path::{Path, PathBuf};
 
@@ -44,10 +49,12 @@ use serde::{Deserialize, Serialize};
 pub use agent::AGENT_ENV;
 pub use builder::{ImageBuilder, ImageOptions, KERNEL_ENV, KERNEL_MODULES_ENV};
 pub use deb::DEFAULT_KERNEL_PACKAGE;
+pub use debian::{DebianOptions, Preset, DEFAULT_SUITE};
 pub use error::ImageError;
 pub use kcache::KernelSource;
 pub use progress::Progress;
 pub use rootfs::DEFAULT_SIZE_MIB;
+pub use source::ImageSource;
 
 use crate::config::{BackendKind, VmConfigSpec};
 
@@ -109,6 +116,9 @@ pub struct GuestImage {
     /// True when [`ImageBuilder::build`] returned the cached image without building.
     #[serde(default)]
     pub cached: bool,
+    /// Where the userland came from (images built before this field existed are `default`).
+    #[serde(default)]
+    pub source: ImageSource,
 }
 
 impl GuestImage {
@@ -148,7 +158,7 @@ impl GuestImage {
         Ok(img)
     }
 
-    fn set_dir(&mut self, dir: &Path) {
+    pub(crate) fn set_dir(&mut self, dir: &Path) {
         self.dir = dir.to_path_buf();
         self.kernel = dir.join(KERNEL_FILE);
         self.kernel_elf = dir.join(VMLINUX_FILE);
@@ -200,6 +210,7 @@ mod tests {
             rootfs_size_mib: 512,
             built_at: 0,
             cached: false,
+            source: ImageSource::Default,
         };
         g.set_dir(dir);
         g
