@@ -84,6 +84,7 @@ fn python_preset_boots_and_runs_python_and_pip() {
         .vm_id("deb-py")
         .mem_size_mib(512)
         .vcpu_count(1)
+        .disk_size_mib(2048)
         .build()
         .unwrap();
     env.manager
@@ -123,6 +124,20 @@ fn python_preset_boots_and_runs_python_and_pip() {
         .unwrap();
     assert!(r.ok() && r.stdout.starts_with("/init"), "{r:?}");
     assert_eq!(vm.run("hostname").unwrap().stdout.trim(), "deb-py");
+    // The VM's disk was grown from the image's size and its filesystem fills it.
+    assert!(img.rootfs_size_mib < 1500);
+    let r = vm.run("df -m / | awk 'NR==2 {print $2}'").unwrap();
+    let root_mib: u64 = r.stdout.trim().parse().unwrap_or_else(|_| panic!("{r:?}"));
+    assert!(root_mib > 1800, "root filesystem is {root_mib} MiB");
+    // The image cannot be removed while this VM boots from it.
+    let users = env.manager.image_users(img).unwrap();
+    assert_eq!(users, ["deb-py"]);
+    let err = ImageBuilder::new(&cache_dir())
+        .with_cache_dir(cache_dir())
+        .remove(&img.name, &users)
+        .unwrap_err();
+    assert!(err.to_string().contains("deb-py"), "{err}");
+    assert!(img.is_complete());
     vm.close();
     env.manager.delete("deb-py").unwrap();
     env.assert_no_leaks("deb-py");

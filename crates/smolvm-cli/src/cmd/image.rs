@@ -17,8 +17,29 @@ pub enum ImageCommand {
     /// `--distro debian` a Debian userland from the distribution's packages; reuses the cached image
     /// when nothing changed.
     Build(Box<BuildArgs>),
-    /// List built images.
+    /// List images: name, source (default, debian, oci, archive), size on disk, creation time.
     List(ListArgs),
+    /// Remove an image (refused while a VM boots from it).
+    Rm(RmArgs),
+}
+
+/// Arguments of `smolvm image rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The image names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// One row of `smolvm image list --json`.
+#[derive(Debug, serde::Serialize)]
+struct ListedImage<'a> {
+    name: &'a str,
+    source: &'a smolvm::image::ImageSource,
+    size_on_disk_bytes: u64,
+    rootfs_size_mib: u64,
+    created: u64,
+    fingerprint: &'a str,
 }
 
 /// Arguments of `smolvm image build`.
@@ -158,9 +179,31 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::List(a) => {
             let images = builder.list().map_err(smolvm::Error::from)?;
             if a.json {
-                crate::output::print_json(&images)?;
+                let rows: Vec<ListedImage<'_>> = images
+                    .iter()
+                    .map(|i| ListedImage {
+                        name: &i.name,
+                        source: &i.source,
+                        size_on_disk_bytes: ImageBuilder::disk_usage(i),
+                        rootfs_size_mib: i.rootfs_size_mib,
+                        created: i.built_at,
+                        fingerprint: &i.fingerprint,
+                    })
+                    .collect();
+                crate::output::print_json(&rows)?;
             } else {
                 print_table(&images);
+            }
+        }
+        ImageCommand::Rm(a) => {
+            let m = smolvm::manager::SmolVmManager::new(
+                Some(&dirs.data_dir),
+                Some(&dirs.socket_dir),
+                None,
+            )?;
+            for name in &a.names {
+                m.remove_image(name)?;
+                println!("removed image {name:?}");
             }
         }
     }
@@ -193,21 +236,53 @@ fn print_table(images: &[GuestImage]) {
     }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["NAME", "KERNEL", "ROOTFS MiB", "SSH", "FINGERPRINT"]);
+    t.set_header([
+        "NAME",
+        "SOURCE",
+        "ON DISK",
+        "ROOTFS MiB",
+        "CREATED",
+        "FINGERPRINT",
+    ]);
     for i in images {
-        let ssh = match (i.ssh_password, i.ssh_public_key) {
-            (true, true) => "password+key",
-            (true, false) => "password",
-            (false, true) => "key",
-            (false, false) => "key at boot",
-        };
         t.add_row([
             i.name.clone(),
-            i.kernel_package.clone(),
+            i.source.to_string(),
+            format!("{:.1} MiB", ImageBuilder::disk_usage(i) as f64 / 1048576.0),
             i.rootfs_size_mib.to_string(),
-            ssh.to_string(),
+            utc_time(i.built_at),
             i.fingerprint.chars().take(12).collect(),
         ]);
     }
     println!("{t}");
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of a Unix time (civil-from-days, H. Hinnant's algorithm).
+fn utc_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3_600,
+        rem % 3_600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::utc_time(0), "1970-01-01 00:00");
+        assert_eq!(super::utc_time(951_782_400), "2000-02-29 00:00");
+        assert_eq!(super::utc_time(1_796_386_658), "2026-12-04 12:17");
+    }
 }

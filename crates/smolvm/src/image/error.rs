@@ -161,6 +161,15 @@ pub enum ImageError {
     #[error("default images are built for x86_64 hosts only (this is {0})")]
     UnsupportedArch(&'static str),
 
+    /// The image cannot be removed: VMs boot from it.
+    #[error("image {name:?} is used by VM(s) {}: delete them first (smolvm delete ID)", vms.join(", "))]
+    InUse {
+        /// The image.
+        name: String,
+        /// The VMs using it.
+        vms: Vec<String>,
+    },
+
     /// No image of that name is in the cache.
     #[error("no image named {0:?}: build it with `smolvm image build --name {0}`")]
     NotFound(String),
