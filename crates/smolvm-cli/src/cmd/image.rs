@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use smolvm::image::{DebianOptions, GuestImage, ImageBuilder, ImageOptions, Preset, Progress};
+use smolvm::image::{
+    DebianOptions, GuestImage, ImageBuilder, ImageOptions, ImportOptions, ImportSource, Preset,
+    Progress,
+};
 
 use crate::Cli;
 
@@ -21,6 +24,42 @@ pub enum ImageCommand {
     List(ListArgs),
     /// Remove an image (refused while a VM boots from it).
     Rm(RmArgs),
+    /// Import a `docker save` archive, an OCI image layout (directory or tar) or a rootfs tarball.
+    Import(ImportArgs),
+    /// Pull an image from a registry (linux/amd64; anonymous or token auth) and import it.
+    Pull(PullArgs),
+}
+
+/// Arguments of `smolvm image import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive, OCI layout directory or rootfs tarball.
+    pub path: PathBuf,
+    /// Image name.
+    #[arg(long)]
+    pub name: String,
+    /// Print the image as JSON (and no progress).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `smolvm image pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference (docker.io/library/debian:bookworm, localhost:5000/app:1).
+    pub reference: String,
+    /// Image name [default: the reference's last path component, `:` and `@` replaced by `-`].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Plain HTTP or unverified TLS (local registries).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry credentials USER:PASSWORD [env: SMOLVM_REGISTRY_CREDS].
+    #[arg(long, env = "SMOLVM_REGISTRY_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Print the image as JSON (and no progress).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `smolvm image rm`.
@@ -195,6 +234,36 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 print_table(&images);
             }
         }
+        ImageCommand::Import(a) => {
+            let start = Instant::now();
+            let img = builder
+                .import(&ImportOptions {
+                    name: a.name.clone(),
+                    source: ImportSource::Path(a.path.clone()),
+                    insecure_registry: false,
+                    registry_credentials: None,
+                    progress: progress_for(a.json),
+                })
+                .map_err(smolvm::Error::from)?;
+            show(&img, a.json, start)?;
+        }
+        ImageCommand::Pull(a) => {
+            let start = Instant::now();
+            let name = a
+                .name
+                .clone()
+                .unwrap_or_else(|| name_from_reference(&a.reference));
+            let img = builder
+                .import(&ImportOptions {
+                    name,
+                    source: ImportSource::Registry(a.reference.clone()),
+                    insecure_registry: a.insecure,
+                    registry_credentials: a.creds.clone(),
+                    progress: progress_for(a.json),
+                })
+                .map_err(smolvm::Error::from)?;
+            show(&img, a.json, start)?;
+        }
         ImageCommand::Rm(a) => {
             let m = smolvm::manager::SmolVmManager::new(
                 Some(&dirs.data_dir),
@@ -208,6 +277,40 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn progress_for(json: bool) -> Progress {
+    if json {
+        Progress::Quiet
+    } else {
+        Progress::Auto
+    }
+}
+
+fn show(img: &GuestImage, json: bool, start: Instant) -> anyhow::Result<()> {
+    if json {
+        crate::output::print_json(img)?;
+    } else {
+        print_built(img, start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// `localhost:5000/team/app:1.2` -> `app-1.2`; `alpine@sha256:ab..` -> `alpine-sha256-ab..`.
+fn name_from_reference(r: &str) -> String {
+    let last = r.rsplit('/').next().unwrap_or(r);
+    let n: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    n.trim_start_matches(['.', '-', '_']).to_string()
 }
 
 fn print_built(img: &GuestImage, secs: f64) {
@@ -227,6 +330,13 @@ fn print_built(img: &GuestImage, secs: f64) {
     );
     println!("  boot args  {}", img.boot_args);
     println!("  source     {}", img.source);
+    println!("  ssh        {}", img.ssh_server);
+    if let Some(rc) = &img.runtime {
+        println!("  env        {}", rc.env.join(" "));
+        if let Some(w) = &rc.working_dir {
+            println!("  workdir    {w}");
+        }
+    }
 }
 
 fn print_table(images: &[GuestImage]) {
@@ -279,6 +389,15 @@ fn utc_time(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_from_references() {
+        assert_eq!(
+            super::name_from_reference("localhost:5000/team/app:1.2"),
+            "app-1.2"
+        );
+        assert_eq!(super::name_from_reference("alpine"), "alpine");
+    }
+
     #[test]
     fn formats_utc_times() {
         assert_eq!(super::utc_time(0), "1970-01-01 00:00");

@@ -358,6 +358,7 @@ impl ImageBuilder {
             built_at: assemble::now_secs(),
             cached: false,
             source: super::ImageSource::Default,
+            runtime: None,
         };
         assemble::write_meta(tmp, &img, kernel)?;
         report.step("installing the image");

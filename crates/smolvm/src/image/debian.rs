@@ -325,6 +325,7 @@ impl ImageBuilder {
                         mirror: mirror.clone(),
                         packages: packages.clone(),
                     },
+                    runtime: None,
                 })
             },
         )

@@ -37,6 +37,8 @@ mod lz4;
 mod manage;
 mod mirror;
 mod modules;
+mod oci;
+mod oci_config;
 mod progress;
 mod resize;
 mod rootfs;
@@ -55,6 +57,8 @@ pub use debian::{DebianOptions, Preset, DEFAULT_SUITE};
 pub use error::ImageError;
 pub use kcache::KernelSource;
 pub use manage::uses_image;
+pub use oci::{ImportOptions, ImportSource};
+pub use oci_config::RuntimeConfig;
 pub use progress::Progress;
 pub use resize::grow_rootfs;
 pub use rootfs::DEFAULT_SIZE_MIB;
@@ -123,6 +127,10 @@ pub struct GuestImage {
     /// Where the userland came from (images built before this field existed are `default`).
     #[serde(default)]
     pub source: ImageSource,
+    /// Runtime defaults of an imported OCI/Docker image (`Env`, `WorkingDir`, `User`, `Entrypoint`,
+    /// `Cmd`); `None` for built images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeConfig>,
 }
 
 impl GuestImage {
@@ -134,10 +142,16 @@ impl GuestImage {
             BackendKind::Qemu => &self.kernel,
             BackendKind::Firecracker => &self.kernel_elf,
         };
-        VmConfigSpec::new(kernel, &self.rootfs)
+        let mut spec = VmConfigSpec::new(kernel, &self.rootfs)
             .initrd_path(&self.initrd)
             .boot_args(self.boot_args.clone())
-            .backend(Some(backend))
+            .backend(Some(backend));
+        // An imported image's Env becomes the VM's environment (every command gets it: argv exec,
+        // shell commands, SSH sessions); keys set later on the spec override it.
+        if let Some(rc) = &self.runtime {
+            spec.env_vars.extend(rc.env_pairs());
+        }
+        spec
     }
 
     /// The kernel file for `backend`.
@@ -215,6 +229,7 @@ mod tests {
             built_at: 0,
             cached: false,
             source: ImageSource::Default,
+            runtime: None,
         };
         g.set_dir(dir);
         g
