@@ -266,3 +266,131 @@ fn broken_sources_fail_clearly_and_leave_no_image() {
         .collect();
     assert!(left.is_empty(), "partial import left: {left:?}");
 }
+
+/// Starts `docker-registry` on `127.0.0.1:port` of the namespace the calling thread is in, with
+/// storage under `dir`; with `auth`, an htpasswd realm whose only user's password nobody knows.
+fn start_registry(ns: &Netns, dir: &Path, port: u16, auth: bool) -> netns_util::ChildGuard {
+    let storage = dir.join(format!("registry-{port}"));
+    std::fs::create_dir_all(&storage).unwrap();
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        s(&storage)
+    );
+    if auth {
+        let htpasswd = dir.join("htpasswd");
+        let salt_and_hash: String = (0..53)
+            .map(|i| {
+                b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"[(i * 7) % 64]
+                    as char
+            })
+            .collect();
+        std::fs::write(&htpasswd, format!("someone:$2y$05${salt_and_hash}\n")).unwrap();
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: smolvm-test\n    path: {}\n",
+            s(&htpasswd)
+        ));
+    }
+    let config_path = dir.join(format!("registry-{port}.yml"));
+    std::fs::write(&config_path, config).unwrap();
+    let guard = ns.spawn(&["docker-registry", "serve", s(&config_path)]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    guard
+}
+
+#[test]
+fn pull_from_a_loopback_registry_boots_and_refused_auth_fails_clearly() {
+    if !e2e("oci pull", &[TOOLS, &["docker-registry"]].concat()) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let layout = make_layout(t.path());
+    // The shared test cache holds the prepared kernel (built outside the namespace, where apt can
+    // reach the mirror); inside the namespace nothing needs the network but the loopback registry.
+    vm_util::image();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolvm-images");
+    let b = ImageBuilder::new(&cache).with_cache_dir(&cache);
+    let name = format!("pull-test-{}", std::process::id());
+
+    let ns = Netns::new();
+    let inside = ns.enter();
+    let open = start_registry(&ns, t.path(), 5000, false);
+    run(&[
+        "skopeo",
+        "--insecure-policy",
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:t", s(&layout)),
+        "docker://127.0.0.1:5000/test/app:1",
+    ]);
+    let mut opts = options(
+        &name,
+        ImportSource::Registry("127.0.0.1:5000/test/app:1".into()),
+    );
+    opts.insecure_registry = true;
+    let img = b.import(&opts).unwrap();
+    assert_eq!(img.source.to_string(), "oci 127.0.0.1:5000/test/app:1");
+    assert_eq!(
+        img.runtime.as_ref().unwrap().working_dir.as_deref(),
+        Some("/srv/app")
+    );
+
+    let locked = start_registry(&ns, t.path(), 5001, true);
+    let mut bad = options(
+        "pull-refused",
+        ImportSource::Registry("127.0.0.1:5001/test/app:1".into()),
+    );
+    bad.insecure_registry = true;
+    bad.registry_credentials = Some("someone:wrong".into());
+    let e = b.import(&bad).unwrap_err();
+    let msg = e.to_string().to_lowercase();
+    assert!(
+        msg.contains("unauthorized") || msg.contains("authentication"),
+        "{e}"
+    );
+    assert!(
+        b.get("pull-refused").is_err(),
+        "no image after a refused pull"
+    );
+    drop(locked);
+    drop(open);
+
+    let scene = Scene {
+        env: TestEnv::new(),
+        _inside: inside,
+        _ns: ns,
+    };
+    let env = &scene.env;
+    let config = img
+        .vm_config(BackendKind::Qemu)
+        .vm_id("pull-1")
+        .mem_size_mib(256)
+        .vcpu_count(1)
+        .build()
+        .unwrap();
+    env.manager
+        .create_with(
+            &config,
+            &CreateOptions {
+                network: NetworkChoice::None,
+            },
+        )
+        .unwrap();
+    env.manager.start("pull-1", BOOT).unwrap();
+    let vm = env.reconnect("pull-1");
+    let r = vm
+        .run("printf '%s|' \"$GREETING\" \"$(pwd)\"; cat /data/sym")
+        .unwrap();
+    assert_eq!(r.stdout, "hello from the image|/srv/app|second\n", "{r:?}");
+    vm.close();
+    env.manager.delete("pull-1").unwrap();
+    env.assert_no_leaks("pull-1");
+    drop(scene);
+    b.remove(&name, &[]).unwrap();
+}
