@@ -187,7 +187,11 @@ pub enum ImageError {
     },
 
     /// No image of that name is in the cache.
-    #[error("no image named {0:?}: build it with `smolvm image build --name {0}`")]
+    #[error(
+        "no image named {0:?}: build it with `smolvm image build --name {0}` (add `--distro debian` \
+         for a Debian image) or import one with `smolvm image import PATH --name {0}`; \
+         `smolvm image list` shows what there is"
+    )]
     NotFound(String),
 }
 

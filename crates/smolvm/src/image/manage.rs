@@ -77,6 +77,15 @@ impl ImageBuilder {
     }
 }
 
+/// The runtime defaults (OCI `Env`, `WorkingDir`, ...) of the image whose rootfs is `rootfs`, if it is
+/// an imported image's `rootfs.ext4`. Used to give commands in a VM the image's working directory.
+pub fn runtime_of_rootfs(rootfs: &Path) -> Option<super::RuntimeConfig> {
+    if rootfs.file_name()? != super::ROOTFS_FILE {
+        return None;
+    }
+    GuestImage::load(rootfs.parent()?).ok()?.runtime
+}
+
 /// True if `path` lies inside the image's directory.
 pub fn uses_image(img: &GuestImage, path: &Path) -> bool {
     path.starts_with(&img.dir)
@@ -140,6 +149,24 @@ mod tests {
         );
         let img = b.image_for_vm(Some("py")).unwrap();
         assert_eq!(img.name, "py");
+        assert_eq!(runtime_of_rootfs(&img.rootfs), None);
+        let mut with_rc = img.clone();
+        with_rc.runtime = Some(super::super::RuntimeConfig {
+            working_dir: Some("/srv".into()),
+            ..Default::default()
+        });
+        fs::write(
+            img.dir.join("image.json"),
+            serde_json::to_vec(&with_rc).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            runtime_of_rootfs(&img.rootfs)
+                .and_then(|r| r.working_dir)
+                .as_deref(),
+            Some("/srv")
+        );
+        assert_eq!(runtime_of_rootfs(Path::new("/x/other.ext4")), None);
         assert!(matches!(
             b.image_for_vm(Some("../x")),
             Err(ImageError::InvalidOption { .. })

@@ -56,7 +56,7 @@ pub use deb::DEFAULT_KERNEL_PACKAGE;
 pub use debian::{DebianOptions, Preset, DEFAULT_SUITE};
 pub use error::ImageError;
 pub use kcache::KernelSource;
-pub use manage::uses_image;
+pub use manage::{runtime_of_rootfs, uses_image};
 pub use oci::{ImportOptions, ImportSource};
 pub use oci_config::RuntimeConfig;
 pub use progress::Progress;

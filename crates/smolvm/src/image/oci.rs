@@ -331,6 +331,18 @@ fn write_profile(root: &Path, rc: &RuntimeConfig) -> Result<(), ImageError> {
         .map_err(|e| ImageError::io("write", &p, e))?;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| ImageError::io("chmod", &p, e))?;
+    // Docker creates a missing WorkingDir; commands start there, so it must exist. (A path with `..`
+    // or one that is a symlink in the image is left alone: it could point out of the tree.)
+    if let Some(w) = &rc.working_dir {
+        let rel = Path::new(w.trim_start_matches('/'));
+        let plain = rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if plain && root.join(rel).symlink_metadata().is_err() {
+            let d = root.join(rel);
+            std::fs::create_dir_all(&d).map_err(|e| ImageError::io("create directory", &d, e))?;
+        }
+    }
     let profile = root.join("etc/profile");
     if profile.symlink_metadata().is_err() {
         std::fs::write(
