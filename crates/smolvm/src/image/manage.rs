@@ -72,7 +72,7 @@ impl ImageBuilder {
         fs::remove_dir(doomed.path()).map_err(|e| ImageError::io("remove", doomed.path(), e))?;
         fs::rename(&dir, doomed.path()).map_err(|e| ImageError::io("remove", &dir, e))?;
         drop(doomed); // removes the moved directory
-        let _ = fs::remove_file(self.images_dir().join(format!(".{name}.lock")));
+                      // The lock file stays: removing it while a waiter holds it open would let two builders in.
         Ok(())
     }
 }
@@ -131,7 +131,12 @@ mod tests {
         assert!(b.get("deb").is_ok());
         b.remove("deb", &[]).unwrap();
         assert!(matches!(b.get("deb"), Err(ImageError::NotFound(_))));
-        let left: Vec<_> = fs::read_dir(b.images_dir()).unwrap().flatten().collect();
+        let left: Vec<_> = fs::read_dir(b.images_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
         assert!(left.is_empty(), "{left:?}");
         assert!(matches!(b.remove("deb", &[]), Err(ImageError::NotFound(_))));
     }
