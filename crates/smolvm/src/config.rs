@@ -24,6 +24,8 @@ pub const DEFAULT_MEM_SIZE_MIB: u32 = 512;
 pub const VCPU_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
 /// Allowed range of `mem_size_mib`.
 pub const MEM_SIZE_MIB_RANGE: std::ops::RangeInclusive<u32> = 128..=16384;
+/// Allowed `disk_size_mib` (64 MiB to 1 TiB; disks are sparse, so only the apparent size).
+pub const DISK_SIZE_MIB_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 20);
 /// Longest allowed VM id.
 pub const VM_ID_MAX_LEN: usize = 64;
 
@@ -147,6 +149,10 @@ pub struct VmConfigSpec {
     /// Environment variables written into the guest at start; keys are shell identifiers.
     #[serde(default)]
     pub env_vars: BTreeMap<String, String>,
+    /// Size of the VM's own root disk in MiB when larger than the image's rootfs: the isolated copy is
+    /// grown and its ext4 resized before the first boot. `None` keeps the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size_mib: Option<u64>,
 }
 
 fn default_vcpu_count() -> u32 {
@@ -174,6 +180,7 @@ impl VmConfigSpec {
             disk_mode: DiskMode::Isolated,
             retain_disk_on_delete: false,
             env_vars: BTreeMap::new(),
+            disk_size_mib: None,
         }
     }
 
@@ -215,6 +222,11 @@ impl VmConfigSpec {
     /// Sets `retain_disk_on_delete`.
     pub fn retain_disk_on_delete(mut self, retain: bool) -> Self {
         self.retain_disk_on_delete = retain;
+        self
+    }
+    /// Sets `disk_size_mib` (grow the VM's root disk to this size).
+    pub fn disk_size_mib(mut self, mib: u64) -> Self {
+        self.disk_size_mib = Some(mib);
         self
     }
     /// Adds one environment variable.
@@ -260,6 +272,24 @@ impl VmConfigSpec {
         for key in self.env_vars.keys() {
             validate_env_key(key)?;
         }
+        if let Some(mib) = self.disk_size_mib {
+            if !DISK_SIZE_MIB_RANGE.contains(&mib) {
+                return Err(ValidationError::new(
+                    "disk_size_mib",
+                    format!(
+                        "must be between {} and {}, got {mib}",
+                        DISK_SIZE_MIB_RANGE.start(),
+                        DISK_SIZE_MIB_RANGE.end()
+                    ),
+                ));
+            }
+            if self.disk_mode == DiskMode::Shared {
+                return Err(ValidationError::new(
+                    "disk_size_mib",
+                    "a shared disk is the image itself and cannot be grown; use disk_mode isolated",
+                ));
+            }
+        }
         Ok(VmConfig {
             vm_id,
             vcpu_count: self.vcpu_count,
@@ -272,6 +302,7 @@ impl VmConfigSpec {
             disk_mode: self.disk_mode,
             retain_disk_on_delete: self.retain_disk_on_delete,
             env_vars: self.env_vars,
+            disk_size_mib: self.disk_size_mib,
         })
     }
 
@@ -300,6 +331,7 @@ pub struct VmConfig {
     disk_mode: DiskMode,
     retain_disk_on_delete: bool,
     env_vars: BTreeMap<String, String>,
+    disk_size_mib: Option<u64>,
 }
 
 impl TryFrom<VmConfigSpec> for VmConfig {
@@ -323,6 +355,7 @@ impl From<VmConfig> for VmConfigSpec {
             disk_mode: c.disk_mode,
             retain_disk_on_delete: c.retain_disk_on_delete,
             env_vars: c.env_vars,
+            disk_size_mib: c.disk_size_mib,
         }
     }
 }
@@ -387,6 +420,10 @@ impl VmConfig {
     /// Whether an isolated disk survives delete.
     pub fn retain_disk_on_delete(&self) -> bool {
         self.retain_disk_on_delete
+    }
+    /// The size the VM's root disk is grown to, if any.
+    pub fn disk_size_mib(&self) -> Option<u64> {
+        self.disk_size_mib
     }
     /// Environment variables injected at start.
     pub fn env_vars(&self) -> &BTreeMap<String, String> {

@@ -229,3 +229,38 @@ fn boots_agent_follows_init_in_boot_args() {
         .unwrap()
         .boots_agent());
 }
+
+#[test]
+fn disk_size_is_bounded_needs_an_isolated_disk_and_is_not_stored_when_unset() {
+    let f = files();
+    assert_eq!(
+        spec(&f)
+            .disk_size_mib(2048)
+            .build()
+            .unwrap()
+            .disk_size_mib(),
+        Some(2048)
+    );
+    assert_eq!(
+        field_of(spec(&f).disk_size_mib(63).build()),
+        "disk_size_mib"
+    );
+    assert_eq!(
+        field_of(spec(&f).disk_size_mib((1 << 20) + 1).build()),
+        "disk_size_mib"
+    );
+    assert_eq!(
+        field_of(
+            spec(&f)
+                .disk_mode(DiskMode::Shared)
+                .disk_size_mib(1024)
+                .build()
+        ),
+        "disk_size_mib"
+    );
+    let json = serde_json::to_string(&spec(&f).build().unwrap()).unwrap();
+    assert!(!json.contains("disk_size_mib"), "{json}");
+    let c = spec(&f).disk_size_mib(1024).build().unwrap();
+    let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+}

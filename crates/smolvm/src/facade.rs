@@ -21,7 +21,7 @@ use std::time::Duration;
 use crate::config::{BackendKind, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::{AgentClient, CommandResult, ExecError, DEFAULT_RUN_TIMEOUT};
-use crate::image::{ImageBuilder, ImageOptions};
+use crate::image::ImageBuilder;
 use crate::info::{VmInfo, VmState};
 use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
 
@@ -40,6 +40,7 @@ pub struct SmolVmBuilder {
     mem_size_mib: Option<u32>,
     vcpu_count: Option<u32>,
     disk_size_mib: Option<u64>,
+    image: Option<String>,
     data_dir: Option<PathBuf>,
     socket_dir: Option<PathBuf>,
     backend: Option<BackendKind>,
@@ -67,9 +68,15 @@ impl SmolVmBuilder {
         self.vcpu_count = Some(n);
         self
     }
-    /// Root disk size for auto-configuration (the default image's rootfs size otherwise).
+    /// Root disk size for auto-configuration: the VM's disk is grown to it (and its ext4 resized)
+    /// when larger than the image's rootfs.
     pub fn disk_size_mib(mut self, mib: u64) -> Self {
         self.disk_size_mib = Some(mib);
+        self
+    }
+    /// Boot this cached image (`smolvm image list`) instead of the default one.
+    pub fn image(mut self, name: impl Into<String>) -> Self {
+        self.image = Some(name.into());
         self
     }
     /// State directory (spec default resolution otherwise).
@@ -133,13 +140,11 @@ impl SmolVmBuilder {
 /// Auto-configuration: the default image (built once and cached), sized as asked.
 fn auto_config(manager: &SmolVmManager, b: &SmolVmBuilder) -> Result<VmConfig> {
     let backend = manager.resolve(b.backend)?;
-    let builder = ImageBuilder::new(manager.data_dir());
-    let mut opts = ImageOptions::default();
-    if let Some(mib) = b.disk_size_mib {
-        opts.rootfs_size_mib = mib;
-    }
-    let image = builder.build(&opts)?;
+    let image = ImageBuilder::new(manager.data_dir()).image_for_vm(b.image.as_deref())?;
     let mut spec = image.vm_config(backend).backend(Some(backend));
+    if let Some(mib) = b.disk_size_mib {
+        spec = spec.disk_size_mib(mib);
+    }
     if let Some(id) = &b.vm_id {
         spec = spec.vm_id(id.clone());
     }

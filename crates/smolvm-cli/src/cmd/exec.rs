@@ -247,6 +247,11 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The `WorkingDir` of the OCI image the VM boots, the default directory of its commands.
+pub fn image_working_dir(vm: &SmolVm) -> Option<String> {
+    smolvm::image::runtime_of_rootfs(vm.info().config.rootfs_path())?.working_dir
+}
+
 /// Runs `smolvm exec`. Never returns `Err`: failures are printed and mapped to an exit status here.
 pub fn exec(cli: &Cli, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_status(exec_inner(cli, a)))
@@ -256,6 +261,9 @@ fn exec_inner(cli: &Cli, a: &ExecArgs) -> anyhow::Result<i32> {
     // Options are checked before the VM is looked up, so a typo fails fast and says what it is.
     let mut req = a.request()?;
     let vm = Attached::open(cli, &a.id)?;
+    if req.cwd.is_none() {
+        req.cwd = image_working_dir(vm.vm());
+    }
     if a.stdin {
         req = req.stdin(read_stdin()?);
     }

@@ -6,35 +6,113 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use smolvm::image::{GuestImage, ImageBuilder, ImageOptions, Progress};
+use smolvm::image::{
+    DebianOptions, GuestImage, ImageBuilder, ImageOptions, ImportOptions, ImportSource, Preset,
+    Progress,
+};
 
 use crate::Cli;
 
 /// Image commands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the default guest image (Debian cloud kernel, busybox, dropbear, smolvm agent), or reuse
-    /// the cached one when nothing changed.
-    Build(BuildArgs),
-    /// List built images.
+    /// Build the default guest image (Debian cloud kernel, busybox, dropbear, smolvm agent), or with
+    /// `--distro debian` a Debian userland from the distribution's packages; reuses the cached image
+    /// when nothing changed.
+    Build(Box<BuildArgs>),
+    /// List images: name, source (default, debian, oci, archive), size on disk, creation time.
     List(ListArgs),
+    /// Remove an image (refused while a VM boots from it).
+    Rm(RmArgs),
+    /// Import a `docker save` archive, an OCI image layout (directory or tar) or a rootfs tarball.
+    Import(ImportArgs),
+    /// Pull an image from a registry (linux/amd64; anonymous or token auth) and import it.
+    Pull(PullArgs),
+}
+
+/// Arguments of `smolvm image import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive, OCI layout directory or rootfs tarball.
+    pub path: PathBuf,
+    /// Image name.
+    #[arg(long)]
+    pub name: String,
+    /// Print the image as JSON (and no progress).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `smolvm image pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference (docker.io/library/debian:bookworm, localhost:5000/app:1).
+    pub reference: String,
+    /// Image name [default: the reference's last path component, `:` and `@` replaced by `-`].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Plain HTTP or unverified TLS (local registries).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry credentials USER:PASSWORD [env: SMOLVM_REGISTRY_CREDS].
+    #[arg(long, env = "SMOLVM_REGISTRY_CREDS", hide_env_values = true)]
+    pub creds: Option<String>,
+    /// Print the image as JSON (and no progress).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `smolvm image rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The image names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// One row of `smolvm image list --json`.
+#[derive(Debug, serde::Serialize)]
+struct ListedImage<'a> {
+    name: &'a str,
+    source: &'a smolvm::image::ImageSource,
+    size_on_disk_bytes: u64,
+    rootfs_size_mib: u64,
+    created: u64,
+    fingerprint: &'a str,
 }
 
 /// Arguments of `smolvm image build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Image name [default: "default", or "minimal" with --kernel minimal].
+    /// Image name [default: `default`; `minimal` with --kernel minimal; `debian-<suite>[-<preset>]` with
+    /// --distro debian].
     #[arg(long)]
     pub name: Option<String>,
-    /// Root password for SSH logins.
-    #[arg(long, conflicts_with = "ssh_key")]
+    /// Userland: a Debian system installed from the distribution's packages (mmdebstrap).
+    #[arg(long, value_enum)]
+    pub distro: Option<Distro>,
+    /// Debian suite [default: bookworm].
+    #[arg(long, requires = "distro")]
+    pub suite: Option<String>,
+    /// Extra Debian packages, comma-separated (python3,git,curl).
+    #[arg(long, value_delimiter = ',', requires = "distro")]
+    pub packages: Vec<String>,
+    /// A package preset: `python` = python3, python3-pip, python3-venv, git, curl, ca-certificates.
+    #[arg(long, requires = "distro")]
+    pub preset: Option<String>,
+    /// Debian mirror URL [default: the host's apt mirror].
+    #[arg(long, requires = "distro")]
+    pub mirror: Option<String>,
+    /// Root password for SSH logins (default image only).
+    #[arg(long, conflicts_with_all = ["ssh_key", "distro"])]
     pub ssh_password: Option<String>,
-    /// Public key file installed as root's authorized_keys.
-    #[arg(long, value_name = "PUBFILE")]
+    /// Public key file installed as root's authorized_keys (default image only; VMs get smolvm's key
+    /// at boot either way).
+    #[arg(long, value_name = "PUBFILE", conflicts_with = "distro")]
     pub ssh_key: Option<PathBuf>,
-    /// Root filesystem size in MiB (sparse).
-    #[arg(long, value_name = "MIB", default_value_t = smolvm::image::DEFAULT_SIZE_MIB)]
-    pub rootfs_size: u64,
+    /// Root filesystem size in MiB (sparse) [default: 512; Debian: the installed size plus room].
+    #[arg(long, value_name = "MIB")]
+    pub rootfs_size: Option<u64>,
     /// Rebuild even if the cached image is up to date.
     #[arg(long)]
     pub force: bool,
@@ -52,6 +130,13 @@ pub struct BuildArgs {
     /// Print the image as JSON (and no progress).
     #[arg(long)]
     pub json: bool,
+}
+
+/// A distribution to build the userland from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distro {
+    /// Debian, from the distribution's packages.
+    Debian,
 }
 
 /// Arguments of `smolvm image list`.
@@ -91,6 +176,39 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             if let Some(agent) = &a.agent {
                 builder = builder.with_agent(agent);
             }
+            let progress = if a.json {
+                Progress::Quiet
+            } else {
+                Progress::Auto
+            };
+            let start = Instant::now();
+            if a.distro == Some(Distro::Debian) {
+                let opts = DebianOptions {
+                    name: a.name.clone(),
+                    suite: a
+                        .suite
+                        .clone()
+                        .unwrap_or_else(|| smolvm::image::DEFAULT_SUITE.to_string()),
+                    packages: a.packages.clone(),
+                    preset: a
+                        .preset
+                        .as_deref()
+                        .map(str::parse::<Preset>)
+                        .transpose()
+                        .map_err(smolvm::Error::from)?,
+                    mirror: a.mirror.clone(),
+                    rootfs_size_mib: a.rootfs_size,
+                    force: a.force,
+                    progress,
+                };
+                let img = builder.build_debian(&opts).map_err(smolvm::Error::from)?;
+                if a.json {
+                    crate::output::print_json(&img)?;
+                } else {
+                    print_built(&img, start.elapsed().as_secs_f64());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let ssh_public_key = a
                 .ssh_key
                 .as_ref()
@@ -103,15 +221,10 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 name: a.name.clone().unwrap_or_else(|| default_name.to_string()),
                 ssh_password: a.ssh_password.clone(),
                 ssh_public_key,
-                rootfs_size_mib: a.rootfs_size,
+                rootfs_size_mib: a.rootfs_size.unwrap_or(smolvm::image::DEFAULT_SIZE_MIB),
                 force: a.force,
-                progress: if a.json {
-                    Progress::Quiet
-                } else {
-                    Progress::Auto
-                },
+                progress,
             };
-            let start = Instant::now();
             let img = builder.build(&opts).map_err(smolvm::Error::from)?;
             if a.json {
                 crate::output::print_json(&img)?;
@@ -122,13 +235,99 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::List(a) => {
             let images = builder.list().map_err(smolvm::Error::from)?;
             if a.json {
-                crate::output::print_json(&images)?;
+                let rows: Vec<ListedImage<'_>> = images
+                    .iter()
+                    .map(|i| ListedImage {
+                        name: &i.name,
+                        source: &i.source,
+                        size_on_disk_bytes: ImageBuilder::disk_usage(i),
+                        rootfs_size_mib: i.rootfs_size_mib,
+                        created: i.built_at,
+                        fingerprint: &i.fingerprint,
+                    })
+                    .collect();
+                crate::output::print_json(&rows)?;
             } else {
                 print_table(&images);
             }
         }
+        ImageCommand::Import(a) => {
+            let start = Instant::now();
+            let img = builder
+                .import(&ImportOptions {
+                    name: a.name.clone(),
+                    source: ImportSource::Path(a.path.clone()),
+                    insecure_registry: false,
+                    registry_credentials: None,
+                    progress: progress_for(a.json),
+                })
+                .map_err(smolvm::Error::from)?;
+            show(&img, a.json, start)?;
+        }
+        ImageCommand::Pull(a) => {
+            let start = Instant::now();
+            let name = a
+                .name
+                .clone()
+                .unwrap_or_else(|| name_from_reference(&a.reference));
+            let img = builder
+                .import(&ImportOptions {
+                    name,
+                    source: ImportSource::Registry(a.reference.clone()),
+                    insecure_registry: a.insecure,
+                    registry_credentials: a.creds.clone(),
+                    progress: progress_for(a.json),
+                })
+                .map_err(smolvm::Error::from)?;
+            show(&img, a.json, start)?;
+        }
+        ImageCommand::Rm(a) => {
+            let m = smolvm::manager::SmolVmManager::new(
+                Some(&dirs.data_dir),
+                Some(&dirs.socket_dir),
+                None,
+            )?;
+            for name in &a.names {
+                m.remove_image(name)?;
+                println!("removed image {name:?}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn progress_for(json: bool) -> Progress {
+    if json {
+        Progress::Quiet
+    } else {
+        Progress::Auto
+    }
+}
+
+fn show(img: &GuestImage, json: bool, start: Instant) -> anyhow::Result<()> {
+    if json {
+        crate::output::print_json(img)?;
+    } else {
+        print_built(img, start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+/// `localhost:5000/team/app:1.2` -> `app-1.2`; `alpine@sha256:ab..` -> `alpine-sha256-ab..`.
+fn name_from_reference(r: &str) -> String {
+    let last = r.rsplit('/').next().unwrap_or(r);
+    let n: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    n.trim_start_matches(['.', '-', '_']).to_string()
 }
 
 fn print_built(img: &GuestImage, secs: f64) {
@@ -151,6 +350,14 @@ fn print_built(img: &GuestImage, secs: f64) {
         img.rootfs_size_mib
     );
     println!("  boot args  {}", img.boot_args);
+    println!("  source     {}", img.source);
+    println!("  ssh        {}", img.ssh_server);
+    if let Some(rc) = &img.runtime {
+        println!("  env        {}", rc.env.join(" "));
+        if let Some(w) = &rc.working_dir {
+            println!("  workdir    {w}");
+        }
+    }
 }
 
 fn print_table(images: &[GuestImage]) {
@@ -160,21 +367,62 @@ fn print_table(images: &[GuestImage]) {
     }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["NAME", "KERNEL", "ROOTFS MiB", "SSH", "FINGERPRINT"]);
+    t.set_header([
+        "NAME",
+        "SOURCE",
+        "ON DISK",
+        "ROOTFS MiB",
+        "CREATED",
+        "FINGERPRINT",
+    ]);
     for i in images {
-        let ssh = match (i.ssh_password, i.ssh_public_key) {
-            (true, true) => "password+key",
-            (true, false) => "password",
-            (false, true) => "key",
-            (false, false) => "key at boot",
-        };
         t.add_row([
             i.name.clone(),
-            i.kernel_package.clone(),
+            i.source.to_string(),
+            format!("{:.1} MiB", ImageBuilder::disk_usage(i) as f64 / 1048576.0),
             i.rootfs_size_mib.to_string(),
-            ssh.to_string(),
+            utc_time(i.built_at),
             i.fingerprint.chars().take(12).collect(),
         ]);
     }
     println!("{t}");
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of a Unix time (civil-from-days, H. Hinnant's algorithm).
+fn utc_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3_600,
+        rem % 3_600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_from_references() {
+        assert_eq!(
+            super::name_from_reference("localhost:5000/team/app:1.2"),
+            "app-1.2"
+        );
+        assert_eq!(super::name_from_reference("alpine"), "alpine");
+    }
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(super::utc_time(0), "1970-01-01 00:00");
+        assert_eq!(super::utc_time(951_782_400), "2000-02-29 00:00");
+        assert_eq!(super::utc_time(1_796_386_658), "2026-12-04 12:17");
+    }
 }

@@ -68,12 +68,13 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
             t0.elapsed().as_secs_f64()
         );
     }
-    let req = if a.shell {
+    let mut req = if a.shell {
         ExecRequest::shell(a.command.join(" "))
     } else {
         ExecRequest::argv(a.command.clone())
     }
     .timeout(a.timeout.map(Duration::try_from_secs_f64).transpose()?);
+    req.cwd = super::exec::image_working_dir(&vm);
     // The same streaming, broken-pipe handling and exit statuses as `smolvm exec`.
     let outcome = vm.with_agent(|c| Ok(super::exec::exec_streaming_to_stdio(c, &req)));
     let outcome = match outcome {

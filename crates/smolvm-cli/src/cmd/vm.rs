@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use smolvm::image::{ImageBuilder, ImageOptions};
+use smolvm::image::ImageBuilder;
 use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo};
 
@@ -50,10 +50,11 @@ pub struct CreateArgs {
     /// Guest memory in MiB (128-16384).
     #[arg(long, default_value_t = smolvm::config::DEFAULT_MEM_SIZE_MIB)]
     pub mem: u32,
-    /// Root disk size in MiB for the default image.
-    #[arg(long)]
+    /// Root disk size in MiB: the VM's disk is grown to it (and its ext4 resized) when larger than the
+    /// image's.
+    #[arg(long, value_name = "MIB")]
     pub disk_size: Option<u64>,
-    /// Name of a built image to use (see `smolvm image list`).
+    /// Name of a built or imported image to boot (see `smolvm image list`) [default: default].
     #[arg(long, conflicts_with_all = ["kernel", "rootfs"])]
     pub image: Option<String>,
     /// Kernel image (with --rootfs: use your own image instead of the default).
@@ -95,6 +96,7 @@ impl CreateArgs {
             spec.backend = Some(backend);
             spec.disk_mode = disk_mode;
             spec.retain_disk_on_delete = self.retain_disk;
+            spec.disk_size_mib = self.disk_size;
             for kv in &self.env {
                 let (k, v) = kv
                     .split_once('=')
@@ -116,20 +118,10 @@ impl CreateArgs {
                 }
                 s
             }
-            _ => {
-                let builder = ImageBuilder::new(m.data_dir());
-                let mut opts = ImageOptions::default();
-                if let Some(name) = &self.image {
-                    opts.name = name.clone();
-                }
-                if let Some(mib) = self.disk_size {
-                    opts.rootfs_size_mib = mib;
-                }
-                builder
-                    .build(&opts)
-                    .context("cannot prepare the guest image")?
-                    .vm_config(backend)
-            }
+            _ => ImageBuilder::new(m.data_dir())
+                .image_for_vm(self.image.as_deref())
+                .context("cannot prepare the guest image")?
+                .vm_config(backend),
         };
         apply(&mut spec)?;
         Ok(spec.build()?)

@@ -3,16 +3,14 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::cache::{self, BuildDir, Fingerprint};
 use super::error::ImageError;
-use super::initramfs::{self, ModuleRef};
 use super::kcache::{self, KernelSource, PreparedKernel};
 use super::progress::{Progress, Reporter};
-use super::{agent, deb, etc, rootfs, GuestImage};
+use super::SSH_BOOT_ARGS;
+use super::{agent, assemble, deb, etc, rootfs, GuestImage};
 use super::{INITRD_FILE, KERNEL_FILE, META_FILE, ROOTFS_FILE, VMLINUX_FILE};
-use super::{MINIMAL_BOOT_ARGS, SSH_BOOT_ARGS};
 
 /// Environment variable: use this bzImage instead of the distribution kernel.
 pub const KERNEL_ENV: &str = "SMOLVM_KERNEL";
@@ -184,6 +182,11 @@ impl ImageBuilder {
         self
     }
 
+    /// The agent binary given with [`ImageBuilder::with_agent`], if any.
+    pub(super) fn agent_override(&self) -> Option<&Path> {
+        self.agent.as_deref()
+    }
+
     /// The image cache directory.
     pub fn images_dir(&self) -> &Path {
         &self.images_dir
@@ -306,15 +309,7 @@ impl ImageBuilder {
         let kernels_dir = self.images_dir.join(".kernels");
         let kernel = kcache::prepare(&kid, &self.kernel, &kernels_dir, &report)?;
         let img = self.build_into(opts, &inputs, &kernel, &agent_path, &dest, &report)?;
-        // Prepared kernels no image uses any more only take space.
-        let keep: Vec<String> = self
-            .list()
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|i| i.kernel_key())
-            .chain([kid.key.clone()])
-            .collect();
-        kcache::prune(&kernels_dir, &keep);
+        assemble::prune_kernels(self, &kid.key);
         Ok(img)
     }
 
@@ -329,35 +324,12 @@ impl ImageBuilder {
     ) -> Result<GuestImage, ImageError> {
         let build = BuildDir::create(&self.images_dir, &opts.name)?;
         let tmp = build.path();
-        link_or_copy(&kernel.bzimage(), &tmp.join(KERNEL_FILE))?;
-        link_or_copy(&kernel.vmlinux(), &tmp.join(VMLINUX_FILE))?;
-
-        // The minimal kernel has every driver built in and mounts the root disk itself.
-        if !kernel.is_minimal() {
-            report.step("writing the initramfs");
-            let agent_bytes =
-                fs::read(agent_path).map_err(|e| ImageError::io("read agent", agent_path, e))?;
-            let mdir = kernel.modules_dir();
-            let mut module_data = Vec::new();
-            for m in &kernel.meta.modules {
-                let p = mdir.join(m);
-                module_data.push((
-                    m.clone(),
-                    fs::read(&p).map_err(|e| ImageError::io("read", &p, e))?,
-                ));
-            }
-            let refs: Vec<ModuleRef<'_>> = module_data
-                .iter()
-                .map(|(n, d)| ModuleRef {
-                    file_name: n,
-                    data: d,
-                })
-                .collect();
-            let list_path = mdir.join("load.list");
-            let list = fs::read_to_string(&list_path)
-                .map_err(|e| ImageError::io("read", &list_path, e))?;
-            initramfs::write(&tmp.join(INITRD_FILE), &agent_bytes, &refs, &list)?;
-        }
+        report.step(if kernel.is_minimal() {
+            "linking the kernel"
+        } else {
+            "writing the initramfs"
+        });
+        assemble::write_boot_files(kernel, agent_path, tmp)?;
 
         report.step("building the root filesystem");
         let staging = tmp.join("staging");
@@ -388,12 +360,7 @@ impl ImageBuilder {
             initrd: dest.join(INITRD_FILE),
             needs_initrd: !kernel.is_minimal(),
             rootfs: dest.join(ROOTFS_FILE),
-            boot_args: if kernel.is_minimal() {
-                MINIMAL_BOOT_ARGS
-            } else {
-                SSH_BOOT_ARGS
-            }
-            .to_string(),
+            boot_args: kernel.boot_args().to_string(),
             fingerprint: inputs.fingerprint.clone(),
             has_agent: true,
             kernel_package: kernel.meta.description.clone(),
@@ -402,43 +369,15 @@ impl ImageBuilder {
             ssh_password: opts.ssh_password.is_some(),
             ssh_public_key: opts.ssh_public_key.is_some(),
             rootfs_size_mib: opts.rootfs_size_mib,
-            built_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            built_at: assemble::now_secs(),
             cached: false,
+            source: super::ImageSource::Default,
+            runtime: None,
         };
-        let meta_path = tmp.join(META_FILE);
-        let bytes = serde_json::to_vec_pretty(&ImageMeta {
-            image: &img,
-            kernel_key: kernel
-                .dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned()),
-        })
-        .map_err(|source| ImageError::Metadata {
-            path: meta_path.clone(),
-            source,
-        })?;
-        fs::write(&meta_path, bytes).map_err(|e| ImageError::io("write", &meta_path, e))?;
+        assemble::write_meta(tmp, &img, kernel)?;
         report.step("installing the image");
         build.commit(dest)?;
         Ok(img)
-    }
-}
-
-/// `image.json`: the image plus the prepared kernel it came from (for pruning).
-#[derive(serde::Serialize)]
-struct ImageMeta<'a> {
-    #[serde(flatten)]
-    image: &'a GuestImage,
-    kernel_key: Option<String>,
-}
-
-impl GuestImage {
-    fn kernel_key(&self) -> Option<String> {
-        let b = fs::read(self.dir.join(META_FILE)).ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
-        v.get("kernel_key")?.as_str().map(str::to_string)
     }
 }
 
@@ -488,16 +427,6 @@ impl Inputs {
             ssh_files,
         })
     }
-}
-
-/// Hard-links `from` to `to` (same filesystem: no copy, no space), else copies.
-fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
-    if fs::hard_link(from, to).is_ok() {
-        return Ok(());
-    }
-    fs::copy(from, to)
-        .map(drop)
-        .map_err(|e| ImageError::io("copy", from, e))
 }
 
 #[cfg(test)]

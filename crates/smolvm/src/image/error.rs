@@ -161,8 +161,37 @@ pub enum ImageError {
     #[error("default images are built for x86_64 hosts only (this is {0})")]
     UnsupportedArch(&'static str),
 
+    /// An OCI/Docker image or archive could not be imported.
+    #[error("cannot import {source_desc}: {reason}")]
+    Import {
+        /// What was being imported (path or reference).
+        source_desc: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The image is for another platform than this host's kernel.
+    #[error("the image is for {found}, but smolvm boots linux/amd64 images here")]
+    WrongPlatform {
+        /// `os/architecture` of the image.
+        found: String,
+    },
+
+    /// The image cannot be removed: VMs boot from it.
+    #[error("image {name:?} is used by VM(s) {}: delete them first (smolvm delete ID)", vms.join(", "))]
+    InUse {
+        /// The image.
+        name: String,
+        /// The VMs using it.
+        vms: Vec<String>,
+    },
+
     /// No image of that name is in the cache.
-    #[error("no image named {0:?}: build it with `smolvm image build --name {0}`")]
+    #[error(
+        "no image named {0:?}: build it with `smolvm image build --name {0}` (add `--distro debian` \
+         for a Debian image) or import one with `smolvm image import PATH --name {0}`; \
+         `smolvm image list` shows what there is"
+    )]
     NotFound(String),
 }
 

@@ -76,6 +76,14 @@ impl PreparedKernel {
     pub fn is_minimal(&self) -> bool {
         self.meta.identity.starts_with("minimal:")
     }
+    /// The kernel command line images with this kernel boot with.
+    pub fn boot_args(&self) -> &'static str {
+        if self.is_minimal() {
+            super::MINIMAL_BOOT_ARGS
+        } else {
+            super::SSH_BOOT_ARGS
+        }
+    }
     /// The bzImage (for a minimal kernel: the same ELF as [`vmlinux`](Self::vmlinux), which QEMU also
     /// boots).
     pub fn bzimage(&self) -> PathBuf {

@@ -21,10 +21,12 @@
 
 mod agent;
 mod ar;
+mod assemble;
 mod builder;
 mod cache;
 mod cpio;
 mod deb;
+mod debian;
 mod elf;
 mod error;
 mod etc;
@@ -32,11 +34,18 @@ mod initramfs;
 mod kcache;
 mod kernel;
 mod lz4;
+mod manage;
 mod minkernel;
+mod mirror;
 mod modules;
+mod oci;
+mod oci_config;
 mod progress;
+mod resize;
 mod rootfs;
+mod source;
 mod tools;
+mod userland;
 
 use std::path::{Path, PathBuf};
 
@@ -45,10 +54,16 @@ use serde::{Deserialize, Serialize};
 pub use agent::AGENT_ENV;
 pub use builder::{ImageBuilder, ImageOptions, KERNEL_ENV, KERNEL_MODULES_ENV};
 pub use deb::DEFAULT_KERNEL_PACKAGE;
+pub use debian::{DebianOptions, Preset, DEFAULT_SUITE};
 pub use error::ImageError;
 pub use kcache::KernelSource;
+pub use manage::{runtime_of_rootfs, uses_image};
+pub use oci::{ImportOptions, ImportSource};
+pub use oci_config::RuntimeConfig;
 pub use progress::Progress;
+pub use resize::grow_rootfs;
 pub use rootfs::DEFAULT_SIZE_MIB;
+pub use source::ImageSource;
 
 use crate::config::{BackendKind, VmConfigSpec};
 
@@ -115,6 +130,13 @@ pub struct GuestImage {
     /// True when [`ImageBuilder::build`] returned the cached image without building.
     #[serde(default)]
     pub cached: bool,
+    /// Where the userland came from (images built before this field existed are `default`).
+    #[serde(default)]
+    pub source: ImageSource,
+    /// Runtime defaults of an imported OCI/Docker image (`Env`, `WorkingDir`, `User`, `Entrypoint`,
+    /// `Cmd`); `None` for built images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeConfig>,
 }
 
 impl GuestImage {
@@ -122,14 +144,18 @@ impl GuestImage {
     /// [`kernel_for`](Self::kernel_for) picks, the initrd and [`GuestImage::boot_args`]. Adjust the rest
     /// (vCPUs, memory, id) on the returned spec, then `.build()` it.
     pub fn vm_config(&self, backend: BackendKind) -> VmConfigSpec {
-        let spec = VmConfigSpec::new(self.kernel_for(backend), &self.rootfs)
+        let mut spec = VmConfigSpec::new(self.kernel_for(backend), &self.rootfs)
             .boot_args(self.boot_args.clone())
             .backend(Some(backend));
         if self.needs_initrd {
-            spec.initrd_path(&self.initrd)
-        } else {
-            spec
+            spec = spec.initrd_path(&self.initrd);
         }
+        // An imported image's Env becomes the VM's environment (every command gets it: argv exec,
+        // shell commands, SSH sessions); keys set later on the spec override it.
+        if let Some(rc) = &self.runtime {
+            spec.env_vars.extend(rc.env_pairs());
+        }
+        spec
     }
 
     /// The kernel file for `backend`: the bzImage for QEMU, the uncompressed ELF `vmlinux` for
@@ -159,7 +185,7 @@ impl GuestImage {
         Ok(img)
     }
 
-    fn set_dir(&mut self, dir: &Path) {
+    pub(crate) fn set_dir(&mut self, dir: &Path) {
         self.dir = dir.to_path_buf();
         self.kernel = dir.join(KERNEL_FILE);
         self.kernel_elf = dir.join(VMLINUX_FILE);
@@ -222,6 +248,8 @@ mod tests {
             rootfs_size_mib: 512,
             built_at: 0,
             cached: false,
+            source: ImageSource::Default,
+            runtime: None,
         };
         g.set_dir(dir);
         g

@@ -54,6 +54,14 @@ impl SmolVmManager {
             let method =
                 disk::prepare_isolated(config.rootfs_path(), &dst, config.retain_disk_on_delete())?;
             tracing::debug!(vm = %rec.info.vm_id, ?method, "isolated disk ready");
+            if let (Some(mib), false) =
+                (config.disk_size_mib(), method == disk::CloneMethod::Reused)
+            {
+                if let Err(e) = crate::image::grow_rootfs(&dst, mib) {
+                    let _ = fs::remove_file(&dst);
+                    return Err(e.into());
+                }
+            }
             self.state()?.set_disk_path(&rec.info.vm_id, Some(&dst))?;
             self.prepare_ssh(rec, Some(&dst))?;
         } else {

@@ -18,6 +18,7 @@ mod cleanup_plan;
 mod net;
 mod procscan;
 
+mod images;
 mod lifecycle;
 
 pub use cleanup::{

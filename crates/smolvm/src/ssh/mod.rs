@@ -10,7 +10,7 @@ mod command;
 mod disk;
 mod keys;
 mod known_hosts;
-mod quote;
+pub(crate) mod quote;
 mod wait;
 
 pub use command::{get_ssh_commands, ssh_argv, SshTarget, DEFAULT_CONNECT_TIMEOUT};
