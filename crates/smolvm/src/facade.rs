@@ -152,6 +152,9 @@ fn auto_config(manager: &SmolVmManager, b: &SmolVmBuilder) -> Result<VmConfig> {
     Ok(spec.build()?)
 }
 
+#[path = "facade_snapshot.rs"]
+mod snapshot;
+
 /// One VM (spec: `SmolVM`). See the module docs for the ownership and cleanup rules.
 #[derive(Debug)]
 pub struct SmolVm {

@@ -197,7 +197,7 @@ impl SmolVmManager {
     pub fn stop(&self, vm_id: &str, timeout: Duration) -> Result<VmInfo> {
         let _lock = self.lock(vm_id)?;
         let rec = self.record(vm_id)?;
-        if rec.info.status != VmState::Running {
+        if !matches!(rec.info.status, VmState::Running | VmState::Paused) {
             return Ok(rec.info);
         }
         self.halt(&rec, timeout)?;
@@ -215,6 +215,9 @@ impl SmolVmManager {
             return Ok(());
         };
         let deadline = Instant::now() + timeout;
+        if !timeout.is_zero() {
+            self.unpause_for_halt(rec);
+        }
         let backend = self.backend_impl(rec.backend)?;
         let agent = backend.agent_endpoint(self.socket_dir(), &rec.info.vm_id);
         let asked = !timeout.is_zero()

@@ -19,6 +19,7 @@ mod net;
 mod procscan;
 
 mod lifecycle;
+mod pause;
 
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
@@ -189,7 +190,8 @@ impl SmolVmManager {
     /// Marks VMs whose row says running but whose VMM process is gone as `error`; returns their ids
     /// (spec: `reconcile`).
     pub fn reconcile(&self) -> Result<Vec<String>> {
-        let running = self.state()?.list_vms(Some(VmState::Running))?;
+        let mut running = self.state()?.list_vms(Some(VmState::Running))?;
+        running.extend(self.state()?.list_vms(Some(VmState::Paused))?);
         let mut stale = Vec::new();
         for rec in running {
             let _lock = self.lock(&rec.info.vm_id)?;
@@ -197,7 +199,8 @@ impl SmolVmManager {
             let Some(rec) = self.state()?.get_vm(&rec.info.vm_id)? else {
                 continue;
             };
-            if rec.info.status == VmState::Running && !rec.process.is_some_and(|p| p.is_alive()) {
+            let live_state = matches!(rec.info.status, VmState::Running | VmState::Paused);
+            if live_state && !rec.process.is_some_and(|p| p.is_alive()) {
                 self.state()?.set_status(
                     &rec.info.vm_id,
                     VmState::Error,
