@@ -16,6 +16,7 @@ mod button;
 mod channel;
 mod cmdline;
 mod elfid;
+mod identity;
 mod init;
 mod modules;
 mod net;

@@ -37,6 +37,8 @@ pub struct MachineShape {
     pub disk_size: u64,
     /// Modification time of the captured disk, nanoseconds since the epoch.
     pub disk_mtime_ns: i128,
+    /// Whether the guest has a network interface (a VM made from it must have one too, and only then).
+    pub network: bool,
 }
 
 /// A snapshot as recorded in the state store.
@@ -159,6 +161,16 @@ pub enum SnapshotError {
         name: String,
         /// The missing file.
         path: PathBuf,
+    },
+    /// The VM is not in a state that can be snapshotted.
+    #[error("cannot take snapshot {name:?} of VM {vm_id:?}: it is {status} (only running or paused VMs)")]
+    WrongState {
+        /// The snapshot.
+        name: String,
+        /// The VM.
+        vm_id: String,
+        /// Its state.
+        status: crate::info::VmState,
     },
     /// The snapshot does not fit this host's VMM or the requested machine.
     #[error("snapshot {name:?} cannot be restored here: {reason}")]

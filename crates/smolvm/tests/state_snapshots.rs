@@ -42,6 +42,7 @@ impl Env {
                 capabilities: vec!["mapped-ram".into()],
                 disk_size: 1 << 20,
                 disk_mtime_ns: 1_700_000_000_000_000_000,
+                network: false,
             },
             dir: PathBuf::from(format!("/data/snapshots/{name}")),
             size_bytes: 12345,

@@ -138,6 +138,10 @@ impl CreateArgs {
 pub struct CreateCmd {
     #[command(flatten)]
     pub create: CreateArgs,
+    /// Start a new VM from this snapshot instead (running when the command returns; the machine shape
+    /// is the snapshot's; only --id, --boot-timeout and --json apply).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["image", "kernel", "rootfs", "disk_size", "vcpus", "mem", "env", "start"])]
+    pub from_snapshot: Option<String>,
     /// Start the VM after creating it.
     #[arg(long)]
     pub start: bool,
@@ -208,6 +212,12 @@ fn show(info: &VmInfo, json: bool, verb: &str) -> anyhow::Result<()> {
 /// `smolvm create`.
 pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
     let m = manager(cli)?;
+    if let Some(name) = &a.from_snapshot {
+        let timeout = secs(Some(a.boot_timeout), 30.0)?;
+        let info = m.create_from_snapshot(name, a.create.vm_id.as_deref(), timeout)?;
+        show(&info, a.json, "started")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = a.create.config(&m, cli)?;
     let mut info = m.create_with(&config, &a.create.options())?;
     if a.start {

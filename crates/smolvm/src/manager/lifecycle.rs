@@ -142,7 +142,7 @@ impl SmolVmManager {
         Ok((self.get(vm_id)?, client))
     }
 
-    fn launch_spec(
+    pub(super) fn launch_spec(
         &self,
         rec: &VmRecord,
         backend: &dyn crate::backend::Backend,

@@ -18,8 +18,11 @@ mod cleanup_plan;
 mod net;
 mod procscan;
 
+mod fork;
 mod lifecycle;
 mod pause;
+mod snapshot;
+mod snapshot_disk;
 
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,

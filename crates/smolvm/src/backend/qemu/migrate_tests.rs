@@ -197,3 +197,31 @@ fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
     assert_eq!(&restore[..boot.len()], &boot[..]);
     assert_eq!(&restore[boot.len()..], ["-incoming", "defer"]);
 }
+
+#[test]
+fn a_qcow2_overlay_is_attached_as_qcow2() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = crate::backend::LaunchSpec {
+        vm_id: "f1".into(),
+        vcpu_count: 1,
+        mem_size_mib: 256,
+        kernel: dir.path().join("k"),
+        initrd: None,
+        kernel_cmdline: String::new(),
+        disk: dir.path().join("f1.qcow2"),
+        disk_read_only: false,
+        net: None,
+        control_socket: dir.path().join("f1.qmp"),
+        agent: crate::backend::AgentEndpoint::UnixSocket(dir.path().join("f1.agent")),
+        console_log: dir.path().join("c.log"),
+        vmm_log: dir.path().join("v.log"),
+    };
+    let drive = |spec: &crate::backend::LaunchSpec| {
+        let argv = backend().argv(spec);
+        let i = argv.iter().position(|a| a == "-drive").unwrap();
+        argv[i + 1].to_string_lossy().into_owned()
+    };
+    assert!(drive(&spec).starts_with("id=root,format=qcow2,if=none,file="));
+    spec.disk = dir.path().join("f1.ext4");
+    assert!(drive(&spec).starts_with("id=root,format=raw,if=none,file="));
+}

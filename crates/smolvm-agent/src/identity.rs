@@ -1,0 +1,84 @@
+//! Applying a new identity after a restore from a snapshot (see `smolvm_protocol::Identity`): fresh
+//! kernel randomness first (nothing else may draw from the cloned state once the host has spoken), then
+//! the wall clock, the host name and the network.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use smolvm_protocol::{ErrorKind, ErrorReply, Identity};
+
+/// `_IOW('R', 0x03, int[2])`: add entropy to the input pool and credit it (needs CAP_SYS_ADMIN).
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `_IO('R', 0x07)`: reseed the kernel's CRNG from the input pool now (Linux >= 4.17).
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Applies `id`; the error names every step that failed (later steps still run).
+pub fn apply(id: &Identity) -> Result<(), ErrorReply> {
+    let mut failures = Vec::new();
+    if let Err(e) = reseed(&id.entropy) {
+        failures.push(format!("reseed the random generator: {e}"));
+    }
+    if let Err(e) = set_clock(id.unix_time_ns) {
+        failures.push(format!("set the clock: {e}"));
+    }
+    if let Err(e) = crate::sys::sethostname(&id.hostname) {
+        failures.push(format!("set the host name: {e}"));
+    } else {
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost\n",
+            id.hostname
+        );
+        let _ = std::fs::write("/etc/hostname", format!("{}\n", id.hostname))
+            .and_then(|_| std::fs::write("/etc/hosts", hosts));
+    }
+    if let Some(net) = &id.net {
+        if let Err(e) = crate::net::reconfigure(net) {
+            failures.push(format!("reconfigure the network: {e}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(ErrorReply::new(ErrorKind::Io, failures.join("; ")))
+    }
+}
+
+/// Mixes `bytes` into the kernel's input pool (credited as full entropy: they come from the host's
+/// own CSPRNG) and forces the CRNG to reseed, so the next `getrandom`, `/dev/urandom` read or UUID
+/// differs from every other clone of the snapshot.
+fn reseed(bytes: &[u8]) -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open("/dev/urandom")?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let words = bytes.len().div_ceil(4);
+    let mut info: Vec<u32> = vec![0; 2 + words];
+    let bits = i32::try_from(bytes.len() * 8).unwrap_or(i32::MAX);
+    info[0] = bits as u32;
+    info[1] = bytes.len() as u32;
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..chunk.len()].copy_from_slice(chunk);
+        info[2 + i] = u32::from_ne_bytes(w);
+    }
+    // SAFETY: info is a valid rand_pool_info with buf_size bytes of payload after the header.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    if unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_clock(unix_time_ns: u64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: (unix_time_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_time_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Start a new, independent VM from a snapshot, and fork a running VM into N. Each new VM gets its own
+//! id, row, leases (IP, MAC, TAP, SSH port), network, sockets and disk (a qcow2 overlay on the
+//! snapshot's disk under QEMU), and its VMM loads the snapshot's memory and device state.
+//!
+//! Right after the restore, before anything else talks to the guest, the host sends the agent the VM's
+//! new identity over the agent channel (`smolvm_protocol::Identity`): fresh host entropy that the agent
+//! mixes into the kernel's pool and reseeds the CRNG with (clones would otherwise share their random
+//! state: QEMU's vmgenid is not visible to the default guest kernel), the host's wall-clock time, the
+//! host name (the new id), and the new MAC, address and route. The guest keeps the snapshot's SSH host
+//! key, which is pinned for the new VM.
+//!
+//! Every failure rolls back what this call made (process, network, disk, row, leases) and is reported as
+//! a [`SnapshotError`] naming the snapshot.
+
+use std::fs;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::RngCore;
+use smolvm_protocol::{Identity, NetIdentity};
+
+use super::cmdline::GuestNet;
+use super::snapshot::mtime_ns;
+use super::snapshot_disk;
+use super::{NetworkChoice, SmolVmManager};
+use crate::backend::firecracker::snapshot as fc_snapshot;
+use crate::backend::qemu::migrate;
+use crate::config::BackendKind;
+use crate::error::{Error, Result};
+use crate::exec::AgentClient;
+use crate::info::VmInfo;
+use crate::process::ProcessIdentity;
+use crate::snapshot::{SnapshotError, SnapshotRecord};
+use crate::state::{RunningVmm, VmRecord};
+
+/// Bytes of host entropy handed to each restored guest.
+pub const IDENTITY_ENTROPY_BYTES: usize = 64;
+/// Most VMs one `fork` call makes.
+pub const MAX_FORKS: usize = 64;
+
+impl SmolVmManager {
+    /// Starts a new VM from snapshot `name` (spec extension: `create_from_snapshot`): id `vm_id` (or a
+    /// generated `vm-<8 hex>`), running when this returns, with the guest's identity renewed. The
+    /// machine shape (vCPUs, memory, kernel, boot arguments, network presence) is the snapshot's.
+    pub fn create_from_snapshot(
+        &self,
+        name: &str,
+        vm_id: Option<&str>,
+        boot_timeout: Duration,
+    ) -> Result<VmInfo> {
+        self.restore_inner(name, vm_id, boot_timeout)
+            .map(|(info, _)| info)
+    }
+
+    /// Forks a running (or paused) VM into `n` new VMs: takes a snapshot named
+    /// `<vm_id>-fork-<8 hex>` (listed with the others; it can be deleted once its forks are) and starts
+    /// `n` VMs from it. If one fork fails, the forks made so far and the snapshot are removed.
+    pub fn fork(&self, vm_id: &str, n: usize, boot_timeout: Duration) -> Result<Vec<VmInfo>> {
+        if !(1..=MAX_FORKS).contains(&n) {
+            return Err(crate::ValidationError::new(
+                "n",
+                format!("{n} is outside 1..={MAX_FORKS}"),
+            )
+            .into());
+        }
+        let prefix: String = vm_id.chars().take(45).collect();
+        let name = format!(
+            "{}-fork-{:08x}",
+            prefix.trim_end_matches('-'),
+            rand::random::<u32>()
+        );
+        self.snapshot(vm_id, &name)?;
+        let mut made = Vec::new();
+        for _ in 0..n {
+            match self.create_from_snapshot(&name, None, boot_timeout) {
+                Ok(info) => made.push(info),
+                Err(e) => {
+                    for vm in &made {
+                        let _ = self.delete(&vm.vm_id);
+                    }
+                    let _ = self.delete_snapshot(&name);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// The restore, returning the agent connection that applied the identity (reused by the facade).
+    pub(crate) fn restore_inner(
+        &self,
+        name: &str,
+        vm_id: Option<&str>,
+        boot_timeout: Duration,
+    ) -> Result<(VmInfo, Option<AgentClient>)> {
+        let deadline = Instant::now() + boot_timeout;
+        let snap = self.snapshot_record(name)?;
+        let fail = |action: &'static str| move |e: Error| failed(name, action, e);
+        let config = snap
+            .config
+            .with(|s| {
+                s.vm_id = vm_id.map(str::to_string);
+                s.retain_disk_on_delete = false;
+            })
+            .map_err(|e| fail("configure the new VM")(e.into()))?;
+        let kind = self
+            .resolve(Some(snap.backend))
+            .map_err(fail("find the snapshot's VMM"))?;
+        self.check_restorable(&snap, kind)?;
+        let mode = if snap.machine.network {
+            self.network_mode_for(NetworkChoice::Auto, kind)?
+        } else {
+            None
+        };
+        let new_id = config.vm_id().to_string();
+        let _lock = self.lock(&new_id)?;
+        let rec = self.state()?.create_vm(&config, kind, mode)?;
+        let result = self
+            .state()
+            .and_then(|mut s| Ok(s.link_snapshot_user(&new_id, name)?))
+            .map_err(|e| (fail("record the new VM's use of the snapshot")(e), None))
+            .and_then(|()| self.restore_into(&snap, &rec, deadline));
+        match result {
+            Ok(client) => Ok((self.get(&new_id)?, Some(client))),
+            Err((e, process)) => {
+                if let Some(p) = process {
+                    p.kill();
+                }
+                if let Err(undo) = self.teardown_network(&rec) {
+                    tracing::warn!(vm = %new_id, error = %undo, "rollback could not remove the network");
+                }
+                if let Ok(r) = self.record(&new_id) {
+                    if let Some(d) = &r.disk_path {
+                        let _ = fs::remove_file(d);
+                    }
+                }
+                let _ = fs::remove_dir_all(self.vm_dir(&new_id));
+                if let Ok(b) = self.backend_impl(kind) {
+                    let _ = fs::remove_file(b.control_socket(self.socket_dir(), &new_id));
+                    let _ = fs::remove_file(b.agent_endpoint(self.socket_dir(), &new_id).path());
+                }
+                let _ = self.state()?.delete_vm(&new_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Disk, SSH pin, network, VMM, identity for the freshly recorded VM `rec`. On error also returns
+    /// the VMM process (if one was started) for the caller's rollback.
+    fn restore_into(
+        &self,
+        snap: &SnapshotRecord,
+        rec: &VmRecord,
+        deadline: Instant,
+    ) -> std::result::Result<AgentClient, (Error, Option<ProcessIdentity>)> {
+        let fail = |action: &'static str| move |e: Error| failed(&snap.name, action, e);
+        let id = &rec.info.vm_id;
+        let no_proc = |e: Error| (e, None);
+        let vm_dir = self.vm_dir(id);
+        fs::create_dir_all(&vm_dir)
+            .map_err(|e| no_proc(Error::io("create VM directory", &vm_dir, e)))?;
+        let disk = match snap.backend {
+            BackendKind::Qemu => {
+                let d = snapshot_disk::overlay_path(self.disk_dir(), id);
+                fs::create_dir_all(self.disk_dir())
+                    .map_err(|e| no_proc(Error::io("create directory", self.disk_dir(), e)))?;
+                snapshot_disk::overlay(&snap.disk(), &d)
+                    .map_err(|e| no_proc(fail("make the disk overlay")(e)))?;
+                d
+            }
+            BackendKind::Firecracker => {
+                let d = super::disk::isolated_disk_path(self.disk_dir(), id);
+                super::disk::prepare_isolated(&snap.disk(), &d, false)
+                    .map_err(|e| no_proc(fail("copy the disk")(e)))?;
+                d
+            }
+        };
+        self.state()
+            .and_then(|mut s| Ok(s.set_disk_path(id, Some(&disk))?))
+            .map_err(no_proc)?;
+        self.inherit_host_key(snap, rec)
+            .map_err(|e| no_proc(fail("pin the guest's SSH host key")(e)))?;
+        self.setup_network(rec).map_err(no_proc)?;
+        let rec = self.record(id).map_err(no_proc)?;
+        let backend = self.backend_impl(rec.backend).map_err(no_proc)?;
+        let spec = self.launch_spec(&rec, backend.as_ref()).map_err(no_proc)?;
+        let _ = fs::remove_file(&spec.console_log);
+        let process = backend
+            .restore(&spec, &snap.dir)
+            .map_err(|e| no_proc(fail("restore the VM state")(e.into())))?;
+        let with_proc = |e: Error| (e, Some(process));
+        let running = RunningVmm {
+            process,
+            socket_path: spec.control_socket.clone(),
+            agent_socket: Some(spec.agent.path().to_path_buf()),
+        };
+        self.state()
+            .and_then(|mut s| Ok(s.set_running(id, &running)?))
+            .map_err(with_proc)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let client = AgentClient::connect(&spec.agent, left)
+            .map_err(|e| with_proc(fail("reach the restored guest's agent")(e.into())))?;
+        client
+            .set_identity(&identity(&rec))
+            .map_err(|e| with_proc(fail("give the guest its new identity")(e.into())))?;
+        Ok(client)
+    }
+
+    /// Refuses a snapshot this host cannot restore, or whose files are missing or changed.
+    fn check_restorable(&self, snap: &SnapshotRecord, kind: BackendKind) -> Result<()> {
+        let name = &snap.name;
+        let backend = self.backend_impl(kind)?;
+        let version = backend.vmm_version()?;
+        let incompatible = |reason: String| -> Error {
+            SnapshotError::Incompatible {
+                name: name.clone(),
+                reason,
+            }
+            .into()
+        };
+        if version != snap.machine.vmm_version {
+            return Err(incompatible(format!(
+                "it was written by {:?}, this host runs {version:?}",
+                snap.machine.vmm_version
+            )));
+        }
+        let accel = self.accel_name(kind);
+        if accel != snap.machine.accel {
+            return Err(incompatible(format!(
+                "it was taken under {}, this host would restore under {accel}",
+                snap.machine.accel
+            )));
+        }
+        if kind == BackendKind::Qemu {
+            let caps: Vec<String> = migrate::CAPABILITIES
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            if caps != snap.machine.capabilities {
+                return Err(incompatible(format!(
+                    "it was saved with migration capabilities {:?}, this smolvm uses {caps:?}",
+                    snap.machine.capabilities
+                )));
+            }
+        }
+        let mut files = vec![snap.disk()];
+        match kind {
+            BackendKind::Qemu => files.push(migrate::migration_file(&snap.dir)),
+            BackendKind::Firecracker => files.extend(fc_snapshot::files(&snap.dir)),
+        }
+        for f in &files {
+            if !f.is_file() {
+                return Err(SnapshotError::MissingFile {
+                    name: name.clone(),
+                    path: f.clone(),
+                }
+                .into());
+            }
+        }
+        let disk = snap.disk();
+        let meta = fs::metadata(&disk).map_err(|e| Error::io("stat", &disk, e))?;
+        let changed = |reason: String| -> Error {
+            SnapshotError::DiskChanged {
+                name: name.clone(),
+                path: disk.clone(),
+                reason,
+            }
+            .into()
+        };
+        if meta.len() != snap.machine.disk_size {
+            return Err(changed(format!(
+                "size {} bytes, recorded {}",
+                meta.len(),
+                snap.machine.disk_size
+            )));
+        }
+        if mtime_ns(&meta) != snap.machine.disk_mtime_ns {
+            return Err(changed("modified after the snapshot was taken".into()));
+        }
+        Ok(())
+    }
+
+    /// Gives the new VM the snapshot's SSH host key files and pins that key in its known_hosts.
+    fn inherit_host_key(&self, snap: &SnapshotRecord, rec: &VmRecord) -> Result<()> {
+        let Some(net) = &rec.info.network else {
+            return Ok(());
+        };
+        let vm_dir = self.vm_dir(&rec.info.vm_id);
+        for f in super::snapshot::HOST_KEY_FILES {
+            let src = snap.dir.join("ssh").join(f);
+            if src.exists() {
+                let dst = vm_dir.join(f);
+                fs::copy(&src, &dst).map_err(|e| Error::io("copy host key", &src, e))?;
+            }
+        }
+        let key = crate::ssh::ensure_host_key(
+            &vm_dir,
+            &rec.info.vm_id,
+            crate::ssh::HostKeyFormat::Dropbear,
+        )?;
+        crate::ssh::write_known_hosts(
+            &self.known_hosts_path(&rec.info.vm_id),
+            &crate::ssh::known_hosts_patterns(net),
+            &key.public_key_line,
+        )?;
+        Ok(())
+    }
+}
+
+fn failed(name: &str, action: &'static str, e: Error) -> Error {
+    SnapshotError::Failed {
+        name: name.into(),
+        action,
+        source: Box::new(e),
+    }
+    .into()
+}
+
+/// The identity of the VM `rec`: its id as host name, its network, the host's time, fresh entropy.
+fn identity(rec: &VmRecord) -> Identity {
+    let mut entropy = vec![0u8; IDENTITY_ENTROPY_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut entropy);
+    let net = rec.info.network.as_ref().map(|n| {
+        let g = GuestNet::from_network(n);
+        NetIdentity {
+            ip: g.ip,
+            prefix: u8::try_from(g.prefix).unwrap_or(32),
+            gateway: Some(g.gateway),
+            mac: n.guest_mac.clone(),
+            dns: g.dns.into_iter().collect(),
+        }
+    });
+    Identity {
+        hostname: rec.info.vm_id.clone(),
+        net,
+        unix_time_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        entropy,
+    }
+}
