@@ -53,7 +53,7 @@ impl SmolVmManager {
 
     /// Forks a running (or paused) VM into `n` new VMs: takes a snapshot named
     /// `<vm_id>-fork-<8 hex>` (listed with the others; it can be deleted once its forks are) and starts
-    /// `n` VMs from it. If one fork fails, the forks made so far and the snapshot are removed.
+    /// `n` VMs from it, in parallel. If one fork fails, the other forks and the snapshot are removed.
     pub fn fork(&self, vm_id: &str, n: usize, boot_timeout: Duration) -> Result<Vec<VmInfo>> {
         if !(1..=MAX_FORKS).contains(&n) {
             return Err(crate::ValidationError::new(
@@ -69,18 +69,28 @@ impl SmolVmManager {
             rand::random::<u32>()
         );
         self.snapshot(vm_id, &name)?;
-        let mut made = Vec::new();
-        for _ in 0..n {
-            match self.create_from_snapshot(&name, None, boot_timeout) {
-                Ok(info) => made.push(info),
-                Err(e) => {
-                    for vm in &made {
-                        let _ = self.delete(&vm.vm_id);
-                    }
-                    let _ = self.delete_snapshot(&name);
-                    return Err(e);
-                }
+        // The restores run in parallel: each waits mostly on its own QEMU loading memory.
+        let results: Vec<Result<VmInfo>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|_| s.spawn(|| self.create_from_snapshot(&name, None, boot_timeout)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::ValidationError::new("fork", "a restore thread panicked").into())
+                    })
+                })
+                .collect()
+        });
+        let (made, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
+        let made: Vec<VmInfo> = made.into_iter().filter_map(|r| r.ok()).collect();
+        if let Some(Err(e)) = failed.into_iter().next() {
+            for vm in &made {
+                let _ = self.delete(&vm.vm_id);
             }
+            let _ = self.delete_snapshot(&name);
+            return Err(e);
         }
         Ok(made)
     }
@@ -154,6 +164,8 @@ impl SmolVmManager {
     ) -> std::result::Result<AgentClient, (Error, Option<ProcessIdentity>)> {
         let fail = |action: &'static str| move |e: Error| failed(&snap.name, action, e);
         let id = &rec.info.vm_id;
+        let t0 = Instant::now();
+        let step = |what: &str| tracing::debug!(vm = %id, ms = t0.elapsed().as_millis() as u64, "restore: {what}");
         let no_proc = |e: Error| (e, None);
         let vm_dir = self.vm_dir(id);
         fs::create_dir_all(&vm_dir)
@@ -177,9 +189,11 @@ impl SmolVmManager {
         self.state()
             .and_then(|mut s| Ok(s.set_disk_path(id, Some(&disk))?))
             .map_err(no_proc)?;
+        step("disk ready");
         self.inherit_host_key(snap, rec)
             .map_err(|e| no_proc(fail("pin the guest's SSH host key")(e)))?;
         self.setup_network(rec).map_err(no_proc)?;
+        step("network ready");
         let rec = self.record(id).map_err(no_proc)?;
         let backend = self.backend_impl(rec.backend).map_err(no_proc)?;
         let spec = self.launch_spec(&rec, backend.as_ref()).map_err(no_proc)?;
@@ -187,6 +201,7 @@ impl SmolVmManager {
         let process = backend
             .restore(&spec, &snap.dir)
             .map_err(|e| no_proc(fail("restore the VM state")(e.into())))?;
+        step("VMM restored");
         let with_proc = |e: Error| (e, Some(process));
         let running = RunningVmm {
             process,
@@ -199,9 +214,11 @@ impl SmolVmManager {
         let left = deadline.saturating_duration_since(Instant::now());
         let client = AgentClient::connect(&spec.agent, left)
             .map_err(|e| with_proc(fail("reach the restored guest's agent")(e.into())))?;
+        step("agent connected");
         client
             .set_identity(&identity(&rec))
             .map_err(|e| with_proc(fail("give the guest its new identity")(e.into())))?;
+        step("identity applied");
         Ok(client)
     }
 

@@ -146,7 +146,9 @@ pub(super) fn restore(
         binary: backend.binary.clone(),
         source,
     })?;
+    let t0 = std::time::Instant::now();
     let result = super::launch::wait_for_qmp(&identity, spec, log_offset).and_then(|()| {
+        tracing::debug!(vm_id = %spec.vm_id, ms = t0.elapsed().as_millis() as u64, "QMP up");
         let mut qmp = backend.qmp(&spec.control_socket)?;
         load(&mut qmp, dir, MIGRATION_TIMEOUT).map_err(|source| QemuError::Qmp {
             socket: spec.control_socket.clone(),
