@@ -6,7 +6,15 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use smolvm_protocol::{ErrorKind, ErrorReply, Identity};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use smolvm_protocol::{ErrorKind, ErrorReply, Identity, DROPBEAR_HOST_KEY_PATH};
+
+/// How long the SSH server may take to come back with a new host key.
+const SSH_RESTART_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where the guest's SSH server listens.
+const SSH_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 22);
 
 /// `_IOW('R', 0x03, int[2])`: add entropy to the input pool and credit it (needs CAP_SYS_ADMIN).
 const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
@@ -35,6 +43,11 @@ pub fn apply(id: &Identity) -> Result<(), ErrorReply> {
     if let Some(net) = &id.net {
         if let Err(e) = crate::net::reconfigure(net) {
             failures.push(format!("reconfigure the network: {e}"));
+        }
+    }
+    if let Some(key) = &id.ssh_host_key {
+        if let Err(e) = replace_host_key(key) {
+            failures.push(format!("install the new SSH host key: {e}"));
         }
     }
     if failures.is_empty() {
@@ -69,6 +82,82 @@ fn reseed(bytes: &[u8]) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Writes the new Dropbear host key atomically and restarts the SSH server (PID 1 restarts it when it
+/// exits), then waits until the new server listens, so the first SSH connection after `Done` sees the
+/// new key.
+fn replace_host_key(key: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::path::Path::new(DROPBEAR_HOST_KEY_PATH);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("new");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(key)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let old = dropbear_listeners();
+    if old.is_empty() {
+        return Ok(());
+    }
+    for pid in &old {
+        crate::sys::kill(*pid, libc::SIGTERM)?;
+    }
+    let deadline = Instant::now() + SSH_RESTART_TIMEOUT;
+    loop {
+        let gone = old
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        if gone && TcpStream::connect_timeout(&SSH_ADDR.into(), Duration::from_millis(100)).is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the SSH server did not come back with the new key",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Dropbear's listening process(es): `dropbear` children of PID 1 (its per-connection children have
+/// another parent).
+fn dropbear_listeners() -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let ppid = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if comm == "dropbear" && ppid == Some(1) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 fn set_clock(unix_time_ns: u64) -> io::Result<()> {

@@ -28,7 +28,16 @@ pub struct Identity {
     pub unix_time_ns: u64,
     /// Fresh host entropy for the kernel's random pool.
     pub entropy: Vec<u8>,
+    /// A new Dropbear-format SSH host key: written to [`DROPBEAR_HOST_KEY_PATH`] (mode 0600), and the
+    /// SSH server is restarted to present it. `None` keeps the snapshot's key.
+    #[serde(default)]
+    pub ssh_host_key: Option<Vec<u8>>,
 }
+
+/// Where the guest's Dropbear host key lives.
+pub const DROPBEAR_HOST_KEY_PATH: &str = "/etc/dropbear/dropbear_ed25519_host_key";
+/// Largest host key accepted.
+pub const MAX_HOST_KEY_LEN: usize = 16 * 1024;
 
 /// The guest's network interface configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +77,14 @@ impl Identity {
                 "entropy",
                 format!("{n} bytes is outside {MIN_IDENTITY_ENTROPY}..={MAX_IDENTITY_ENTROPY}"),
             ));
+        }
+        if let Some(k) = &self.ssh_host_key {
+            if k.is_empty() || k.len() > MAX_HOST_KEY_LEN {
+                return Err(ProtocolError::invalid(
+                    "ssh_host_key",
+                    format!("{} bytes is outside 1..={MAX_HOST_KEY_LEN}", k.len()),
+                ));
+            }
         }
         if let Some(net) = &self.net {
             if net.prefix > 32 {
@@ -116,6 +133,7 @@ mod tests {
             }),
             unix_time_ns: 1,
             entropy: vec![7; 32],
+            ssh_host_key: Some(vec![1, 2, 3]),
         }
     }
 
@@ -151,6 +169,13 @@ mod tests {
         let mut id = identity();
         id.net.as_mut().unwrap().prefix = 33;
         assert!(id.validate().is_err());
+        let mut id = identity();
+        id.ssh_host_key = Some(Vec::new());
+        assert!(id.validate().is_err());
+        id.ssh_host_key = Some(vec![0; MAX_HOST_KEY_LEN + 1]);
+        assert!(id.validate().is_err());
+        id.ssh_host_key = None;
+        id.validate().unwrap();
         // An invalid identity in a frame is refused when parsing.
         let f = crate::Frame::json(crate::FrameType::Identity, 1, &{
             let mut id = identity();

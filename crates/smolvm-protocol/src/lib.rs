@@ -61,7 +61,10 @@ mod request;
 mod sync;
 
 pub use frame::{Frame, FrameType, ProtocolError};
-pub use identity::{parse_mac, Identity, NetIdentity, MAX_IDENTITY_ENTROPY, MIN_IDENTITY_ENTROPY};
+pub use identity::{
+    parse_mac, Identity, NetIdentity, DROPBEAR_HOST_KEY_PATH, MAX_HOST_KEY_LEN,
+    MAX_IDENTITY_ENTROPY, MIN_IDENTITY_ENTROPY,
+};
 pub use limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
 pub use messages::{
     env_batches, is_env_key, BootStage, Command, Done, EnvSet, EnvUnset, EnvVars, ErrorKind,

@@ -247,7 +247,13 @@ fn two_forks_of_one_snapshot_are_independent_machines() {
         (guest_now - host_now).abs() < 120,
         "guest clock {guest_now} vs host {host_now}"
     );
-    // Each fork is reachable at its own address, over SSH with the pinned (inherited) host key.
+    // Each fork has its own SSH host key, pinned for it, and is reachable at its own address over SSH.
+    let key = |vm: &smolvm::SmolVm| out(vm, "md5sum /etc/dropbear/dropbear_ed25519_host_key");
+    assert_ne!(key(&a), key(&b));
+    assert_ne!(key(&a), key(&src));
+    let pinned = |id: &str| std::fs::read_to_string(m.known_hosts_path(id)).unwrap();
+    let key_of = |id: &str| pinned(id).split_whitespace().last().unwrap().to_string();
+    assert_ne!(key_of("fa"), key_of("fb"));
     assert_eq!(
         a.run_over_ssh("hostname", Some(Duration::from_secs(30)))
             .unwrap()

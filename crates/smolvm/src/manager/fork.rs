@@ -6,8 +6,8 @@
 //! new identity over the agent channel (`smolvm_protocol::Identity`): fresh host entropy that the agent
 //! mixes into the kernel's pool and reseeds the CRNG with (clones would otherwise share their random
 //! state: QEMU's vmgenid is not visible to the default guest kernel), the host's wall-clock time, the
-//! host name (the new id), and the new MAC, address and route. The guest keeps the snapshot's SSH host
-//! key, which is pinned for the new VM.
+//! host name (the new id), the new MAC, address and route, and a new SSH host key (the agent restarts
+//! the SSH server with it; the key is pinned for the new VM).
 //!
 //! Every failure rolls back what this call made (process, network, disk, row, leases) and is reported as
 //! a [`SnapshotError`] naming the snapshot.
@@ -190,8 +190,9 @@ impl SmolVmManager {
             .and_then(|mut s| Ok(s.set_disk_path(id, Some(&disk))?))
             .map_err(no_proc)?;
         step("disk ready");
-        self.inherit_host_key(snap, rec)
-            .map_err(|e| no_proc(fail("pin the guest's SSH host key")(e)))?;
+        let host_key = self
+            .new_host_key(rec)
+            .map_err(|e| no_proc(fail("make the new VM's SSH host key")(e)))?;
         self.setup_network(rec).map_err(no_proc)?;
         step("network ready");
         let rec = self.record(id).map_err(no_proc)?;
@@ -216,7 +217,7 @@ impl SmolVmManager {
             .map_err(|e| with_proc(fail("reach the restored guest's agent")(e.into())))?;
         step("agent connected");
         client
-            .set_identity(&identity(&rec))
+            .set_identity(&identity(&rec, host_key))
             .map_err(|e| with_proc(fail("give the guest its new identity")(e.into())))?;
         step("identity applied");
         Ok(client)
@@ -296,21 +297,14 @@ impl SmolVmManager {
         Ok(())
     }
 
-    /// Gives the new VM the snapshot's SSH host key files and pins that key in its known_hosts.
-    fn inherit_host_key(&self, snap: &SnapshotRecord, rec: &VmRecord) -> Result<()> {
+    /// A new SSH host key for the new VM (VMs with a network only), pinned in its known_hosts; the
+    /// Dropbear-format private key is handed to the guest with its identity.
+    fn new_host_key(&self, rec: &VmRecord) -> Result<Option<Vec<u8>>> {
         let Some(net) = &rec.info.network else {
-            return Ok(());
+            return Ok(None);
         };
-        let vm_dir = self.vm_dir(&rec.info.vm_id);
-        for f in super::snapshot::HOST_KEY_FILES {
-            let src = snap.dir.join("ssh").join(f);
-            if src.exists() {
-                let dst = vm_dir.join(f);
-                fs::copy(&src, &dst).map_err(|e| Error::io("copy host key", &src, e))?;
-            }
-        }
         let key = crate::ssh::ensure_host_key(
-            &vm_dir,
+            &self.vm_dir(&rec.info.vm_id),
             &rec.info.vm_id,
             crate::ssh::HostKeyFormat::Dropbear,
         )?;
@@ -319,7 +313,9 @@ impl SmolVmManager {
             &crate::ssh::known_hosts_patterns(net),
             &key.public_key_line,
         )?;
-        Ok(())
+        let bytes = fs::read(&key.guest_key_file)
+            .map_err(|e| Error::io("read host key", &key.guest_key_file, e))?;
+        Ok(Some(bytes))
     }
 }
 
@@ -332,8 +328,9 @@ fn failed(name: &str, action: &'static str, e: Error) -> Error {
     .into()
 }
 
-/// The identity of the VM `rec`: its id as host name, its network, the host's time, fresh entropy.
-fn identity(rec: &VmRecord) -> Identity {
+/// The identity of the VM `rec`: its id as host name, its network, the host's time, fresh entropy, its
+/// own SSH host key.
+fn identity(rec: &VmRecord, ssh_host_key: Option<Vec<u8>>) -> Identity {
     let mut entropy = vec![0u8; IDENTITY_ENTROPY_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut entropy);
     let net = rec.info.network.as_ref().map(|n| {
@@ -354,5 +351,6 @@ fn identity(rec: &VmRecord) -> Identity {
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
             .unwrap_or(0),
         entropy,
+        ssh_host_key,
     }
 }

@@ -1,7 +1,6 @@
 //! Taking, listing and deleting snapshots. A snapshot is `data_dir/snapshots/<name>/`: the VMM's
 //! memory and device state (QEMU: `vm.migration`; Firecracker: `memory` + `vmstate`), `disk.img` (the
-//! VM's disk as it was at that moment) and `ssh/` (the guest's host key, so VMs made from it can be
-//! pinned), plus a row in the state store.
+//! VM's disk as it was at that moment), plus a row in the state store.
 //!
 //! Consistency: the VM is paused before anything is captured; QEMU drains and flushes its block
 //! devices when it stops the vCPUs, so the disk copied while paused matches the memory saved while
@@ -23,13 +22,6 @@ use crate::snapshot::{
     validate_name, MachineShape, SnapshotError, SnapshotInfo, SnapshotRecord, DISK_FILE,
 };
 use crate::state::VmRecord;
-
-/// Host key files of a VM directory that a snapshot keeps (see [`crate::ssh::ensure_host_key`]).
-pub(crate) const HOST_KEY_FILES: &[&str] = &[
-    "ssh_host_ed25519_key",
-    "ssh_host_ed25519_key.pub",
-    "dropbear_ed25519_host_key",
-];
 
 impl SmolVmManager {
     /// Directory holding every snapshot (`data_dir/snapshots`).
@@ -101,8 +93,6 @@ impl SmolVmManager {
                 .map_err(|e| fail("save memory and device state")(e.into()))?;
             let snap_disk = tmp.join(DISK_FILE);
             super::snapshot_disk::capture(&disk, &snap_disk).map_err(fail("copy the disk"))?;
-            self.keep_host_key(vm_id, &tmp.join("ssh"))
-                .map_err(fail("keep the SSH host key"))?;
             let meta = fs::metadata(&snap_disk).map_err(|e| Error::io("stat", &snap_disk, e))?;
             Ok(MachineShape {
                 vcpu_count: rec.info.config.vcpu_count(),
@@ -229,18 +219,6 @@ impl SmolVmManager {
             },
             BackendKind::Firecracker => "kvm".into(),
         }
-    }
-
-    /// Copies the VM's host key files (those that exist) into `dst`.
-    fn keep_host_key(&self, vm_id: &str, dst: &Path) -> Result<()> {
-        fs::create_dir_all(dst).map_err(|e| Error::io("create directory", dst, e))?;
-        for f in HOST_KEY_FILES {
-            let src = self.vm_dir(vm_id).join(f);
-            if src.exists() {
-                fs::copy(&src, dst.join(f)).map_err(|e| Error::io("copy host key", &src, e))?;
-            }
-        }
-        Ok(())
     }
 }
 
