@@ -275,6 +275,26 @@ fn two_forks_of_one_snapshot_are_independent_machines() {
     let fa_disk = m.disk_dir().join("fa.qcow2");
     assert!(fa_disk.exists(), "fork disk is a qcow2 overlay");
 
+    // A VM made from a snapshot can itself be snapshotted (its overlay is flattened) and restored.
+    let snap2 = m.snapshot("fa", "from-fa").unwrap();
+    assert_eq!(snap2.source_vm, "fa");
+    let fc = m.create_from_snapshot("from-fa", Some("fc"), BOOT).unwrap();
+    let c = env.reconnect("fc");
+    assert_eq!(out(&c, "cat /root/mine"), "only-a");
+    assert_eq!(out(&c, "hostname"), "fc");
+    c.close();
+    assert_ne!(fc.guest_ip(), fa.guest_ip());
+    m.delete("fc").unwrap();
+    m.delete_snapshot("from-fa").unwrap();
+
+    // A VM made from a snapshot stops and cold-boots from its own disk like any other.
+    m.stop("fb", Duration::from_secs(20)).unwrap();
+    m.start("fb", BOOT).unwrap();
+    let b = env.reconnect("fb");
+    assert_eq!(out(&b, "hostname"), "fb");
+    assert_eq!(out(&b, "cat /root/common"), "before");
+    assert!(out(&b, "ip -4 addr show eth0").contains(&format!("inet {ip_b}/")));
+
     // The snapshot cannot be deleted while forks use it.
     let err = m.delete_snapshot("base").unwrap_err();
     assert!(
