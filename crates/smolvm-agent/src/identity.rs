@@ -13,6 +13,8 @@ use smolvm_protocol::{ErrorKind, ErrorReply, Identity, DROPBEAR_HOST_KEY_PATH};
 
 /// How long the SSH server may take to come back with a new host key.
 const SSH_RESTART_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the old SSH server gets to exit on SIGTERM before SIGKILL.
+const SSH_TERM_GRACE: Duration = Duration::from_millis(500);
 /// Where the guest's SSH server listens.
 const SSH_ADDR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 22);
 
@@ -111,19 +113,55 @@ fn replace_host_key(key: &[u8]) -> io::Result<()> {
     for pid in &old {
         crate::sys::kill(*pid, libc::SIGTERM)?;
     }
-    let deadline = Instant::now() + SSH_RESTART_TIMEOUT;
+    let start = Instant::now();
+    let deadline = start + SSH_RESTART_TIMEOUT;
+    let mut killed = false;
     loop {
         let gone = old
             .iter()
             .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        // A server restored from a snapshot taken right after boot may not have reached its main loop
+        // (measured: SIGTERM caught, process asleep): make sure it goes.
+        if !gone && !killed && start.elapsed() >= SSH_TERM_GRACE {
+            for pid in &old {
+                let _ = crate::sys::kill(*pid, libc::SIGKILL);
+            }
+            killed = true;
+        }
         if gone && TcpStream::connect_timeout(&SSH_ADDR.into(), Duration::from_millis(100)).is_ok()
         {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let why = if gone {
+                format!(
+                    "nothing listens on {SSH_ADDR} (listeners now: {:?})",
+                    dropbear_listeners()
+                )
+            } else {
+                let states: Vec<String> = old
+                    .iter()
+                    .map(|p| {
+                        std::fs::read_to_string(format!("/proc/{p}/status"))
+                            .unwrap_or_default()
+                            .lines()
+                            .filter(|l| {
+                                l.starts_with("State")
+                                    || l.starts_with("Sig")
+                                    || l.starts_with("Shd")
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .collect();
+                format!("the old server did not exit: {states:?}")
+            };
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                "the SSH server did not come back with the new key",
+                format!(
+                    "the SSH server did not come back with the new key within {}s: {why}",
+                    SSH_RESTART_TIMEOUT.as_secs()
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(10));

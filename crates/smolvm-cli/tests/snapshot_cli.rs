@@ -232,16 +232,56 @@ fn pause_snapshot_restore_fork_end_to_end() {
     assert_eq!(ips.len(), 3, "every VM has its own address");
 
     let list = cli.json(&["snapshot", "list", "--json"]);
-    assert_eq!(
-        list.as_array().unwrap().len(),
-        2,
-        "base and the fork's snapshot"
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"base"));
+    assert!(names.iter().any(|n| n.starts_with("src-fork-")));
+    assert!(
+        names.iter().any(|n| n.starts_with("tpl-")),
+        "the first `create --start` of this shape made its template: {names:?}"
     );
     let refused = cli.out(&["snapshot", "delete", "base"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("\"base\"") && err.contains("c1"), "{err}");
 
+    for id in cli.ids() {
+        cli.ok(&["delete", &id]);
+    }
+
+    // Templates: `image build --template` makes the default VM's template; default VMs start from it
+    // unless --no-template.
+    let out = command(&dirs, Some(&ns.0), &["image", "build", "--template"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "image build --template: {out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("template tpl-"), "{said}");
+    let out = cli.out(&["create", "--id", "tc", "--start", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let tc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tc["status"], "running");
+    assert!(
+        dirs.data().join("disks/tc.qcow2").exists(),
+        "tc did not start from the template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cli.ok(&["exec", "tc", "--", "hostname"]).trim(), "tc");
+    cli.ok(&[
+        "create",
+        "--id",
+        "tn",
+        "--network",
+        "none",
+        "--no-template",
+        "--start",
+    ]);
+    assert!(dirs.data().join("disks/tn.ext4").exists());
     for id in cli.ids() {
         cli.ok(&["delete", &id]);
     }

@@ -44,6 +44,7 @@ pub struct SmolVmBuilder {
     socket_dir: Option<PathBuf>,
     backend: Option<BackendKind>,
     network: NetworkChoice,
+    templates: Option<bool>,
 }
 
 impl SmolVmBuilder {
@@ -100,17 +101,23 @@ impl SmolVmBuilder {
             self.socket_dir.as_deref(),
             self.backend,
         )?);
+        let use_templates = self
+            .templates
+            .unwrap_or(self.config.is_none() && crate::manager::templates_enabled_by_env());
         let config = match self.config {
             Some(c) => c,
             None => auto_config(&manager, &self)?,
         };
-        let info = manager.create_with(
-            &config,
-            &CreateOptions {
-                network: self.network,
-            },
-        )?;
+        let opts = CreateOptions {
+            network: self.network,
+        };
+        let (info, make_template) = if use_templates {
+            snapshot::create_with_template(&manager, &config, &opts)?
+        } else {
+            (manager.create_with(&config, &opts)?, None)
+        };
         Ok(SmolVm {
+            make_template,
             manager,
             vm_id: info.vm_id.clone(),
             info,
@@ -166,6 +173,8 @@ pub struct SmolVm {
     agent: Mutex<Option<AgentClient>>,
     ssh_user: String,
     ssh_key_path: Option<PathBuf>,
+    /// The template to make from this VM right after its first (cold) start.
+    make_template: Option<String>,
 }
 
 impl SmolVm {
@@ -199,6 +208,7 @@ impl SmolVm {
         let manager = Arc::new(SmolVmManager::new(data_dir, socket_dir, backend)?);
         let info = manager.get(vm_id)?;
         Ok(SmolVm {
+            make_template: None,
             manager,
             vm_id: vm_id.to_string(),
             info,
@@ -256,6 +266,7 @@ impl SmolVm {
         if let Some(c) = client {
             *self.agent_slot() = Some(c);
         }
+        self.make_pending_template();
         Ok(self)
     }
 

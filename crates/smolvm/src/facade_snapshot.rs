@@ -54,6 +54,14 @@ impl SmolVm {
 }
 
 impl SmolVmBuilder {
+    /// Use a template snapshot when one exists for this configuration (and make one at the first
+    /// start when none does). Default: on for auto-configuration unless `SMOLVM_TEMPLATES=off`, off for
+    /// an explicit config.
+    pub fn templates(mut self, on: bool) -> Self {
+        self.templates = Some(on);
+        self
+    }
+
     /// Starts a new VM from snapshot `name` with this builder's directories, backend and `vm_id` (the
     /// sizes come from the snapshot; other settings are ignored). Owned, running.
     pub fn from_snapshot(self, name: &str) -> Result<SmolVm> {
@@ -68,12 +76,51 @@ impl SmolVmBuilder {
     }
 }
 
+impl SmolVm {
+    /// After the first cold start of a VM that found no template: make it now, before anything ran in
+    /// the guest (best effort: a failure only costs later VMs their fast start).
+    pub(super) fn make_pending_template(&mut self) {
+        let Some(name) = self.make_template.take() else {
+            return;
+        };
+        if !self.info.config.env_vars().is_empty() {
+            return; // they were injected at start and would end up in every later VM
+        }
+        match self.manager.make_template(&self.vm_id, &name) {
+            Ok(()) => tracing::debug!(vm = %self.vm_id, template = %name, "template made"),
+            Err(e) => {
+                tracing::warn!(vm = %self.vm_id, template = %name, error = %e, "could not make a template")
+            }
+        }
+        if let Ok(info) = self.manager.get(&self.vm_id) {
+            self.info = info;
+        }
+    }
+}
+
+/// Creates `config` from its template when one is usable (returns no template to make), else as usual
+/// (returns the template name to make after the first start, if the config can have one).
+pub(super) fn create_with_template(
+    manager: &SmolVmManager,
+    config: &crate::VmConfig,
+    opts: &crate::manager::CreateOptions,
+) -> Result<(crate::VmInfo, Option<String>)> {
+    let Some(name) = manager.template_name(config, opts.network)? else {
+        return Ok((manager.create_with(config, opts)?, None));
+    };
+    if manager.find_template(config, opts.network)?.is_some() {
+        return Ok((manager.create_from_template(&name, config, opts)?, None));
+    }
+    Ok((manager.create_with(config, opts)?, Some(name)))
+}
+
 fn owned(
     manager: Arc<SmolVmManager>,
     info: crate::VmInfo,
     client: Option<crate::exec::AgentClient>,
 ) -> SmolVm {
     SmolVm {
+        make_template: None,
         manager,
         vm_id: info.vm_id.clone(),
         info,

@@ -439,3 +439,77 @@ fn bad_snapshots_are_refused_by_name_and_leave_nothing_behind() {
     m.delete("e-src").unwrap();
     env.assert_no_leaks("e-src");
 }
+
+#[test]
+fn vms_start_from_a_template_made_on_first_use() {
+    let Some(scene) = Scene::enter("templates") else {
+        return;
+    };
+    let env = &scene.env;
+    let m = &env.manager;
+    let build = |id: &str, templates: bool, env_var: Option<(&str, &str)>| {
+        let mut spec = spec(id);
+        if let Some((k, v)) = env_var {
+            spec = spec.env_var(k, v);
+        }
+        smolvm::SmolVm::builder()
+            .config(spec.build().unwrap())
+            .data_dir(env.data_dir())
+            .socket_dir(env.socket_dir())
+            .network(NetworkChoice::None)
+            .templates(templates)
+            .build()
+            .unwrap()
+    };
+
+    // First use: a cold boot, then the template is made from the fresh guest.
+    let mut first = build("t1", true, None);
+    assert_eq!(first.status(), VmState::Created);
+    first.start().unwrap();
+    let templates = m.list_snapshots().unwrap();
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    let tpl = templates[0].name.clone();
+    assert!(tpl.starts_with("tpl-"), "{tpl}");
+    assert_eq!(
+        first.status(),
+        VmState::Running,
+        "resumed after the template was made"
+    );
+    assert_eq!(first.run("hostname").unwrap().output(), "t1");
+
+    // Later VMs of the same configuration: `created`, then started from the template.
+    let mut second = build("t2", true, Some(("GREETING", "hi there")));
+    assert_eq!(second.status(), VmState::Created);
+    let disk = m.disk_dir().join("t2.qcow2");
+    assert!(disk.exists(), "disk is an overlay on the template's");
+    second.start().unwrap();
+    assert_eq!(second.status(), VmState::Running);
+    assert_eq!(second.run("hostname").unwrap().output(), "t2");
+    assert_eq!(
+        second.run("printf %s \"$GREETING\"").unwrap().output(),
+        "hi there",
+        "environment variables are injected after a template start too"
+    );
+    let uuid = |vm: &smolvm::SmolVm| vm.run("cat /proc/sys/kernel/random/uuid").unwrap().stdout;
+    assert_ne!(uuid(&first), uuid(&second));
+    assert_eq!(m.get_snapshot(&tpl).unwrap().used_by, ["t2".to_string()]);
+    assert!(m.delete_snapshot(&tpl).is_err(), "in use by t2");
+
+    // After a stop it boots cold from its own disk.
+    second.stop().unwrap();
+    second.start().unwrap();
+    assert_eq!(second.run("hostname").unwrap().output(), "t2");
+
+    // Templates off: a cold boot from the image, no overlay, no new template.
+    let mut third = build("t3", false, None);
+    third.start().unwrap();
+    assert!(m.disk_dir().join("t3.ext4").exists());
+    assert_eq!(m.list_snapshots().unwrap().len(), 1);
+
+    drop((first, second, third));
+    for id in ["t1", "t2", "t3"] {
+        env.assert_no_leaks(id);
+    }
+    assert!(!disk.exists());
+    m.delete_snapshot(&tpl).unwrap();
+}

@@ -53,6 +53,10 @@ pub struct CreateArgs {
     /// Root disk size in MiB for the default image.
     #[arg(long)]
     pub disk_size: Option<u64>,
+    /// Boot cold even when a template snapshot of this configuration exists (also SMOLVM_TEMPLATES=off).
+    /// Otherwise VMs of a built image start from their template, and the first one started makes it.
+    #[arg(long)]
+    pub no_template: bool,
     /// Name of a built image to use (see `smolvm image list`).
     #[arg(long, conflicts_with_all = ["kernel", "rootfs"])]
     pub image: Option<String>,
@@ -123,6 +127,12 @@ impl CreateArgs {
             spec.env_vars.insert(k.to_string(), v.to_string());
         }
         Ok(spec.build()?)
+    }
+
+    /// True when this VM may start from (or make) a template: an image VM (not --kernel/--rootfs),
+    /// without --no-template or SMOLVM_TEMPLATES=off.
+    pub fn uses_templates(&self) -> bool {
+        !self.no_template && self.kernel.is_none() && smolvm::manager::templates_enabled_by_env()
     }
 
     /// Create options.
@@ -219,7 +229,20 @@ pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = a.create.config(&m, cli)?;
-    let mut info = m.create_with(&config, &a.create.options())?;
+    let opts = a.create.options();
+    let mut make_template = None;
+    let mut info = match a.create.uses_templates() {
+        true => match m.template_name(&config, opts.network)? {
+            Some(name) if m.find_template(&config, opts.network)?.is_some() => {
+                m.create_from_template(&name, &config, &opts)?
+            }
+            other => {
+                make_template = other.filter(|_| config.env_vars().is_empty());
+                m.create_with(&config, &opts)?
+            }
+        },
+        false => m.create_with(&config, &opts)?,
+    };
     if a.start {
         info = match m.start(&info.vm_id, secs(Some(a.boot_timeout), 30.0)?) {
             Ok(i) => i,
@@ -229,6 +252,13 @@ pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
                 return Err(e.into());
             }
         };
+        if let Some(name) = make_template {
+            // Best effort: a failure only costs later VMs their fast start.
+            if let Err(e) = m.make_template(&info.vm_id, &name) {
+                tracing::warn!(template = %name, error = %e, "could not make a template");
+            }
+            info = m.get(&info.vm_id)?;
+        }
     }
     show(&info, a.json, if a.start { "started" } else { "created" })?;
     Ok(ExitCode::SUCCESS)

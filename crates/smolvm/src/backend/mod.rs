@@ -145,8 +145,31 @@ pub enum BackendError {
     },
 }
 
-/// The first line `binary --version` prints (both VMMs support the flag).
+/// The first line `binary --version` prints (both VMMs support the flag). Cached per binary path and
+/// modification time: snapshots, restores and template lookups ask often, and running the binary costs
+/// tens of milliseconds.
 pub(crate) fn version_line(binary: &Path) -> std::io::Result<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (PathBuf, Option<std::time::SystemTime>);
+    static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
+    let key = (
+        binary.to_path_buf(),
+        std::fs::metadata(binary).and_then(|m| m.modified()).ok(),
+    );
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(v) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(v.clone());
+    }
+    let v = run_version(binary)?;
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, v.clone());
+    Ok(v)
+}
+
+fn run_version(binary: &Path) -> std::io::Result<String> {
     let out = std::process::Command::new(binary)
         .arg("--version")
         .output()?;

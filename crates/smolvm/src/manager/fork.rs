@@ -132,23 +132,7 @@ impl SmolVmManager {
         match result {
             Ok(client) => Ok((self.get(&new_id)?, Some(client))),
             Err((e, process)) => {
-                if let Some(p) = process {
-                    p.kill();
-                }
-                if let Err(undo) = self.teardown_network(&rec) {
-                    tracing::warn!(vm = %new_id, error = %undo, "rollback could not remove the network");
-                }
-                if let Ok(r) = self.record(&new_id) {
-                    if let Some(d) = &r.disk_path {
-                        let _ = fs::remove_file(d);
-                    }
-                }
-                let _ = fs::remove_dir_all(self.vm_dir(&new_id));
-                if let Ok(b) = self.backend_impl(kind) {
-                    let _ = fs::remove_file(b.control_socket(self.socket_dir(), &new_id));
-                    let _ = fs::remove_file(b.agent_endpoint(self.socket_dir(), &new_id).path());
-                }
-                let _ = self.state()?.delete_vm(&new_id);
+                self.undo_restored(&rec, process);
                 Err(e)
             }
         }
@@ -162,42 +146,60 @@ impl SmolVmManager {
         rec: &VmRecord,
         deadline: Instant,
     ) -> std::result::Result<AgentClient, (Error, Option<ProcessIdentity>)> {
+        self.prepare_restored(snap, rec).map_err(|e| (e, None))?;
+        let rec = self.record(&rec.info.vm_id).map_err(|e| (e, None))?;
+        self.boot_restored(snap, &rec, deadline)
+    }
+
+    /// What a VM made from `snap` needs before its VMM starts: its disk (an overlay on the snapshot's
+    /// disk under QEMU), its own SSH host key (pinned) and its host network.
+    pub(super) fn prepare_restored(&self, snap: &SnapshotRecord, rec: &VmRecord) -> Result<()> {
         let fail = |action: &'static str| move |e: Error| failed(&snap.name, action, e);
         let id = &rec.info.vm_id;
-        let t0 = Instant::now();
-        let step = |what: &str| tracing::debug!(vm = %id, ms = t0.elapsed().as_millis() as u64, "restore: {what}");
-        let no_proc = |e: Error| (e, None);
         let vm_dir = self.vm_dir(id);
-        fs::create_dir_all(&vm_dir)
-            .map_err(|e| no_proc(Error::io("create VM directory", &vm_dir, e)))?;
+        fs::create_dir_all(&vm_dir).map_err(|e| Error::io("create VM directory", &vm_dir, e))?;
+        fs::create_dir_all(self.disk_dir())
+            .map_err(|e| Error::io("create directory", self.disk_dir(), e))?;
         let disk = match snap.backend {
             BackendKind::Qemu => {
                 let d = snapshot_disk::overlay_path(self.disk_dir(), id);
-                fs::create_dir_all(self.disk_dir())
-                    .map_err(|e| no_proc(Error::io("create directory", self.disk_dir(), e)))?;
-                snapshot_disk::overlay(&snap.disk(), &d)
-                    .map_err(|e| no_proc(fail("make the disk overlay")(e)))?;
+                snapshot_disk::overlay(&snap.disk(), &d).map_err(fail("make the disk overlay"))?;
                 d
             }
             BackendKind::Firecracker => {
                 let d = super::disk::isolated_disk_path(self.disk_dir(), id);
                 super::disk::prepare_isolated(&snap.disk(), &d, false)
-                    .map_err(|e| no_proc(fail("copy the disk")(e)))?;
+                    .map_err(fail("copy the disk"))?;
                 d
             }
         };
-        self.state()
-            .and_then(|mut s| Ok(s.set_disk_path(id, Some(&disk))?))
-            .map_err(no_proc)?;
-        step("disk ready");
+        self.state()?.set_disk_path(id, Some(&disk))?;
+        self.new_host_key(rec)
+            .map_err(fail("make the new VM's SSH host key"))?;
+        self.setup_network(rec)?;
+        Ok(())
+    }
+
+    /// Starts the VMM of a prepared VM from `snap`, records it running, connects to the agent and gives
+    /// the guest its identity. On error also returns the VMM process (if one was started).
+    pub(super) fn boot_restored(
+        &self,
+        snap: &SnapshotRecord,
+        rec: &VmRecord,
+        deadline: Instant,
+    ) -> std::result::Result<AgentClient, (Error, Option<ProcessIdentity>)> {
+        let fail = |action: &'static str| move |e: Error| failed(&snap.name, action, e);
+        let id = &rec.info.vm_id;
+        let t0 = Instant::now();
+        let step = |what: &str| tracing::debug!(vm = %id, ms = t0.elapsed().as_millis() as u64, "restore: {what}");
+        let no_proc = |e: Error| (e, None);
+        // Idempotent: the key made by `prepare_restored` is reused; its bytes go to the guest.
         let host_key = self
             .new_host_key(rec)
-            .map_err(|e| no_proc(fail("make the new VM's SSH host key")(e)))?;
+            .map_err(|e| no_proc(fail("read the new VM's SSH host key")(e)))?;
         self.setup_network(rec).map_err(no_proc)?;
-        step("network ready");
-        let rec = self.record(id).map_err(no_proc)?;
         let backend = self.backend_impl(rec.backend).map_err(no_proc)?;
-        let spec = self.launch_spec(&rec, backend.as_ref()).map_err(no_proc)?;
+        let spec = self.launch_spec(rec, backend.as_ref()).map_err(no_proc)?;
         let _ = fs::remove_file(&spec.console_log);
         let process = backend
             .restore(&spec, &snap.dir)
@@ -217,14 +219,14 @@ impl SmolVmManager {
             .map_err(|e| with_proc(fail("reach the restored guest's agent")(e.into())))?;
         step("agent connected");
         client
-            .set_identity(&identity(&rec, host_key))
+            .set_identity(&identity(rec, host_key))
             .map_err(|e| with_proc(fail("give the guest its new identity")(e.into())))?;
         step("identity applied");
         Ok(client)
     }
 
     /// Refuses a snapshot this host cannot restore, or whose files are missing or changed.
-    fn check_restorable(&self, snap: &SnapshotRecord, kind: BackendKind) -> Result<()> {
+    pub(super) fn check_restorable(&self, snap: &SnapshotRecord, kind: BackendKind) -> Result<()> {
         let name = &snap.name;
         let backend = self.backend_impl(kind)?;
         let version = backend.vmm_version()?;
@@ -319,7 +321,7 @@ impl SmolVmManager {
     }
 }
 
-fn failed(name: &str, action: &'static str, e: Error) -> Error {
+pub(super) fn failed(name: &str, action: &'static str, e: Error) -> Error {
     SnapshotError::Failed {
         name: name.into(),
         action,

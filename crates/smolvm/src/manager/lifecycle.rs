@@ -92,6 +92,11 @@ impl SmolVmManager {
                 })
             }
         }
+        if rec.info.status == VmState::Created {
+            if let Some(started) = self.start_from_template(&rec, deadline)? {
+                return Ok(started);
+            }
+        }
         let backend = self.backend_impl(rec.backend)?;
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;

@@ -23,11 +23,13 @@ mod lifecycle;
 mod pause;
 mod snapshot;
 mod snapshot_disk;
+mod template;
 
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
 pub use net::net_attachment;
+pub use template::{templates_enabled_by_env, TEMPLATES_ENV, TEMPLATE_PREFIX};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
