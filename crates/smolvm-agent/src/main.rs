@@ -17,6 +17,7 @@ mod button;
 mod channel;
 mod cmdline;
 mod elfid;
+mod identity;
 mod init;
 mod modules;
 mod net;

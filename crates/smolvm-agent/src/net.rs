@@ -56,6 +56,66 @@ pub fn configure(p: &BootParams) -> io::Result<Option<String>> {
     Ok(Some(iface))
 }
 
+/// Moves the first interface to a new MAC, address and default route (after a restore from a
+/// snapshot). Taking the interface down first flushes the routes and neighbour entries of the old
+/// network, so nothing of the snapshotted guest's addressing survives.
+pub fn reconfigure(n: &smolvm_protocol::NetIdentity) -> io::Result<()> {
+    let sock = socket()?;
+    let iface = first_interface()?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no network interface"))?;
+    set_flags(&sock, &iface, 0, libc::IFF_UP as libc::c_short)?;
+    let mac = smolvm_protocol::parse_mac(&n.mac)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    if let Err(e) = set_mac(&sock, &iface, mac) {
+        // Not fatal: each VM has its own TAP, so the old MAC still works; the address matters more.
+        crate::log(&format!("{iface}: set MAC {}: {e}", n.mac));
+    }
+    ioctl_addr(&sock, &iface, libc::SIOCSIFADDR, n.ip)?;
+    ioctl_addr(&sock, &iface, libc::SIOCSIFNETMASK, netmask(n.prefix))?;
+    set_up(&sock, &iface)?;
+    if let Some(gw) = n.gateway {
+        add_default_route(&sock, gw)?;
+    }
+    std::fs::write(RESOLV_CONF, resolv_conf_text(&n.dns))
+}
+
+fn set_flags(
+    sock: &OwnedFd,
+    iface: &str,
+    set: libc::c_short,
+    clear: libc::c_short,
+) -> io::Result<()> {
+    let mut r = ifreq(iface)?;
+    // SAFETY: valid socket and ifreq.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { r.ifr_ifru.ifru_flags };
+    r.ifr_ifru.ifru_flags = (flags | set) & !clear;
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_mac(sock: &OwnedFd, iface: &str, mac: [u8; 6]) -> io::Result<()> {
+    let mut r = ifreq(iface)?;
+    // SAFETY: sockaddr is plain data; all-zero is valid.
+    let mut sa: libc::sockaddr = unsafe { std::mem::zeroed() };
+    sa.sa_family = libc::ARPHRD_ETHER;
+    for (d, s) in sa.sa_data.iter_mut().zip(mac) {
+        *d = s as libc::c_char;
+    }
+    r.ifr_ifru.ifru_hwaddr = sa;
+    // SAFETY: valid socket and ifreq for SIOCSIFHWADDR.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &mut r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The guest's resolver configuration.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 

@@ -46,6 +46,17 @@ enum Command {
     Start(cmd::vm::IdTimeoutArgs),
     /// Stop a running VM (graceful power-off, then kill after --timeout).
     Stop(cmd::vm::IdTimeoutArgs),
+    /// Pause a running VM (its vCPUs stop; memory and VMM process stay).
+    Pause(cmd::snapshot::PauseArgs),
+    /// Resume a paused VM.
+    Resume(cmd::snapshot::PauseArgs),
+    /// Create, list, inspect and delete snapshots (memory + device state + disk of a VM).
+    Snapshot {
+        #[command(subcommand)]
+        cmd: cmd::snapshot::SnapshotCommand,
+    },
+    /// Fork a running VM into N new VMs (each with its own id, address, disk and fresh randomness).
+    Fork(cmd::snapshot::ForkArgs),
     /// Delete VMs and everything they own (process, network, disk, row).
     Delete(cmd::vm::DeleteArgs),
     /// Print a VM's console (or VMM) log.
@@ -88,6 +99,10 @@ fn main() -> ExitCode {
         Command::Start(a) => cmd::vm::start(&cli, a),
         Command::Stop(a) => cmd::vm::stop(&cli, a),
         Command::Delete(a) => cmd::vm::delete(&cli, a),
+        Command::Pause(a) => cmd::snapshot::pause(&cli, a),
+        Command::Snapshot { cmd } => cmd::snapshot::snapshot(&cli, cmd),
+        Command::Fork(a) => cmd::snapshot::fork(&cli, a),
+        Command::Resume(a) => cmd::snapshot::resume(&cli, a),
         Command::Logs(a) => cmd::vm::logs(&cli, a),
         Command::Run(a) => cmd::run::run(&cli, a),
         Command::Exec(a) => cmd::exec::exec(&cli, a),

@@ -51,11 +51,14 @@ pub enum FrameType {
     /// Host -> agent, the first frame of every connection (request id 0), always right after
     /// [`crate::SYNC`]: JSON [`crate::Hello`].
     Hello = 19,
+    /// Host -> agent: the guest's new identity after a restore from a snapshot, JSON
+    /// [`crate::Identity`]; answered with `Done` or `Error`.
+    Identity = 20,
 }
 
 impl FrameType {
     /// Every frame type, in value order.
-    pub const ALL: [FrameType; 19] = [
+    pub const ALL: [FrameType; 20] = [
         FrameType::Ready,
         FrameType::Exec,
         FrameType::Stdin,
@@ -75,6 +78,7 @@ impl FrameType {
         FrameType::Done,
         FrameType::Error,
         FrameType::Hello,
+        FrameType::Identity,
     ];
 
     /// Decodes the type byte.
@@ -264,7 +268,7 @@ mod tests {
             assert_eq!(FrameType::from_u8(*t as u8), Some(*t));
         }
         assert_eq!(FrameType::from_u8(0), None);
-        assert_eq!(FrameType::from_u8(20), None);
+        assert_eq!(FrameType::from_u8(21), None);
     }
 
     /// Counts the bytes this thread allocates (the test binary's allocator), so a test can prove that a

@@ -43,6 +43,7 @@
 //! env:        EnvSet | EnvUnset                                       <- Done | Error
 //!             EnvList                                                 <- EnvVars.. Done | Error
 //! misc:       Ping | PowerOff                                         <- Done
+//! identity:   Identity (after a restore from a snapshot)              <- Done | Error
 //! any:        Cancel (the agent kills the command / drops the upload and answers Error{cancelled})
 //! ```
 //!
@@ -54,11 +55,16 @@ pub mod limits;
 pub mod shell;
 
 mod frame;
+mod identity;
 mod messages;
 mod request;
 mod sync;
 
 pub use frame::{Frame, FrameType, ProtocolError};
+pub use identity::{
+    parse_mac, Identity, NetIdentity, DROPBEAR_HOST_KEY_PATH, MAX_HOST_KEY_LEN,
+    MAX_IDENTITY_ENTROPY, MIN_IDENTITY_ENTROPY,
+};
 pub use limits::{HEADER_LEN, MAX_FRAME_LEN, MAX_PAYLOAD_LEN};
 pub use messages::{
     env_batches, is_env_key, BootStage, Command, Done, EnvSet, EnvUnset, EnvVars, ErrorKind,

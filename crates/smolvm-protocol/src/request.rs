@@ -35,6 +35,8 @@ pub enum Request {
     PowerOff,
     /// Liveness check.
     Ping,
+    /// Take on a new identity (after a restore from a snapshot).
+    Identity(crate::Identity),
 }
 
 /// A frame the agent sends to the host.
@@ -106,6 +108,11 @@ impl Request {
             FrameType::EnvList => Request::EnvList,
             FrameType::PowerOff => Request::PowerOff,
             FrameType::Ping => Request::Ping,
+            FrameType::Identity => {
+                let m: crate::Identity = frame.parse_json("identity")?;
+                m.validate()?;
+                Request::Identity(m)
+            }
             t @ (FrameType::Ready
             | FrameType::Stdout
             | FrameType::Stderr
@@ -134,6 +141,7 @@ impl Request {
             Request::EnvList => empty(FrameType::EnvList),
             Request::PowerOff => empty(FrameType::PowerOff),
             Request::Ping => empty(FrameType::Ping),
+            Request::Identity(m) => Frame::json(FrameType::Identity, request_id, m),
         }
     }
 }
@@ -162,7 +170,8 @@ impl Reply {
             | FrameType::EnvUnset
             | FrameType::EnvList
             | FrameType::PowerOff
-            | FrameType::Ping) => return Err(ProtocolError::Unexpected { frame_type: t }),
+            | FrameType::Ping
+            | FrameType::Identity) => return Err(ProtocolError::Unexpected { frame_type: t }),
         };
         Ok(reply)
     }

@@ -84,6 +84,10 @@ pub enum Error {
     #[error("command execution error")]
     Exec(#[source] Box<dyn std::error::Error + Send + Sync>),
 
+    /// A snapshot operation failed (not found, in use, damaged, incompatible, ...).
+    #[error("snapshot error")]
+    Snapshot(#[source] Box<dyn std::error::Error + Send + Sync>),
+
     /// A filesystem operation on a smolvm-owned path failed.
     #[error("{action} {}", path.display())]
     Io {
@@ -124,6 +128,7 @@ impl Error {
             Error::State(_) => "state",
             Error::Image(_) => "image",
             Error::Exec(_) => "exec",
+            Error::Snapshot(_) => "snapshot",
             Error::Io { .. } => "io",
         }
     }

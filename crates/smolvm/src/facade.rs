@@ -45,6 +45,7 @@ pub struct SmolVmBuilder {
     socket_dir: Option<PathBuf>,
     backend: Option<BackendKind>,
     network: NetworkChoice,
+    templates: Option<bool>,
 }
 
 impl SmolVmBuilder {
@@ -107,17 +108,23 @@ impl SmolVmBuilder {
             self.socket_dir.as_deref(),
             self.backend,
         )?);
+        let use_templates = self
+            .templates
+            .unwrap_or(self.config.is_none() && crate::manager::templates_enabled_by_env());
         let config = match self.config {
             Some(c) => c,
             None => auto_config(&manager, &self)?,
         };
-        let info = manager.create_with(
-            &config,
-            &CreateOptions {
-                network: self.network,
-            },
-        )?;
+        let opts = CreateOptions {
+            network: self.network,
+        };
+        let (info, make_template) = if use_templates {
+            snapshot::create_with_template(&manager, &config, &opts)?
+        } else {
+            (manager.create_with(&config, &opts)?, None)
+        };
         Ok(SmolVm {
+            make_template,
             manager,
             vm_id: info.vm_id.clone(),
             info,
@@ -157,6 +164,9 @@ fn auto_config(manager: &SmolVmManager, b: &SmolVmBuilder) -> Result<VmConfig> {
     Ok(spec.build()?)
 }
 
+#[path = "facade_snapshot.rs"]
+mod snapshot;
+
 /// One VM (spec: `SmolVM`). See the module docs for the ownership and cleanup rules.
 #[derive(Debug)]
 pub struct SmolVm {
@@ -168,6 +178,8 @@ pub struct SmolVm {
     agent: Mutex<Option<AgentClient>>,
     ssh_user: String,
     ssh_key_path: Option<PathBuf>,
+    /// The template to make from this VM right after its first (cold) start.
+    make_template: Option<String>,
 }
 
 impl SmolVm {
@@ -201,6 +213,7 @@ impl SmolVm {
         let manager = Arc::new(SmolVmManager::new(data_dir, socket_dir, backend)?);
         let info = manager.get(vm_id)?;
         Ok(SmolVm {
+            make_template: None,
             manager,
             vm_id: vm_id.to_string(),
             info,
@@ -258,6 +271,7 @@ impl SmolVm {
         if let Some(c) = client {
             *self.agent_slot() = Some(c);
         }
+        self.make_pending_template();
         Ok(self)
     }
 

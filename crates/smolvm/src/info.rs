@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::VmConfig;
 use crate::error::ValidationError;
 
-/// Lifecycle state of a VM, serialised as `created`, `running`, `stopped` or `error`.
+/// Lifecycle state of a VM, serialised as `created`, `running`, `paused`, `stopped` or `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
@@ -18,6 +18,8 @@ pub enum VmState {
     Created,
     /// The VMM runs and the guest booted.
     Running,
+    /// The VMM process is alive but the guest's vCPUs are stopped (`pause`); `resume` continues it.
+    Paused,
     /// Shut down; can be started again.
     Stopped,
     /// Something failed (for example the VMM died unexpectedly); can still be deleted.
@@ -26,18 +28,25 @@ pub enum VmState {
 
 impl VmState {
     /// All states, in lifecycle order.
-    pub const ALL: [VmState; 4] = [
+    pub const ALL: [VmState; 5] = [
         VmState::Created,
         VmState::Running,
+        VmState::Paused,
         VmState::Stopped,
         VmState::Error,
     ];
+
+    /// True for the states in which a VMM process belongs to the VM (`running`, `paused`).
+    pub fn has_vmm(self) -> bool {
+        matches!(self, VmState::Running | VmState::Paused)
+    }
 
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Created => "created",
             VmState::Running => "running",
+            VmState::Paused => "paused",
             VmState::Stopped => "stopped",
             VmState::Error => "error",
         }
@@ -59,7 +68,7 @@ impl FromStr for VmState {
             .ok_or_else(|| {
                 ValidationError::new(
                     "status",
-                    format!("must be one of created, running, stopped, error; got {s:?}"),
+                    format!("must be one of created, running, paused, stopped, error; got {s:?}"),
                 )
             })
     }

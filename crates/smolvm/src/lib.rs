@@ -18,6 +18,7 @@ pub mod info;
 pub mod manager;
 pub mod network;
 pub mod process;
+pub mod snapshot;
 pub mod ssh;
 pub mod state;
 #[cfg(test)]

@@ -358,6 +358,7 @@ fn dispatch(frame: Frame, out: &Arc<Out>, routes: &Routes, config: &Arc<Config>,
             out.reply(id, &Reply::Done(Done::default()));
             (hooks.power_off)()
         }
+        Request::Identity(m) => out.done_or_error(id, crate::identity::apply(&m)),
         Request::Exec(m) => spawn(id, out, routes, config, move |ctx| exec::run(ctx, m)),
         Request::FileWrite(m) => spawn(id, out, routes, config, move |ctx| files::write(ctx, m)),
         Request::FileRead(m) => spawn(id, out, routes, config, move |ctx| files::read(ctx, m)),

@@ -130,6 +130,10 @@ pub struct BuildArgs {
     /// Print the image as JSON (and no progress).
     #[arg(long)]
     pub json: bool,
+    /// Also make the template snapshot of the image's default VM (boots it once, snapshots it), so
+    /// later default VMs start from it instead of booting.
+    #[arg(long)]
+    pub template: bool,
 }
 
 /// A distribution to build the userland from.
@@ -230,6 +234,27 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 crate::output::print_json(&img)?;
             } else {
                 print_built(&img, start.elapsed().as_secs_f64());
+            }
+            if a.template {
+                let m = super::common::manager(cli)?;
+                let backend = m.resolve(super::common::backend_choice(cli)?)?;
+                let config = img.vm_config(backend).backend(Some(backend)).build()?;
+                let t = Instant::now();
+                let made = m.build_template(
+                    &config,
+                    smolvm::manager::NetworkChoice::Auto,
+                    std::time::Duration::from_secs(120),
+                )?;
+                match made {
+                    Some(name) if !a.json => {
+                        eprintln!("template {name} ready ({:.1}s)", t.elapsed().as_secs_f64())
+                    }
+                    Some(_) => {}
+                    None => anyhow::bail!(
+                        "image {} cannot have a template (no smolvm agent)",
+                        img.name
+                    ),
+                }
             }
         }
         ImageCommand::List(a) => {

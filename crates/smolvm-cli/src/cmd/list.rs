@@ -13,7 +13,7 @@ use crate::Cli;
 /// Arguments of `smolvm list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only VMs in this state (created, running, stopped, error).
+    /// Only VMs in this state (created, running, paused, stopped, error).
     #[arg(long)]
     pub status: Option<String>,
     /// Print JSON (a list of VmInfo) instead of a table.

@@ -11,5 +11,6 @@ pub mod exec;
 pub mod image;
 pub mod list;
 pub mod run;
+pub mod snapshot;
 pub mod ssh;
 pub mod vm;

@@ -46,7 +46,8 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     let mut builder = SmolVm::builder()
         .config(config)
         .backend(backend_choice(cli)?)
-        .network(a.create.options().network);
+        .network(a.create.options().network)
+        .templates(a.create.uses_templates());
     if let Some(d) = &cli.data_dir {
         builder = builder.data_dir(d);
     }

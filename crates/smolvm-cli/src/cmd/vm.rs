@@ -54,6 +54,10 @@ pub struct CreateArgs {
     /// image's.
     #[arg(long, value_name = "MIB")]
     pub disk_size: Option<u64>,
+    /// Boot cold even when a template snapshot of this configuration exists (also SMOLVM_TEMPLATES=off).
+    /// Otherwise VMs of a built image start from their template, and the first one started makes it.
+    #[arg(long)]
+    pub no_template: bool,
     /// Name of a built or imported image to boot (see `smolvm image list`) [default: default].
     #[arg(long, conflicts_with_all = ["kernel", "rootfs"])]
     pub image: Option<String>,
@@ -127,6 +131,12 @@ impl CreateArgs {
         Ok(spec.build()?)
     }
 
+    /// True when this VM may start from (or make) a template: an image VM (not --kernel/--rootfs),
+    /// without --no-template or SMOLVM_TEMPLATES=off.
+    pub fn uses_templates(&self) -> bool {
+        !self.no_template && self.kernel.is_none() && smolvm::manager::templates_enabled_by_env()
+    }
+
     /// Create options.
     pub fn options(&self) -> CreateOptions {
         CreateOptions {
@@ -140,6 +150,10 @@ impl CreateArgs {
 pub struct CreateCmd {
     #[command(flatten)]
     pub create: CreateArgs,
+    /// Start a new VM from this snapshot instead (running when the command returns; the machine shape
+    /// is the snapshot's; only --id, --boot-timeout and --json apply).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["image", "kernel", "rootfs", "disk_size", "vcpus", "mem", "env", "start"])]
+    pub from_snapshot: Option<String>,
     /// Start the VM after creating it.
     #[arg(long)]
     pub start: bool,
@@ -210,8 +224,27 @@ fn show(info: &VmInfo, json: bool, verb: &str) -> anyhow::Result<()> {
 /// `smolvm create`.
 pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
     let m = manager(cli)?;
+    if let Some(name) = &a.from_snapshot {
+        let timeout = secs(Some(a.boot_timeout), 30.0)?;
+        let info = m.create_from_snapshot(name, a.create.vm_id.as_deref(), timeout)?;
+        show(&info, a.json, "started")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = a.create.config(&m, cli)?;
-    let mut info = m.create_with(&config, &a.create.options())?;
+    let opts = a.create.options();
+    let mut make_template = None;
+    let mut info = match a.create.uses_templates() {
+        true => match m.template_name(&config, opts.network)? {
+            Some(name) if m.find_template(&config, opts.network)?.is_some() => {
+                m.create_from_template(&name, &config, &opts)?
+            }
+            other => {
+                make_template = other.filter(|_| config.env_vars().is_empty());
+                m.create_with(&config, &opts)?
+            }
+        },
+        false => m.create_with(&config, &opts)?,
+    };
     if a.start {
         info = match m.start(&info.vm_id, secs(Some(a.boot_timeout), 30.0)?) {
             Ok(i) => i,
@@ -221,6 +254,13 @@ pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
                 return Err(e.into());
             }
         };
+        if let Some(name) = make_template {
+            // Best effort: a failure only costs later VMs their fast start.
+            if let Err(e) = m.make_template(&info.vm_id, &name) {
+                tracing::warn!(template = %name, error = %e, "could not make a template");
+            }
+            info = m.get(&info.vm_id)?;
+        }
     }
     show(&info, a.json, if a.start { "started" } else { "created" })?;
     Ok(ExitCode::SUCCESS)

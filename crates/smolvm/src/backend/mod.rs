@@ -100,6 +100,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// without waiting; the caller kills the process after its timeout.
     fn request_shutdown(&self, control_socket: &Path) -> Result<(), BackendError>;
 
+    /// Stops the guest's vCPUs; the VMM process stays (QMP `stop`, Firecracker `PATCH /vm` Paused).
+    fn pause(&self, control_socket: &Path) -> Result<(), BackendError>;
+
+    /// Runs the vCPUs of a paused guest again (QMP `cont`, Firecracker `PATCH /vm` Resumed).
+    fn resume(&self, control_socket: &Path) -> Result<(), BackendError>;
+
+    /// Writes the memory and device state of a **paused** VM into the existing directory `dir` (QEMU:
+    /// migration to a file; Firecracker: a full snapshot). The VM stays paused.
+    fn save_state(&self, control_socket: &Path, dir: &Path) -> Result<(), BackendError>;
+
+    /// Starts a new VMM for `spec` (same machine shape as the saved VM; own sockets, disk and network)
+    /// from the state [`save_state`](Self::save_state) wrote into `dir`, and lets the guest run. On error
+    /// nothing is left running.
+    fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<ProcessIdentity, BackendError>;
+
+    /// The VMM's version line (`QEMU emulator version ...`, `Firecracker v...`): a snapshot is only
+    /// restored by the version that wrote it.
+    fn vmm_version(&self) -> Result<String, BackendError>;
+
     /// The agent endpoint for a VM whose sockets live in `socket_dir` under the prefix `vm_id`.
     fn agent_endpoint(&self, socket_dir: &Path, vm_id: &str) -> AgentEndpoint;
 
@@ -124,6 +143,49 @@ pub enum BackendError {
         /// Why not, and what to do.
         reason: String,
     },
+}
+
+/// The first line `binary --version` prints (both VMMs support the flag). Cached per binary path and
+/// modification time: snapshots, restores and template lookups ask often, and running the binary costs
+/// tens of milliseconds.
+pub(crate) fn version_line(binary: &Path) -> std::io::Result<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (PathBuf, Option<std::time::SystemTime>);
+    static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
+    let key = (
+        binary.to_path_buf(),
+        std::fs::metadata(binary).and_then(|m| m.modified()).ok(),
+    );
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(v) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(v.clone());
+    }
+    let v = run_version(binary)?;
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, v.clone());
+    Ok(v)
+}
+
+fn run_version(binary: &Path) -> std::io::Result<String> {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{} --version failed with {}",
+            binary.display(),
+            out.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string())
 }
 
 impl From<BackendError> for crate::Error {

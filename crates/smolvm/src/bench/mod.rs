@@ -12,6 +12,7 @@ pub mod netns;
 pub mod report;
 pub mod run;
 mod sections;
+mod snapshot;
 mod ssh;
 pub mod stats;
 pub mod vm;

@@ -23,16 +23,19 @@ pub enum Section {
     Memory,
     /// 4 cold starts in parallel.
     Parallel,
+    /// Start from a snapshot and fork against cold starts; pause/resume; snapshot size and time.
+    Snapshot,
 }
 
 impl Section {
     /// All sections, in the order they run.
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Lifecycle,
         Section::ColdStart,
         Section::Exec,
         Section::Memory,
         Section::Parallel,
+        Section::Snapshot,
     ];
 
     /// The `--only` name.
@@ -43,6 +46,7 @@ impl Section {
             Section::Lifecycle => "lifecycle",
             Section::Memory => "memory",
             Section::Parallel => "parallel",
+            Section::Snapshot => "snapshot",
         }
     }
 
@@ -59,6 +63,7 @@ impl Section {
             Section::Lifecycle => "Create + delete without boot",
             Section::Memory => "Memory",
             Section::Parallel => "Parallel cold start",
+            Section::Snapshot => "Snapshots: from snapshot and fork vs cold start, pause/resume",
         }
     }
 }

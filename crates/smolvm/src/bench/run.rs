@@ -241,6 +241,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             Section::ColdStart => coldstart::cold_start(&ctx, &mut rep),
             Section::Exec => sections::exec(&ctx, &mut rep),
             Section::Memory => sections::memory(&ctx, &mut rep),
+            Section::Snapshot => super::snapshot::snapshot(&ctx, &mut rep),
             Section::Parallel => {
                 let single = reports
                     .iter()

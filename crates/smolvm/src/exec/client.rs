@@ -247,6 +247,14 @@ impl AgentClient {
         }
     }
 
+    /// Gives a guest restored from a snapshot its new identity (entropy + reseed, clock, host name,
+    /// network; see [`smolvm_protocol::Identity`]) and waits until the agent applied it.
+    pub fn set_identity(&self, identity: &smolvm_protocol::Identity) -> Result<(), ExecError> {
+        identity.validate().map_err(ExecError::InvalidRequest)?;
+        self.simple(&Request::Identity(identity.clone()), "identity")
+            .map(drop)
+    }
+
     /// Sends a one-frame request and waits for its one-frame answer (`Done`, `EnvVars`), mapping
     /// `Error` to [`ExecError::Agent`].
     fn simple(&self, req: &Request, what: &str) -> Result<Reply, ExecError> {

@@ -80,7 +80,7 @@ pub(crate) fn decide(facts: &VmFacts, delete_dead: bool, remove_retained: bool) 
         }
         let reason = match &facts.row {
             None => "no VM with this id exists in the state store",
-            Some(r) if r.status == VmState::Running => "the VM's row records another process",
+            Some(r) if r.status.has_vmm() => "the VM's row records another process",
             Some(_) => "the VM's row says it is not running",
         };
         actions.push(Action::Kill {
@@ -92,9 +92,9 @@ pub(crate) fn decide(facts: &VmFacts, delete_dead: bool, remove_retained: bool) 
     let live = facts
         .row
         .as_ref()
-        .is_some_and(|r| r.status == VmState::Running && r.process_alive);
+        .is_some_and(|r| r.status.has_vmm() && r.process_alive);
     if let Some(row) = &facts.row {
-        let died = row.status == VmState::Running && !row.process_alive;
+        let died = row.status.has_vmm() && !row.process_alive;
         if delete_dead && (died || row.status == VmState::Error) {
             actions.push(Action::Delete);
         } else if died {

@@ -100,6 +100,11 @@ impl SmolVmManager {
                 })
             }
         }
+        if rec.info.status == VmState::Created {
+            if let Some(started) = self.start_from_template(&rec, deadline)? {
+                return Ok(started);
+            }
+        }
         let backend = self.backend_impl(rec.backend)?;
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;
@@ -150,7 +155,7 @@ impl SmolVmManager {
         Ok((self.get(vm_id)?, client))
     }
 
-    fn launch_spec(
+    pub(super) fn launch_spec(
         &self,
         rec: &VmRecord,
         backend: &dyn crate::backend::Backend,
@@ -205,7 +210,7 @@ impl SmolVmManager {
     pub fn stop(&self, vm_id: &str, timeout: Duration) -> Result<VmInfo> {
         let _lock = self.lock(vm_id)?;
         let rec = self.record(vm_id)?;
-        if rec.info.status != VmState::Running {
+        if !matches!(rec.info.status, VmState::Running | VmState::Paused) {
             return Ok(rec.info);
         }
         self.halt(&rec, timeout)?;
@@ -223,6 +228,9 @@ impl SmolVmManager {
             return Ok(());
         };
         let deadline = Instant::now() + timeout;
+        if !timeout.is_zero() {
+            self.unpause_for_halt(rec);
+        }
         let backend = self.backend_impl(rec.backend)?;
         let agent = backend.agent_endpoint(self.socket_dir(), &rec.info.vm_id);
         let asked = !timeout.is_zero()

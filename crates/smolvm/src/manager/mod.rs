@@ -18,13 +18,19 @@ mod cleanup_plan;
 mod net;
 mod procscan;
 
+mod fork;
 mod images;
 mod lifecycle;
+mod pause;
+mod snapshot;
+mod snapshot_disk;
+mod template;
 
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
 pub use net::net_attachment;
+pub use template::{templates_enabled_by_env, TEMPLATES_ENV, TEMPLATE_PREFIX};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -190,7 +196,8 @@ impl SmolVmManager {
     /// Marks VMs whose row says running but whose VMM process is gone as `error`; returns their ids
     /// (spec: `reconcile`).
     pub fn reconcile(&self) -> Result<Vec<String>> {
-        let running = self.state()?.list_vms(Some(VmState::Running))?;
+        let mut running = self.state()?.list_vms(Some(VmState::Running))?;
+        running.extend(self.state()?.list_vms(Some(VmState::Paused))?);
         let mut stale = Vec::new();
         for rec in running {
             let _lock = self.lock(&rec.info.vm_id)?;
@@ -198,7 +205,8 @@ impl SmolVmManager {
             let Some(rec) = self.state()?.get_vm(&rec.info.vm_id)? else {
                 continue;
             };
-            if rec.info.status == VmState::Running && !rec.process.is_some_and(|p| p.is_alive()) {
+            let live_state = matches!(rec.info.status, VmState::Running | VmState::Paused);
+            if live_state && !rec.process.is_some_and(|p| p.is_alive()) {
                 self.state()?.set_status(
                     &rec.info.vm_id,
                     VmState::Error,

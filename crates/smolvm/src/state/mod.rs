@@ -11,6 +11,7 @@ mod error;
 mod forwards;
 mod leases;
 mod schema;
+mod snapshots;
 mod vms;
 
 use std::ops::RangeInclusive;

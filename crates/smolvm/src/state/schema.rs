@@ -14,7 +14,7 @@ use crate::state::error::{Fail, StateError};
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forward migrations; entry `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -87,6 +87,53 @@ CREATE UNIQUE INDEX leases_tap_device ON leases (tap_device) WHERE mode = 'tap';
 CREATE UNIQUE INDEX leases_tap_guest_mac ON leases (guest_mac) WHERE mode = 'tap';
 ";
 
+/// Version 3: the `paused` VM state, and snapshots. `vms` is rebuilt because its status CHECK cannot be
+/// altered (foreign keys are off while migrating, so leases and forwards keep pointing at `vms`).
+/// `snapshots` outlives the VM it was taken from (no foreign key to `vms`); `snapshot_users` records
+/// which VMs were made from a snapshot (their disks are overlays on its disk), so deleting a snapshot that
+/// VMs still use is refused by the foreign key, and deleting a VM releases its link (CASCADE).
+const V3: &str = "
+CREATE TABLE vms_v3 (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL UNIQUE,
+    status         TEXT    NOT NULL CHECK (status IN ('created', 'running', 'paused', 'stopped', 'error')),
+    backend        TEXT    NOT NULL CHECK (backend IN ('firecracker', 'qemu')),
+    config         TEXT    NOT NULL,
+    pid            INTEGER,
+    pid_start_time INTEGER,
+    socket_path    BLOB,
+    agent_socket   BLOB,
+    disk_path      BLOB,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    last_error     TEXT,
+    CHECK ((pid IS NULL) = (pid_start_time IS NULL))
+) STRICT;
+INSERT INTO vms_v3 SELECT seq, id, status, backend, config, pid, pid_start_time, socket_path,
+    agent_socket, disk_path, created_at, updated_at, last_error FROM vms;
+DROP TABLE vms;
+ALTER TABLE vms_v3 RENAME TO vms;
+CREATE INDEX vms_status ON vms (status);
+
+CREATE TABLE snapshots (
+    seq         INTEGER PRIMARY KEY,
+    name        TEXT    NOT NULL UNIQUE,
+    source_vm   TEXT    NOT NULL,      -- the VM it was taken from (may be gone since)
+    backend     TEXT    NOT NULL CHECK (backend IN ('firecracker', 'qemu')),
+    config      TEXT    NOT NULL,      -- JSON of the source's VmConfigSpec
+    machine     TEXT    NOT NULL,      -- JSON of the machine shape and VMM version it needs
+    dir         BLOB    NOT NULL,      -- where its files are
+    size_bytes  INTEGER NOT NULL CHECK (size_bytes >= 0),
+    created_at  INTEGER NOT NULL       -- milliseconds since the Unix epoch
+) STRICT;
+
+CREATE TABLE snapshot_users (
+    vm_id    TEXT PRIMARY KEY NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+    snapshot TEXT NOT NULL REFERENCES snapshots (name)
+) STRICT;
+CREATE INDEX snapshot_users_snapshot ON snapshot_users (snapshot);
+";
+
 /// Opens (creating if missing) and prepares the database at `path`.
 ///
 /// Order matters: nothing is written before the file is known to be a SQLite database of a version
@@ -105,6 +152,10 @@ fn open_inner(path: &Path) -> Result<Connection, Fail> {
     })?;
     check_not_newer(path, found)?;
     if found < i64::from(SCHEMA_VERSION) {
+        // The bundled SQLite enables foreign keys by default; a migration that rebuilds a parent table
+        // (V3 drops and recreates `vms`) would otherwise cascade-delete every lease. The pragma is a
+        // no-op inside a transaction, so it is set here, before `migrate` opens one.
+        conn.pragma_update(None, "foreign_keys", false)?;
         migrate(&mut conn, path)?;
     }
     // Foreign keys are enabled after migrating: a future migration that rebuilds a table needs them off.

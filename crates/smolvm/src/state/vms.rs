@@ -134,8 +134,8 @@ impl StateStore {
         })
     }
 
-    /// Sets the status and the last error (`None` clears it). Any status but `running` also forgets the
-    /// process and sockets, which belong to a VMM that is gone.
+    /// Sets the status and the last error (`None` clears it). Any status but `running` and `paused` also
+    /// forgets the process and sockets, which belong to a VMM that is gone.
     pub fn set_status(
         &mut self,
         id: &str,
@@ -145,10 +145,10 @@ impl StateStore {
         self.write(|tx| {
             let n = tx.execute(
                 "UPDATE vms SET status = ?2, last_error = ?3, updated_at = ?4,
-                     pid = iif(?2 = 'running', pid, NULL),
-                     pid_start_time = iif(?2 = 'running', pid_start_time, NULL),
-                     socket_path = iif(?2 = 'running', socket_path, NULL),
-                     agent_socket = iif(?2 = 'running', agent_socket, NULL)
+                     pid = iif(?2 IN ('running', 'paused'), pid, NULL),
+                     pid_start_time = iif(?2 IN ('running', 'paused'), pid_start_time, NULL),
+                     socket_path = iif(?2 IN ('running', 'paused'), socket_path, NULL),
+                     agent_socket = iif(?2 IN ('running', 'paused'), agent_socket, NULL)
                  WHERE id = ?1",
                 params![id, status.as_str(), error, now_ms()],
             )?;

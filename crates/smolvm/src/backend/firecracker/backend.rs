@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::api::{
     ActionType, BootSource, Drive, InstanceActionInfo, Logger, MachineConfiguration,
-    NetworkInterface, SerialDevice, Vsock,
+    NetworkInterface, SerialDevice, VmRunState, Vsock,
 };
 use super::http::ApiClient;
 use super::FirecrackerError;
@@ -74,6 +74,17 @@ impl FirecrackerBackend {
         spec: &LaunchSpec,
         socket_wait: Duration,
     ) -> Result<ProcessIdentity, FirecrackerError> {
+        self.start_vmm(spec, socket_wait, None)
+    }
+
+    /// Starts the process and either configures and boots `spec`, or (`restore_from`) loads the
+    /// snapshot in that directory with `spec`'s TAP and vsock socket.
+    pub(crate) fn start_vmm(
+        &self,
+        spec: &LaunchSpec,
+        socket_wait: Duration,
+        restore_from: Option<&Path>,
+    ) -> Result<ProcessIdentity, FirecrackerError> {
         // Everything that can be checked without side effects is checked before anything is created.
         preflight(spec)?;
         remove_sockets(&spec.control_socket, &spec.agent)?;
@@ -92,7 +103,10 @@ impl FirecrackerBackend {
         })?;
         let result = wait_for_socket(&spec.control_socket, &identity, socket_wait).and_then(|()| {
             let mut client = ApiClient::new(&spec.control_socket);
-            configure(&mut client, spec, None)
+            match restore_from {
+                None => configure(&mut client, spec, None),
+                Some(dir) => super::snapshot::load(&mut client, spec, dir),
+            }
         });
         match result {
             Ok(()) => Ok(identity),
@@ -127,6 +141,38 @@ impl Backend for FirecrackerBackend {
         let mut client = ApiClient::new(control_socket).with_timeout(SHUTDOWN_TIMEOUT);
         client.send(&InstanceActionInfo::new(ActionType::SendCtrlAltDel))?;
         Ok(())
+    }
+
+    fn pause(&self, control_socket: &Path) -> Result<(), BackendError> {
+        let mut client = ApiClient::new(control_socket);
+        Ok(super::snapshot::set_state(&mut client, VmRunState::Paused)?)
+    }
+
+    fn resume(&self, control_socket: &Path) -> Result<(), BackendError> {
+        let mut client = ApiClient::new(control_socket);
+        Ok(super::snapshot::set_state(
+            &mut client,
+            VmRunState::Resumed,
+        )?)
+    }
+
+    fn save_state(&self, control_socket: &Path, dir: &Path) -> Result<(), BackendError> {
+        let mut client = ApiClient::new(control_socket);
+        Ok(super::snapshot::create(&mut client, dir)?)
+    }
+
+    fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<ProcessIdentity, BackendError> {
+        Ok(self.start_vmm(spec, SOCKET_WAIT, Some(dir))?)
+    }
+
+    fn vmm_version(&self) -> Result<String, BackendError> {
+        crate::backend::version_line(&self.binary).map_err(|source| {
+            FirecrackerError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            }
+            .into()
+        })
     }
 
     fn agent_endpoint(&self, socket_dir: &Path, vm_id: &str) -> AgentEndpoint {

@@ -8,6 +8,7 @@
 pub mod api;
 mod backend;
 pub mod http;
+pub mod snapshot;
 mod vsock_handshake;
 
 #[cfg(test)]

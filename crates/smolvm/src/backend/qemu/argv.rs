@@ -25,6 +25,16 @@ use crate::backend::{LaunchSpec, NetAttachment};
 /// The name of the guest's virtio-serial port for the agent (`/sys/class/virtio-ports/*/name`).
 pub const AGENT_PORT_NAME: &str = "org.smolvm.agent";
 
+/// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
+/// backing file is the snapshot's disk), `raw` for everything else.
+pub fn disk_format(disk: &Path) -> &'static str {
+    if disk.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
 /// The complete argv (program first) that boots `spec` with `accel`.
 pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsString> {
     let mut a = Argv(vec![binary.as_os_str().to_owned()]);
@@ -73,7 +83,14 @@ pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsStrin
     a.push(cmdline);
 
     // Root disk.
-    let mut drive = opt("id=root,format=raw,if=none,file=", &spec.disk);
+    let mut drive = opt(
+        if disk_format(&spec.disk) == "qcow2" {
+            "id=root,format=qcow2,if=none,file="
+        } else {
+            "id=root,format=raw,if=none,file="
+        },
+        &spec.disk,
+    );
     drive.push(if spec.disk_read_only {
         ",readonly=on"
     } else {

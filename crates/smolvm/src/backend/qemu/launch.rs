@@ -57,7 +57,7 @@ pub(super) fn launch(
 }
 
 /// Waits until QEMU's QMP socket completes a handshake, QEMU dies, or [`STARTUP_TIMEOUT`] passes.
-fn wait_for_qmp(
+pub(super) fn wait_for_qmp(
     identity: &ProcessIdentity,
     spec: &LaunchSpec,
     log_offset: u64,
@@ -122,7 +122,7 @@ pub(super) fn remove_socket(path: &Path) -> Result<(), QemuError> {
 }
 
 /// The last lines `log` gained after byte `offset`, or a note that there were none.
-fn log_tail(log: &Path, offset: u64) -> String {
+pub(super) fn log_tail(log: &Path, offset: u64) -> String {
     let read = || -> std::io::Result<String> {
         let mut f = fs::File::open(log)?;
         let len = f.metadata()?.len();

@@ -6,6 +6,7 @@
 
 pub mod argv;
 mod launch;
+pub mod migrate;
 pub mod qmp;
 
 use std::ffi::OsString;
@@ -143,6 +144,20 @@ pub enum QemuError {
         /// Its last lines from this start.
         tail: String,
     },
+    /// Restoring a snapshot failed (QEMU refuses a stream saved with other devices, capabilities or
+    /// version, and exits).
+    #[error("QEMU could not restore VM {vm_id} from the snapshot; end of {}:\n{tail}", log.display())]
+    RestoreFailed {
+        /// The VM being restored.
+        vm_id: String,
+        /// The VMM log.
+        log: PathBuf,
+        /// Its last lines from this start.
+        tail: String,
+        /// The step that failed.
+        #[source]
+        source: Box<QemuError>,
+    },
     /// A QMP operation failed.
     #[error("QMP on {}", socket.display())]
     Qmp {
@@ -232,6 +247,22 @@ impl QemuBackend {
             })
     }
 
+    /// Runs `f` on a fresh QMP session of the VM at `control_socket`.
+    fn with_qmp(
+        &self,
+        control_socket: &Path,
+        f: impl FnOnce(&mut QmpClient) -> Result<(), QmpError>,
+    ) -> Result<(), BackendError> {
+        let mut q = self.qmp(control_socket)?;
+        f(&mut q).map_err(|source| {
+            QemuError::Qmp {
+                socket: control_socket.to_path_buf(),
+                source,
+            }
+            .into()
+        })
+    }
+
     /// Makes QEMU exit at once (no guest shutdown).
     pub fn quit(&self, control_socket: &Path) -> Result<(), QemuError> {
         self.qmp(control_socket)?
@@ -260,6 +291,34 @@ impl Backend for QemuBackend {
                 source,
             })?;
         Ok(())
+    }
+
+    fn pause(&self, control_socket: &Path) -> Result<(), BackendError> {
+        self.with_qmp(control_socket, migrate::stop)
+    }
+
+    fn resume(&self, control_socket: &Path) -> Result<(), BackendError> {
+        self.with_qmp(control_socket, migrate::cont)
+    }
+
+    fn save_state(&self, control_socket: &Path, dir: &Path) -> Result<(), BackendError> {
+        self.with_qmp(control_socket, |q| {
+            migrate::save(q, dir, migrate::MIGRATION_TIMEOUT)
+        })
+    }
+
+    fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<ProcessIdentity, BackendError> {
+        Ok(migrate::restore(self, spec, dir)?)
+    }
+
+    fn vmm_version(&self) -> Result<String, BackendError> {
+        crate::backend::version_line(&self.binary).map_err(|source| {
+            QemuError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            }
+            .into()
+        })
     }
 
     fn agent_endpoint(&self, socket_dir: &Path, vm_id: &str) -> AgentEndpoint {

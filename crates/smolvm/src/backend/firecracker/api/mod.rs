@@ -11,6 +11,8 @@ mod machine_config;
 mod network_interface;
 mod rate_limiter;
 mod serial;
+mod snapshot;
+mod vm_state;
 mod vsock;
 
 pub use actions::{ActionType, InstanceActionInfo};
@@ -22,6 +24,11 @@ pub use machine_config::{HugePages, MachineConfiguration};
 pub use network_interface::NetworkInterface;
 pub use rate_limiter::{RateLimiter, TokenBucket};
 pub use serial::SerialDevice;
+pub use snapshot::{
+    MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType, VsockOverride,
+};
+pub use vm_state::{Vm, VmRunState};
 pub use vsock::Vsock;
 
 use super::http::Method;

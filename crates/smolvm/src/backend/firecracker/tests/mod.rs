@@ -10,4 +10,5 @@ mod http_tests;
 mod process_tests;
 mod real_binary;
 mod schema;
+mod snapshot_tests;
 mod vsock_tests;

@@ -1,0 +1,214 @@
+//! Pause, resume, and snapshots as QEMU migration to a file.
+//!
+//! Save (the VM paused with `stop`): `migrate-set-capabilities` ([`CAPABILITIES`]), `migrate` to
+//! `file:<dir>/vm.migration`, then poll `query-migrate` until `completed` (or `failed`, with QEMU's
+//! reason). Restore: the same argv as a boot of the same machine shape plus `-incoming defer`, the same
+//! capabilities, `migrate-incoming`, poll, then `cont`. The capabilities must match on both sides or the
+//! restoring QEMU exits ("Capability mapped-ram is off, but received capability is on"), so they are a
+//! constant here. `mapped-ram` (QEMU >= 9.0) writes each RAM page at a fixed offset of a sparse file:
+//! the file is the guest's size in apparent bytes but allocates only the pages the guest touched.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::launch::{log_tail, remove_socket};
+use super::{QemuBackend, QemuError, QmpClient, QmpError};
+use crate::backend::LaunchSpec;
+use crate::process::{spawn_detached, ProcessIdentity};
+
+/// Name of the migration stream inside a snapshot directory.
+pub const MIGRATION_FILE: &str = "vm.migration";
+/// Migration capabilities used for saving and restoring (identical on both sides).
+pub const CAPABILITIES: &[&str] = &["mapped-ram"];
+/// How long a save or a load may take (hundreds of MB to a local file take about a second).
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Pause between `query-migrate` polls.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The `migrate-set-capabilities` arguments.
+pub fn capability_args() -> Value {
+    let caps: Vec<Value> = CAPABILITIES
+        .iter()
+        .map(|c| json!({ "capability": c, "state": true }))
+        .collect();
+    json!({ "capabilities": caps })
+}
+
+/// The `file:` URI of the migration stream in `dir`. QEMU reads `,offset=` options after the path, so a
+/// path with a comma is refused rather than misread.
+pub fn file_uri(dir: &Path) -> Result<String, QmpError> {
+    let path = dir.join(MIGRATION_FILE);
+    let s = path
+        .to_str()
+        .ok_or_else(|| QmpError::Protocol(format!("{} is not UTF-8", path.display())))?;
+    if s.contains(',') {
+        return Err(QmpError::Protocol(format!(
+            "{s} contains a comma, which QEMU's file: URI cannot carry; use another data directory"
+        )));
+    }
+    Ok(format!("file:{s}"))
+}
+
+/// Pauses the VM (`stop`).
+pub fn stop(qmp: &mut QmpClient) -> Result<(), QmpError> {
+    qmp.execute("stop", None).map(drop)
+}
+
+/// Resumes the VM (`cont`).
+pub fn cont(qmp: &mut QmpClient) -> Result<(), QmpError> {
+    qmp.execute("cont", None).map(drop)
+}
+
+/// Saves a paused VM into `dir`: capabilities, `migrate`, wait for completion.
+pub fn save(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), QmpError> {
+    let uri = file_uri(dir)?;
+    qmp.execute("migrate-set-capabilities", Some(capability_args()))?;
+    qmp.execute("migrate", Some(json!({ "uri": uri })))?;
+    wait_completed(qmp, timeout, "saving")
+}
+
+/// Loads `dir` into a QEMU started with `-incoming defer`, then lets the guest run.
+pub fn load(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), QmpError> {
+    let uri = file_uri(dir)?;
+    qmp.execute("migrate-set-capabilities", Some(capability_args()))?;
+    qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
+    wait_completed(qmp, timeout, "loading")?;
+    // With autostart QEMU may already run the guest after an incoming migration; `cont` is needed only
+    // when it did not.
+    if !qmp.query_status()?.running {
+        cont(qmp)?;
+    }
+    Ok(())
+}
+
+/// Polls `query-migrate` until `completed`; `failed`/`cancelled` become an error with QEMU's reason.
+fn wait_completed(
+    qmp: &mut QmpClient,
+    timeout: Duration,
+    action: &'static str,
+) -> Result<(), QmpError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = qmp.execute("query-migrate", None)?;
+        match v.get("status").and_then(Value::as_str) {
+            Some("completed") => return Ok(()),
+            Some(s @ ("failed" | "cancelled")) => {
+                let why = v
+                    .get("error-desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given");
+                return Err(QmpError::Command {
+                    command: format!("migrate ({action})"),
+                    class: s.to_string(),
+                    desc: why.to_string(),
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(QmpError::Io {
+                action,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("migration not completed after {}s", timeout.as_secs()),
+                ),
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Starts QEMU for `spec` with `-incoming defer`, loads `dir` and runs the guest. Any failure (QEMU
+/// refusing the stream exits) kills the process and removes the sockets, and the error carries the end
+/// of the VMM log, where QEMU says why.
+pub(super) fn restore(
+    backend: &QemuBackend,
+    spec: &LaunchSpec,
+    dir: &Path,
+) -> Result<ProcessIdentity, QemuError> {
+    let sockets = [spec.control_socket.as_path(), spec.agent.path()];
+    for s in sockets {
+        super::check_socket_path(s)?;
+        remove_socket(s)?;
+    }
+    let log_offset = std::fs::metadata(&spec.vmm_log)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let argv = restore_argv(backend, spec);
+    tracing::debug!(vm_id = %spec.vm_id, ?argv, "restoring QEMU");
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let identity = spawn_detached(cmd, &spec.vmm_log).map_err(|source| QemuError::Spawn {
+        binary: backend.binary.clone(),
+        source,
+    })?;
+    let t0 = std::time::Instant::now();
+    let result = super::launch::wait_for_qmp(&identity, spec, log_offset).and_then(|()| {
+        tracing::debug!(vm_id = %spec.vm_id, ms = t0.elapsed().as_millis() as u64, "QMP up");
+        let mut qmp = backend.qmp(&spec.control_socket)?;
+        load(&mut qmp, dir, MIGRATION_TIMEOUT).map_err(|source| QemuError::Qmp {
+            socket: spec.control_socket.clone(),
+            source,
+        })
+    });
+    match result {
+        Ok(()) => Ok(identity),
+        Err(e) => {
+            // QEMU exits on a bad stream; give it a moment so the log holds its reason.
+            identity.wait_gone(Duration::from_millis(500));
+            identity.kill();
+            for s in sockets {
+                let _ = remove_socket(s);
+            }
+            Err(QemuError::RestoreFailed {
+                vm_id: spec.vm_id.clone(),
+                log: spec.vmm_log.clone(),
+                tail: log_tail(&spec.vmm_log, log_offset),
+                source: Box::new(e),
+            })
+        }
+    }
+}
+
+/// The boot argv plus `-incoming defer`.
+pub fn restore_argv(backend: &QemuBackend, spec: &LaunchSpec) -> Vec<OsString> {
+    let mut argv = backend.argv(spec);
+    argv.push("-incoming".into());
+    argv.push("defer".into());
+    argv
+}
+
+/// Where the migration stream of a snapshot directory is.
+pub fn migration_file(dir: &Path) -> PathBuf {
+    dir.join(MIGRATION_FILE)
+}
+
+#[cfg(test)]
+#[path = "migrate_tests.rs"]
+mod sequence_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_refuses_commas() {
+        assert_eq!(
+            file_uri(Path::new("/d/snap")).unwrap(),
+            "file:/d/snap/vm.migration"
+        );
+        assert!(file_uri(Path::new("/d/a,offset=1")).is_err());
+    }
+
+    #[test]
+    fn capabilities_are_mapped_ram() {
+        assert_eq!(
+            capability_args(),
+            json!({"capabilities": [{"capability": "mapped-ram", "state": true}]})
+        );
+    }
+}
