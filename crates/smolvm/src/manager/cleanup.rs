@@ -3,9 +3,11 @@
 //!
 //! Per VM id (from rows, VMM processes, socket files, disks and VM directories), under the VM's lock so
 //! that a concurrent create/start/delete is never disturbed half-way:
-//! * VMM processes (`qemu-system-*`, `firecracker`) whose command line names a control socket
-//!   `<socket_dir>/<id>.qmp` / `.fc.sock` and that no row records as the VM's running VMM: killed, by
-//!   identity (pid and start time), so a reused pid is never hit;
+//! * VMM processes (`qemu-system-*`, `firecracker`) that provably belong to this store (their
+//!   environment names it, see [`crate::dirs::STORE_ENV`]) and whose command line names a control
+//!   socket `<socket_dir>/<id>.qmp` / `.fc.sock`, and that no row records as the VM's running VMM:
+//!   killed, by identity (pid and start time), so a reused pid is never hit. A VMM of another store, or
+//!   an unmarked one, is never touched, nor are its socket files, even in a shared socket directory;
 //! * rows that say running while their VMM is gone: marked `error` (like `reconcile`); with
 //!   [`CleanupScope::All`] or [`CleanupScope::Vm`], these and VMs already in `error` are deleted
 //!   completely (`delete`: network, disk unless retained, files, row);
@@ -202,10 +204,13 @@ impl SmolVmManager {
         Ok(report)
     }
 
-    /// VMM processes of this manager (control socket in its socket directory).
-    fn own_vmms<'a>(&'a self, all: &'a [VmmProcess]) -> impl Iterator<Item = &'a VmmProcess> {
+    /// VMM processes that provably belong to this store (marker and socket directory).
+    pub(crate) fn own_vmms<'a>(
+        &'a self,
+        all: &'a [VmmProcess],
+    ) -> impl Iterator<Item = &'a VmmProcess> {
         all.iter()
-            .filter(|p| p.control_socket.parent() == Some(self.socket_dir()))
+            .filter(|p| p.belongs_to(&self.dirs.store, self.socket_dir()))
     }
 
     fn facts(&self, id: &str, all_vmms: &[VmmProcess], files: &Files) -> Result<VmFacts> {
@@ -221,6 +226,12 @@ impl SmolVmManager {
                 .filter(|p| p.vm_id == id && p.identity.is_alive())
                 .cloned()
                 .collect(),
+            foreign_live: all_vmms.iter().any(|p| {
+                p.vm_id == id
+                    && p.control_socket.parent() == Some(self.socket_dir())
+                    && !p.belongs_to(&self.dirs.store, self.socket_dir())
+                    && p.identity.is_alive()
+            }),
             sockets: existing(files.sockets.get(id).cloned().unwrap_or_default()),
             disk: files.disks.get(id).filter(|p| p.exists()).cloned(),
             temp_files: existing(files.temp_files.get(id).cloned().unwrap_or_default()),

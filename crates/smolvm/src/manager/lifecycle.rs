@@ -189,6 +189,7 @@ impl SmolVmManager {
             agent: backend.agent_endpoint(sockets, id),
             console_log: self.console_log(id),
             vmm_log: self.vmm_log(id),
+            store: Some(self.dirs.store.clone()),
         })
     }
 
