@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use smolvm::image::{ImageBuilder, ImageOptions};
 use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
-use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo};
+use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo, VmState};
 
 use super::common::manager;
 use crate::output::print_json;
@@ -233,9 +233,31 @@ pub fn start(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
 
 /// `smolvm stop`.
 pub fn stop(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
-    let info = manager(cli)?.stop(&a.id, secs(a.timeout, 10.0)?)?;
-    show(&info, a.json, "stopped")?;
+    let m = manager(cli)?;
+    let before = m.get(&a.id)?.status;
+    let info = m.stop(&a.id, secs(a.timeout, 10.0)?)?;
+    if a.json || before == VmState::Running {
+        show(&info, a.json, "stopped")?;
+    } else {
+        println!(
+            "{}",
+            not_running_note(&info, m.last_error(&a.id)?.as_deref())
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `stop` says about a VM that was not running: nothing was done, and for an `error` VM why and
+/// what to do instead.
+fn not_running_note(info: &VmInfo, last_error: Option<&str>) -> String {
+    let id = &info.vm_id;
+    match (info.status, last_error) {
+        (VmState::Error, Some(why)) => format!(
+            "VM {id} is not running (error: {why}); nothing to stop. \
+             `smolvm start {id}` restarts it from its disk, `smolvm delete {id}` removes it"
+        ),
+        (status, _) => format!("VM {id} is not running ({status}); nothing to stop"),
+    }
 }
 
 /// `smolvm delete`.
@@ -266,8 +288,13 @@ pub fn reconcile(cli: &Cli, a: &ReconcileArgs) -> anyhow::Result<ExitCode> {
     } else if stale.is_empty() {
         println!("all running VMs are alive");
     } else {
+        let m = manager(cli)?;
         for id in &stale {
-            println!("{id}: VMM process gone, marked error");
+            let why = m.last_error(id).ok().flatten();
+            println!(
+                "{id}: marked error: {}",
+                why.as_deref().unwrap_or("its VMM process is gone")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -306,5 +333,42 @@ pub fn logs(cli: &Cli, a: &LogsArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(status: VmState) -> VmInfo {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, r) = (dir.path().join("k"), dir.path().join("r"));
+        std::fs::write(&k, b"k").unwrap();
+        std::fs::write(&r, b"r").unwrap();
+        let config = VmConfig::builder(&k, &r).vm_id("tc").build().unwrap();
+        VmInfo {
+            vm_id: "tc".into(),
+            status,
+            config,
+            network: None,
+            pid: None,
+            socket_path: None,
+        }
+    }
+
+    #[test]
+    fn stop_of_a_vm_that_is_not_running_says_nothing_was_stopped() {
+        assert_eq!(
+            not_running_note(
+                &info(VmState::Error),
+                Some("the VMM of VM tc (pid 7) exited")
+            ),
+            "VM tc is not running (error: the VMM of VM tc (pid 7) exited); nothing to stop. \
+             `smolvm start tc` restarts it from its disk, `smolvm delete tc` removes it"
+        );
+        assert_eq!(
+            not_running_note(&info(VmState::Stopped), None),
+            "VM tc is not running (stopped); nothing to stop"
+        );
     }
 }

@@ -63,9 +63,9 @@ impl SmolVmManager {
         Ok(())
     }
 
-    /// Starts a created or stopped VM and waits until its guest is ready (agent `Ready`), at most
-    /// `boot_timeout`. A running VM is left as it is. On timeout the VMM is killed and the VM keeps its
-    /// previous state (spec: `start`).
+    /// Starts a created, stopped or `error` VM and waits until its guest is ready (agent `Ready`), at
+    /// most `boot_timeout`. A running VM is left as it is. On timeout the VMM is killed and the VM keeps
+    /// its previous state (spec: `start`; restarting an `error` VM from its disk is smolvm's addition).
     pub fn start(&self, vm_id: &str, boot_timeout: Duration) -> Result<VmInfo> {
         self.start_inner(vm_id, boot_timeout).map(|(info, _)| info)
     }
@@ -83,15 +83,20 @@ impl SmolVmManager {
             VmState::Running if rec.process.is_some_and(|p| p.is_alive()) => {
                 return Ok((rec.info, None))
             }
-            VmState::Created | VmState::Stopped => {}
-            status => {
+            // An `error` VM (its VMM died, or an operation failed half-way) boots again from its disk
+            // and leases, which are intact: what a user expects, and what its error message offers.
+            VmState::Created | VmState::Stopped | VmState::Error => {}
+            // `record` turned a running VM with a dead VMM into `error`, so this is not reached.
+            VmState::Running => {
                 return Err(Error::InvalidState {
                     vm_id: vm_id.into(),
-                    status,
-                    operation: "start (only created or stopped VMs can start; delete it instead)",
+                    status: VmState::Running,
+                    operation: "start (its VMM state is unknown; run `smolvm reconcile`)",
                 })
             }
         }
+        // A VMM a crash left behind for this VM would hold its disk and sockets.
+        self.kill_stray_vmms(vm_id, None);
         let backend = self.backend_impl(rec.backend)?;
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;

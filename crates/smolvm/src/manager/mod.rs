@@ -19,6 +19,7 @@ mod net;
 mod procscan;
 
 mod lifecycle;
+mod liveness;
 
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
@@ -176,37 +177,45 @@ impl SmolVmManager {
         Ok(self.record(vm_id)?.info)
     }
 
-    /// All VMs, optionally only those in `status` (spec: `list_vms`).
+    /// All VMs, optionally only those in `status` (spec: `list_vms`). A VM recorded as running whose
+    /// VMM is gone is shown (and stored) as `error` right away.
     pub fn list_vms(&self, status: Option<VmState>) -> Result<Vec<VmInfo>> {
-        Ok(self
-            .state()?
-            .list_vms(status)?
-            .into_iter()
-            .map(|r| r.info)
-            .collect())
+        let mut out = Vec::new();
+        // Bound first: the store's guard must be released before `observe` takes it again.
+        let rows = self.state()?.list_vms(None)?;
+        for rec in rows {
+            let rec = match self.observe(rec) {
+                Ok((rec, _)) => rec,
+                // Deleted while we looked.
+                Err(Error::VmNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if status.is_none_or(|s| s == rec.info.status) {
+                out.push(rec.info);
+            }
+        }
+        Ok(out)
     }
 
     /// Marks VMs whose row says running but whose VMM process is gone as `error`; returns their ids
-    /// (spec: `reconcile`).
+    /// (spec: `reconcile`). Takes no VM lock (see [`liveness`]), so it never waits for an operation on
+    /// another VM, such as a boot.
     pub fn reconcile(&self) -> Result<Vec<String>> {
         let running = self.state()?.list_vms(Some(VmState::Running))?;
         let mut stale = Vec::new();
         for rec in running {
-            let _lock = self.lock(&rec.info.vm_id)?;
-            // Re-read under the lock: another process may have stopped it meanwhile.
-            let Some(rec) = self.state()?.get_vm(&rec.info.vm_id)? else {
-                continue;
-            };
-            if rec.info.status == VmState::Running && !rec.process.is_some_and(|p| p.is_alive()) {
-                self.state()?.set_status(
-                    &rec.info.vm_id,
-                    VmState::Error,
-                    Some("the VMM process is gone (found by reconcile)"),
-                )?;
-                stale.push(rec.info.vm_id);
+            match self.observe(rec) {
+                Ok((rec, true)) => stale.push(rec.info.vm_id),
+                Ok((_, false)) | Err(Error::VmNotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(stale)
+    }
+
+    /// Why the VM last failed (the reason recorded with status `error`), if it did.
+    pub fn last_error(&self, vm_id: &str) -> Result<Option<String>> {
+        Ok(self.record(vm_id)?.last_error)
     }
 
     /// Releases what this manager holds (the database connection stays valid until drop; calling `close`
@@ -219,10 +228,13 @@ impl SmolVmManager {
         Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The VM's record as it really is (a dead VMM turns a running VM into `error`, see [`liveness`]).
     pub(crate) fn record(&self, vm_id: &str) -> Result<VmRecord> {
-        self.state()?
+        let rec = self
+            .state()?
             .get_vm(vm_id)?
-            .ok_or_else(|| Error::VmNotFound(vm_id.to_string()))
+            .ok_or_else(|| Error::VmNotFound(vm_id.to_string()))?;
+        Ok(self.observe(rec)?.0)
     }
 
     pub(crate) fn lock(&self, vm_id: &str) -> Result<lock::VmLock> {
