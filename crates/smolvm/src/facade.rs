@@ -108,6 +108,7 @@ impl SmolVmBuilder {
             &config,
             &CreateOptions {
                 network: self.network,
+                ..CreateOptions::default()
             },
         )?;
         Ok(SmolVm {

@@ -44,6 +44,7 @@ impl Scene {
 fn no_net() -> CreateOptions {
     CreateOptions {
         network: NetworkChoice::None,
+        ..CreateOptions::default()
     }
 }
 

@@ -74,6 +74,10 @@ pub struct CreateArgs {
     /// Keep the isolated disk after delete; a later create with the same id reuses it.
     #[arg(long)]
     pub retain_disk: bool,
+    /// Delete a disk retained by an earlier VM with this id and start from a fresh copy of the image
+    /// (by default such a disk is reused, with its files).
+    #[arg(long)]
+    pub discard_retained_disk: bool,
     /// Environment variable for the guest, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -129,6 +133,7 @@ impl CreateArgs {
     pub fn options(&self) -> CreateOptions {
         CreateOptions {
             network: self.network.into(),
+            discard_retained_disk: self.discard_retained_disk,
         }
     }
 }
@@ -209,7 +214,17 @@ fn show(info: &VmInfo, json: bool, verb: &str) -> anyhow::Result<()> {
 pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
     let m = manager(cli)?;
     let config = a.create.config(&m, cli)?;
-    let mut info = m.create_with(&config, &a.create.options())?;
+    let created = m.create_reporting(&config, &a.create.options())?;
+    if let Some(disk) = &created.reused_disk {
+        // On stderr: stdout may be JSON.
+        eprintln!(
+            "reusing the disk {} retained by an earlier VM {} (its files are kept; \
+             --discard-retained-disk starts fresh)",
+            disk.display(),
+            created.info.vm_id
+        );
+    }
+    let mut info = created.info;
     if a.start {
         info = match m.start(&info.vm_id, secs(Some(a.boot_timeout), 30.0)?) {
             Ok(i) => i,

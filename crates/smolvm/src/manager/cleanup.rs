@@ -285,6 +285,10 @@ impl SmolVmManager {
                 }
             }
             Action::RetainedDisk { path, remove: rm } => {
+                if rm && !dry_run {
+                    // Its origin record first: a disk without one is still usable, the reverse is not.
+                    let _ = fs::remove_file(super::disk::origin_path(&path));
+                }
                 if rm && !remove(&path, dry_run, false, report) {
                     return;
                 }

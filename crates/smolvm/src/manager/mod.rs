@@ -63,6 +63,18 @@ pub enum NetworkChoice {
 pub struct CreateOptions {
     /// Network attachment.
     pub network: NetworkChoice,
+    /// Delete a disk retained by an earlier VM with the same id (`retain_disk_on_delete`) and clone
+    /// the image afresh. By default an isolated-mode create reuses such a disk, files and all.
+    pub discard_retained_disk: bool,
+}
+
+/// What [`SmolVmManager::create_reporting`] made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The new VM.
+    pub info: VmInfo,
+    /// The retained disk of an earlier VM with this id that the VM uses, if one was reused.
+    pub reused_disk: Option<PathBuf>,
 }
 
 /// Orchestrates VMs: the spec's `SmolVMManager`.
