@@ -158,6 +158,9 @@ fn cleanup_finds_and_removes_what_a_crash_left() {
     // "kept": a retained disk; "ghost": a VM directory without a row.
     fs::write(disks.join("kept.ext4"), b"disk").unwrap();
     fs::create_dir_all(env.data.join("vms/ghost")).unwrap();
+    // A lock file of a VM long gone (older smolvm versions never removed them).
+    fs::create_dir_all(env.data.join("locks")).unwrap();
+    fs::write(env.data.join("locks/old.lock"), b"").unwrap();
     fs::write(env.data.join("vms/ghost/console.log"), b"log").unwrap();
     // Network: TAP + rules of a VM without a row, and of the known VM "alive".
     let hn = HostNetwork::system();
@@ -217,6 +220,14 @@ fn cleanup_finds_and_removes_what_a_crash_left() {
     assert!(!disks.join("dead.tmp-4242").exists());
     assert!(disks.join("kept.ext4").exists());
     assert!(!env.data.join("vms/ghost").exists());
+    // Only VMs with a row keep a lock file.
+    let mut locks: Vec<String> = fs::read_dir(env.data.join("locks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    locks.sort();
+    assert_eq!(locks, ["alive.lock", "dead.lock"]);
     let links = sh(&["ip", "link", "show"]);
     assert!(
         !links.contains("smv-77") && links.contains("smv-78"),

@@ -223,4 +223,6 @@ fn delete_removes_interrupted_disk_clones() {
         .collect();
     left.sort();
     assert_eq!(left, ["t1-b.tmp-4242"]);
+    // Issue 18.5: its lock file went with it.
+    assert!(!env.data.join("locks/t1.lock").exists());
 }

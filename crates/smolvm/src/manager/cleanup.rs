@@ -13,6 +13,8 @@
 //!   completely (`delete`: network, disk unless retained, files, row);
 //! * socket files of VMs with no live VMM; interrupted disk clones `<disk_dir>/<id>.tmp-*`; VM
 //!   directories without a row;
+//! * lock files `data_dir/locks/<id>.lock` of ids without a row (removed safely, see
+//!   [`super::lock`]);
 //! * disks `<disk_dir>/<id>.ext4` without a row: these are retained disks (`retain_disk_on_delete`) and
 //!   are only listed, unless [`CleanupOptions::remove_retained_disks`].
 //!
@@ -147,6 +149,8 @@ struct Files {
     disks: BTreeMap<String, PathBuf>,
     temp_files: BTreeMap<String, Vec<PathBuf>>,
     vm_dirs: BTreeMap<String, PathBuf>,
+    /// Ids with a lock file (left by an older smolvm, or by a crash during delete).
+    locks: BTreeSet<String>,
 }
 
 impl SmolVmManager {
@@ -173,21 +177,27 @@ impl SmolVmManager {
         ids.extend(files.disks.keys().cloned());
         ids.extend(files.temp_files.keys().cloned());
         ids.extend(files.vm_dirs.keys().cloned());
+        ids.extend(files.locks.iter().cloned());
         if let CleanupScope::Vm(only) = &opts.scope {
             ids.retain(|id| id == only);
         }
         let delete_dead = opts.scope != CleanupScope::Orphans;
         let mut to_delete = Vec::new();
         for id in &ids {
-            let _lock = self.lock(id)?;
+            let lock = self.lock(id)?;
             // Facts are read under the lock: a create/start/delete that was running has finished.
             let facts = self.facts(id, &all_vmms, &files)?;
+            let has_row = facts.row.is_some();
             for action in decide(&facts, delete_dead, opts.remove_retained_disks) {
                 if action == Action::Delete {
                     to_delete.push(id.clone());
                 } else {
                     self.apply(id, action, opts.dry_run, &mut report);
                 }
+            }
+            // The lock file of an id without a VM guards nothing (delete removes its own).
+            if !has_row && !opts.dry_run {
+                lock.remove();
             }
         }
         // `delete` takes the VM's lock itself, so it runs after ours was released.
@@ -364,6 +374,15 @@ impl SmolVmManager {
                 // Ids have no dots, so the first one ends the id; a name without a valid id is still
                 // an interrupted clone, handled under the lock of the (invalid) id, which nothing uses.
                 f.temp_files.entry(id.to_string()).or_default().push(path);
+            }
+        }
+        for (name, _) in list_dir(&self.data_dir().join("locks")) {
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".lock"))
+                .filter(|i| validate_vm_id(i).is_ok())
+            {
+                f.locks.insert(id.to_string());
             }
         }
         for (name, path) in list_dir(&self.data_dir().join("vms")) {

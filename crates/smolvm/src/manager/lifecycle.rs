@@ -42,7 +42,7 @@ impl SmolVmManager {
         let backend = self.resolve(config.backend())?;
         let vm_id = config.vm_id();
         let mode = self.network_mode_for(opts.network, backend)?;
-        let _lock = self.lock(vm_id)?;
+        let lock = self.lock(vm_id)?;
         // Checked first: the disk of an existing VM is not a retained one and must not be touched.
         if self.state()?.get_vm(vm_id)?.is_some() {
             return Err(Error::VmAlreadyExists(vm_id.to_string()));
@@ -65,7 +65,9 @@ impl SmolVmManager {
                     tracing::warn!(vm = %vm_id, error = %undo, "rollback could not remove the network");
                 }
                 self.teardown(&rec, reused_disk.is_some());
-                let _ = self.state()?.delete_vm(vm_id);
+                if self.state()?.delete_vm(vm_id).is_ok() {
+                    lock.remove();
+                }
                 Err(e)
             }
         }
@@ -298,7 +300,7 @@ impl SmolVmManager {
     /// row and leases (spec: `delete`). If a step fails the row stays, marked `error`, so a retry can
     /// finish the job.
     pub fn delete(&self, vm_id: &str) -> Result<()> {
-        let _lock = self.lock(vm_id)?;
+        let lock = self.lock(vm_id)?;
         let rec = self.record(vm_id)?;
         // A retained disk must be consistent: let the guest flush it. Otherwise a kill is enough.
         let grace = if rec.info.config.retain_disk_on_delete() {
@@ -317,6 +319,7 @@ impl SmolVmManager {
         match result {
             Ok(()) => {
                 self.state()?.delete_vm(vm_id)?;
+                lock.remove();
                 Ok(())
             }
             Err(e) => {
