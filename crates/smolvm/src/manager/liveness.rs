@@ -34,7 +34,7 @@ impl SmolVmManager {
             rec.process,
             &self.console_log(&rec.info.vm_id),
         );
-        tracing::warn!(vm = %rec.info.vm_id, %reason, "VMM gone; VM marked error");
+        tracing::info!(vm = %rec.info.vm_id, %reason, "VMM gone; VM marked error");
         let marked = self
             .state()?
             .mark_vmm_gone(&rec.info.vm_id, rec.process, &reason)?;
