@@ -358,3 +358,50 @@ fn cleanup_never_touches_another_stores_vmms() {
     assert!(!keep.is_alive() && legacy.is_alive());
     assert!(a.sockets.join("legacy.qmp").exists());
 }
+
+/// Two stores sharing an explicit socket directory, both with a VM `x`: the second cannot start its
+/// `x` while the first's VMM uses `<socket_dir>/x.qmp` (it would remove and take over that socket), and
+/// the refusal says why. No VM boots: the first store's VMM is a stand-in.
+#[test]
+fn start_refuses_a_control_socket_held_by_another_store() {
+    if !e2e("shared socket dir", &["bash", "qemu-system-x86_64"]) {
+        return;
+    }
+    let a = Env::new();
+    let b = Env {
+        sockets: a.sockets.clone(),
+        ..Env::new()
+    };
+    let (_x, x) = fake_qemu(&a.sockets, Some(&a.store_id()), "x");
+    fs::write(a.sockets.join("x.qmp"), b"").unwrap();
+    let m = b.manager();
+    let config = VmConfig::builder(&b.kernel, &b.rootfs)
+        .vm_id("x")
+        .disk_mode(smolvm::DiskMode::Shared)
+        .build()
+        .unwrap();
+    m.create_with(
+        &config,
+        &smolvm::manager::CreateOptions {
+            network: smolvm::manager::NetworkChoice::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = m
+        .start("x", std::time::Duration::from_secs(5))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("is in use by VMM pid {} of another store", x.pid)),
+        "{err}"
+    );
+    assert!(x.is_alive());
+    assert_eq!(m.get("x").unwrap().status, VmState::Created);
+    m.delete("x").unwrap();
+    assert!(x.is_alive(), "delete of B's x killed A's VMM");
+    assert!(
+        a.sockets.join("x.qmp").exists(),
+        "delete of B's x removed A's socket"
+    );
+}

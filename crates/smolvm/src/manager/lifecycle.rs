@@ -141,6 +141,7 @@ impl SmolVmManager {
         // A VMM a crash left behind for this VM would hold its disk and sockets.
         self.kill_stray_vmms(vm_id, None);
         let backend = self.backend_impl(rec.backend)?;
+        self.check_socket_unclaimed(&backend.control_socket(self.socket_dir(), vm_id))?;
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;
         let spec = self.launch_spec(&rec, backend.as_ref())?;
@@ -287,7 +288,12 @@ impl SmolVmManager {
 
     fn remove_vm_sockets(&self, rec: &VmRecord) {
         if let Ok(backend) = self.backend_impl(rec.backend) {
-            let _ = fs::remove_file(backend.control_socket(self.socket_dir(), &rec.info.vm_id));
+            let control = backend.control_socket(self.socket_dir(), &rec.info.vm_id);
+            // In a socket dir shared with another store, these may be its live VM's sockets.
+            if self.check_socket_unclaimed(&control).is_err() {
+                return;
+            }
+            let _ = fs::remove_file(control);
             let _ = fs::remove_file(
                 backend
                     .agent_endpoint(self.socket_dir(), &rec.info.vm_id)

@@ -48,6 +48,32 @@ impl SmolVmManager {
         }
     }
 
+    /// Refuses to start a VMM on `control_socket` while a live VMM of another store (or an unmarked
+    /// one) uses that path: two stores sharing an explicit socket dir would otherwise remove and take
+    /// over each other's sockets for a VM id they both have.
+    pub(crate) fn check_socket_unclaimed(&self, control_socket: &Path) -> Result<()> {
+        let all = scan_vmm_processes(Path::new("/proc"));
+        let foreign = all.iter().find(|p| {
+            p.control_socket == control_socket && !p.belongs_to(&self.dirs.store, self.socket_dir())
+        });
+        match foreign {
+            None => Ok(()),
+            Some(p) => Err(crate::ValidationError::new(
+                "socket_dir",
+                format!(
+                    "the control socket {} is in use by VMM pid {} of another store ({}); give each \
+                     data dir its own socket dir",
+                    control_socket.display(),
+                    p.identity.pid,
+                    p.store
+                        .as_deref()
+                        .map_or_else(|| "unmarked".to_string(), |s| s.display().to_string())
+                ),
+            )
+            .into()),
+        }
+    }
+
     /// Kills VMM processes of this store for `vm_id` other than `keep` (a VMM a crash left behind,
     /// for example after a `start` killed between launch and recording it). Returns the pids killed.
     pub(crate) fn kill_stray_vmms(&self, vm_id: &str, keep: Option<ProcessIdentity>) -> Vec<u32> {
