@@ -2,9 +2,15 @@
 //!
 //! * data_dir: explicit, else `$SMOLVM_DATA_DIR`, else `~/.local/state/smolvm`, else `/var/lib/smolvm`:
 //!   the first that is (or can be made) writable.
-//! * socket_dir: explicit, else a private per-user directory `/tmp/smolvm-<uid>` (mode 0700, owned by us;
-//!   refused otherwise, because sockets there control VMs).
+//! * socket_dir: explicit, else a per-store subdirectory `/tmp/smolvm-<uid>/<store tag>` of a private
+//!   per-user directory (mode 0700, owned by us; refused otherwise, because sockets there control VMs).
+//!   The tag is derived from the data directory, so two stores never share socket names: VM `x` of
+//!   store A and VM `x` of store B get different sockets. An explicit socket dir is used as given; give
+//!   each data dir its own.
 //! * disk_dir: `data_dir/disks`.
+//! * store: the data directory made absolute (canonical), the identity of the store. Every VMM smolvm
+//!   starts carries it in its environment ([`STORE_ENV`]), which is how `cleanup` proves that a VMM
+//!   belongs to its store before touching it.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -16,6 +22,10 @@ use crate::error::{Error, Result};
 pub const DATA_DIR_ENV: &str = "SMOLVM_DATA_DIR";
 /// System-wide fallback data directory.
 pub const SYSTEM_DATA_DIR: &str = "/var/lib/smolvm";
+/// Environment variable set on every VMM smolvm starts: the canonical data directory of its store.
+pub const STORE_ENV: &str = "SMOLVM_STORE";
+/// Hex digits of the store tag in the default socket directory (kept short: socket paths are limited).
+const STORE_TAG_LEN: usize = 12;
 
 /// The resolved directories of one manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +36,8 @@ pub struct Dirs {
     pub socket_dir: PathBuf,
     /// Isolated VM disks.
     pub disk_dir: PathBuf,
+    /// The store's identity: `data_dir` made absolute and canonical (see [`STORE_ENV`]).
+    pub store: PathBuf,
 }
 
 impl Dirs {
@@ -38,12 +50,13 @@ impl Dirs {
             }
             None => default_data_dir()?,
         };
+        let store = fs::canonicalize(&data_dir).map_err(|e| Error::io("resolve", &data_dir, e))?;
         let socket_dir = match socket_dir {
             Some(d) => {
                 ensure_dir(d)?;
                 d.to_path_buf()
             }
-            None => default_socket_dir()?,
+            None => store_socket_dir(&default_socket_dir()?, &store)?,
         };
         let disk_dir = data_dir.join("disks");
         ensure_dir(&disk_dir)?;
@@ -51,6 +64,7 @@ impl Dirs {
             data_dir,
             socket_dir,
             disk_dir,
+            store,
         })
     }
 
@@ -128,6 +142,40 @@ fn default_socket_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// A short tag naming the store `store` (a canonical data directory): the first hex digits of its
+/// SHA-256, stable across runs.
+pub fn store_tag(store: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let digest = Sha256::digest(store.as_os_str().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex[..STORE_TAG_LEN].to_string()
+}
+
+/// The store's own private subdirectory of the per-user socket directory `base`.
+fn store_socket_dir(base: &Path, store: &Path) -> Result<PathBuf> {
+    let dir = base.join(store_tag(store));
+    match fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create socket directory", &dir, e)),
+    }
+    // `base` is ours and private, so nobody else can have planted this entry; still refuse a non-dir.
+    let meta = fs::symlink_metadata(&dir).map_err(|e| Error::io("inspect", &dir, e))?;
+    if !meta.is_dir() {
+        return Err(Error::io(
+            "refuse socket directory (not a directory)",
+            &dir,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("chmod 0700", &dir, e))?;
+    }
+    Ok(dir)
+}
+
 /// Creates `dir` and its parents if missing.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))
@@ -155,6 +203,28 @@ mod tests {
         assert_eq!(d.disk_dir, data.join("disks"));
         assert!(d.disk_dir.is_dir());
         assert_eq!(d.db_path(), data.join("smolvm.db"));
+        assert_eq!(d.store, fs::canonicalize(&data).unwrap());
+    }
+
+    #[test]
+    fn default_socket_dirs_are_per_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Dirs::resolve(Some(&tmp.path().join("a")), None).unwrap();
+        let b = Dirs::resolve(Some(&tmp.path().join("b")), None).unwrap();
+        // A relative spelling of the same data dir is the same store.
+        let a2 = Dirs::resolve(Some(&tmp.path().join("a/../a")), None).unwrap();
+        assert_ne!(a.socket_dir, b.socket_dir);
+        assert_eq!(a.socket_dir, a2.socket_dir);
+        assert_eq!(a.store, a2.store);
+        let base = default_socket_dir().unwrap();
+        for d in [&a, &b] {
+            assert_eq!(d.socket_dir.parent(), Some(base.as_path()));
+            let m = fs::metadata(&d.socket_dir).unwrap();
+            assert_eq!(m.mode() & 0o777, 0o700);
+            assert_eq!(d.socket_dir.file_name().unwrap().len(), STORE_TAG_LEN);
+        }
+        let _ = fs::remove_dir(&a.socket_dir);
+        let _ = fs::remove_dir(&b.socket_dir);
     }
 
     #[test]

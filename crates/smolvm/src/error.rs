@@ -51,6 +51,16 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// The VM is in `error` (its VMM died, or an operation failed half-way): why, and what to do. Its
+    /// disk and leases are intact, so `start` boots it again.
+    #[error("{reason}; `smolvm start {vm_id}` restarts it from its disk, `smolvm delete {vm_id}` removes it")]
+    VmFailed {
+        /// The VM.
+        vm_id: String,
+        /// Why it is in `error` (the recorded reason).
+        reason: String,
+    },
+
     /// Something did not finish in time (spec: `OperationTimeoutError`).
     #[error("{operation} timed out after {seconds:.1}s")]
     OperationTimeout {
@@ -120,7 +130,7 @@ impl Error {
             Error::Validation(_) => "validation",
             Error::VmNotFound(_) => "vm_not_found",
             Error::VmAlreadyExists(_) => "vm_already_exists",
-            Error::InvalidState { .. } => "invalid_state",
+            Error::InvalidState { .. } | Error::VmFailed { .. } => "invalid_state",
             Error::OperationTimeout { .. } => "operation_timeout",
             Error::Network(_) => "network",
             Error::Backend(_) => "backend",

@@ -117,7 +117,10 @@ impl SmolVmBuilder {
         };
         let opts = CreateOptions {
             network: self.network,
+            ..CreateOptions::default()
         };
+        // A disk retained by an earlier VM of this id is reused (spec), which a template would not.
+        let use_templates = use_templates && !manager.has_retained_disk(config.vm_id());
         let (info, make_template) = if use_templates {
             snapshot::create_with_template(&manager, &config, &opts)?
         } else {
@@ -379,6 +382,9 @@ impl SmolVm {
         let mut slot = self.agent_slot();
         if slot.is_none() {
             let rec = self.manager.record(&self.vm_id)?;
+            if let Some(e) = failed(&rec) {
+                return Err(e);
+            }
             if rec.info.status != VmState::Running {
                 return Err(Error::InvalidState {
                     vm_id: self.vm_id.clone(),
@@ -388,21 +394,47 @@ impl SmolVm {
             }
             let backend = self.manager.backend_impl(rec.backend)?;
             let endpoint = backend.agent_endpoint(self.manager.socket_dir(), &self.vm_id);
-            *slot = Some(AgentClient::connect(&endpoint, AGENT_CONNECT_TIMEOUT)?);
+            match AgentClient::connect(&endpoint, AGENT_CONNECT_TIMEOUT) {
+                Ok(c) => *slot = Some(c),
+                // The VMM may have died while we waited: then that is the news, not the socket.
+                Err(e) => return Err(self.vm_failure().unwrap_or_else(|| e.into())),
+            }
         }
         let client = slot.as_ref().expect("connected above");
         let result = f(client);
         if matches!(&result, Err(e) if is_disconnect(e)) {
             // The agent restarted or the guest rebooted: report it (the command may or may not have run,
-            // so it is never retried silently) and reconnect on the next call.
+            // so it is never retried silently) and reconnect on the next call. If the VMM died, say so.
             *slot = None;
+            if let Some(e) = self.vm_failure() {
+                return Err(e);
+            }
         }
         result
+    }
+
+    /// The error of this VM if its VMM is gone (which marks it `error`) or it already is in `error`.
+    fn vm_failure(&self) -> Option<Error> {
+        self.manager
+            .record(&self.vm_id)
+            .ok()
+            .and_then(|r| failed(&r))
     }
 
     fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<AgentClient>> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// [`Error::VmFailed`] for a VM in `error`, with its recorded reason.
+fn failed(rec: &crate::state::VmRecord) -> Option<Error> {
+    (rec.info.status == VmState::Error).then(|| Error::VmFailed {
+        vm_id: rec.info.vm_id.clone(),
+        reason: rec
+            .last_error
+            .clone()
+            .unwrap_or_else(|| format!("VM {} is in error", rec.info.vm_id)),
+    })
 }
 
 fn is_disconnect(e: &Error) -> bool {

@@ -112,6 +112,7 @@ fn many_hosts_one_after_another_and_hosts_killed_mid_command() {
     let id = "chan-1";
     let none = CreateOptions {
         network: NetworkChoice::None,
+        ..CreateOptions::default()
     };
     m.create_with(&spec(id).build().unwrap(), &none).unwrap();
     let t = Instant::now();

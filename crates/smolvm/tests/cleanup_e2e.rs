@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use netns_util::{e2e, sh, ChildGuard, Netns};
+use smolvm::dirs::STORE_ENV;
 use smolvm::info::NetworkMode;
 use smolvm::manager::{CleanupOptions, CleanupScope, SmolVmManager};
 use smolvm::network::HostNetwork;
@@ -20,18 +21,26 @@ use smolvm::process::ProcessIdentity;
 use smolvm::state::{RunningVmm, StateStore};
 use smolvm::{BackendKind, NetworkConfig, VmConfig, VmState};
 
-/// A process that looks like the QEMU of `vm_id` under `socket_dir` (it waits on its stdin).
-fn fake_qemu(socket_dir: &Path, vm_id: &str) -> (ChildGuard, ProcessIdentity) {
+/// A process that looks like the QEMU of `vm_id` under `socket_dir` (it waits on its stdin), marked as
+/// belonging to the store `store` the way smolvm marks its VMMs (`None`: unmarked).
+fn fake_qemu(
+    socket_dir: &Path,
+    store: Option<&Path>,
+    vm_id: &str,
+) -> (ChildGuard, ProcessIdentity) {
     let chardev = format!(
         "socket,id=qmp,path={}/{vm_id}.qmp,server=on,wait=off",
         socket_dir.display()
     );
-    let child = Command::new("bash")
-        .arg0("qemu-system-x86_64")
+    let mut cmd = Command::new("bash");
+    cmd.arg0("qemu-system-x86_64")
         .args(["-c", "read -r _", "fake-qemu", "-chardev", &chardev])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("spawn fake qemu");
+        .env_remove(STORE_ENV)
+        .stdin(Stdio::piped());
+    if let Some(store) = store {
+        cmd.env(STORE_ENV, store);
+    }
+    let child = cmd.spawn().expect("spawn fake qemu");
     let id = ProcessIdentity::of(child.id()).expect("fake qemu runs");
     (ChildGuard(child), id)
 }
@@ -86,6 +95,11 @@ impl Env {
         .unwrap()
     }
 
+    /// The store identity smolvm marks this data directory's VMMs with.
+    fn store_id(&self) -> PathBuf {
+        fs::canonicalize(&self.data).unwrap()
+    }
+
     fn store(&self) -> StateStore {
         StateStore::open(&self.data.join("smolvm.db")).unwrap()
     }
@@ -125,15 +139,15 @@ fn cleanup_finds_and_removes_what_a_crash_left() {
     let disks = env.data.join("disks");
 
     // "alive": a running VM with its recorded VMM, plus a stray second VMM for it.
-    let (_alive, alive_id) = fake_qemu(&env.sockets, "alive");
+    let (_alive, alive_id) = fake_qemu(&env.sockets, Some(&env.store_id()), "alive");
     env.running_row("alive", alive_id);
-    let (_stray, stray_id) = fake_qemu(&env.sockets, "alive");
+    let (_stray, stray_id) = fake_qemu(&env.sockets, Some(&env.store_id()), "alive");
     fs::write(env.sockets.join("alive.qmp"), b"").unwrap();
     // "orphan": a VMM without a row, with its sockets.
-    let (_orphan, orphan_id) = fake_qemu(&env.sockets, "orphan");
+    let (_orphan, orphan_id) = fake_qemu(&env.sockets, Some(&env.store_id()), "orphan");
     fs::write(env.sockets.join("orphan.qmp"), b"").unwrap();
     // "dead": a running row whose VMM is gone, its sockets and an interrupted disk clone.
-    let (mut gone, gone_id) = fake_qemu(&env.sockets, "dead");
+    let (mut gone, gone_id) = fake_qemu(&env.sockets, Some(&env.store_id()), "dead");
     gone.0.kill().unwrap();
     gone.0.wait().unwrap();
     env.running_row("dead", gone_id);
@@ -144,6 +158,9 @@ fn cleanup_finds_and_removes_what_a_crash_left() {
     // "kept": a retained disk; "ghost": a VM directory without a row.
     fs::write(disks.join("kept.ext4"), b"disk").unwrap();
     fs::create_dir_all(env.data.join("vms/ghost")).unwrap();
+    // A lock file of a VM long gone (older smolvm versions never removed them).
+    fs::create_dir_all(env.data.join("locks")).unwrap();
+    fs::write(env.data.join("locks/old.lock"), b"").unwrap();
     fs::write(env.data.join("vms/ghost/console.log"), b"log").unwrap();
     // Network: TAP + rules of a VM without a row, and of the known VM "alive".
     let hn = HostNetwork::system();
@@ -203,6 +220,14 @@ fn cleanup_finds_and_removes_what_a_crash_left() {
     assert!(!disks.join("dead.tmp-4242").exists());
     assert!(disks.join("kept.ext4").exists());
     assert!(!env.data.join("vms/ghost").exists());
+    // Only VMs with a row keep a lock file.
+    let mut locks: Vec<String> = fs::read_dir(env.data.join("locks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    locks.sort();
+    assert_eq!(locks, ["alive.lock", "dead.lock"]);
     let links = sh(&["ip", "link", "show"]);
     assert!(
         !links.contains("smv-77") && links.contains("smv-78"),
@@ -257,11 +282,11 @@ fn cleanup_of_one_vm_id_kills_only_its_processes() {
     let ns = Netns::new();
     let _in = ns.enter();
     let env = Env::new();
-    let (_a, a) = fake_qemu(&env.sockets, "one-a");
-    let (_b, b) = fake_qemu(&env.sockets, "one-b");
+    let (_a, a) = fake_qemu(&env.sockets, Some(&env.store_id()), "one-a");
+    let (_b, b) = fake_qemu(&env.sockets, Some(&env.store_id()), "one-b");
     // Another manager's VMM (other socket directory) with the same id is never touched.
     let other = tempfile::tempdir().unwrap();
-    let (_c, c) = fake_qemu(other.path(), "one-a");
+    let (_c, c) = fake_qemu(other.path(), Some(&env.store_id()), "one-a");
     let m = env.manager();
     let r = m
         .cleanup(&CleanupOptions {
@@ -278,4 +303,105 @@ fn cleanup_of_one_vm_id_kills_only_its_processes() {
             ..CleanupOptions::default()
         })
         .is_err());
+}
+
+/// Two stores sharing one socket directory (as every store shared `/tmp/smolvm-<uid>` before sockets
+/// were scoped per store): cleanup of one never kills the other's VMM nor removes its sockets, and an
+/// unmarked VMM (an older smolvm's) is left alone too. Only the owner's cleanup collects its orphan.
+#[test]
+fn cleanup_never_touches_another_stores_vmms() {
+    if !e2e("cleanup of another store", &["ip", "nft", "bash"]) {
+        return;
+    }
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let a = Env::new();
+    let b = Env {
+        sockets: a.sockets.clone(),
+        ..Env::new()
+    };
+    let (_keep, keep) = fake_qemu(&a.sockets, Some(&a.store_id()), "keepme");
+    let (_legacy, legacy) = fake_qemu(&a.sockets, None, "legacy");
+    for f in ["keepme.qmp", "keepme.agent", "legacy.qmp"] {
+        fs::write(a.sockets.join(f), b"").unwrap();
+    }
+    for dry_run in [true, false] {
+        let r = b
+            .manager()
+            .cleanup(&CleanupOptions {
+                dry_run,
+                scope: CleanupScope::All,
+                remove_retained_disks: true,
+            })
+            .unwrap();
+        assert!(r.processes.is_empty() && r.sockets.is_empty(), "{r:#?}");
+    }
+    let r = b
+        .manager()
+        .cleanup(&CleanupOptions {
+            scope: CleanupScope::Vm("keepme".into()),
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert!(r.processes.is_empty() && r.sockets.is_empty(), "{r:#?}");
+    assert!(keep.is_alive() && legacy.is_alive());
+    for f in ["keepme.qmp", "keepme.agent", "legacy.qmp"] {
+        assert!(a.sockets.join(f).exists(), "{f}");
+    }
+    // The owner (no row for keepme there either) does collect it; the unmarked one stays.
+    let r = a.manager().cleanup(&CleanupOptions::default()).unwrap();
+    assert_eq!(
+        r.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        [keep.pid],
+        "{r:#?}"
+    );
+    assert!(!keep.is_alive() && legacy.is_alive());
+    assert!(a.sockets.join("legacy.qmp").exists());
+}
+
+/// Two stores sharing an explicit socket directory, both with a VM `x`: the second cannot start its
+/// `x` while the first's VMM uses `<socket_dir>/x.qmp` (it would remove and take over that socket), and
+/// the refusal says why. No VM boots: the first store's VMM is a stand-in.
+#[test]
+fn start_refuses_a_control_socket_held_by_another_store() {
+    if !e2e("shared socket dir", &["bash", "qemu-system-x86_64"]) {
+        return;
+    }
+    let a = Env::new();
+    let b = Env {
+        sockets: a.sockets.clone(),
+        ..Env::new()
+    };
+    let (_x, x) = fake_qemu(&a.sockets, Some(&a.store_id()), "x");
+    fs::write(a.sockets.join("x.qmp"), b"").unwrap();
+    let m = b.manager();
+    let config = VmConfig::builder(&b.kernel, &b.rootfs)
+        .vm_id("x")
+        .disk_mode(smolvm::DiskMode::Shared)
+        .build()
+        .unwrap();
+    m.create_with(
+        &config,
+        &smolvm::manager::CreateOptions {
+            network: smolvm::manager::NetworkChoice::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = m
+        .start("x", std::time::Duration::from_secs(5))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("is in use by VMM pid {} of another store", x.pid)),
+        "{err}"
+    );
+    assert!(x.is_alive());
+    assert_eq!(m.get("x").unwrap().status, VmState::Created);
+    m.delete("x").unwrap();
+    assert!(x.is_alive(), "delete of B's x killed A's VMM");
+    assert!(
+        a.sockets.join("x.qmp").exists(),
+        "delete of B's x removed A's socket"
+    );
 }

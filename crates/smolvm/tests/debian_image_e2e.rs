@@ -92,6 +92,7 @@ fn python_preset_boots_and_runs_python_and_pip() {
             &config,
             &CreateOptions {
                 network: NetworkChoice::None,
+                ..CreateOptions::default()
             },
         )
         .unwrap();

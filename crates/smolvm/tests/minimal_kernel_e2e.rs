@@ -73,6 +73,7 @@ fn minimal_kernel_boots_without_initramfs_through_the_lifecycle() {
         .unwrap();
     let none = CreateOptions {
         network: NetworkChoice::None,
+        ..CreateOptions::default()
     };
     m.create_with(&config, &none).unwrap();
     let info = m.start("mini-1", BOOT).unwrap();

@@ -174,6 +174,7 @@ fn layout_imports_boots_and_applies_layers_env_and_workdir() {
             &config,
             &CreateOptions {
                 network: NetworkChoice::None,
+                ..CreateOptions::default()
             },
         )
         .unwrap();
@@ -379,6 +380,7 @@ fn pull_from_a_loopback_registry_boots_and_refused_auth_fails_clearly() {
             &config,
             &CreateOptions {
                 network: NetworkChoice::None,
+                ..CreateOptions::default()
             },
         )
         .unwrap();

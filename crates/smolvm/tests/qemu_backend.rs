@@ -97,6 +97,7 @@ fn spec(be: &QemuBackend, dir: &Path, vm_id: &str, net: Option<NetAttachment>) -
         agent: be.agent_endpoint(dir, vm_id),
         console_log: dir.join("console.log"),
         vmm_log: dir.join("vmm.log"),
+        store: None,
     }
 }
 

@@ -53,6 +53,7 @@ impl Scene {
 fn no_net() -> CreateOptions {
     CreateOptions {
         network: NetworkChoice::None,
+        ..CreateOptions::default()
     }
 }
 
@@ -139,6 +140,7 @@ fn pause_resume_then_stop_and_delete_a_paused_vm() {
 fn tap() -> CreateOptions {
     CreateOptions {
         network: NetworkChoice::Tap,
+        ..CreateOptions::default()
     }
 }
 

@@ -60,7 +60,13 @@ impl Env {
             .build()
             .unwrap();
         self.m
-            .create_with(&config, &CreateOptions { network })
+            .create_with(
+                &config,
+                &CreateOptions {
+                    network,
+                    ..CreateOptions::default()
+                },
+            )
             .unwrap()
     }
 

@@ -73,7 +73,8 @@ pub fn list(cli: &Cli, args: &ListArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs `smolvm info`.
 pub fn info(cli: &Cli, args: &InfoArgs) -> anyhow::Result<ExitCode> {
-    let info = manager(cli)?.get(&args.id)?;
+    let m = manager(cli)?;
+    let info = m.get(&args.id)?;
     if args.json {
         print_json(&info)?;
         return Ok(ExitCode::SUCCESS);
@@ -81,6 +82,11 @@ pub fn info(cli: &Cli, args: &InfoArgs) -> anyhow::Result<ExitCode> {
     let c = &info.config;
     println!("vm_id:        {}", info.vm_id);
     println!("status:       {}", info.status);
+    if info.status == smolvm::VmState::Error {
+        if let Some(why) = m.last_error(&info.vm_id)? {
+            println!("error:        {why}");
+        }
+    }
     println!(
         "backend:      {}",
         c.backend().map_or("auto".into(), |b| b.to_string())

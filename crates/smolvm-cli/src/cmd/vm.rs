@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use smolvm::image::ImageBuilder;
 use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
-use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo};
+use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo, VmState};
 
 use super::common::manager;
 use crate::output::print_json;
@@ -79,6 +79,10 @@ pub struct CreateArgs {
     /// Keep the isolated disk after delete; a later create with the same id reuses it.
     #[arg(long)]
     pub retain_disk: bool,
+    /// Delete a disk retained by an earlier VM with this id and start from a fresh copy of the image
+    /// (by default such a disk is reused, with its files).
+    #[arg(long)]
+    pub discard_retained_disk: bool,
     /// Environment variable for the guest, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -141,6 +145,7 @@ impl CreateArgs {
     pub fn options(&self) -> CreateOptions {
         CreateOptions {
             network: self.network.into(),
+            discard_retained_disk: self.discard_retained_disk,
         }
     }
 }
@@ -233,17 +238,30 @@ pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
     let config = a.create.config(&m, cli)?;
     let opts = a.create.options();
     let mut make_template = None;
-    let mut info = match a.create.uses_templates() {
-        true => match m.template_name(&config, opts.network)? {
-            Some(name) if m.find_template(&config, opts.network)?.is_some() => {
-                m.create_from_template(&name, &config, &opts)?
+    // A disk retained by an earlier VM of this id is reused (spec), which a template restore would not.
+    let retained = m.has_retained_disk(config.vm_id());
+    let template = match a.create.uses_templates() && !retained {
+        true => m.template_name(&config, opts.network)?,
+        false => None,
+    };
+    let mut info = match template {
+        Some(name) if m.find_template(&config, opts.network)?.is_some() => {
+            m.create_from_template(&name, &config, &opts)?
+        }
+        other => {
+            make_template = other.filter(|_| config.env_vars().is_empty());
+            let created = m.create_reporting(&config, &opts)?;
+            if let Some(disk) = &created.reused_disk {
+                // On stderr: stdout may be JSON.
+                eprintln!(
+                    "reusing the disk {} retained by an earlier VM {} (its files are kept; \
+                     --discard-retained-disk starts fresh)",
+                    disk.display(),
+                    created.info.vm_id
+                );
             }
-            other => {
-                make_template = other.filter(|_| config.env_vars().is_empty());
-                m.create_with(&config, &opts)?
-            }
-        },
-        false => m.create_with(&config, &opts)?,
+            created.info
+        }
     };
     if a.start {
         info = match m.start(&info.vm_id, secs(Some(a.boot_timeout), 30.0)?) {
@@ -275,9 +293,31 @@ pub fn start(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
 
 /// `smolvm stop`.
 pub fn stop(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
-    let info = manager(cli)?.stop(&a.id, secs(a.timeout, 10.0)?)?;
-    show(&info, a.json, "stopped")?;
+    let m = manager(cli)?;
+    let before = m.get(&a.id)?.status;
+    let info = m.stop(&a.id, secs(a.timeout, 10.0)?)?;
+    if a.json || before == VmState::Running {
+        show(&info, a.json, "stopped")?;
+    } else {
+        println!(
+            "{}",
+            not_running_note(&info, m.last_error(&a.id)?.as_deref())
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `stop` says about a VM that was not running: nothing was done, and for an `error` VM why and
+/// what to do instead.
+fn not_running_note(info: &VmInfo, last_error: Option<&str>) -> String {
+    let id = &info.vm_id;
+    match (info.status, last_error) {
+        (VmState::Error, Some(why)) => format!(
+            "VM {id} is not running (error: {why}); nothing to stop. \
+             `smolvm start {id}` restarts it from its disk, `smolvm delete {id}` removes it"
+        ),
+        (status, _) => format!("VM {id} is not running ({status}); nothing to stop"),
+    }
 }
 
 /// `smolvm delete`.
@@ -308,8 +348,13 @@ pub fn reconcile(cli: &Cli, a: &ReconcileArgs) -> anyhow::Result<ExitCode> {
     } else if stale.is_empty() {
         println!("all running VMs are alive");
     } else {
+        let m = manager(cli)?;
         for id in &stale {
-            println!("{id}: VMM process gone, marked error");
+            let why = m.last_error(id).ok().flatten();
+            println!(
+                "{id}: marked error: {}",
+                why.as_deref().unwrap_or("its VMM process is gone")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -348,5 +393,42 @@ pub fn logs(cli: &Cli, a: &LogsArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(status: VmState) -> VmInfo {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, r) = (dir.path().join("k"), dir.path().join("r"));
+        std::fs::write(&k, b"k").unwrap();
+        std::fs::write(&r, b"r").unwrap();
+        let config = VmConfig::builder(&k, &r).vm_id("tc").build().unwrap();
+        VmInfo {
+            vm_id: "tc".into(),
+            status,
+            config,
+            network: None,
+            pid: None,
+            socket_path: None,
+        }
+    }
+
+    #[test]
+    fn stop_of_a_vm_that_is_not_running_says_nothing_was_stopped() {
+        assert_eq!(
+            not_running_note(
+                &info(VmState::Error),
+                Some("the VMM of VM tc (pid 7) exited")
+            ),
+            "VM tc is not running (error: the VMM of VM tc (pid 7) exited); nothing to stop. \
+             `smolvm start tc` restarts it from its disk, `smolvm delete tc` removes it"
+        );
+        assert_eq!(
+            not_running_note(&info(VmState::Stopped), None),
+            "VM tc is not running (stopped); nothing to stop"
+        );
     }
 }

@@ -39,6 +39,18 @@ pub struct LaunchSpec {
     pub console_log: PathBuf,
     /// VMM stdout/stderr.
     pub vmm_log: PathBuf,
+    /// The store (canonical data directory) that owns this VMM, set in its environment as
+    /// [`crate::dirs::STORE_ENV`] so `cleanup` can prove ownership from `/proc` alone. `None`: no marker.
+    pub store: Option<PathBuf>,
+}
+
+impl LaunchSpec {
+    /// Marks `cmd` (the VMM's command) with the owning store, if any.
+    pub fn mark_owner(&self, cmd: &mut std::process::Command) {
+        if let Some(store) = &self.store {
+            cmd.env(crate::dirs::STORE_ENV, store);
+        }
+    }
 }
 
 /// How the guest's network interface is attached on the host.
@@ -191,5 +203,47 @@ fn run_version(binary: &Path) -> std::io::Result<String> {
 impl From<BackendError> for crate::Error {
     fn from(e: BackendError) -> Self {
         crate::Error::Backend(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn the_owning_store_is_put_in_the_vmm_environment() {
+        let spec = LaunchSpec {
+            vm_id: "vm".into(),
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            kernel: "/k".into(),
+            initrd: None,
+            kernel_cmdline: String::new(),
+            disk: "/d".into(),
+            disk_read_only: false,
+            net: None,
+            control_socket: "/s/vm.qmp".into(),
+            agent: AgentEndpoint::UnixSocket("/s/vm.agent".into()),
+            console_log: "/c".into(),
+            vmm_log: "/v".into(),
+            store: Some("/data/a".into()),
+        };
+        let mut cmd = std::process::Command::new("qemu-system-x86_64");
+        spec.mark_owner(&mut cmd);
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert_eq!(
+            envs,
+            [(
+                std::ffi::OsStr::new(crate::dirs::STORE_ENV),
+                Some(std::ffi::OsStr::new("/data/a"))
+            )]
+        );
+        let unmarked = LaunchSpec {
+            store: None,
+            ..spec
+        };
+        let mut cmd = std::process::Command::new("qemu-system-x86_64");
+        unmarked.mark_owner(&mut cmd);
+        assert_eq!(cmd.get_envs().count(), 0);
     }
 }

@@ -205,6 +205,7 @@ mod tests {
             agent: AgentEndpoint::UnixSocket(dir.join("bl.agent")),
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
+            store: None,
         }
     }
 

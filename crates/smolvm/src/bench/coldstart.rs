@@ -282,6 +282,7 @@ fn manager_like_spec(ctx: &Ctx, q: &QemuBackend, config: &VmConfig) -> LaunchSpe
         agent: q.agent_endpoint(m.socket_dir(), id),
         console_log: m.console_log(id),
         vmm_log: m.vmm_log(id),
+        store: Some(m.dirs().store.clone()),
     }
 }
 

@@ -35,6 +35,7 @@ pub fn lifecycle(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let (mut create, mut delete, mut both) = (Vec::new(), Vec::new(), Vec::new());
     let opts = CreateOptions {
         network: NetworkChoice::None,
+        ..CreateOptions::default()
     };
     for i in 0..n + warmup {
         checkpoint()?;

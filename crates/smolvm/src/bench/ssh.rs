@@ -57,6 +57,7 @@ fn measure(ctx: &Ctx) -> Result<Vec<f64>, BenchError> {
     let step = |s: &str| format!("SSH exec: {s}");
     let opts = CreateOptions {
         network: NetworkChoice::Tap,
+        ..CreateOptions::default()
     };
     ctx.manager
         .create_with(&config, &opts)

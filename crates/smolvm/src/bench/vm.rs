@@ -130,6 +130,7 @@ pub fn cold_start(
     let t0 = Instant::now();
     let opts = CreateOptions {
         network: NetworkChoice::None,
+        ..CreateOptions::default()
     };
     let created = manager.create_with(config, &opts);
     let t_created = Instant::now();

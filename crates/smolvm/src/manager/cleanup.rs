@@ -3,14 +3,18 @@
 //!
 //! Per VM id (from rows, VMM processes, socket files, disks and VM directories), under the VM's lock so
 //! that a concurrent create/start/delete is never disturbed half-way:
-//! * VMM processes (`qemu-system-*`, `firecracker`) whose command line names a control socket
-//!   `<socket_dir>/<id>.qmp` / `.fc.sock` and that no row records as the VM's running VMM: killed, by
-//!   identity (pid and start time), so a reused pid is never hit;
+//! * VMM processes (`qemu-system-*`, `firecracker`) that provably belong to this store (their
+//!   environment names it, see [`crate::dirs::STORE_ENV`]) and whose command line names a control
+//!   socket `<socket_dir>/<id>.qmp` / `.fc.sock`, and that no row records as the VM's running VMM:
+//!   killed, by identity (pid and start time), so a reused pid is never hit. A VMM of another store, or
+//!   an unmarked one, is never touched, nor are its socket files, even in a shared socket directory;
 //! * rows that say running while their VMM is gone: marked `error` (like `reconcile`); with
 //!   [`CleanupScope::All`] or [`CleanupScope::Vm`], these and VMs already in `error` are deleted
 //!   completely (`delete`: network, disk unless retained, files, row);
 //! * socket files of VMs with no live VMM; interrupted disk clones `<disk_dir>/<id>.tmp-*`; VM
 //!   directories without a row;
+//! * lock files `data_dir/locks/<id>.lock` of ids without a row (removed safely, see
+//!   [`super::lock`]);
 //! * disks `<disk_dir>/<id>.ext4` without a row: these are retained disks (`retain_disk_on_delete`) and
 //!   are only listed, unless [`CleanupOptions::remove_retained_disks`].
 //!
@@ -145,6 +149,8 @@ struct Files {
     disks: BTreeMap<String, PathBuf>,
     temp_files: BTreeMap<String, Vec<PathBuf>>,
     vm_dirs: BTreeMap<String, PathBuf>,
+    /// Ids with a lock file (left by an older smolvm, or by a crash during delete).
+    locks: BTreeSet<String>,
 }
 
 impl SmolVmManager {
@@ -171,21 +177,27 @@ impl SmolVmManager {
         ids.extend(files.disks.keys().cloned());
         ids.extend(files.temp_files.keys().cloned());
         ids.extend(files.vm_dirs.keys().cloned());
+        ids.extend(files.locks.iter().cloned());
         if let CleanupScope::Vm(only) = &opts.scope {
             ids.retain(|id| id == only);
         }
         let delete_dead = opts.scope != CleanupScope::Orphans;
         let mut to_delete = Vec::new();
         for id in &ids {
-            let _lock = self.lock(id)?;
+            let lock = self.lock(id)?;
             // Facts are read under the lock: a create/start/delete that was running has finished.
             let facts = self.facts(id, &all_vmms, &files)?;
+            let has_row = facts.row.is_some();
             for action in decide(&facts, delete_dead, opts.remove_retained_disks) {
                 if action == Action::Delete {
                     to_delete.push(id.clone());
                 } else {
                     self.apply(id, action, opts.dry_run, &mut report);
                 }
+            }
+            // The lock file of an id without a VM guards nothing (delete removes its own).
+            if !has_row && !opts.dry_run {
+                lock.remove();
             }
         }
         // `delete` takes the VM's lock itself, so it runs after ours was released.
@@ -202,10 +214,13 @@ impl SmolVmManager {
         Ok(report)
     }
 
-    /// VMM processes of this manager (control socket in its socket directory).
-    fn own_vmms<'a>(&'a self, all: &'a [VmmProcess]) -> impl Iterator<Item = &'a VmmProcess> {
+    /// VMM processes that provably belong to this store (marker and socket directory).
+    pub(crate) fn own_vmms<'a>(
+        &'a self,
+        all: &'a [VmmProcess],
+    ) -> impl Iterator<Item = &'a VmmProcess> {
         all.iter()
-            .filter(|p| p.control_socket.parent() == Some(self.socket_dir()))
+            .filter(|p| p.belongs_to(&self.dirs.store, self.socket_dir()))
     }
 
     fn facts(&self, id: &str, all_vmms: &[VmmProcess], files: &Files) -> Result<VmFacts> {
@@ -221,6 +236,12 @@ impl SmolVmManager {
                 .filter(|p| p.vm_id == id && p.identity.is_alive())
                 .cloned()
                 .collect(),
+            foreign_live: all_vmms.iter().any(|p| {
+                p.vm_id == id
+                    && p.control_socket.parent() == Some(self.socket_dir())
+                    && !p.belongs_to(&self.dirs.store, self.socket_dir())
+                    && p.identity.is_alive()
+            }),
             sockets: existing(files.sockets.get(id).cloned().unwrap_or_default()),
             disk: files.disks.get(id).filter(|p| p.exists()).cloned(),
             temp_files: existing(files.temp_files.get(id).cloned().unwrap_or_default()),
@@ -274,6 +295,10 @@ impl SmolVmManager {
                 }
             }
             Action::RetainedDisk { path, remove: rm } => {
+                if rm && !dry_run {
+                    // Its origin record first: a disk without one is still usable, the reverse is not.
+                    let _ = fs::remove_file(super::disk::origin_path(&path));
+                }
                 if rm && !remove(&path, dry_run, false, report) {
                     return;
                 }
@@ -349,6 +374,15 @@ impl SmolVmManager {
                 // Ids have no dots, so the first one ends the id; a name without a valid id is still
                 // an interrupted clone, handled under the lock of the (invalid) id, which nothing uses.
                 f.temp_files.entry(id.to_string()).or_default().push(path);
+            }
+        }
+        for (name, _) in list_dir(&self.data_dir().join("locks")) {
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".lock"))
+                .filter(|i| validate_vm_id(i).is_ok())
+            {
+                f.locks.insert(id.to_string());
             }
         }
         for (name, path) in list_dir(&self.data_dir().join("vms")) {

@@ -23,8 +23,12 @@ pub(crate) struct RowFacts {
 pub(crate) struct VmFacts {
     /// The row, if there is one.
     pub row: Option<RowFacts>,
-    /// Live VMM processes whose control socket in this manager's socket directory names the id.
+    /// Live VMM processes of this store (marked with it, control socket in its socket directory)
+    /// whose control socket names the id.
     pub processes: Vec<VmmProcess>,
+    /// A live VMM that is not provably this store's (another store's, or unmarked) has its control
+    /// socket for this id in this socket directory: the socket files are its, not stale.
+    pub foreign_live: bool,
     /// Files in the socket directory named for the id.
     pub sockets: Vec<PathBuf>,
     /// `<disk_dir>/<id>.ext4`, if it exists.
@@ -101,7 +105,7 @@ pub(crate) fn decide(facts: &VmFacts, delete_dead: bool, remove_retained: bool) 
             actions.push(Action::MarkError);
         }
     }
-    if !live {
+    if !live && !facts.foreign_live {
         actions.extend(facts.sockets.iter().cloned().map(Action::RemoveSocket));
     }
     // A clone in progress holds the VM's lock, which the caller holds now: any temp file is a leftover.
@@ -134,6 +138,7 @@ mod tests {
             backend: BackendKind::Qemu,
             vm_id: "vm".into(),
             control_socket: "/s/vm.qmp".into(),
+            store: Some("/data".into()),
         }
     }
 
@@ -271,6 +276,22 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn sockets_of_another_stores_live_vmm_are_left_alone() {
+        // Store B shares the socket directory with store A, whose VM `vm` runs: B has no row and no VMM
+        // of its own for `vm`, so it must neither kill A's VMM nor remove its sockets.
+        let facts = VmFacts {
+            foreign_live: true,
+            ..files()
+        };
+        let a = decide(&facts, true, false);
+        assert!(kills(&a).is_empty());
+        assert!(
+            !a.iter().any(|x| matches!(x, Action::RemoveSocket(_))),
+            "{a:?}"
+        );
     }
 
     #[test]

@@ -168,8 +168,7 @@ impl SmolVmManager {
             }
             BackendKind::Firecracker => {
                 let d = super::disk::isolated_disk_path(self.disk_dir(), id);
-                super::disk::prepare_isolated(&snap.disk(), &d, false)
-                    .map_err(fail("copy the disk"))?;
+                super::disk::prepare_isolated(&snap.disk(), &d).map_err(fail("copy the disk"))?;
                 d
             }
         };

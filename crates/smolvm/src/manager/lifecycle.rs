@@ -2,11 +2,12 @@
 //! rolling back what it made when it fails.
 
 use std::fs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::cmdline::{kernel_cmdline, GuestNet};
 use super::disk;
-use super::{CreateOptions, SmolVmManager};
+use super::{CreateOptions, Created, SmolVmManager};
 use crate::backend::LaunchSpec;
 use crate::config::{DiskMode, VmConfig};
 use crate::error::{Error, Result};
@@ -24,25 +25,68 @@ impl SmolVmManager {
         self.create_with(config, &CreateOptions::default())
     }
 
-    /// [`create`](Self::create) with smolvm's extra options (network attachment).
+    /// [`create`](Self::create) with smolvm's extra options (network attachment, retained disk).
     pub fn create_with(&self, config: &VmConfig, opts: &CreateOptions) -> Result<VmInfo> {
+        self.create_reporting(config, opts).map(|c| c.info)
+    }
+
+    /// [`create_with`](Self::create_with), also saying whether a retained disk was reused.
+    ///
+    /// In isolated mode a disk retained by an earlier VM with this id (`retain_disk_on_delete`) is
+    /// reused, files and all, whatever the new config's own flag (which only decides what its own
+    /// delete does), as the spec's "Persistent Isolated Disk" example shows. It is never destroyed
+    /// implicitly: [`CreateOptions::discard_retained_disk`] starts fresh, and a disk that cannot serve
+    /// the config (another image, another size) is refused with a [`crate::ValidationError`] that
+    /// says so, before anything is created.
+    pub fn create_reporting(&self, config: &VmConfig, opts: &CreateOptions) -> Result<Created> {
         let backend = self.resolve(config.backend())?;
         let vm_id = config.vm_id();
         let mode = self.network_mode_for(opts.network, backend)?;
-        let _lock = self.lock(vm_id)?;
+        let lock = self.lock(vm_id)?;
+        // Checked first: the disk of an existing VM is not a retained one and must not be touched.
+        if self.state()?.get_vm(vm_id)?.is_some() {
+            return Err(Error::VmAlreadyExists(vm_id.to_string()));
+        }
+        let reused_disk = self.retained_disk_for(config, opts.discard_retained_disk)?;
         let rec = self.state()?.create_vm(config, backend, mode)?;
         match self.provision(&rec) {
-            Ok(()) => self.get(vm_id),
+            Ok(()) => {
+                if let Some(d) = &reused_disk {
+                    tracing::info!(vm = %vm_id, disk = %d.display(), "reusing a retained disk");
+                }
+                Ok(Created {
+                    info: self.get(vm_id)?,
+                    reused_disk,
+                })
+            }
             Err(e) => {
                 // Roll back: nothing of this VM may remain, except a retained disk it did not create.
                 if let Err(undo) = self.teardown_network(&rec) {
                     tracing::warn!(vm = %vm_id, error = %undo, "rollback could not remove the network");
                 }
-                self.teardown(&rec, false);
-                let _ = self.state()?.delete_vm(vm_id);
+                self.teardown(&rec, reused_disk.is_some());
+                if self.state()?.delete_vm(vm_id).is_ok() {
+                    lock.remove();
+                }
                 Err(e)
             }
         }
+    }
+
+    /// The retained disk an isolated-mode create of `config` will reuse: `None` if there is none (or
+    /// `discard` removed it); an error if it cannot serve the config.
+    fn retained_disk_for(&self, config: &VmConfig, discard: bool) -> Result<Option<PathBuf>> {
+        let disk = disk::isolated_disk_path(self.disk_dir(), config.vm_id());
+        if config.disk_mode() != DiskMode::Isolated || !disk.is_file() {
+            return Ok(None);
+        }
+        if discard {
+            tracing::info!(vm = %config.vm_id(), disk = %disk.display(), "discarding a retained disk");
+            disk::remove_disk(&disk);
+            return Ok(None);
+        }
+        disk::check_retained(config.vm_id(), config.rootfs_path(), &disk)?;
+        Ok(Some(disk))
     }
 
     fn provision(&self, rec: &VmRecord) -> Result<()> {
@@ -51,8 +95,7 @@ impl SmolVmManager {
         fs::create_dir_all(&vm_dir).map_err(|e| Error::io("create VM directory", &vm_dir, e))?;
         if config.disk_mode() == DiskMode::Isolated {
             let dst = disk::isolated_disk_path(self.disk_dir(), &rec.info.vm_id);
-            let method =
-                disk::prepare_isolated(config.rootfs_path(), &dst, config.retain_disk_on_delete())?;
+            let method = disk::prepare_isolated(config.rootfs_path(), &dst)?;
             tracing::debug!(vm = %rec.info.vm_id, ?method, "isolated disk ready");
             if let (Some(mib), false) =
                 (config.disk_size_mib(), method == disk::CloneMethod::Reused)
@@ -71,9 +114,9 @@ impl SmolVmManager {
         Ok(())
     }
 
-    /// Starts a created or stopped VM and waits until its guest is ready (agent `Ready`), at most
-    /// `boot_timeout`. A running VM is left as it is. On timeout the VMM is killed and the VM keeps its
-    /// previous state (spec: `start`).
+    /// Starts a created, stopped or `error` VM and waits until its guest is ready (agent `Ready`), at
+    /// most `boot_timeout`. A running VM is left as it is. On timeout the VMM is killed and the VM keeps
+    /// its previous state (spec: `start`; restarting an `error` VM from its disk is smolvm's addition).
     pub fn start(&self, vm_id: &str, boot_timeout: Duration) -> Result<VmInfo> {
         self.start_inner(vm_id, boot_timeout).map(|(info, _)| info)
     }
@@ -91,21 +134,34 @@ impl SmolVmManager {
             VmState::Running if rec.process.is_some_and(|p| p.is_alive()) => {
                 return Ok((rec.info, None))
             }
-            VmState::Created | VmState::Stopped => {}
-            status => {
+            // An `error` VM (its VMM died, or an operation failed half-way) boots again from its disk
+            // and leases, which are intact: what a user expects, and what its error message offers.
+            VmState::Created | VmState::Stopped | VmState::Error => {}
+            VmState::Paused => {
                 return Err(Error::InvalidState {
                     vm_id: vm_id.into(),
-                    status,
-                    operation: "start (only created or stopped VMs can start; delete it instead)",
+                    status: VmState::Paused,
+                    operation: "start (it is paused: `smolvm resume` it)",
+                })
+            }
+            // `record` turned a running VM with a dead VMM into `error`, so this is not reached.
+            VmState::Running => {
+                return Err(Error::InvalidState {
+                    vm_id: vm_id.into(),
+                    status: VmState::Running,
+                    operation: "start (its VMM state is unknown; run `smolvm reconcile`)",
                 })
             }
         }
+        // A VMM a crash left behind for this VM would hold its disk and sockets.
+        self.kill_stray_vmms(vm_id, None);
         if rec.info.status == VmState::Created {
             if let Some(started) = self.start_from_template(&rec, deadline)? {
                 return Ok(started);
             }
         }
         let backend = self.backend_impl(rec.backend)?;
+        self.check_socket_unclaimed(&backend.control_socket(self.socket_dir(), vm_id))?;
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;
         let spec = self.launch_spec(&rec, backend.as_ref())?;
@@ -202,6 +258,7 @@ impl SmolVmManager {
             agent: backend.agent_endpoint(sockets, id),
             console_log: self.console_log(id),
             vmm_log: self.vmm_log(id),
+            store: Some(self.dirs.store.clone()),
         })
     }
 
@@ -254,7 +311,12 @@ impl SmolVmManager {
 
     fn remove_vm_sockets(&self, rec: &VmRecord) {
         if let Ok(backend) = self.backend_impl(rec.backend) {
-            let _ = fs::remove_file(backend.control_socket(self.socket_dir(), &rec.info.vm_id));
+            let control = backend.control_socket(self.socket_dir(), &rec.info.vm_id);
+            // In a socket dir shared with another store, these may be its live VM's sockets.
+            if self.check_socket_unclaimed(&control).is_err() {
+                return;
+            }
+            let _ = fs::remove_file(control);
             let _ = fs::remove_file(
                 backend
                     .agent_endpoint(self.socket_dir(), &rec.info.vm_id)
@@ -267,7 +329,7 @@ impl SmolVmManager {
     /// row and leases (spec: `delete`). If a step fails the row stays, marked `error`, so a retry can
     /// finish the job.
     pub fn delete(&self, vm_id: &str) -> Result<()> {
-        let _lock = self.lock(vm_id)?;
+        let lock = self.lock(vm_id)?;
         let rec = self.record(vm_id)?;
         // A retained disk must be consistent: let the guest flush it. Otherwise a kill is enough.
         let grace = if rec.info.config.retain_disk_on_delete() {
@@ -278,10 +340,15 @@ impl SmolVmManager {
         let result = self
             .halt(&rec, grace)
             .and_then(|()| self.teardown_network(&rec))
-            .map(|()| self.teardown(&rec, true));
+            .map(|()| {
+                // Whatever a crash left for this id goes too (what `cleanup` would remove for it).
+                self.kill_stray_vmms(vm_id, None);
+                self.teardown(&rec, rec.info.config.retain_disk_on_delete())
+            });
         match result {
             Ok(()) => {
                 self.state()?.delete_vm(vm_id)?;
+                lock.remove();
                 Ok(())
             }
             Err(e) => {
@@ -295,14 +362,17 @@ impl SmolVmManager {
         }
     }
 
-    /// Removes the VM's files. `respect_retain`: keep a retained isolated disk.
-    fn teardown(&self, rec: &VmRecord, respect_retain: bool) {
+    /// Removes the VM's files: its isolated disk unless `keep_disk`, interrupted disk clones
+    /// (`<id>.tmp-*`, left by a create that was killed), the VM directory and sockets.
+    fn teardown(&self, rec: &VmRecord, keep_disk: bool) {
         let config = &rec.info.config;
-        let keep_disk = respect_retain && config.retain_disk_on_delete();
         if config.disk_mode() == DiskMode::Isolated && !keep_disk {
             if let Some(d) = &rec.disk_path {
-                let _ = fs::remove_file(d);
+                disk::remove_disk(d);
             }
+        }
+        for tmp in disk::temp_clones(self.disk_dir(), &rec.info.vm_id) {
+            let _ = fs::remove_file(tmp);
         }
         let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
         self.remove_vm_sockets(rec);

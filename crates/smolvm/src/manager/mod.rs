@@ -21,6 +21,7 @@ mod procscan;
 mod fork;
 mod images;
 mod lifecycle;
+mod liveness;
 mod pause;
 mod snapshot;
 mod snapshot_disk;
@@ -69,6 +70,18 @@ pub enum NetworkChoice {
 pub struct CreateOptions {
     /// Network attachment.
     pub network: NetworkChoice,
+    /// Delete a disk retained by an earlier VM with the same id (`retain_disk_on_delete`) and clone
+    /// the image afresh. By default an isolated-mode create reuses such a disk, files and all.
+    pub discard_retained_disk: bool,
+}
+
+/// What [`SmolVmManager::create_reporting`] made.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The new VM.
+    pub info: VmInfo,
+    /// The retained disk of an earlier VM with this id that the VM uses, if one was reused.
+    pub reused_disk: Option<PathBuf>,
 }
 
 /// Orchestrates VMs: the spec's `SmolVMManager`.
@@ -183,39 +196,46 @@ impl SmolVmManager {
         Ok(self.record(vm_id)?.info)
     }
 
-    /// All VMs, optionally only those in `status` (spec: `list_vms`).
+    /// All VMs, optionally only those in `status` (spec: `list_vms`). A VM recorded as running whose
+    /// VMM is gone is shown (and stored) as `error` right away.
     pub fn list_vms(&self, status: Option<VmState>) -> Result<Vec<VmInfo>> {
-        Ok(self
-            .state()?
-            .list_vms(status)?
-            .into_iter()
-            .map(|r| r.info)
-            .collect())
+        let mut out = Vec::new();
+        // Bound first: the store's guard must be released before `observe` takes it again.
+        let rows = self.state()?.list_vms(None)?;
+        for rec in rows {
+            let rec = match self.observe(rec) {
+                Ok((rec, _)) => rec,
+                // Deleted while we looked.
+                Err(Error::VmNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if status.is_none_or(|s| s == rec.info.status) {
+                out.push(rec.info);
+            }
+        }
+        Ok(out)
     }
 
     /// Marks VMs whose row says running but whose VMM process is gone as `error`; returns their ids
-    /// (spec: `reconcile`).
+    /// (spec: `reconcile`). Takes no VM lock (see [`liveness`]), so it never waits for an operation on
+    /// another VM, such as a boot.
     pub fn reconcile(&self) -> Result<Vec<String>> {
         let mut running = self.state()?.list_vms(Some(VmState::Running))?;
         running.extend(self.state()?.list_vms(Some(VmState::Paused))?);
         let mut stale = Vec::new();
         for rec in running {
-            let _lock = self.lock(&rec.info.vm_id)?;
-            // Re-read under the lock: another process may have stopped it meanwhile.
-            let Some(rec) = self.state()?.get_vm(&rec.info.vm_id)? else {
-                continue;
-            };
-            let live_state = matches!(rec.info.status, VmState::Running | VmState::Paused);
-            if live_state && !rec.process.is_some_and(|p| p.is_alive()) {
-                self.state()?.set_status(
-                    &rec.info.vm_id,
-                    VmState::Error,
-                    Some("the VMM process is gone (found by reconcile)"),
-                )?;
-                stale.push(rec.info.vm_id);
+            match self.observe(rec) {
+                Ok((rec, true)) => stale.push(rec.info.vm_id),
+                Ok((_, false)) | Err(Error::VmNotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(stale)
+    }
+
+    /// Why the VM last failed (the reason recorded with status `error`), if it did.
+    pub fn last_error(&self, vm_id: &str) -> Result<Option<String>> {
+        Ok(self.record(vm_id)?.last_error)
     }
 
     /// Releases what this manager holds (the database connection stays valid until drop; calling `close`
@@ -228,10 +248,13 @@ impl SmolVmManager {
         Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The VM's record as it really is (a dead VMM turns a running VM into `error`, see [`liveness`]).
     pub(crate) fn record(&self, vm_id: &str) -> Result<VmRecord> {
-        self.state()?
+        let rec = self
+            .state()?
             .get_vm(vm_id)?
-            .ok_or_else(|| Error::VmNotFound(vm_id.to_string()))
+            .ok_or_else(|| Error::VmNotFound(vm_id.to_string()))?;
+        Ok(self.observe(rec)?.0)
     }
 
     pub(crate) fn lock(&self, vm_id: &str) -> Result<lock::VmLock> {

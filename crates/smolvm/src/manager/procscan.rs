@@ -1,13 +1,16 @@
 //! Finding VMM processes by their command line, for `cleanup`: every QEMU smolvm starts names its QMP
 //! socket `<socket_dir>/<vm_id>.qmp` in a `-chardev ...,path=` option, and every Firecracker its API
 //! socket `<socket_dir>/<vm_id>.fc.sock` after `--api-sock`. That names the VM and the socket directory
-//! (so the manager that owns it) without any state, which is what a crash leaves us with.
+//! without any state, which is what a crash leaves us with. The store that owns a VMM is named by the
+//! [`STORE_ENV`] variable in its environment (`/proc/<pid>/environ`); the socket directory alone proves
+//! nothing, since several stores may share one.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{validate_vm_id, BackendKind};
+use crate::dirs::STORE_ENV;
 use crate::process::{parse_proc_stat, ProcessIdentity};
 
 /// Control socket suffix of QEMU VMs.
@@ -26,6 +29,16 @@ pub(crate) struct VmmProcess {
     pub vm_id: String,
     /// The control socket on its command line.
     pub control_socket: PathBuf,
+    /// The store (canonical data directory) its environment names; `None` if unmarked or unreadable.
+    pub store: Option<PathBuf>,
+}
+
+impl VmmProcess {
+    /// True if this VMM provably belongs to the store `store` with sockets in `socket_dir`: its
+    /// environment names the store and its control socket lies in the directory.
+    pub(crate) fn belongs_to(&self, store: &Path, socket_dir: &Path) -> bool {
+        self.store.as_deref() == Some(store) && self.control_socket.parent() == Some(socket_dir)
+    }
 }
 
 /// All live (non-zombie) smolvm VMM processes under `proc_root` (`/proc`, or a fake tree in tests).
@@ -63,6 +76,9 @@ pub(crate) fn scan_vmm_processes(proc_root: &Path) -> Vec<VmmProcess> {
                 backend,
                 vm_id,
                 control_socket,
+                store: std::fs::read(dir.join("environ"))
+                    .ok()
+                    .and_then(|env| store_of_environ(&env)),
             }),
             _ => {}
         }
@@ -81,6 +97,15 @@ pub(crate) fn split_cmdline(bytes: &[u8]) -> Vec<OsString> {
         .split(|&b| b == 0)
         .map(|a| OsString::from_vec(a.to_vec()))
         .collect()
+}
+
+/// The [`STORE_ENV`] value of a `/proc/<pid>/environ` (NUL-separated `KEY=VALUE`), if set.
+pub(crate) fn store_of_environ(bytes: &[u8]) -> Option<PathBuf> {
+    let prefix = format!("{STORE_ENV}=");
+    split_cmdline(bytes).into_iter().find_map(|kv| {
+        let value = kv.as_bytes().strip_prefix(prefix.as_bytes())?;
+        (!value.is_empty()).then(|| PathBuf::from(OsString::from_vec(value.to_vec())))
+    })
 }
 
 /// If `argv` is a smolvm VMM's, its backend, control socket and VM id. The program is recognised by
@@ -234,6 +259,38 @@ mod tests {
     }
 
     #[test]
+    fn the_store_marker_is_read_from_the_environment() {
+        assert_eq!(
+            store_of_environ(b"A=1\0SMOLVM_STORE=/d/x y\0B=2\0"),
+            Some(PathBuf::from("/d/x y"))
+        );
+        assert_eq!(store_of_environ(b"SMOLVM_STORE=\0"), None);
+        assert_eq!(store_of_environ(b"XSMOLVM_STORE=/d\0"), None);
+        assert_eq!(store_of_environ(b""), None);
+    }
+
+    #[test]
+    fn ownership_needs_the_marker_and_the_socket_dir() {
+        let p = |store: Option<&str>, sock: &str| VmmProcess {
+            identity: ProcessIdentity {
+                pid: 1,
+                start_time: 1,
+            },
+            backend: BackendKind::Qemu,
+            vm_id: "x".into(),
+            control_socket: sock.into(),
+            store: store.map(PathBuf::from),
+        };
+        let (store, dir) = (Path::new("/data/a"), Path::new("/s"));
+        assert!(p(Some("/data/a"), "/s/x.qmp").belongs_to(store, dir));
+        // Another store's VMM with its socket in the same directory (the shared default of old).
+        assert!(!p(Some("/data/b"), "/s/x.qmp").belongs_to(store, dir));
+        // No marker: unprovable, so never ours.
+        assert!(!p(None, "/s/x.qmp").belongs_to(store, dir));
+        assert!(!p(Some("/data/a"), "/t/x.qmp").belongs_to(store, dir));
+    }
+
+    #[test]
     fn cmdline_bytes_split_on_nul() {
         assert_eq!(
             split_cmdline(b"a\0b c\0\0d\0"),
@@ -271,6 +328,9 @@ mod tests {
             let d = root.path().join(pid);
             fs::create_dir(&d).unwrap();
             fs::write(d.join("cmdline"), cmd).unwrap();
+            if pid == "10" {
+                fs::write(d.join("environ"), b"PATH=/bin\0SMOLVM_STORE=/data/a\0").unwrap();
+            }
             if let Some(s) = st {
                 fs::write(d.join("stat"), s).unwrap();
             }
@@ -309,6 +369,7 @@ mod tests {
                     backend: BackendKind::Qemu,
                     vm_id: "a".into(),
                     control_socket: "/s/a.qmp".into(),
+                    store: Some("/data/a".into()),
                 },
                 VmmProcess {
                     identity: ProcessIdentity {
@@ -318,6 +379,7 @@ mod tests {
                     backend: BackendKind::Firecracker,
                     vm_id: "b".into(),
                     control_socket: "/t/b.fc.sock".into(),
+                    store: None,
                 },
             ]
         );

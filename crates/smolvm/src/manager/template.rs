@@ -237,7 +237,13 @@ impl SmolVmManager {
         })?;
         let id = maker.vm_id().to_string();
         let made = self
-            .create_with(&maker, &CreateOptions { network: choice })
+            .create_with(
+                &maker,
+                &CreateOptions {
+                    network: choice,
+                    ..CreateOptions::default()
+                },
+            )
             .and_then(|_| self.start(&id, boot_timeout))
             .and_then(|_| self.make_template(&id, &name));
         let deleted = self.delete(&id);

@@ -22,6 +22,26 @@ pub enum StateError {
         source: rusqlite::Error,
     },
 
+    /// Another process held the database's write lock for longer than [`BUSY_TIMEOUT`]: almost always
+    /// another smolvm process working in the same data directory.
+    ///
+    /// [`BUSY_TIMEOUT`]: crate::state::BUSY_TIMEOUT
+    #[error(
+        "state database {} stayed locked for {}s: another process holds it, most likely another \
+         smolvm working on the data directory {} (see `fuser {}`); retry when it has finished",
+        path.display(),
+        crate::state::BUSY_TIMEOUT.as_secs(),
+        path.parent().map_or_else(|| ".".into(), |d| d.display().to_string()),
+        path.display()
+    )]
+    Busy {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said ("database is locked").
+        #[source]
+        source: rusqlite::Error,
+    },
+
     /// The file is not a SQLite database or is malformed. It is left as it is: it may hold the only
     /// record of running VMs, so deciding to discard it is the user's call.
     #[error(
@@ -173,9 +193,38 @@ impl Fail {
                     Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
                         StateError::Corrupt { path, source }
                     }
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                        StateError::Busy { path, source }
+                    }
                     _ => StateError::Sqlite { path, source },
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_database_names_the_data_dir_and_the_likely_holder() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        let e = Fail::Sql(busy).at(Path::new("/data/a/smolvm.db"));
+        assert!(matches!(e, StateError::Busy { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "state database /data/a/smolvm.db stayed locked for 10s: another process holds it, most \
+             likely another smolvm working on the data directory /data/a (see `fuser \
+             /data/a/smolvm.db`); retry when it has finished"
+        );
+        // SQLite's own words stay in the chain.
+        assert!(std::error::Error::source(&e)
+            .unwrap()
+            .to_string()
+            .contains("database is locked"));
     }
 }

@@ -157,6 +157,37 @@ impl StateStore {
         })
     }
 
+    /// Marks `id` as `error` with `reason` only if its row still says running with the VMM `process`
+    /// (`None`: no recorded process). A compare-and-set, so it needs no VM lock: a concurrent start
+    /// (new process) or stop (status no longer running) is never overwritten. Returns the record if it
+    /// changed it, `None` if the row had moved on (or is gone).
+    pub fn mark_vmm_gone(
+        &mut self,
+        id: &str,
+        process: Option<ProcessIdentity>,
+        reason: &str,
+    ) -> Result<Option<VmRecord>, StateError> {
+        let (pid, start) = match process {
+            Some(p) => (
+                Some(p.pid),
+                Some(i64::try_from(p.start_time).unwrap_or(i64::MAX)),
+            ),
+            None => (None, None),
+        };
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE vms SET status = 'error', last_error = ?4, updated_at = ?5, pid = NULL,
+                     pid_start_time = NULL, socket_path = NULL, agent_socket = NULL
+                 WHERE id = ?1 AND status IN ('running', 'paused') AND pid IS ?2 AND pid_start_time IS ?3",
+                params![id, pid, start, reason, now_ms()],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            load(tx, id).map(Some)
+        })
+    }
+
     /// Records (or with `None` forgets) the VM's own disk image.
     pub fn set_disk_path(&mut self, id: &str, path: Option<&Path>) -> Result<VmRecord, StateError> {
         self.write(|tx| {

@@ -65,6 +65,7 @@ impl FirecrackerBackend {
         {
             cmd.arg("--id").arg(&spec.vm_id);
         }
+        spec.mark_owner(&mut cmd);
         cmd
     }
 

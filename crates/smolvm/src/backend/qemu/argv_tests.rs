@@ -19,6 +19,7 @@ fn spec() -> LaunchSpec {
         agent: AgentEndpoint::UnixSocket(PathBuf::from("/tmp/smolvm-0/vm-1234abcd.agent")),
         console_log: PathBuf::from("/data/vms/vm-1234abcd/console.log"),
         vmm_log: PathBuf::from("/data/vms/vm-1234abcd/vmm.log"),
+        store: None,
     }
 }
 

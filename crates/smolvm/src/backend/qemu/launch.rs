@@ -37,6 +37,7 @@ pub(super) fn launch(
     tracing::debug!(vm_id = %spec.vm_id, ?argv, "starting QEMU");
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    spec.mark_owner(&mut cmd);
     let identity = spawn_detached(cmd, &spec.vmm_log).map_err(|source| QemuError::Spawn {
         binary: backend.binary.clone(),
         source,

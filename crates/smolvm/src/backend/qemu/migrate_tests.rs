@@ -183,6 +183,7 @@ fn load_sets_capabilities_loads_and_continues_a_paused_guest() {
 fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
     let dir = tempfile::tempdir().unwrap();
     let spec = crate::backend::LaunchSpec {
+        store: None,
         vm_id: "f1".into(),
         vcpu_count: 2,
         mem_size_mib: 512,
@@ -208,6 +209,7 @@ fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
 fn a_qcow2_overlay_is_attached_as_qcow2() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = crate::backend::LaunchSpec {
+        store: None,
         vm_id: "f1".into(),
         vcpu_count: 1,
         mem_size_mib: 256,

@@ -30,6 +30,7 @@ pub fn base_spec(dir: &Path) -> LaunchSpec {
         },
         console_log: dir.join("console.log"),
         vmm_log: dir.join("vmm.log"),
+        store: None,
     }
 }
 
