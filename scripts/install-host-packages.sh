@@ -2,7 +2,7 @@
 # Installs the Debian/Ubuntu packages smolvm and its tests use: one consistent QEMU (system emulator and
 # utilities of the same version), the image tools (mkfs.ext4/debugfs, busybox, dropbear, cpio, lz4), networking
 # (nft, ip), the SSH client, Python's venv for the Python package, and the kernel build tools for the
-# minimal guest kernel.
+# minimal guest kernel, mmdebstrap/skopeo/umoci for Debian and OCI images, and a registry for the tests.
 #
 # Unattended and idempotent. Supported: Debian 12 (as shipped, or with newer backports QEMU pieces already
 # installed), Debian 13, Ubuntu 22.04 and 24.04. On Debian 12 it prefers QEMU from bookworm-backports (10.x):
@@ -21,7 +21,9 @@ say() { printf 'install-host-packages: %s\n' "$*" >&2; }
 # The tools besides QEMU, from the distribution's default suite.
 TOOLS=(e2fsprogs nftables iproute2 openssh-client busybox-static dropbear-bin iptables cpio lz4 zstd
     xz-utils binutils ca-certificates util-linux procps openssl python3-venv
-    make gcc flex bison bc libelf-dev)  # the last line: `smolvm image build --kernel minimal`
+    make gcc flex bison bc libelf-dev  # `smolvm image build --kernel minimal`
+    mmdebstrap skopeo umoci            # Debian and OCI images
+    docker-registry)                   # the tests' loopback registry for `smolvm image pull`
 # QEMU, installed as one set so every piece comes from the same version.
 QEMU=(qemu-system-x86 qemu-utils)
 
