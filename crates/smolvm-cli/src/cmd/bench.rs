@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Where the default image is cached [default: --data-dir, else smolvm's default data dir].
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
+    /// Boot this cached image instead of the default one, e.g. `minimal` (built with `smolvm image
+    /// build --kernel minimal`): the baseline is then the raw VMM booting that image, its floor.
+    #[arg(long)]
+    pub image: Option<String>,
 }
 
 fn parse_section(s: &str) -> Result<Section, String> {
@@ -65,6 +69,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         data_dir: cli.data_dir.clone(),
         socket_dir: cli.socket_dir.clone(),
         image_dir: args.image_dir.clone(),
+        image: args.image.clone(),
         vcpu_count: args.vcpus,
         mem_size_mib: args.mem,
         progress: Progress::new(|m| eprintln!("bench: {m}")),

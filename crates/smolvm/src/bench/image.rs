@@ -1,5 +1,6 @@
 //! The image the benchmark boots: smolvm's default image (built once and cached), as the facade's
-//! auto-configuration uses it.
+//! auto-configuration uses it, or a named image already in the cache (e.g. `minimal`, to measure the
+//! minimal kernel against its raw-VMM floor).
 
 use std::path::Path;
 
@@ -7,8 +8,17 @@ use crate::config::BackendKind;
 use crate::image::{ImageBuilder, ImageOptions};
 use crate::VmConfig;
 
-/// The default image's config for `backend`, from the image cache under `data_dir`.
-pub fn default_config(data_dir: &Path, backend: BackendKind) -> crate::Result<VmConfig> {
-    let image = ImageBuilder::new(data_dir).build(&ImageOptions::default())?;
+/// The config for `backend` of the image `name` (`None`: the default image, built if needed) from the
+/// image cache under `data_dir`.
+pub fn image_config(
+    data_dir: &Path,
+    name: Option<&str>,
+    backend: BackendKind,
+) -> crate::Result<VmConfig> {
+    let builder = ImageBuilder::new(data_dir);
+    let image = match name {
+        Some(n) => builder.get(n)?,
+        None => builder.build(&ImageOptions::default())?,
+    };
     Ok(image.vm_config(backend).backend(Some(backend)).build()?)
 }

@@ -103,6 +103,8 @@ pub struct BenchOptions {
     pub socket_dir: Option<PathBuf>,
     /// Where the default image is cached; `None` = `data_dir` if given, else smolvm's default data dir.
     pub image_dir: Option<PathBuf>,
+    /// A cached image to boot instead of the default one (e.g. `minimal`).
+    pub image: Option<String>,
     /// vCPUs of every benchmark VM (the image's default if `None`).
     pub vcpu_count: Option<u32>,
     /// Guest memory of the VMs that do not set their own (the image's default if `None`).
@@ -122,6 +124,7 @@ impl Default for BenchOptions {
             data_dir: None,
             socket_dir: None,
             image_dir: None,
+            image: None,
             vcpu_count: None,
             mem_size_mib: None,
             boot_timeout: BENCH_BOOT_TIMEOUT,
@@ -192,9 +195,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .resolve(opts.backend)
         .map_err(|e| BenchError::step("choose the backend", e))?;
     let image_dir = image_dir(opts)?;
-    opts.progress
-        .say(&format!("image: default image in {}", image_dir.display()));
-    let template = super::image::default_config(&image_dir, backend)
+    opts.progress.say(&format!(
+        "image: {} in {}",
+        opts.image.as_deref().unwrap_or("default"),
+        image_dir.display()
+    ));
+    let template = super::image::image_config(&image_dir, opts.image.as_deref(), backend)
         .and_then(|t| {
             Ok(t.with(|s| {
                 if let Some(n) = opts.vcpu_count {
