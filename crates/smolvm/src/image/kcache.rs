@@ -84,8 +84,7 @@ impl PreparedKernel {
             super::SSH_BOOT_ARGS
         }
     }
-    /// The bzImage (for a minimal kernel: the same ELF as [`vmlinux`](Self::vmlinux), which QEMU also
-    /// boots).
+    /// The bzImage.
     pub fn bzimage(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
@@ -221,14 +220,11 @@ pub fn prepare(
     if let (KernelSource::Minimal(_), Some(pkg)) = (source, &id.resolved) {
         let work = tmp.join("work");
         let built = minkernel::build(pkg, &work, report);
-        let result = built.and_then(|(vmlinux, release)| {
-            let dest = tmp.join("vmlinux");
-            fs::copy(&vmlinux, &dest).map_err(|e| ImageError::io("copy", &vmlinux, e))?;
-            if fs::hard_link(&dest, tmp.join("vmlinuz")).is_err() {
-                fs::copy(&dest, tmp.join("vmlinuz"))
-                    .map_err(|e| ImageError::io("copy", &dest, e))?;
+        let result = built.and_then(|b| {
+            for (from, to) in [(&b.vmlinux, "vmlinux"), (&b.bzimage, "vmlinuz")] {
+                fs::copy(from, tmp.join(to)).map_err(|e| ImageError::io("copy", from, e))?;
             }
-            Ok(release)
+            Ok(b.release)
         });
         // The source tree and objects take about 2 GB: never keep them, also not after a failure.
         let _ = fs::remove_dir_all(&work);

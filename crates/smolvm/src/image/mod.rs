@@ -159,7 +159,7 @@ impl GuestImage {
     }
 
     /// The kernel file for `backend`: the bzImage for QEMU, the uncompressed ELF `vmlinux` for
-    /// Firecracker. (For the minimal kernel both are the same ELF.) QEMU could enter the Debian kernel's
+    /// Firecracker. QEMU could enter the Debian kernel's
     /// ELF through PVH and skip the decompression (0.4-0.8 s under TCG), but measured here that path
     /// fails under host load: with the i8259 on, a PIT tick arrives as vector 0 (a "divide error" panic
     /// in `start_kernel`) or ACPI fails to enable and no disk is found; with `pic=off` the APIC timer
