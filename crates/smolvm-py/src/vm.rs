@@ -11,15 +11,9 @@ use smolvm::{BackendKind, SmolVm, VmConfig, VmConfigSpec};
 
 use crate::errors::{to_py, IntoPy};
 
-/// Parses a config JSON object (spec field names; `backend` may be `"auto"`) and validates it.
+/// Parses a config JSON object (spec field names) and validates it with the library's rules.
 pub fn parse_config(json: &str) -> PyResult<VmConfig> {
-    let mut value: serde_json::Value = serde_json::from_str(json).map_err(bad_json)?;
-    if let Some(obj) = value.as_object_mut() {
-        if obj.get("backend").and_then(|b| b.as_str()) == Some("auto") {
-            obj.insert("backend".into(), serde_json::Value::Null);
-        }
-    }
-    let spec: VmConfigSpec = serde_json::from_value(value).map_err(|e| {
+    let spec: VmConfigSpec = serde_json::from_str(json).map_err(|e| {
         to_py(smolvm::ValidationError::new("config", e.to_string()).into())
     })?;
     spec.build().py_err()

@@ -135,8 +135,8 @@ pub struct VmConfigSpec {
     /// Kernel command line.
     #[serde(default = "default_boot_args")]
     pub boot_args: String,
-    /// Backend override; `None` means auto-detect.
-    #[serde(default)]
+    /// Backend override; `None` means auto-detect. Deserialises `"auto"` as `None`, as the spec allows.
+    #[serde(default, deserialize_with = "backend_choice")]
     pub backend: Option<BackendKind>,
     /// Disk lifecycle mode.
     #[serde(default)]
@@ -147,6 +147,13 @@ pub struct VmConfigSpec {
     /// Environment variables written into the guest at start; keys are shell identifiers.
     #[serde(default)]
     pub env_vars: BTreeMap<String, String>,
+}
+
+fn backend_choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BackendKind>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => BackendKind::parse_choice(&s).map_err(serde::de::Error::custom),
+    }
 }
 
 fn default_vcpu_count() -> u32 {
