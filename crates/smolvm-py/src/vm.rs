@@ -13,9 +13,8 @@ use crate::errors::{to_py, IntoPy};
 
 /// Parses a config JSON object (spec field names) and validates it with the library's rules.
 pub fn parse_config(json: &str) -> PyResult<VmConfig> {
-    let spec: VmConfigSpec = serde_json::from_str(json).map_err(|e| {
-        to_py(smolvm::ValidationError::new("config", e.to_string()).into())
-    })?;
+    let spec: VmConfigSpec = serde_json::from_str(json)
+        .map_err(|e| to_py(smolvm::ValidationError::new("config", e.to_string()).into()))?;
     spec.build().py_err()
 }
 
@@ -57,7 +56,13 @@ pub fn parse_network(network: &str) -> PyResult<NetworkChoice> {
 
 fn secs(s: f64, what: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s).map_err(|_| {
-        to_py(smolvm::ValidationError::new(what, format!("must be a non-negative number of seconds, got {s}")).into())
+        to_py(
+            smolvm::ValidationError::new(
+                what,
+                format!("must be a non-negative number of seconds, got {s}"),
+            )
+            .into(),
+        )
     })
 }
 
@@ -303,7 +308,11 @@ impl Vm {
     }
 
     /// Sets persisted guest environment variables.
-    fn set_env_vars(&self, py: Python<'_>, vars: std::collections::BTreeMap<String, String>) -> PyResult<()> {
+    fn set_env_vars(
+        &self,
+        py: Python<'_>,
+        vars: std::collections::BTreeMap<String, String>,
+    ) -> PyResult<()> {
         self.with(py, |vm| vm.with_agent(|c| Ok(c.set_env_vars(&vars)?)))
     }
 
@@ -313,18 +322,31 @@ impl Vm {
     }
 
     /// The persisted guest environment variables.
-    fn list_env_vars(&self, py: Python<'_>) -> PyResult<std::collections::BTreeMap<String, String>> {
+    fn list_env_vars(
+        &self,
+        py: Python<'_>,
+    ) -> PyResult<std::collections::BTreeMap<String, String>> {
         self.with(py, |vm| vm.with_agent(|c| Ok(c.list_env_vars()?)))
     }
 
     /// Copies a local file into the guest; returns the bytes copied.
     #[pyo3(signature = (local, remote, mode=None))]
-    fn upload_file(&self, py: Python<'_>, local: PathBuf, remote: &str, mode: Option<u32>) -> PyResult<u64> {
-        self.with(py, |vm| vm.with_agent(|c| Ok(c.upload_file(&local, remote, mode)?)))
+    fn upload_file(
+        &self,
+        py: Python<'_>,
+        local: PathBuf,
+        remote: &str,
+        mode: Option<u32>,
+    ) -> PyResult<u64> {
+        self.with(py, |vm| {
+            vm.with_agent(|c| Ok(c.upload_file(&local, remote, mode)?))
+        })
     }
 
     /// Copies a guest file to a local path; returns the bytes copied.
     fn download_file(&self, py: Python<'_>, remote: &str, local: PathBuf) -> PyResult<u64> {
-        self.with(py, |vm| vm.with_agent(|c| Ok(c.download_file(remote, &local)?)))
+        self.with(py, |vm| {
+            vm.with_agent(|c| Ok(c.download_file(remote, &local)?))
+        })
     }
 }

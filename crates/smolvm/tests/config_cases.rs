@@ -66,9 +66,10 @@ fn fields(case: &Value, p: &Places) -> Map<String, Value> {
 /// Builds a config as a JSON document would (config files, the Python binding): serde, then the rules.
 /// Returns the rejected field name (from the `ValidationError`, or named by serde's message).
 fn build(fields: Map<String, Value>) -> Result<VmConfig, (Option<String>, String)> {
-    let spec: VmConfigSpec = serde_json::from_value(Value::Object(fields.clone()))
-        .map_err(|e| (None, e.to_string()))?;
-    spec.build().map_err(|e| (Some(e.field.clone()), e.to_string()))
+    let spec: VmConfigSpec =
+        serde_json::from_value(Value::Object(fields.clone())).map_err(|e| (None, e.to_string()))?;
+    spec.build()
+        .map_err(|e| (Some(e.field.clone()), e.to_string()))
 }
 
 #[test]
