@@ -590,7 +590,6 @@ print(f"VM running at {vm.get_ip()}")
 vm.stop(timeout=3.0)
 print(vm.status)  # VMState.STOPPED
 
-vm = SmolVM.from_id("my-vm")
 vm.start(boot_timeout=30.0)
 
 # Check status

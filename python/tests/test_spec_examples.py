@@ -90,8 +90,8 @@ def test_info_outside_context_manager(image, vm_env, capsys):
     g = run(ex.INFO_OUTSIDE_CM, image)
     assert "Status after start: running" in capsys.readouterr().out
     # close() kept the VM: it is still there for from_id.
-    run(ex.LIFECYCLE_REFRESH, image)
-    vm = SmolVM.from_id("my-vm")
+    # The handle must stay referenced: a reconnected VM is stopped when its handle is collected.
+    vm = run(ex.LIFECYCLE_REFRESH, image)["vm"]
     assert vm.status == VMState.RUNNING
     assert vm.run("echo via-ssh").output == "via-ssh"
     vm.stop()
