@@ -1,7 +1,10 @@
 """E2E: what a Python user expects beyond the examples: threads, ownership rules, errors."""
 
 import gc
+import os
+import signal
 import threading
+import time
 
 import pytest
 
@@ -125,3 +128,33 @@ def test_repr_is_informative(vm_env):
     assert repr(vm) == f"<SmolVM {vm.vm_id} created (owned)>"
     vm.delete()
     assert "closed" in repr(vm)
+
+
+def _interrupt_soon(delay=1.0):
+    # What Ctrl-C does: SIGINT to the process, handled by Python in the main thread.
+    t = threading.Timer(delay, os.kill, args=(os.getpid(), signal.SIGINT))
+    t.start()
+    return t
+
+
+def test_ctrl_c_during_run_raises_keyboard_interrupt(vm_env):
+    with SmolVM() as vm:
+        t = _interrupt_soon()
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            vm.run("sleep 15; echo late", timeout=60)
+        # Reported, not asserted (no timing assertions): about 1 s when prompt, 15 s when not.
+        print(f"KeyboardInterrupt after {time.monotonic() - began:.2f} s (SIGINT at 1 s)")
+        t.join()
+        assert vm.run("echo still-usable", timeout=60).output == "still-usable"
+    assert ids(vm_env) == []
+
+
+def test_ctrl_c_during_start_leaves_nothing_running(vm_env):
+    vm = SmolVM()
+    t = _interrupt_soon(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        vm.start()
+    t.join()
+    vm.delete()  # waits for the interrupted boot to end, then removes everything
+    assert ids(vm_env) == []

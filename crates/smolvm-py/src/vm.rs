@@ -2,7 +2,7 @@
 //! share it; every blocking call runs with the GIL released.
 
 use std::path::PathBuf;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -66,11 +66,55 @@ fn secs(s: f64, what: &str) -> PyResult<Duration> {
     })
 }
 
+/// How often a blocking call interrupted by nothing looks for a pending signal (Ctrl-C).
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// Runs `f` on a worker thread with the GIL released, checking for signals meanwhile, so Ctrl-C raises
+/// `KeyboardInterrupt` at once instead of when `f` returns. On a signal the exception is returned at
+/// once and `on_interrupt` later gets the worker's result, on another thread (to undo what it made).
+fn interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    f: impl FnOnce() -> T + Send + 'static,
+    on_interrupt: impl FnOnce(T) + Send + 'static,
+) -> PyResult<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // The receiver is gone only if the reaper below panicked; nothing left to tell.
+        let _ = tx.send(f());
+    });
+    let mut rx = Some(rx);
+    loop {
+        let r = rx.take().expect("receiver kept across iterations");
+        // Receiver is Send but not Sync: move it into the GIL-free closure and back out.
+        let (got, r) = py.allow_threads(move || (r.recv_timeout(SIGNAL_POLL), r));
+        match got {
+            Ok(out) => return Ok(out),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = py.check_signals() {
+                    // The call goes on; whatever it returns is handed to `on_interrupt`.
+                    std::thread::spawn(move || {
+                        if let Ok(out) = r.recv() {
+                            on_interrupt(out);
+                        }
+                    });
+                    return Err(e);
+                }
+                rx = Some(r);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "the worker thread of a smolvm call panicked",
+                ))
+            }
+        }
+    }
+}
+
 /// One VM. Made by `Vm.create` (owned: dropped = stopped and deleted) or `Vm.from_id` (reconnected:
 /// dropped = stopped). `close()` releases it without touching the VM.
 #[pyclass(module = "smolvm._native")]
 pub struct Vm {
-    inner: RwLock<Option<SmolVm>>,
+    inner: Arc<RwLock<Option<SmolVm>>>,
     vm_id: String,
     owned: bool,
 }
@@ -161,7 +205,7 @@ impl Vm {
         let vm = py.allow_threads(|| b.build()).py_err()?;
         Ok(Vm {
             vm_id: vm.vm_id().to_string(),
-            inner: RwLock::new(Some(vm)),
+            inner: Arc::new(RwLock::new(Some(vm))),
             owned: true,
         })
     }
@@ -191,7 +235,7 @@ impl Vm {
         }
         Ok(Vm {
             vm_id: vm_id.to_string(),
-            inner: RwLock::new(Some(vm)),
+            inner: Arc::new(RwLock::new(Some(vm))),
             owned: false,
         })
     }
@@ -223,8 +267,30 @@ impl Vm {
     /// Starts the VM (no-op when running); returns the new info JSON.
     fn start(&self, py: Python<'_>, boot_timeout: f64) -> PyResult<String> {
         let t = secs(boot_timeout, "boot_timeout")?;
-        let info = self.with_mut(py, |vm| Ok(vm.start_with_timeout(t)?.info().clone()))?;
-        to_json(&info)
+        let inner = Arc::clone(&self.inner);
+        let stop_again = Arc::clone(&self.inner);
+        let out = interruptible(
+            py,
+            move || {
+                let mut g = inner.write().unwrap_or_else(|p| p.into_inner());
+                g.as_mut()
+                    .map(|vm| vm.start_with_timeout(t).map(|v| v.info().clone()))
+            },
+            move |out| {
+                // Ctrl-C during start: once the boot finished, stop the VM again so nothing is left
+                // running that the caller never got to see.
+                if matches!(out, Some(Ok(_))) {
+                    let mut g = stop_again.write().unwrap_or_else(|p| p.into_inner());
+                    if let Some(vm) = g.as_mut() {
+                        let _ = vm.stop();
+                    }
+                }
+            },
+        )?;
+        match out {
+            Some(r) => to_json(&r.py_err()?),
+            None => Err(self.closed()),
+        }
     }
 
     /// Stops the VM gracefully (then kills after `timeout`); returns the new info JSON.
@@ -281,7 +347,22 @@ impl Vm {
         timeout: Option<f64>,
     ) -> PyResult<(i32, String, String)> {
         let t = timeout.map(|s| secs(s, "timeout")).transpose()?;
-        let r = self.with(py, |vm| vm.run_with_timeout(command, t))?;
+        let inner = Arc::clone(&self.inner);
+        let command = command.to_string();
+        // Ctrl-C returns at once; the command itself ends in the guest when it finishes or its
+        // timeout kills it (the agent connection stays usable).
+        let out = interruptible(
+            py,
+            move || {
+                let g = inner.read().unwrap_or_else(|p| p.into_inner());
+                g.as_ref().map(|vm| vm.run_with_timeout(&command, t))
+            },
+            drop,
+        )?;
+        let r = match out {
+            Some(r) => r.py_err()?,
+            None => return Err(self.closed()),
+        };
         Ok((r.exit_code, r.stdout, r.stderr))
     }
 
