@@ -61,6 +61,12 @@ def _prepare_images() -> None:
         _PROBLEMS.append(f"building the test images failed: {e}")
 
 
+def pytest_unconfigure(config):
+    # The session's images, data and socket directories (every VM in them was deleted by its test).
+    if _SHARED is not None:
+        shutil.rmtree(_SHARED, ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     if E2E:
         return

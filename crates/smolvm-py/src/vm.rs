@@ -366,6 +366,19 @@ impl Vm {
         Ok((r.exit_code, r.stdout, r.stderr))
     }
 
+    /// Benchmark baseline: runs `command` `n` times from Rust (no Python in the loop, GIL released)
+    /// and returns the mean seconds per call, to compare with the same loop over `SmolVM.run`.
+    fn time_run(&self, py: Python<'_>, command: &str, n: u32) -> PyResult<f64> {
+        let n = n.max(1);
+        self.with(py, |vm| {
+            let began = std::time::Instant::now();
+            for _ in 0..n {
+                vm.run(command)?;
+            }
+            Ok(began.elapsed().as_secs_f64() / f64::from(n))
+        })
+    }
+
     /// Waits until SSH logins work, at most `timeout` seconds.
     fn wait_for_ssh(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let t = secs(timeout, "timeout")?;
