@@ -77,6 +77,11 @@ fn interruptible<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
     on_interrupt: impl FnOnce(T) + Send + 'static,
 ) -> PyResult<T> {
+    if !on_main_thread() {
+        // Python delivers signals to the main thread only: elsewhere nothing could interrupt the call,
+        // so it runs right here, sparing the thread hop (a wake-up, costly on a loaded host).
+        return Ok(py.allow_threads(f));
+    }
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         // The receiver is gone only if the reaper below panicked; nothing left to tell.
@@ -108,6 +113,12 @@ fn interruptible<T: Send + 'static>(
             }
         }
     }
+}
+
+/// True on the process's initial thread, where Python runs signal handlers.
+fn on_main_thread() -> bool {
+    // SAFETY: getpid and gettid have no preconditions and cannot fail.
+    unsafe { libc::gettid() == libc::getpid() }
 }
 
 /// One VM. Made by `Vm.create` (owned: dropped = stopped and deleted) or `Vm.from_id` (reconnected:
