@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: every test of the workspace. With SMOLVM_E2E=1 the tests that boot real VMs must
-# run (a missing prerequisite fails them); without it they skip and say why.
+# The whole test suite: every test of the workspace, then the Python package built into a fresh
+# virtualenv with its pytest suite. With SMOLVM_E2E=1 the tests that boot real VMs must run (a missing
+# prerequisite fails them); without it they skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${SMOLVM_TEST_THREADS:-4}"
@@ -10,3 +11,4 @@ if [ "${SMOLVM_E2E:-}" = 1 ]; then
     cargo test -p smolvm --test minimal_kernel_e2e
 fi
 cargo test --workspace --all-targets -- --test-threads="$threads"
+scripts/test-python.sh -q

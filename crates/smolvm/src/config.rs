@@ -137,8 +137,8 @@ pub struct VmConfigSpec {
     /// Kernel command line.
     #[serde(default = "default_boot_args")]
     pub boot_args: String,
-    /// Backend override; `None` means auto-detect.
-    #[serde(default)]
+    /// Backend override; `None` means auto-detect. Deserialises `"auto"` as `None`, as the spec allows.
+    #[serde(default, deserialize_with = "backend_choice")]
     pub backend: Option<BackendKind>,
     /// Disk lifecycle mode.
     #[serde(default)]
@@ -153,6 +153,13 @@ pub struct VmConfigSpec {
     /// grown and its ext4 resized before the first boot. `None` keeps the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size_mib: Option<u64>,
+}
+
+fn backend_choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BackendKind>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => BackendKind::parse_choice(&s).map_err(serde::de::Error::custom),
+    }
 }
 
 fn default_vcpu_count() -> u32 {

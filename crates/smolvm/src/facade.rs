@@ -136,6 +136,7 @@ impl SmolVmBuilder {
             agent: Mutex::new(None),
             ssh_user: DEFAULT_SSH_USER.to_string(),
             ssh_key_path: None,
+            ssh_ready: Default::default(),
         })
     }
 
@@ -183,6 +184,8 @@ pub struct SmolVm {
     ssh_key_path: Option<PathBuf>,
     /// The template to make from this VM right after its first (cold) start.
     make_template: Option<String>,
+    /// SSH answered once since the last start (only tracked for VMs reached over SSH).
+    ssh_ready: std::sync::atomic::AtomicBool,
 }
 
 impl SmolVm {
@@ -225,6 +228,7 @@ impl SmolVm {
             agent: Mutex::new(None),
             ssh_user: DEFAULT_SSH_USER.to_string(),
             ssh_key_path: None,
+            ssh_ready: Default::default(),
         })
     }
 
@@ -270,6 +274,9 @@ impl SmolVm {
     /// Starts the VM, waiting at most `boot_timeout` for the guest to be ready. Chainable.
     pub fn start_with_timeout(&mut self, boot_timeout: Duration) -> Result<&mut SmolVm> {
         let (info, client) = self.manager.start_inner(&self.vm_id, boot_timeout)?;
+        if info.status != self.info.status {
+            *self.ssh_ready.get_mut() = false;
+        }
         self.info = info;
         if let Some(c) = client {
             *self.agent_slot() = Some(c);
@@ -364,6 +371,13 @@ impl SmolVm {
         timeout: Option<Duration>,
     ) -> Result<CommandResult> {
         if !self.info.config.boots_agent() && self.info.network.is_some() {
+            // The spec: "run() automatically waits for SSH on first use". Without the agent's Ready
+            // message, `start` returned before the guest's SSH server was up.
+            if !self.ssh_ready.load(std::sync::atomic::Ordering::Relaxed) {
+                self.wait_for_ssh(timeout.unwrap_or(DEFAULT_RUN_TIMEOUT))?;
+                self.ssh_ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             return self.run_over_ssh(command, timeout);
         }
         self.with_agent(|c| Ok(c.run(command, timeout.or(Some(DEFAULT_RUN_TIMEOUT)))?))

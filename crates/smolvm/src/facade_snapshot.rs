@@ -121,6 +121,7 @@ fn owned(
 ) -> SmolVm {
     SmolVm {
         make_template: None,
+        ssh_ready: Default::default(),
         manager,
         vm_id: info.vm_id.clone(),
         info,

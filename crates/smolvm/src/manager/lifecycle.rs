@@ -238,7 +238,12 @@ impl SmolVmManager {
             vcpu_count: config.vcpu_count(),
             mem_size_mib: config.mem_size_mib(),
             kernel: config.kernel_path().to_path_buf(),
-            initrd: config.initrd_path().map(|p| p.to_path_buf()),
+            // A config naming only a built image's kernel and rootfs (the spec's examples) boots that
+            // image's initramfs: its kernel cannot mount the root disk without it.
+            initrd: config
+                .initrd_path()
+                .map(|p| p.to_path_buf())
+                .or_else(|| crate::image::initrd_for_kernel(config.kernel_path())),
             kernel_cmdline: {
                 let mut line = kernel_cmdline(config.boot_args(), id, guest_net.as_ref());
                 // A read-only disk must be mounted read-only, or the guest's first mount fails.

@@ -1,0 +1,163 @@
+"""The spec's data models: :class:`VMConfig`, :class:`VMInfo`, :class:`NetworkConfig`, :class:`VMState`.
+
+All models are frozen pydantic (v2) models: assigning a field raises ``pydantic.ValidationError``
+(``"... is frozen"``); use ``model_copy(update=...)`` for a changed copy. The rules are the Rust
+library's (``smolvm::VmConfigSpec::build``); the shared table ``tests/config_cases.json`` is run by
+both test suites so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+)
+
+__all__ = ["VMState", "VMConfig", "VMInfo", "NetworkConfig", "DEFAULT_BOOT_ARGS"]
+
+#: Default kernel command line (spec: ``boot_args`` default).
+DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
+
+_VM_ID = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}[a-z0-9]|[a-z0-9])$")
+_ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_BACKENDS = ("firecracker", "qemu", "auto")
+
+
+def _generate_vm_id() -> str:
+    return f"vm-{secrets.token_hex(4)}"
+
+
+def _check_paths(info: ValidationInfo) -> bool:
+    # Infos loaded from the state store describe VMs whose files may have gone since: they are
+    # validated with context {"check_paths": False}.
+    ctx = info.context
+    return not (isinstance(ctx, dict) and ctx.get("check_paths") is False)
+
+
+class VMState(str, Enum):
+    """Lifecycle state of a VM."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return f"VMState.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        # Same text in f-strings on every Python version (3.11 would format the value otherwise).
+        return format(str(self), spec)
+
+
+class VMConfig(BaseModel):
+    """Configuration of one microVM (spec: vm-config). Immutable; unknown fields are refused.
+
+    ``initrd_path`` is a smolvm extension: an explicit initramfs. When omitted and the kernel is a
+    file of an image built by :class:`smolvm.ImageBuilder`, that image's initramfs is used.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    vm_id: str = Field(default_factory=_generate_vm_id, description="Unique VM id, ^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$ or ^[a-z0-9]$.")
+    vcpu_count: int = Field(default=2, ge=1, le=32, description="Virtual CPUs, 1-32.")
+    mem_size_mib: int = Field(default=512, ge=128, le=16384, description="Guest memory in MiB, 128-16384.")
+    kernel_path: Path = Field(description="Kernel image; must exist as a file.")
+    rootfs_path: Path = Field(description="Root filesystem image; must exist as a file.")
+    initrd_path: Optional[Path] = Field(default=None, description="Optional initramfs (smolvm extension).")
+    boot_args: str = Field(default=DEFAULT_BOOT_ARGS, description="Kernel command line.")
+    backend: Optional[str] = Field(default=None, description='"firecracker", "qemu", "auto" or None (auto).')
+    disk_mode: Literal["isolated", "shared"] = Field(default="isolated", description="Disk lifecycle mode.")
+    retain_disk_on_delete: StrictBool = Field(default=False, description="Keep an isolated disk after delete.")
+    env_vars: Dict[str, str] = Field(default_factory=dict, description="Guest environment variables.")
+
+    @field_validator("vm_id", mode="before")
+    @classmethod
+    def _vm_id_default(cls, v: Any) -> Any:
+        return _generate_vm_id() if v is None else v
+
+    @field_validator("vm_id")
+    @classmethod
+    def _vm_id_rule(cls, v: str) -> str:
+        if not _VM_ID.match(v):
+            raise ValueError(
+                "must be 1-64 lowercase letters, digits or hyphens, starting and ending with a "
+                f"letter or digit, got {v!r}"
+            )
+        return v
+
+    @field_validator("kernel_path", "rootfs_path", "initrd_path")
+    @classmethod
+    def _path_rule(cls, v: Optional[Path], info: ValidationInfo) -> Optional[Path]:
+        if v is None or not _check_paths(info):
+            return v
+        if not v.exists():
+            raise ValueError(f"{v} does not exist")
+        if not v.is_file():
+            raise ValueError(f"{v} is not a regular file")
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _backend_rule(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in _BACKENDS:
+            raise ValueError(f'must be one of "firecracker", "qemu", "auto" or None, got {v!r}')
+        return v
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env_rule(cls, v: Dict[str, str]) -> Dict[str, str]:
+        for key in v:
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"key {key!r} must match ^[a-zA-Z_][a-zA-Z0-9_]*$")
+        return v
+
+    def _native_json(self) -> str:
+        return self.model_dump_json()
+
+
+class NetworkConfig(BaseModel):
+    """Network configuration of a VM (spec: NetworkConfig).
+
+    ``mode`` is a smolvm extension: ``"tap"`` (a host TAP device; the guest is reachable at
+    ``guest_ip``) or ``"user"`` (QEMU user networking, no privileges; reach SSH via
+    ``ssh_host_port`` on 127.0.0.1).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    guest_ip: str
+    gateway_ip: str
+    netmask: str
+    tap_device: str
+    guest_mac: str
+    ssh_host_port: Optional[int] = None
+    mode: Literal["tap", "user"] = "tap"
+
+
+class VMInfo(BaseModel):
+    """Runtime information about a VM (spec: vm-info). Immutable: call ``vm.refresh()`` for news."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vm_id: str
+    status: VMState
+    config: VMConfig
+    network: Optional[NetworkConfig] = None
+    pid: Optional[int] = None
+    socket_path: Optional[Path] = None
+
+    @classmethod
+    def _from_native(cls, data: str) -> "VMInfo":
+        return cls.model_validate_json(data, context={"check_paths": False})

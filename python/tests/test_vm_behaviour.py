@@ -1,0 +1,160 @@
+"""E2E: what a Python user expects beyond the examples: threads, ownership rules, errors."""
+
+import gc
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from smolvm import SmolVM, SmolVMManager, VMConfig, VMState
+from smolvm.exceptions import OperationTimeoutError, VMAlreadyExistsError, VMNotFoundError
+
+pytestmark = pytest.mark.e2e
+
+
+def ids(data_dir):
+    return sorted(i.vm_id for i in SmolVMManager(data_dir=data_dir).list_vms())
+
+
+def test_blocking_calls_release_the_gil(vm_env):
+    # Thread A sits in a 20 s guest command on vm1; meanwhile this thread boots vm2 and runs a
+    # command in it. With the GIL held by A's native call, nothing here could run until A returned.
+    vm1, vm2 = SmolVM().start(), SmolVM()
+    entered, done = threading.Event(), threading.Event()
+    result = {}
+
+    def long_command():
+        entered.set()
+        result["a"] = vm1.run("sleep 20; echo a-done", timeout=120)
+        done.set()
+
+    t = threading.Thread(target=long_command)
+    t.start()
+    entered.wait()
+    vm2.start()
+    assert vm2.run("echo b").output == "b"
+    assert not done.is_set(), "vm2 only ran after vm1's command: the GIL was not released"
+    t.join()
+    assert result["a"].output == "a-done"
+    for vm in (vm1, vm2):
+        vm.stop().delete()
+    assert ids(vm_env) == []
+
+
+def test_two_threads_drive_two_vms(vm_env):
+    out, errors = {}, []
+
+    def work(name):
+        try:
+            with SmolVM() as vm:
+                out[name] = vm.run(f"echo {name}").output
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and out == {"one": "one", "two": "two"}
+    assert ids(vm_env) == []
+
+
+def test_context_manager_rules_for_reconnected_vms(vm_env):
+    vm = SmolVM().start()
+    vm_id = vm.vm_id
+    vm.close()
+    with SmolVM.from_id(vm_id) as again:
+        assert again.status == VMState.RUNNING  # entry leaves a reconnected VM as it is
+        assert again.run("echo x").output == "x"
+    # exit stopped it but did not delete it
+    left = SmolVM.from_id(vm_id)
+    assert left.status == VMState.STOPPED
+    with left:  # a stopped reconnected VM is not started by entry
+        assert left.status == VMState.STOPPED
+    SmolVM.from_id(vm_id).delete()
+    with pytest.raises(VMNotFoundError):
+        SmolVM.from_id(vm_id)
+
+
+def test_an_owned_vm_is_deleted_when_garbage_collected(vm_env):
+    vm = SmolVM()
+    vm_id = vm.vm_id
+    assert ids(vm_env) == [vm_id]
+    del vm
+    gc.collect()
+    assert ids(vm_env) == []
+
+
+def test_second_vm_with_an_id_in_use_raises_and_changes_nothing(vm_env, image):
+    kernel, rootfs = image
+    cfg = VMConfig(vm_id="dup", kernel_path=kernel, rootfs_path=rootfs)
+    first = SmolVM(cfg)
+    before = SmolVMManager(data_dir=vm_env).get("dup")
+    with pytest.raises(VMAlreadyExistsError) as e:
+        SmolVM(cfg)
+    assert "dup" in e.value.message
+    assert SmolVMManager(data_dir=vm_env).get("dup") == before
+    first.delete()
+    first.close()
+
+
+def test_run_timeout_raises_operation_timeout(vm_env):
+    with SmolVM() as vm:
+        with pytest.raises(OperationTimeoutError) as e:
+            vm.run("sleep 30", timeout=1)
+        assert e.value.message
+        assert vm.run("echo still-usable").output == "still-usable"
+
+
+def test_env_vars_and_files(vm_env, tmp_path):
+    with SmolVM() as vm:
+        assert vm.set_env_vars({"A_KEY": "1", "B_KEY": "two words"}) == ["A_KEY", "B_KEY"]
+        assert vm.run("echo $B_KEY").output == "two words"
+        assert vm.unset_env_vars(["A_KEY"]) == {"A_KEY": "1"}
+        assert vm.list_env_vars() == {"B_KEY": "two words"}
+        src = tmp_path / "in.txt"
+        src.write_text("hello file\n")
+        assert vm.upload_file(src, "/tmp/in.txt") == len("hello file\n")
+        assert vm.run("cat /tmp/in.txt").output == "hello file"
+        assert vm.download_file("/tmp/in.txt", tmp_path / "out.txt") == len("hello file\n")
+        assert (tmp_path / "out.txt").read_text() == "hello file\n"
+
+
+def test_repr_is_informative(vm_env):
+    vm = SmolVM()
+    assert repr(vm) == f"<SmolVM {vm.vm_id} created (owned)>"
+    vm.delete()
+    assert "closed" in repr(vm)
+
+
+def _interrupt_soon(delay=1.0):
+    # What Ctrl-C does: SIGINT to the process, handled by Python in the main thread.
+    t = threading.Timer(delay, os.kill, args=(os.getpid(), signal.SIGINT))
+    t.start()
+    return t
+
+
+def test_ctrl_c_during_run_raises_keyboard_interrupt(vm_env):
+    with SmolVM() as vm:
+        t = _interrupt_soon()
+        began = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            vm.run("sleep 15; echo late", timeout=60)
+        # Reported, not asserted (no timing assertions): about 1 s when prompt, 15 s when not.
+        print(f"KeyboardInterrupt after {time.monotonic() - began:.2f} s (SIGINT at 1 s)")
+        t.join()
+        assert vm.run("echo still-usable", timeout=60).output == "still-usable"
+    assert ids(vm_env) == []
+
+
+def test_ctrl_c_during_start_leaves_nothing_running(vm_env):
+    vm = SmolVM()
+    t = _interrupt_soon(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        vm.start()
+    t.join()
+    vm.delete()  # waits for the interrupted boot to end, then removes everything
+    assert ids(vm_env) == []
