@@ -49,9 +49,10 @@ class VMState(str, Enum):
 
     CREATED = "created"
     RUNNING = "running"
-    PAUSED = "paused"
     STOPPED = "stopped"
     ERROR = "error"
+    #: smolvm extension (``vm.pause()``): vCPUs stopped, VMM and memory kept.
+    PAUSED = "paused"
 
     def __str__(self) -> str:
         return f"VMState.{self.name}"

@@ -59,13 +59,11 @@ fn minimal_kernel_boots_without_initramfs_through_the_lifecycle() {
     let env = TestEnv::new();
     let m = &env.manager;
     let spec = img.vm_config(BackendKind::Qemu);
-    // QEMU gets the ELF itself (the image has no bzImage) and enters it through PVH.
-    let kernel = std::fs::read(&spec.kernel_path).unwrap();
-    assert!(
-        kernel == elf,
-        "{} is not the ELF",
-        spec.kernel_path.display()
-    );
+    // QEMU boots the minimal kernel's bzImage (its PVH entry is unreliable under load, see
+    // `minkernel`); Firecracker would get the ELF.
+    assert_eq!(spec.kernel_path, img.kernel);
+    let bz = std::fs::read(&img.kernel).unwrap();
+    assert_eq!(&bz[0x202..0x206], b"HdrS", "not a bzImage");
     assert_eq!(spec.initrd_path, None);
     let config = spec
         .vm_id("mini-1")
