@@ -81,6 +81,12 @@ class VMConfig(BaseModel):
     backend: Optional[str] = Field(default=None, description='"firecracker", "qemu", "auto" or None (auto).')
     disk_mode: Literal["isolated", "shared"] = Field(default="isolated", description="Disk lifecycle mode.")
     retain_disk_on_delete: StrictBool = Field(default=False, description="Keep an isolated disk after delete.")
+    disk_size_mib: Optional[int] = Field(
+        default=None,
+        ge=64,
+        le=1 << 20,
+        description="Grow the VM's isolated root disk to this size in MiB (smolvm extension; 64-1048576).",
+    )
     env_vars: Dict[str, str] = Field(default_factory=dict, description="Guest environment variables.")
 
     @field_validator("vm_id", mode="before")

@@ -84,7 +84,17 @@ impl AgentClient {
             match Self::try_connect(endpoint, deadline) {
                 Ok(stream) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    return Self::from_stream(stream, left.max(Duration::from_millis(1)));
+                    match Self::from_stream(stream, left.max(Duration::from_millis(1))) {
+                        // QEMU reset a connection before the greeting finished (seen right after a
+                        // boot, with TAP networking, under load): a new connection greets again.
+                        Err(ExecError::AgentDisconnected { .. }) if Instant::now() < deadline => {
+                            tracing::debug!(
+                                "agent connection reset during the greeting; reconnecting"
+                            );
+                            std::thread::sleep(CONNECT_RETRY);
+                        }
+                        other => return other,
+                    }
                 }
                 Err(e) if Instant::now() >= deadline => {
                     return Err(match e {
