@@ -230,3 +230,25 @@ fn non_utf8_paths_pass_through() {
     let k = argv.iter().position(|a| a == "-kernel").unwrap();
     assert_eq!(argv[k + 1].as_bytes(), b"/k/\xff");
 }
+
+/// 2048 MiB with an initramfs makes QEMU 10 reset the guest in early boot: one MiB more.
+#[test]
+fn two_gib_with_an_initrd_gets_one_mib_more() {
+    let argv_mem = |mem: u32, initrd: bool| {
+        let mut s = spec();
+        s.mem_size_mib = mem;
+        s.initrd = initrd.then(|| PathBuf::from("/img/initrd"));
+        let a = strings(build_argv(
+            Path::new("q"),
+            &s,
+            Accel::Tcg {
+                tsc_khz: None,
+                tb_size_mib: None,
+            },
+        ));
+        a[a.iter().position(|x| x == "-m").unwrap() + 1].clone()
+    };
+    assert_eq!(argv_mem(2048, true), "2049M");
+    assert_eq!(argv_mem(2048, false), "2048M");
+    assert_eq!(argv_mem(1024, true), "1024M");
+}
