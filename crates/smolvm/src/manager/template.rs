@@ -22,7 +22,8 @@ use crate::backend::qemu::migrate;
 use crate::config::{BackendKind, DiskMode, VmConfig};
 use crate::error::Result;
 use crate::exec::AgentClient;
-use crate::info::{VmInfo, VmState};
+use crate::info::{NetworkMode, VmInfo, VmState};
+
 use crate::state::VmRecord;
 
 /// Prefix of template names.
@@ -70,10 +71,12 @@ impl SmolVmManager {
         put(&config.vcpu_count().to_string());
         put(&config.mem_size_mib().to_string());
         put(config.boot_args());
-        put(if choice == NetworkChoice::None {
-            "no-net"
-        } else {
-            "net"
+        // The mode, not just whether there is a network: a TAP netdev and a user-mode one save
+        // different device state, and QEMU refuses to load one into the other.
+        put(match self.network_mode_for(choice, backend)? {
+            None => "no-net",
+            Some(NetworkMode::Tap) => "net-tap",
+            Some(NetworkMode::User) => "net-user",
         });
         let files = [
             Some(config.kernel_path()),
