@@ -36,10 +36,10 @@ backports=""
 if [ "${ID:-}" = debian ] && [ "$codename" = bookworm ] && [ "${SMOLVM_NO_BACKPORTS:-0}" != 1 ]; then
     if ! grep -rqsE '(^|\s)bookworm-backports(\s|$)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
         # The mirror the machine already uses for bookworm (deb822 or one-line format), else Debian's.
-        mirror=$( (grep -rhsE '^URIs:\s*\S+/debian/?$' /etc/apt/sources.list.d/ || true) | head -n1 |
-            awk '{print $2}')
-        [ -n "$mirror" ] || mirror=$( (grep -hsE '^deb\s+\S+/debian/?\s+bookworm\s' /etc/apt/sources.list ||
-            true) | head -n1 | awk '{print $2}')
+        uris=$(grep -rhsE '^URIs:\s*\S+/debian/?$' /etc/apt/sources.list.d/ || true)
+        mirror=$(awk 'NR == 1 {print $2}' <<<"$uris")
+        lines=$(grep -hsE '^deb\s+\S+/debian/?\s+bookworm\s' /etc/apt/sources.list || true)
+        [ -n "$mirror" ] || mirror=$(awk 'NR == 1 {print $2}' <<<"$lines")
         [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
         say "adding bookworm-backports from $mirror in /etc/apt/sources.list.d/smolvm-backports.sources"
         printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
@@ -54,7 +54,10 @@ $SUDO apt-get update -q
 
 # Which suite QEMU comes from: backports when it has qemu-system-x86 there, else the default suite.
 suite=""
-if [ -n "$backports" ] && apt-cache madison qemu-system-x86 | grep -q "$backports"; then
+# (Outputs are read whole before filtering: with pipefail, a reader that stops early, like `grep -q`,
+# would make the writer die of SIGPIPE and the pipeline fail at random.)
+versions=$(apt-cache madison qemu-system-x86)
+if [ -n "$backports" ] && grep -q "$backports" <<<"$versions"; then
     suite=$backports
 elif [ -n "$backports" ]; then
     say "bookworm-backports has no qemu-system-x86 on this mirror: using bookworm's QEMU"
@@ -66,7 +69,11 @@ else
     # Every QEMU piece at the newest version outside backports: the emulator, the utilities and any
     # qemu-* package already installed newer by someone else (today's machine images carry backports'
     # qemu-utils). apt's own candidate would keep an installed newer version, hence explicit versions.
-    newest() { apt-cache madison "$1" | awk -F'|' '$3 !~ /backports/ {gsub(/ /, "", $2); print $2; exit}'; }
+    newest() {
+        local all
+        all=$(apt-cache madison "$1")
+        awk -F'|' '$3 !~ /backports/ {gsub(/ /, "", $2); print $2; exit}' <<<"$all"
+    }
     pins=()
     for p in "${QEMU[@]}" $(dpkg-query -W -f '${Package} ${Status}\n' 'qemu-*' 2>/dev/null |
         awk '/ installed$/ {print $1}'); do
@@ -83,10 +90,12 @@ fi
 # Report what is installed, and from where.
 for p in "${QEMU[@]}" qemu-system-common; do
     v=$(dpkg-query -W -f '${Version}' "$p" 2>/dev/null) || continue
-    from=$(apt-cache policy "$p" | awk -v v="$v" '
+    policy=$(apt-cache policy "$p")
+    from=$(awk -v v="$v" '
         $1 == "***" && $2 == v {mine=1; next}
         mine && /^ +[0-9]+ / {print $2, $3; exit}
-        /^ +(\*\*\* )?[0-9:]/ {mine=0}')
+        /^ +(\*\*\* )?[0-9:]/ {mine=0}' <<<"$policy")
     say "$p $v (${from:-local})"
 done
-qemu-system-x86_64 --version | head -n1 >&2
+qemu_version=$(qemu-system-x86_64 --version)
+echo "${qemu_version%%$'\n'*}" >&2

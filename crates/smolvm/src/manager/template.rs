@@ -55,6 +55,11 @@ impl SmolVmManager {
         }
         let backend = self.resolve(config.backend())?;
         let version = self.backend_impl(backend)?.vmm_version()?;
+        // Templates are snapshots, which use the mapped-ram migration of QEMU >= 9: on an older QEMU
+        // every first start would try and fail (with a warning) to make one.
+        if backend == BackendKind::Qemu && qemu_major(&version).is_some_and(|m| m < 9) {
+            return Ok(None);
+        }
         let mut h = Sha256::new();
         let mut inputs = Vec::new();
         let mut put = |s: &str| {
@@ -283,5 +288,26 @@ impl SmolVmManager {
         if let Ok(mut s) = self.state() {
             let _ = s.delete_vm(id);
         }
+    }
+}
+
+/// The major version in `QEMU emulator version 7.2.22 (...)`.
+fn qemu_major(version: &str) -> Option<u32> {
+    let rest = version.split("version ").nth(1)?;
+    rest.split('.').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::qemu_major;
+
+    #[test]
+    fn qemu_major_version_is_read_from_its_banner() {
+        assert_eq!(
+            qemu_major("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some(7)
+        );
+        assert_eq!(qemu_major("QEMU emulator version 10.0.2"), Some(10));
+        assert_eq!(qemu_major("something else"), None);
     }
 }
