@@ -3,54 +3,22 @@
 //! as root; they skip otherwise.
 
 mod netns_util;
+mod scene_util;
 mod vm_util;
 
 use std::time::Duration;
 
-use netns_util::{e2e, Entered, Netns};
-use smolvm::manager::{CreateOptions, NetworkChoice};
+use scene_util::{no_net, Scene};
+use smolvm::manager::NetworkChoice;
 use smolvm::{DiskMode, Error, SmolVm, VmState};
-use vm_util::{processes_mentioning, spec, TestEnv};
+use vm_util::{processes_mentioning, spec};
 
 const BOOT: Duration = Duration::from_secs(60);
 const TOOLS: &[&str] = &["qemu-system-x86_64", "mkfs.ext4", "ip"];
 
-/// One test's world: skipped unless the E2E prerequisites are there, the image built (outside the
-/// namespace: it may fetch the kernel package), a fresh network namespace entered, a private manager.
-/// Fields drop in order: the VMs are deleted inside the namespace, then the thread leaves it, then it is
-/// removed.
-struct Scene {
-    env: TestEnv,
-    _inside: Entered,
-    _ns: Netns,
-}
-
-impl Scene {
-    fn enter(test: &str) -> Option<Scene> {
-        if !e2e(test, TOOLS) {
-            return None;
-        }
-        vm_util::image();
-        let ns = Netns::new();
-        let inside = ns.enter();
-        Some(Scene {
-            env: TestEnv::new(),
-            _inside: inside,
-            _ns: ns,
-        })
-    }
-}
-
-fn no_net() -> CreateOptions {
-    CreateOptions {
-        network: NetworkChoice::None,
-        ..CreateOptions::default()
-    }
-}
-
 #[test]
 fn create_start_exec_stop_restart_delete() {
-    let Some(scene) = Scene::enter("lifecycle") else {
+    let Some(scene) = Scene::enter("lifecycle", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -124,7 +92,7 @@ fn create_start_exec_stop_restart_delete() {
 
 #[test]
 fn boot_timeout_leaves_no_process() {
-    let Some(scene) = Scene::enter("boot timeout") else {
+    let Some(scene) = Scene::enter("boot timeout", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -147,7 +115,7 @@ fn boot_timeout_leaves_no_process() {
 
 #[test]
 fn killed_vmm_is_reconciled_and_delete_still_cleans() {
-    let Some(scene) = Scene::enter("kill + reconcile") else {
+    let Some(scene) = Scene::enter("kill + reconcile", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -172,7 +140,7 @@ fn killed_vmm_is_reconciled_and_delete_still_cleans() {
 
 #[test]
 fn disk_modes_shared_and_retained() {
-    let Some(scene) = Scene::enter("disk modes") else {
+    let Some(scene) = Scene::enter("disk modes", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -227,7 +195,7 @@ fn disk_modes_shared_and_retained() {
 
 #[test]
 fn owned_facade_deletes_on_drop_and_reconnected_one_only_stops() {
-    let Some(scene) = Scene::enter("facade RAII") else {
+    let Some(scene) = Scene::enter("facade RAII", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -266,7 +234,7 @@ fn from_id_in_a_second_process() {
     if std::env::var("SMOLVM_CHILD_FROM_ID").is_ok() {
         return; // the child mode runs in `child_from_id` below
     }
-    let Some(scene) = Scene::enter("from_id across processes") else {
+    let Some(scene) = Scene::enter("from_id across processes", TOOLS) else {
         return;
     };
     let env = &scene.env;

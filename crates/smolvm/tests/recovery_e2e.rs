@@ -4,48 +4,18 @@
 //! network namespace it creates, with private directories. Run with `SMOLVM_E2E=1` as root.
 
 mod netns_util;
+mod scene_util;
 mod vm_util;
 
 use std::time::{Duration, Instant};
 
-use netns_util::{e2e, Entered, Netns};
-use smolvm::manager::{CreateOptions, NetworkChoice};
+use scene_util::{no_net, Scene};
 use smolvm::process::ProcessIdentity;
 use smolvm::{DiskMode, Error, VmState};
-use vm_util::{spec, TestEnv};
+use vm_util::spec;
 
 const BOOT: Duration = Duration::from_secs(90);
 const TOOLS: &[&str] = &["qemu-system-x86_64", "mkfs.ext4", "ip"];
-
-/// The test's world (dropped in order: VMs deleted inside the namespace, then it is left and removed).
-struct Scene {
-    env: TestEnv,
-    _inside: Entered,
-    _ns: Netns,
-}
-
-impl Scene {
-    fn enter(test: &str) -> Option<Scene> {
-        if !e2e(test, TOOLS) {
-            return None;
-        }
-        vm_util::image();
-        let ns = Netns::new();
-        let inside = ns.enter();
-        Some(Scene {
-            env: TestEnv::new(),
-            _inside: inside,
-            _ns: ns,
-        })
-    }
-}
-
-fn no_net() -> CreateOptions {
-    CreateOptions {
-        network: NetworkChoice::None,
-        ..CreateOptions::default()
-    }
-}
 
 /// Kills the VMM this test's VM runs on (a process this test started through the manager).
 fn kill_vmm(pid: u32) {
@@ -60,7 +30,7 @@ fn kill_vmm(pid: u32) {
 
 #[test]
 fn a_killed_vmm_reads_error_at_once_and_the_vm_restarts_from_its_disk() {
-    let Some(scene) = Scene::enter("dead VMM") else {
+    let Some(scene) = Scene::enter("dead VMM", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -113,7 +83,7 @@ fn a_killed_vmm_reads_error_at_once_and_the_vm_restarts_from_its_disk() {
 /// (which does not set `retain_disk_on_delete`).
 #[test]
 fn a_retained_disk_is_reused_by_the_next_create() {
-    let Some(scene) = Scene::enter("retained disk") else {
+    let Some(scene) = Scene::enter("retained disk", TOOLS) else {
         return;
     };
     let env = &scene.env;

@@ -3,11 +3,12 @@
 //! that nothing leaks. Run with `SMOLVM_E2E=1` as root; they skip otherwise.
 
 mod netns_util;
+mod scene_util;
 mod vm_util;
 
 use std::time::Duration;
 
-use netns_util::{e2e, Entered, Netns};
+use scene_util::{no_net, Scene};
 use smolvm::backend::qemu::{Accel, QemuBackend};
 use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::snapshot::SnapshotError;
@@ -17,28 +18,7 @@ use vm_util::{processes_mentioning, spec, TestEnv};
 const BOOT: Duration = Duration::from_secs(60);
 const TOOLS: &[&str] = &["qemu-system-x86_64", "qemu-img", "mkfs.ext4", "ip"];
 
-/// One test's world (see lifecycle_e2e.rs): fields drop in order, VMs first, the namespace last.
-struct Scene {
-    env: TestEnv,
-    _inside: Entered,
-    _ns: Netns,
-}
-
 impl Scene {
-    fn enter(test: &str) -> Option<Scene> {
-        if !e2e(test, TOOLS) {
-            return None;
-        }
-        vm_util::image();
-        let ns = Netns::new();
-        let inside = ns.enter();
-        Some(Scene {
-            env: TestEnv::new(),
-            _inside: inside,
-            _ns: ns,
-        })
-    }
-
     /// A second manager on the same directories: what another process sees.
     fn other_process(&self) -> SmolVmManager {
         SmolVmManager::new(
@@ -47,13 +27,6 @@ impl Scene {
             Some(BackendKind::Qemu),
         )
         .unwrap()
-    }
-}
-
-fn no_net() -> CreateOptions {
-    CreateOptions {
-        network: NetworkChoice::None,
-        ..CreateOptions::default()
     }
 }
 
@@ -73,7 +46,7 @@ fn qmp_status(m: &SmolVmManager, id: &str) -> String {
 
 #[test]
 fn pause_resume_then_stop_and_delete_a_paused_vm() {
-    let Some(scene) = Scene::enter("pause/resume") else {
+    let Some(scene) = Scene::enter("pause/resume", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -194,7 +167,7 @@ fn assert_only_vms(env: &TestEnv, ids: &[&str]) {
 
 #[test]
 fn two_forks_of_one_snapshot_are_independent_machines() {
-    let Some(scene) = Scene::enter("snapshot forks") else {
+    let Some(scene) = Scene::enter("snapshot forks", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -341,7 +314,7 @@ fn two_forks_of_one_snapshot_are_independent_machines() {
 
 #[test]
 fn bad_snapshots_are_refused_by_name_and_leave_nothing_behind() {
-    let Some(scene) = Scene::enter("snapshot errors") else {
+    let Some(scene) = Scene::enter("snapshot errors", TOOLS) else {
         return;
     };
     let env = &scene.env;
@@ -450,7 +423,7 @@ fn bad_snapshots_are_refused_by_name_and_leave_nothing_behind() {
 
 #[test]
 fn vms_start_from_a_template_made_on_first_use() {
-    let Some(scene) = Scene::enter("templates") else {
+    let Some(scene) = Scene::enter("templates", TOOLS) else {
         return;
     };
     let env = &scene.env;
