@@ -119,10 +119,9 @@ impl SmolVmBuilder {
             network: self.network,
             ..CreateOptions::default()
         };
-        // A disk retained by an earlier VM of this id is reused (spec), which a template would not.
-        let use_templates = use_templates && !manager.has_retained_disk(config.vm_id());
         let (info, make_template) = if use_templates {
-            snapshot::create_with_template(&manager, &config, &opts)?
+            let (created, make) = manager.create_with_templates(&config, &opts)?;
+            (created.info, make)
         } else {
             (manager.create_with(&config, &opts)?, None)
         };

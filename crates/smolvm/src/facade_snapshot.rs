@@ -83,9 +83,6 @@ impl SmolVm {
         let Some(name) = self.make_template.take() else {
             return;
         };
-        if !self.info.config.env_vars().is_empty() {
-            return; // they were injected at start and would end up in every later VM
-        }
         match self.manager.make_template(&self.vm_id, &name) {
             Ok(()) => tracing::debug!(vm = %self.vm_id, template = %name, "template made"),
             Err(e) => {
@@ -96,22 +93,6 @@ impl SmolVm {
             self.info = info;
         }
     }
-}
-
-/// Creates `config` from its template when one is usable (returns no template to make), else as usual
-/// (returns the template name to make after the first start, if the config can have one).
-pub(super) fn create_with_template(
-    manager: &SmolVmManager,
-    config: &crate::VmConfig,
-    opts: &crate::manager::CreateOptions,
-) -> Result<(crate::VmInfo, Option<String>)> {
-    let Some(name) = manager.template_name(config, opts.network)? else {
-        return Ok((manager.create_with(config, opts)?, None));
-    };
-    if manager.find_template(config, opts.network)?.is_some() {
-        return Ok((manager.create_from_template(&name, config, opts)?, None));
-    }
-    Ok((manager.create_with(config, opts)?, Some(name)))
 }
 
 fn owned(

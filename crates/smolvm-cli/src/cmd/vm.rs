@@ -237,32 +237,21 @@ pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
     }
     let config = a.create.config(&m, cli)?;
     let opts = a.create.options();
-    let mut make_template = None;
-    // A disk retained by an earlier VM of this id is reused (spec), which a template restore would not.
-    let retained = m.has_retained_disk(config.vm_id());
-    let template = match a.create.uses_templates() && !retained {
-        true => m.template_name(&config, opts.network)?,
-        false => None,
+    let (created, make_template) = if a.create.uses_templates() {
+        m.create_with_templates(&config, &opts)?
+    } else {
+        (m.create_reporting(&config, &opts)?, None)
     };
-    let mut info = match template {
-        Some(name) if m.find_template(&config, opts.network)?.is_some() => {
-            m.create_from_template(&name, &config, &opts)?
-        }
-        other => {
-            make_template = other.filter(|_| config.env_vars().is_empty());
-            let created = m.create_reporting(&config, &opts)?;
-            if let Some(disk) = &created.reused_disk {
-                // On stderr: stdout may be JSON.
-                eprintln!(
-                    "reusing the disk {} retained by an earlier VM {} (its files are kept; \
-                     --discard-retained-disk starts fresh)",
-                    disk.display(),
-                    created.info.vm_id
-                );
-            }
-            created.info
-        }
-    };
+    if let Some(disk) = &created.reused_disk {
+        // On stderr: stdout may be JSON.
+        eprintln!(
+            "reusing the disk {} retained by an earlier VM {} (its files are kept; \
+             --discard-retained-disk starts fresh)",
+            disk.display(),
+            created.info.vm_id
+        );
+    }
+    let mut info = created.info;
     if a.start {
         info = match m.start(&info.vm_id, secs(Some(a.boot_timeout), 30.0)?) {
             Ok(i) => i,

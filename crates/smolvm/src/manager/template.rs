@@ -43,6 +43,36 @@ pub fn templates_enabled_by_env() -> bool {
 }
 
 impl SmolVmManager {
+    /// Creates `config` from its template when one exists, else normally. Also returns the template
+    /// to make from this VM after its first start: none when a template was used, when the VM has
+    /// environment variables (they would end up in every later VM), or when it reuses a retained disk
+    /// (the spec reuses that disk, which a template restore would not).
+    pub fn create_with_templates(
+        &self,
+        config: &VmConfig,
+        opts: &CreateOptions,
+    ) -> Result<(super::Created, Option<String>)> {
+        let name = match self.has_retained_disk(config.vm_id()) {
+            true => None,
+            false => self.template_name(config, opts.network)?,
+        };
+        let Some(name) = name else {
+            return Ok((self.create_reporting(config, opts)?, None));
+        };
+        if self.find_template(config, opts.network)?.is_some() {
+            let info = self.create_from_template(&name, config, opts)?;
+            return Ok((
+                super::Created {
+                    info,
+                    reused_disk: None,
+                },
+                None,
+            ));
+        }
+        let make = config.env_vars().is_empty().then_some(name);
+        Ok((self.create_reporting(config, opts)?, make))
+    }
+
     /// The template name for VMs of `config` with the network `choice`; `None` for configs that cannot
     /// use templates (shared disk, no smolvm agent, Firecracker without KVM, files that cannot be read).
     pub fn template_name(
