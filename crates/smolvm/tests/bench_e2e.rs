@@ -98,7 +98,7 @@ fn one_iteration_reports_every_figure_and_cleans_up() {
     assert_eq!(json["machine"]["accelerator"], report.machine.accelerator);
 
     // Nothing left: no VM rows, no disks, no VMM running on our sockets.
-    let m = smolvm::manager::SmolVmManager::new(
+    let m = smolvm::SmolVmManager::new(
         Some(&data.path().join("d")),
         Some(&data.path().join("s")),
         None,

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use netns_util::{e2e, Entered, Netns};
-use smolvm::image::{DebianOptions, GuestImage, ImageBuilder, ImageSource, Preset, Progress};
-use smolvm::manager::{CreateOptions, NetworkChoice};
+use smolvm::{DebianOptions, GuestImage, ImageBuilder, ImageSource, Preset, ImageProgress as Progress};
+use smolvm::{CreateOptions, NetworkChoice};
 use smolvm::BackendKind;
 use vm_util::TestEnv;
 

@@ -21,8 +21,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netns_util::{e2e, Netns};
-use smolvm::manager::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
-use smolvm::process::ProcessIdentity;
+use smolvm::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::internals::process::ProcessIdentity;
 use smolvm::{BackendKind, Error, VmState};
 use vm_util::{processes_mentioning, spec, TestEnv};
 

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use smolvm::backend::qemu::{Accel, QemuBackend, QemuError};
-use smolvm::backend::{Backend, BackendError, LaunchSpec, NetAttachment};
-use smolvm::host::HostCapabilities;
+use smolvm::internals::backend::qemu::{Accel, QemuBackend, QemuError};
+use smolvm::internals::backend::{Backend, BackendError, LaunchSpec, NetAttachment};
+use smolvm::HostCapabilities;
 
 const MARKER: &str = "smolvm-pvh-ok";
 

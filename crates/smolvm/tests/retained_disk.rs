@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{BackendKind, DiskMode, Error, VmConfig};
 
 /// Where this test writes the "guest's" bytes in the disk.

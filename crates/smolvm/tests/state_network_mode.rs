@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use smolvm::info::NetworkMode;
-use smolvm::state::{
+use smolvm::NetworkMode;
+use smolvm::internals::state::{
     StateStore, StoreOptions, SCHEMA_VERSION, USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
 };
 use smolvm::{BackendKind, VmConfig};

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smolvm::process::ProcessIdentity;
-use smolvm::snapshot::{MachineShape, SnapshotRecord};
-use smolvm::state::{RunningVmm, StateStore};
+use smolvm::internals::process::ProcessIdentity;
+use smolvm::internals::snapshot::{MachineShape, SnapshotRecord};
+use smolvm::internals::state::{RunningVmm, StateStore};
 use smolvm::{BackendKind, VmConfig, VmState};
 
 struct Env {

@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netns_util::{e2e, sh, Netns};
-use smolvm::info::NetworkMode;
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::NetworkMode;
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{BackendKind, VmConfig, VmInfo};
 
 const BOOT: Duration = Duration::from_secs(120);

@@ -103,7 +103,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
 fn default_output(cli: &Cli) -> anyhow::Result<PathBuf> {
     let data_dir = match &cli.data_dir {
         Some(d) => d.clone(),
-        None => smolvm::dirs::Dirs::resolve(None, cli.socket_dir.as_deref())?.data_dir,
+        None => smolvm::Dirs::resolve(None, cli.socket_dir.as_deref())?.data_dir,
     };
     Ok(data_dir
         .join("bench")

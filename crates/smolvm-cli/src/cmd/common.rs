@@ -1,7 +1,7 @@
 //! Helpers shared by the commands: opening the manager from the global options, parsing choices.
 
 use anyhow::Context;
-use smolvm::manager::SmolVmManager;
+use smolvm::SmolVmManager;
 use smolvm::BackendKind;
 
 use crate::Cli;

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use smolvm::host::{Accelerator, HostCapabilities, ToolInfo};
-use smolvm::network::HostNetwork;
+use smolvm::{Accelerator, HostCapabilities, ToolInfo};
+use smolvm::internals::network::HostNetwork;
 use smolvm::BackendKind;
 
 use crate::Cli;
