@@ -48,13 +48,14 @@ pub use image::{
 };
 pub use info::{NetworkConfig, NetworkMode, VmInfo, VmState};
 pub use manager::{
-    templates_enabled_by_env, CleanupOptions, CleanupReport, CleanupScope, CreateOptions,
-    NetworkChoice, RetainedDisk, SmolVmManager,
+    templates_enabled_by_env, CleanupFailure, CleanupOptions, CleanupReport, CleanupScope,
+    CreateOptions, NetworkChoice, OrphanProcess, RetainedDisk, SmolVmManager,
+    DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
 };
-pub use snapshot::{SnapshotError, SnapshotInfo};
-pub use ssh::{ssh_argv, SshError, SshTarget};
 /// Wire types of the host-guest protocol that appear in the exec API (streamed commands, error kinds).
 pub use smolvm_protocol::{Command as AgentCommand, ErrorKind as AgentErrorKind};
+pub use snapshot::{SnapshotError, SnapshotInfo};
+pub use ssh::{ssh_argv, SshError, SshTarget};
 
 /// Internals the sibling crates (CLI, benchmark) and the integration tests reach into. Hidden from
 /// the docs and not a stable API: anything here may change without notice.

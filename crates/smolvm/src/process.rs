@@ -36,7 +36,7 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
 
 /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and parentheses,
 /// so fields are counted from the last `)`.
-pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+pub(crate) fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the comm: field 3 (state) is index 0, field 22 (starttime) is index 19.
@@ -92,7 +92,7 @@ impl ProcessIdentity {
 /// Starts `cmd` detached: its own session (no controlling terminal, not killed with our process
 /// group), stdin from /dev/null, stdout and stderr appended to `log`. A thread reaps it when it exits so
 /// that no zombie is left while this process lives; if this process exits first, init adopts it.
-pub fn spawn_detached(mut cmd: Command, log: &Path) -> std::io::Result<ProcessIdentity> {
+pub(crate) fn spawn_detached(mut cmd: Command, log: &Path) -> std::io::Result<ProcessIdentity> {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use netns_util::e2e;
 use smolvm::ExecRequest;
-use smolvm::{CreateOptions, NetworkChoice};
 use smolvm::SmolVm;
+use smolvm::{CreateOptions, NetworkChoice};
 use smolvm_protocol::{with_sync, FrameType, Hello, Request};
 use vm_util::{spec, TestEnv};
 

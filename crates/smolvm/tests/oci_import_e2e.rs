@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use netns_util::{e2e, Entered, Netns};
-use smolvm::{ImageBuilder, ImageError, ImportOptions, ImportSource, ImageProgress as Progress};
-use smolvm::{CreateOptions, NetworkChoice};
 use smolvm::BackendKind;
+use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{ImageBuilder, ImageError, ImageProgress as Progress, ImportOptions, ImportSource};
 use vm_util::TestEnv;
 
 const BOOT: Duration = Duration::from_secs(120);

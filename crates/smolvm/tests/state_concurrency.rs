@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use smolvm::NetworkMode;
 use smolvm::internals::state::{Lease, StateStore, StoreOptions};
+use smolvm::NetworkMode;
 use smolvm::{BackendKind, VmConfig};
 
 /// Set in a child process: the database to write to.

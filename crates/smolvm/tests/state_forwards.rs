@@ -3,8 +3,10 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use smolvm::internals::state::{
+    PortForwardRequest, Protocol, StateError, StateStore, StoreOptions,
+};
 use smolvm::NetworkMode;
-use smolvm::internals::state::{PortForwardRequest, Protocol, StateError, StateStore, StoreOptions};
 use smolvm::{BackendKind, VmConfig};
 
 struct Env {

@@ -4,10 +4,10 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use smolvm::NetworkMode;
 use smolvm::internals::state::{
     StateStore, StoreOptions, SCHEMA_VERSION, USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
 };
+use smolvm::NetworkMode;
 use smolvm::{BackendKind, VmConfig};
 
 struct Env {

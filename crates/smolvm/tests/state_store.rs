@@ -6,9 +6,11 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use smolvm::NetworkMode;
 use smolvm::internals::process::ProcessIdentity;
-use smolvm::internals::state::{RunningVmm, StateError, StateStore, StoreOptions, GATEWAY_IP, SCHEMA_VERSION};
+use smolvm::internals::state::{
+    RunningVmm, StateError, StateStore, StoreOptions, GATEWAY_IP, SCHEMA_VERSION,
+};
+use smolvm::NetworkMode;
 use smolvm::{BackendKind, VmConfig, VmState};
 
 struct Env {

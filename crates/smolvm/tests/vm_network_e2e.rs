@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use netns_util::{e2e, sh, Netns};
 use smolvm::NetworkMode;
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{BackendKind, VmConfig, VmInfo};
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 
 const BOOT: Duration = Duration::from_secs(120);
 

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use smolvm::{AgentClient, AgentErrorKind as ErrorKind, ExecError, ExecRequest, ExecStream as Stream};
+use smolvm::{
+    AgentClient, AgentErrorKind as ErrorKind, ExecError, ExecRequest, ExecStream as Stream,
+};
 use smolvm_protocol::{BootStage, Ready, PROTOCOL_VERSION};
 
 use super::{serve_with, Config, Hooks};
@@ -283,7 +285,10 @@ fn sixteen_concurrent_execs_on_one_connection() {
 #[test]
 fn output_over_the_limit_is_a_clear_error() {
     let h = harness();
-    let cmd = format!("head -c {} /dev/zero", smolvm_protocol::limits::MAX_OUTPUT_LEN + 1);
+    let cmd = format!(
+        "head -c {} /dev/zero",
+        smolvm_protocol::limits::MAX_OUTPUT_LEN + 1
+    );
     match h.client.run(&cmd, Some(Duration::from_secs(120))) {
         Err(ExecError::OutputTooLarge { limit }) => {
             assert_eq!(limit, smolvm_protocol::limits::MAX_OUTPUT_LEN)

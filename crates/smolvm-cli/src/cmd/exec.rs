@@ -25,8 +25,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use smolvm::{AgentClient, AgentErrorKind as ErrorKind, ExecError, ExecRequest, ExecStream as Stream};
 use smolvm::SmolVm;
+use smolvm::{
+    AgentClient, AgentErrorKind as ErrorKind, ExecError, ExecRequest, ExecStream as Stream,
+};
 use smolvm_protocol::limits::MAX_STDIN_LEN;
 
 use super::common::backend_choice;

@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use smolvm::{
-    DebianOptions, GuestImage, ImageBuilder, ImageOptions, ImportOptions, ImportSource, Preset,
-    ImageProgress as Progress,
+    DebianOptions, GuestImage, ImageBuilder, ImageOptions, ImageProgress as Progress,
+    ImportOptions, ImportSource, Preset,
 };
 
 use crate::Cli;
@@ -307,11 +307,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             show(&img, a.json, start)?;
         }
         ImageCommand::Rm(a) => {
-            let m = smolvm::SmolVmManager::new(
-                Some(&dirs.data_dir),
-                Some(&dirs.socket_dir),
-                None,
-            )?;
+            let m = smolvm::SmolVmManager::new(Some(&dirs.data_dir), Some(&dirs.socket_dir), None)?;
             for name in &a.names {
                 m.remove_image(name)?;
                 println!("removed image {name:?}");

@@ -18,17 +18,17 @@ use crate::manager::disk;
 use crate::VmConfig;
 
 /// Name of the row with the cold-start totals (the parallel section compares against its median).
-pub const TOTAL_ROW: &str = "cold start total (create -> first command output)";
+pub(super) const TOTAL_ROW: &str = "cold start total (create -> first command output)";
 const BASELINE_ROW: &str = "baseline: raw VMM spawn -> agent Ready";
 /// Target: cold start within this factor of the raw VMM.
-pub const COLD_START_FACTOR: f64 = 1.15;
+pub(super) const COLD_START_FACTOR: f64 = 1.15;
 /// Target: 4 parallel cold starts within this factor of one.
-pub const PARALLEL_FACTOR: f64 = 2.0;
+pub(super) const PARALLEL_FACTOR: f64 = 2.0;
 /// VMs started at once in the parallel section.
-pub const PARALLEL_VMS: usize = 4;
+pub(super) const PARALLEL_VMS: usize = 4;
 
 /// The cold-start section.
-pub fn cold_start(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn cold_start(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let n = ctx.iterations;
     let mut cold: Vec<ColdSample> = Vec::new();
     let mut base: Vec<BaselineSample> = Vec::new();
@@ -349,7 +349,11 @@ fn baseline_once(
 }
 
 /// The parallel section: rounds of 4 simultaneous cold starts.
-pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn parallel(
+    ctx: &Ctx,
+    single: Option<f64>,
+    rep: &mut SectionReport,
+) -> Result<(), BenchError> {
     let single = match single {
         Some(s) => s,
         None => {

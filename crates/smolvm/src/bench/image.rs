@@ -10,7 +10,7 @@ use crate::VmConfig;
 
 /// The config for `backend` of the image `name` (`None`: the default image, built if needed) from the
 /// image cache under `data_dir`.
-pub fn image_config(
+pub(super) fn image_config(
     data_dir: &Path,
     name: Option<&str>,
     backend: BackendKind,

@@ -150,7 +150,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// The template with `vm_id` and optionally another memory size.
-    pub fn config(&self, vm_id: &str, mem_mib: Option<u32>) -> Result<VmConfig, BenchError> {
+    pub(crate) fn config(&self, vm_id: &str, mem_mib: Option<u32>) -> Result<VmConfig, BenchError> {
         self.template
             .with(|s| {
                 s.vm_id = Some(vm_id.to_string());
@@ -162,7 +162,7 @@ impl Ctx {
             .map_err(|e| BenchError::step(format!("config of {vm_id}"), e))
     }
 
-    pub fn say(&self, msg: &str) {
+    pub(crate) fn say(&self, msg: &str) {
         self.progress.say(msg);
     }
 }

@@ -33,9 +33,9 @@ use crate::snapshot::{SnapshotError, SnapshotRecord};
 use crate::state::{RunningVmm, VmRecord};
 
 /// Bytes of host entropy handed to each restored guest.
-pub const IDENTITY_ENTROPY_BYTES: usize = 64;
+pub(super) const IDENTITY_ENTROPY_BYTES: usize = 64;
 /// Most VMs one `fork` call makes.
-pub const MAX_FORKS: usize = 64;
+pub(super) const MAX_FORKS: usize = 64;
 
 impl SmolVmManager {
     /// Starts a new VM from snapshot `name` (spec extension: `create_from_snapshot`): id `vm_id` (or a

@@ -9,9 +9,9 @@
 //!   removes it (the spec: stop "cleans up port forwarding rules") and `start` makes it again. Leases (IP,
 //!   TAP name, MAC, SSH port) stay with the VM until `delete`, so a restarted VM keeps its address.
 
-pub mod cmdline;
-pub mod disk;
-pub mod lock;
+pub(crate) mod cmdline;
+pub(crate) mod disk;
+pub(crate) mod lock;
 
 mod cleanup;
 mod cleanup_plan;
@@ -30,8 +30,8 @@ mod template;
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
-pub use net::net_attachment;
-pub use template::{templates_enabled_by_env, TEMPLATES_ENV, TEMPLATE_PREFIX};
+pub(crate) use net::net_attachment;
+pub use template::templates_enabled_by_env;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

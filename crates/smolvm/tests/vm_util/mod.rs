@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use smolvm::{GuestImage, ImageBuilder, ImageOptions};
 use smolvm::SmolVmManager;
 use smolvm::{BackendKind, VmConfigSpec};
+use smolvm::{GuestImage, ImageBuilder, ImageOptions};
 
 /// The default image, built once per test process.
 pub fn image() -> &'static GuestImage {

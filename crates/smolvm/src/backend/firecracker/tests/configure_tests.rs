@@ -12,7 +12,7 @@ use crate::backend::firecracker::{configure, ApiClient, FirecrackerError, Method
 use crate::backend::{AgentEndpoint, LaunchSpec, NetAttachment};
 
 /// A spec with every path under `dir`; no initrd, no network, read-write disk.
-pub fn base_spec(dir: &Path) -> LaunchSpec {
+pub(super) fn base_spec(dir: &Path) -> LaunchSpec {
     LaunchSpec {
         vm_id: "vm-1".into(),
         vcpu_count: 2,
