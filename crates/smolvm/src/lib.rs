@@ -63,7 +63,7 @@ pub use ssh::{ssh_argv, SshError, SshTarget};
 pub mod internals {
     /// State store internals (integration tests of crash recovery and cleanup).
     pub mod state {
-        pub use crate::state::*;
+        pub use crate::state::{RunningVmm, StateStore};
     }
     /// Host process helpers.
     pub mod process {
@@ -75,11 +75,18 @@ pub mod internals {
     }
     /// Backends (the QEMU backend test and the benchmark's raw-VMM floor).
     pub mod backend {
-        pub use crate::backend::*;
+        pub use crate::backend::{Backend, BackendError, LaunchSpec, NetAttachment};
+        /// The QEMU backend.
+        pub mod qemu {
+            pub use crate::backend::qemu::{Accel, QemuBackend, QemuError};
+        }
     }
     /// SSH helpers (the SSH E2E test).
     pub mod ssh {
-        pub use crate::ssh::*;
+        pub use crate::ssh::{
+            ensure_client_key, ensure_host_key, get_ssh_commands, known_hosts_patterns, run_ssh,
+            wait_for_ssh, write_known_hosts, HostKeyFormat, SshTarget,
+        };
     }
     /// Snapshot records as stored (state store tests).
     pub mod snapshot {

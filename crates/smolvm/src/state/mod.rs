@@ -14,6 +14,9 @@ mod schema;
 mod snapshots;
 mod vms;
 
+#[cfg(test)]
+mod tests;
+
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 

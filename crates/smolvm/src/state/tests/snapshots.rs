@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smolvm::internals::process::ProcessIdentity;
-use smolvm::internals::snapshot::{MachineShape, SnapshotRecord};
-use smolvm::internals::state::{RunningVmm, StateStore};
-use smolvm::{BackendKind, VmConfig, VmState};
+use crate::process::ProcessIdentity;
+use crate::snapshot::{MachineShape, SnapshotRecord};
+use crate::state::{RunningVmm, StateStore};
+use crate::{BackendKind, VmConfig, VmState};
 
 struct Env {
     dir: tempfile::TempDir,

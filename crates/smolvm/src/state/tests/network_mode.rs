@@ -4,11 +4,11 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use smolvm::internals::state::{
+use crate::state::{
     StateStore, StoreOptions, SCHEMA_VERSION, USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
 };
-use smolvm::NetworkMode;
-use smolvm::{BackendKind, VmConfig};
+use crate::NetworkMode;
+use crate::{BackendKind, VmConfig};
 
 struct Env {
     dir: tempfile::TempDir,
