@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::state::{Lease, StateStore, StoreOptions};
+use crate::state::leases::Lease;
+use crate::state::{StateStore, StoreOptions};
 use crate::NetworkMode;
 use crate::{BackendKind, VmConfig};
 

@@ -3,9 +3,8 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::state::{
-    PortForwardRequest, Protocol, StateError, StateStore, StoreOptions,
-};
+use crate::state::forwards::{PortForwardRequest, Protocol};
+use crate::state::{StateError, StateStore, StoreOptions};
 use crate::NetworkMode;
 use crate::{BackendKind, VmConfig};
 

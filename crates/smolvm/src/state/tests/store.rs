@@ -7,9 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::process::ProcessIdentity;
-use crate::state::{
-    RunningVmm, StateError, StateStore, StoreOptions, GATEWAY_IP, SCHEMA_VERSION,
-};
+use crate::state::leases::GATEWAY_IP;
+use crate::state::schema::SCHEMA_VERSION;
+use crate::state::{RunningVmm, StateError, StateStore, StoreOptions};
 use crate::NetworkMode;
 use crate::{BackendKind, VmConfig, VmState};
 
