@@ -238,10 +238,6 @@ impl SmolVmManager {
         Ok(self.record(vm_id)?.last_error)
     }
 
-    /// Releases what this manager holds (the database connection stays valid until drop; calling `close`
-    /// twice is fine). Kept for the spec's API; Rust also releases everything on drop.
-    pub fn close(&self) {}
-
     pub(crate) fn state(&self) -> Result<MutexGuard<'_, StateStore>> {
         // A panic while holding the store cannot leave SQLite inconsistent (transactions roll back), so a
         // poisoned lock is safe to reuse.

@@ -230,14 +230,7 @@ impl QemuBackend {
         })
     }
 
-    /// Removes a VM's sockets (after QEMU exited; QEMU does not always remove them itself). Missing
-    /// sockets are fine; a non-socket at a socket path is refused.
-    pub fn remove_sockets(&self, socket_dir: &Path, vm_id: &str) -> Result<(), QemuError> {
-        launch::remove_socket(&self.control_socket(socket_dir, vm_id))?;
-        launch::remove_socket(self.agent_endpoint(socket_dir, vm_id).path())
-    }
-
-    /// The VM's run state.
+    /// The VM's run state (QMP `query-status`; the snapshot E2E test checks a paused VMM with it).
     pub fn query_status(&self, control_socket: &Path) -> Result<QmpStatus, QemuError> {
         self.qmp(control_socket)?
             .query_status()
@@ -261,16 +254,6 @@ impl QemuBackend {
             }
             .into()
         })
-    }
-
-    /// Makes QEMU exit at once (no guest shutdown).
-    pub fn quit(&self, control_socket: &Path) -> Result<(), QemuError> {
-        self.qmp(control_socket)?
-            .quit()
-            .map_err(|source| QemuError::Qmp {
-                socket: control_socket.to_path_buf(),
-                source,
-            })
     }
 }
 
