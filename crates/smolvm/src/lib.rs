@@ -6,8 +6,8 @@
 //! The public API is what this file re-exports: the spec's types ([`SmolVm`], [`VmConfig`], [`VmInfo`],
 //! [`VmState`], [`CommandResult`], the errors), the multi-VM [`SmolVmManager`] with its option and
 //! report structs, the [`ImageBuilder`] with its options, and the few host/exec types the CLI and the
-//! Python binding show to users. Everything else is crate-private; [`internals`] is a hidden escape
-//! hatch for the sibling crates (CLI, benchmark) and integration tests, not a stable API.
+//! Python binding show to users. Everything else is crate-private; `internals` is a hidden escape
+//! hatch for the sibling crates (CLI, the `smolvm-bench` crate) and integration tests, not a stable API.
 
 #![warn(missing_docs)]
 #![warn(unreachable_pub)]
@@ -67,7 +67,7 @@ pub mod internals {
     }
     /// Host process helpers.
     pub mod process {
-        pub use crate::process::{proc_stat, ProcessIdentity};
+        pub use crate::process::{proc_stat, spawn_detached, ProcessIdentity};
     }
     /// Host network helpers.
     pub mod network {
@@ -75,10 +75,10 @@ pub mod internals {
     }
     /// Backends (the QEMU backend test and the benchmark's raw-VMM floor).
     pub mod backend {
-        pub use crate::backend::{Backend, BackendError, LaunchSpec, NetAttachment};
+        pub use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttachment};
         /// The QEMU backend.
         pub mod qemu {
-            pub use crate::backend::qemu::{Accel, QemuBackend, QemuError};
+            pub use crate::backend::qemu::{build_argv, Accel, QemuBackend, QemuError};
         }
     }
     /// SSH helpers (the SSH E2E test).
@@ -92,9 +92,15 @@ pub mod internals {
     pub mod snapshot {
         pub use crate::snapshot::{MachineShape, SnapshotRecord};
     }
+    /// Disk cloning (the benchmark's raw-VMM floor copies a disk as the manager does).
+    pub mod disk {
+        pub use crate::manager::disk::{clone_file, isolated_disk_path, CloneMethod};
+    }
+    /// The kernel command line the manager composes for a VM without network (the benchmark boots
+    /// the raw VMM with it).
+    pub fn kernel_cmdline(boot_args: &str, hostname: &str) -> String {
+        crate::manager::cmdline::kernel_cmdline(boot_args, hostname, None)
+    }
     /// The per-VM lock.
     pub use crate::manager::lock::VmLock;
 }
-
-#[doc(hidden)]
-pub mod bench;

@@ -92,7 +92,7 @@ impl ProcessIdentity {
 /// Starts `cmd` detached: its own session (no controlling terminal, not killed with our process
 /// group), stdin from /dev/null, stdout and stderr appended to `log`. A thread reaps it when it exits so
 /// that no zombie is left while this process lives; if this process exits first, init adopts it.
-pub(crate) fn spawn_detached(mut cmd: Command, log: &Path) -> std::io::Result<ProcessIdentity> {
+pub fn spawn_detached(mut cmd: Command, log: &Path) -> std::io::Result<ProcessIdentity> {
     let out = File::options().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);

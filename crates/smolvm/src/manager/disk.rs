@@ -13,7 +13,7 @@ use crate::error::{Error, Result, ValidationError};
 
 /// How a disk was produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloneMethod {
+pub enum CloneMethod {
     /// FICLONE: blocks shared copy-on-write.
     Reflink,
     /// Only data extents copied; holes stay holes.
@@ -29,7 +29,7 @@ pub(crate) fn shared_disk_read_only() -> bool {
 }
 
 /// The isolated disk path of a VM.
-pub(crate) fn isolated_disk_path(disk_dir: &Path, vm_id: &str) -> PathBuf {
+pub fn isolated_disk_path(disk_dir: &Path, vm_id: &str) -> PathBuf {
     disk_dir.join(format!("{vm_id}.ext4"))
 }
 
@@ -135,7 +135,7 @@ pub(crate) fn prepare_isolated(src: &Path, dst: &Path) -> Result<CloneMethod> {
 }
 
 /// Copies `src` to a new file `dst` by reflink, else sparsely.
-pub(crate) fn clone_file(src: &Path, dst: &Path) -> Result<CloneMethod> {
+pub fn clone_file(src: &Path, dst: &Path) -> Result<CloneMethod> {
     let input = File::open(src).map_err(|e| Error::io("open disk image", src, e))?;
     let output = OpenOptions::new()
         .write(true)

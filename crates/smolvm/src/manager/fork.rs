@@ -95,8 +95,10 @@ impl SmolVmManager {
         Ok(made)
     }
 
-    /// The restore, returning the agent connection that applied the identity (reused by the facade).
-    pub(crate) fn restore_inner(
+    /// The restore, returning the agent connection that applied the identity (reused by the facade
+    /// and the `smolvm-bench` crate; not a stable API).
+    #[doc(hidden)]
+    pub fn restore_inner(
         &self,
         name: &str,
         vm_id: Option<&str>,

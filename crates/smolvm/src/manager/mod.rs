@@ -169,8 +169,10 @@ impl SmolVmManager {
         }
     }
 
-    /// The backend implementation for a VM.
-    pub(crate) fn backend_impl(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
+    /// The backend implementation for a VM (the `smolvm-bench` crate asks it for socket paths; not a
+    /// stable API).
+    #[doc(hidden)]
+    pub fn backend_impl(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
         Ok(match kind {
             BackendKind::Qemu => Box::new(QemuBackend::from_host(&self.host)?),
             BackendKind::Firecracker => {

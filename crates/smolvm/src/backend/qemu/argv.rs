@@ -36,7 +36,7 @@ pub(crate) fn disk_format(disk: &Path) -> &'static str {
 }
 
 /// The complete argv (program first) that boots `spec` with `accel`.
-pub(crate) fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsString> {
+pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsString> {
     let mut a = Argv(vec![binary.as_os_str().to_owned()]);
     a.push("-name");
     a.push(opt("guest=", Path::new(&spec.vm_id)));

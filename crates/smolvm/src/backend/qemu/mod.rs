@@ -20,7 +20,7 @@ use crate::config::BackendKind;
 use crate::host::HostCapabilities;
 use crate::process::ProcessIdentity;
 
-pub(crate) use argv::build_argv;
+pub use argv::build_argv;
 pub(crate) use qmp::{QmpClient, QmpError, QmpStatus};
 
 /// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).

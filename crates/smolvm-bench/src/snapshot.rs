@@ -11,8 +11,8 @@ use super::run::{checkpoint, Ctx};
 use super::stats::ms;
 use super::vm::{cold_start, VmGuard};
 use super::BenchError;
-use crate::exec::AgentClient;
-use crate::manager::SmolVmManager;
+use smolvm::AgentClient;
+use smolvm::SmolVmManager;
 
 /// Target: start-from-snapshot -> first command at most this fraction of a cold start.
 pub(super) const FROM_SNAPSHOT_FRACTION: f64 = 0.1;

@@ -11,11 +11,11 @@ use super::run::{checkpoint, Ctx};
 use super::stats::{ms, Summary};
 use super::vm::{cold_start as one_cold_start, ColdSample, VmGuard};
 use super::BenchError;
-use crate::backend::qemu::{build_argv, QemuBackend};
-use crate::backend::{Backend, LaunchSpec};
-use crate::manager::cmdline::kernel_cmdline;
-use crate::manager::disk;
-use crate::VmConfig;
+use smolvm::internals::backend::qemu::{build_argv, QemuBackend};
+use smolvm::internals::backend::{Backend, LaunchSpec};
+use smolvm::internals::disk;
+use smolvm::internals::kernel_cmdline;
+use smolvm::VmConfig;
 
 /// Name of the row with the cold-start totals (the parallel section compares against its median).
 pub(super) const TOTAL_ROW: &str = "cold start total (create -> first command output)";
@@ -274,7 +274,7 @@ fn manager_like_spec(ctx: &Ctx, q: &QemuBackend, config: &VmConfig) -> LaunchSpe
         mem_size_mib: config.mem_size_mib(),
         kernel: config.kernel_path().to_path_buf(),
         initrd: config.initrd_path().map(|p| p.to_path_buf()),
-        kernel_cmdline: kernel_cmdline(config.boot_args(), id, None),
+        kernel_cmdline: kernel_cmdline(config.boot_args(), id),
         disk: disk::isolated_disk_path(m.disk_dir(), id),
         disk_read_only: false,
         net: None,
@@ -340,7 +340,7 @@ fn baseline_once(
             .map_err(|e| BenchError::step(format!("baseline {i}: clone disk"), e))?;
         let clone = t.elapsed();
         let mut spec = respec(template, q, &id, &dir, &dir, &disk_path);
-        spec.kernel_cmdline = kernel_cmdline(config.boot_args(), &id, None);
+        spec.kernel_cmdline = kernel_cmdline(config.boot_args(), &id);
         let sample = run_baseline(q, &spec, ctx.boot_timeout)?;
         Ok((sample, clone))
     })();

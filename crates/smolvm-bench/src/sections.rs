@@ -10,8 +10,9 @@ use super::run::{checkpoint, Ctx};
 use super::stats::ms;
 use super::vm::{cold_start, VmGuard};
 use super::BenchError;
-use crate::exec::ExecRequest;
-use crate::manager::{disk, CreateOptions, NetworkChoice};
+use smolvm::internals::disk;
+use smolvm::ExecRequest;
+use smolvm::{CreateOptions, NetworkChoice};
 
 /// Target: create + delete without boot under this many ms.
 pub(super) const LIFECYCLE_LIMIT_MS: f64 = 50.0;
@@ -152,7 +153,7 @@ pub(super) fn exec(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError>
 
 /// How long the guest itself takes to fork, exec and reap busybox `true` (the binary the agent's `true`
 /// resolves to), from a shell loop inside the guest: what the agent cannot go below.
-fn guest_spawn_row(client: &crate::exec::AgentClient) -> Result<Row, BenchError> {
+fn guest_spawn_row(client: &smolvm::AgentClient) -> Result<Row, BenchError> {
     const LOOP: u32 = 20;
     let script = format!("i=0; while [ $i -lt {LOOP} ]; do /bin/busybox true; i=$((i+1)); done");
     let mut samples = Vec::new();

@@ -13,8 +13,8 @@ use super::sections::EXEC_CALLS;
 use super::stats::ms;
 use super::vm::VmGuard;
 use super::BenchError;
-use crate::facade::DEFAULT_SSH_USER;
-use crate::manager::{CreateOptions, NetworkChoice};
+use smolvm::DEFAULT_SSH_USER;
+use smolvm::{CreateOptions, NetworkChoice};
 
 /// Name of the SSH row.
 pub(super) const SSH_ROW: &str = "SSH exec `true` (one ssh process per call)";
@@ -76,7 +76,7 @@ fn measure(ctx: &Ctx) -> Result<Vec<f64>, BenchError> {
         .map_err(|e| BenchError::step(step("SSH target"), e))?;
     let argv = ["true".to_string()];
     let call = || -> Result<(), BenchError> {
-        let out = crate::ssh::run_ssh(&target, &argv, Some(SSH_CALL_TIMEOUT))
+        let out = smolvm::internals::ssh::run_ssh(&target, &argv, Some(SSH_CALL_TIMEOUT))
             .map_err(|e| BenchError::step(step("ssh true"), e))?;
         if out.exit_code != 0 {
             return Err(BenchError::CommandFailed {
