@@ -5,7 +5,7 @@
 //! disk, as for the default image).
 //!
 //! ```no_run
-//! use smolvm::image::{DebianOptions, ImageBuilder, Preset};
+//! use smolvm::{DebianOptions, ImageBuilder, Preset};
 //! let builder = ImageBuilder::new(std::path::Path::new("/var/lib/smolvm"));
 //! let image = builder.build_debian(&DebianOptions {
 //!     preset: Some(Preset::Python),

@@ -2,7 +2,7 @@
 //! with the guest agent as init, and a cache that makes rebuilding with the same inputs instant.
 //!
 //! ```no_run
-//! use smolvm::image::{ImageBuilder, ImageOptions};
+//! use smolvm::{ImageBuilder, ImageOptions};
 //! let builder = ImageBuilder::new(std::path::Path::new("/var/lib/smolvm"));
 //! let image = builder.build(&ImageOptions::default())?;
 //! let config = image.vm_config(smolvm::BackendKind::Qemu).build()?;
