@@ -76,8 +76,8 @@ class BackendError(SmolVMError):
     """The VMM (QEMU or Firecracker) failed or is unavailable."""
 
 
-class PrerequisitesError(SmolVMError):
-    """The host lacks something a VM needs."""
+class PrerequisitesError(BackendError):
+    """The host lacks something the chosen backend needs (a subclass of BackendError: the backend cannot run)."""
 
 
 class StateStoreError(SmolVMError):

@@ -124,6 +124,9 @@ def test_every_rust_error_kind_has_its_own_exception_class():
     assert len(classes) == len(kinds)
     e = exceptions.OperationTimeoutError("boot timed out")
     assert e.message == "boot timed out" and isinstance(e, TimeoutError)
+    # A backend the host cannot run is reported as missing prerequisites; `except BackendError`
+    # written before that distinction still catches it.
+    assert issubclass(exceptions.PrerequisitesError, exceptions.BackendError)
 
 
 def test_native_errors_become_the_right_class_with_message_and_field():

@@ -87,21 +87,3 @@ impl BenchError {
         }
     }
 }
-
-impl From<BenchError> for smolvm::Error {
-    fn from(e: BenchError) -> Self {
-        match e {
-            BenchError::Io {
-                action,
-                path,
-                source,
-            } => smolvm::Error::Io {
-                action,
-                path,
-                source,
-            },
-            // A VM that failed under the benchmark is a backend-level failure; the chain keeps the cause.
-            other => smolvm::Error::Backend(Box::new(other)),
-        }
-    }
-}

@@ -452,9 +452,7 @@ fn failed(rec: &crate::state::VmRecord) -> Option<Error> {
 
 fn is_disconnect(e: &Error) -> bool {
     match e {
-        Error::Exec(inner) => inner
-            .downcast_ref::<ExecError>()
-            .is_some_and(|x| matches!(x, ExecError::AgentDisconnected { .. })),
+        Error::Exec(inner) => matches!(**inner, ExecError::AgentDisconnected { .. }),
         _ => false,
     }
 }

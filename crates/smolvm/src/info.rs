@@ -8,71 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
-use crate::error::ValidationError;
-
-/// Lifecycle state of a VM, serialised as `created`, `running`, `paused`, `stopped` or `error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmState {
-    /// Configured and allocated but never started.
-    Created,
-    /// The VMM runs and the guest booted.
-    Running,
-    /// The VMM process is alive but the guest's vCPUs are stopped (`pause`); `resume` continues it.
-    Paused,
-    /// Shut down; can be started again.
-    Stopped,
-    /// Something failed (for example the VMM died unexpectedly); can still be deleted.
-    Error,
-}
-
-impl VmState {
-    /// All states, in lifecycle order.
-    pub const ALL: [VmState; 5] = [
-        VmState::Created,
-        VmState::Running,
-        VmState::Paused,
-        VmState::Stopped,
-        VmState::Error,
-    ];
-
-    /// True for the states in which a VMM process belongs to the VM (`running`, `paused`).
-    pub fn has_vmm(self) -> bool {
-        matches!(self, VmState::Running | VmState::Paused)
-    }
-
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Created => "created",
-            VmState::Running => "running",
-            VmState::Paused => "paused",
-            VmState::Stopped => "stopped",
-            VmState::Error => "error",
-        }
-    }
-}
-
-impl fmt::Display for VmState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for VmState {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        VmState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                ValidationError::new(
-                    "status",
-                    format!("must be one of created, running, paused, stopped, error; got {s:?}"),
-                )
-            })
-    }
-}
+use crate::types::ValidationError;
+pub(crate) use crate::types::VmState;
 
 /// How a VM's network is provided. Serialised as `tap` or `user`; rows written before the mode existed
 /// read as `tap` (the only mode then).

@@ -30,13 +30,15 @@ mod state;
 #[cfg(test)]
 mod test_tools;
 mod tool;
+mod types;
 
+pub use backend::BackendError;
 pub use config::{
     validate_env_key, BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS,
     DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
 };
 pub use dirs::{Dirs, STORE_ENV};
-pub use error::{Error, Result, ValidationError};
+pub use error::{Error, Result};
 pub use exec::{AgentClient, CommandResult, ExecError, ExecRequest, Stream as ExecStream};
 pub use facade::{SmolVm, SmolVmBuilder, DEFAULT_SSH_USER};
 pub use host::{Accelerator, HostCapabilities, ToolInfo};
@@ -46,16 +48,19 @@ pub use image::{
     DEFAULT_IMAGE_NAME, DEFAULT_KERNEL_PACKAGE, DEFAULT_SIZE_MIB as DEFAULT_IMAGE_SIZE_MIB,
     DEFAULT_SUITE as DEFAULT_IMAGE_SUITE, SSH_BOOT_ARGS,
 };
-pub use info::{NetworkConfig, NetworkMode, VmInfo, VmState};
+pub use info::{NetworkConfig, NetworkMode, VmInfo};
 pub use manager::{
     templates_enabled_by_env, CleanupFailure, CleanupOptions, CleanupReport, CleanupScope,
     CreateOptions, NetworkChoice, OrphanProcess, RetainedDisk, SmolVmManager,
     DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
 };
+pub use network::NetworkError;
 /// Wire types of the host-guest protocol that appear in the exec API (streamed commands, error kinds).
 pub use smolvm_protocol::{Command as AgentCommand, ErrorKind as AgentErrorKind};
 pub use snapshot::{SnapshotError, SnapshotInfo};
 pub use ssh::{ssh_argv, SshError, SshTarget};
+pub use state::StateError;
+pub use types::{ValidationError, VmState};
 
 /// Internals the sibling crates (CLI, benchmark) and the integration tests reach into. Hidden from
 /// the docs and not a stable API: anything here may change without notice.

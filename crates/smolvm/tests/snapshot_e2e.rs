@@ -132,9 +132,7 @@ fn out(vm: &smolvm::SmolVm, cmd: &str) -> String {
 
 fn snapshot_error(e: &Error) -> &SnapshotError {
     match e {
-        Error::Snapshot(inner) => inner
-            .downcast_ref::<SnapshotError>()
-            .expect("a SnapshotError"),
+        Error::Snapshot(inner) => inner,
         other => panic!("expected a snapshot error, got {other:?}"),
     }
 }

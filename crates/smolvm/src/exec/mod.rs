@@ -207,7 +207,7 @@ impl From<ExecError> for crate::Error {
         match e {
             ExecError::Timeout { operation, after } => crate::Error::OperationTimeout {
                 operation,
-                seconds: after.as_secs_f64(),
+                limit: after,
             },
             ExecError::InvalidRequest(ProtocolError::Invalid { what, reason }) => {
                 crate::Error::Validation(ValidationError::new(what, reason))

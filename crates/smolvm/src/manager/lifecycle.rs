@@ -193,7 +193,7 @@ impl SmolVmManager {
                     return Err(match err {
                         Error::OperationTimeout { .. } => Error::OperationTimeout {
                             operation: format!("boot of VM {vm_id}"),
-                            seconds: boot_timeout.as_secs_f64(),
+                            limit: boot_timeout,
                         },
                         other => other,
                     });

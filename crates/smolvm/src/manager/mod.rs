@@ -161,11 +161,10 @@ impl SmolVmManager {
         if problems.is_empty() {
             Ok(kind)
         } else {
-            Err(BackendError::Unavailable {
+            Err(crate::Error::Prerequisites {
                 backend: kind,
-                reason: problems.join("; "),
-            }
-            .into())
+                problems,
+            })
         }
     }
 
@@ -280,5 +279,25 @@ impl SmolVmManager {
     /// `SmolVmManager::new(None, None, None)`.
     pub fn open_default() -> Result<SmolVmManager> {
         SmolVmManager::new(None, None, None)
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_the_host_cannot_run_is_refused_as_missing_prerequisites() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m =
+            SmolVmManager::new(Some(dir.path()), Some(&dir.path().join("s")), None).unwrap();
+        m.host.tools.firecracker = None;
+        let e = m.resolve(Some(BackendKind::Firecracker)).unwrap_err();
+        assert_eq!(e.kind(), "prerequisites");
+        assert!(
+            matches!(&e, crate::Error::Prerequisites { backend: BackendKind::Firecracker, problems }
+                if problems.iter().any(|p| p.contains("firecracker not found"))),
+            "{e}"
+        );
     }
 }

@@ -66,12 +66,12 @@ pub enum SshError {
     },
 
     /// The guest's SSH server did not answer in time.
-    #[error("{operation} timed out after {seconds:.1}s")]
+    #[error("{operation} timed out after {:.1}s", limit.as_secs_f64())]
     Timeout {
         /// What was waited for.
         operation: String,
         /// The limit.
-        seconds: f64,
+        limit: std::time::Duration,
         /// The last failure seen while waiting, if any.
         #[source]
         last_error: Option<Box<SshError>>,
@@ -82,9 +82,9 @@ impl From<SshError> for crate::Error {
     fn from(e: SshError) -> Self {
         match e {
             SshError::Timeout {
-                operation, seconds, ..
-            } => crate::Error::OperationTimeout { operation, seconds },
-            other => crate::Error::Exec(Box::new(other)),
+                operation, limit, ..
+            } => crate::Error::OperationTimeout { operation, limit },
+            other => crate::Error::Ssh(Box::new(other)),
         }
     }
 }

@@ -78,7 +78,7 @@ pub fn run_ssh(
                 let _ = child.wait();
                 return Err(SshError::Timeout {
                     operation: format!("ssh to {}:{}", target.host, target.port),
-                    seconds: limit.as_secs_f64(),
+                    limit,
                     last_error: None,
                 });
             }
@@ -103,7 +103,7 @@ pub fn wait_for_ssh(target: &SshTarget, timeout: Duration) -> Result<(), SshErro
         if now >= deadline {
             return Err(SshError::Timeout {
                 operation: format!("waiting for SSH on {addr_name}"),
-                seconds: timeout.as_secs_f64(),
+                limit: timeout,
                 last_error: last.map(Box::new),
             });
         }

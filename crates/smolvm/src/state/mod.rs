@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub(crate) use error::StateError;
+pub use error::StateError;
 pub(crate) use leases::USER_DNS_IP;
 #[cfg(test)]
 pub(crate) use leases::USER_GUEST_IP;
