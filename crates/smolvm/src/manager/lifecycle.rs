@@ -164,7 +164,28 @@ impl SmolVmManager {
         self.check_socket_unclaimed(&backend.control_socket(self.socket_dir(), vm_id))?;
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;
-        let spec = self.launch_spec(&rec, backend.as_ref())?;
+        let booted = self.boot(&rec, backend.as_ref(), deadline, boot_timeout);
+        if booted.is_err() && rec.info.status != VmState::Created {
+            // The VM keeps its previous state, and a stopped (or failed) VM has no host network.
+            if let Err(e) = self.teardown_network(&rec) {
+                tracing::warn!(vm = %vm_id, error = %e, "failed start could not remove the host network; start or delete will");
+            }
+        }
+        let client = booted?;
+        Ok((self.get(vm_id)?, client))
+    }
+
+    /// Launches the VMM and waits for the guest (see [`start`](Self::start)). On failure the VMM is
+    /// killed, its sockets removed and the VM's previous status restored (with the reason recorded).
+    fn boot(
+        &self,
+        rec: &VmRecord,
+        backend: &dyn crate::backend::Backend,
+        deadline: Instant,
+        boot_timeout: Duration,
+    ) -> Result<Option<AgentClient>> {
+        let vm_id = rec.info.vm_id.as_str();
+        let spec = self.launch_spec(rec, backend)?;
         let _ = fs::remove_file(&spec.console_log);
         let process = backend.launch(&spec)?;
         let running = RunningVmm {
@@ -201,14 +222,14 @@ impl SmolVmManager {
             None
         };
         if let Some(c) = &client {
-            if let Err(e) = self.pin_host_key_via_agent(&rec, c) {
+            if let Err(e) = self.pin_host_key_via_agent(rec, c) {
                 tracing::warn!(vm = %vm_id, error = %e, "could not pin the SSH host key; SSH will refuse the guest");
             }
             if !rec.info.config.env_vars().is_empty() {
                 c.set_env_vars(rec.info.config.env_vars())?;
             }
         }
-        Ok((self.get(vm_id)?, client))
+        Ok(client)
     }
 
     pub(super) fn launch_spec(

@@ -93,9 +93,9 @@ impl SmolVmManager {
         Ok(Some(choose_network_mode(requested, backend, &caps)?))
     }
 
-    /// The host network layer (the real system tools).
+    /// The host network layer (the real system tools unless the builder was given others).
     pub(crate) fn host_network(&self) -> HostNetwork {
-        HostNetwork::system()
+        self.network.clone()
     }
 
     /// Makes the host side of the VM's network. TAP mode: TAP device, gateway address, route, NAT and
