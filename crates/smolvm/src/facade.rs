@@ -46,6 +46,7 @@ pub struct SmolVmBuilder {
     backend: Option<BackendKind>,
     network: NetworkChoice,
     templates: Option<bool>,
+    manager: Option<Arc<SmolVmManager>>,
 }
 
 impl SmolVmBuilder {
@@ -100,14 +101,23 @@ impl SmolVmBuilder {
         self.network = choice;
         self
     }
+    /// Uses this manager (shared with other VMs, or built with [`SmolVmManager::builder`]) instead of
+    /// opening one; `data_dir`, `socket_dir` and `backend` are then the manager's.
+    pub fn manager(mut self, manager: Arc<SmolVmManager>) -> Self {
+        self.manager = Some(manager);
+        self
+    }
 
     /// Creates the VM (state `created`); the returned value owns it.
     pub fn build(self) -> Result<SmolVm> {
-        let manager = Arc::new(SmolVmManager::new(
-            self.data_dir.as_deref(),
-            self.socket_dir.as_deref(),
-            self.backend,
-        )?);
+        let manager = match &self.manager {
+            Some(m) => m.clone(),
+            None => Arc::new(SmolVmManager::new(
+                self.data_dir.as_deref(),
+                self.socket_dir.as_deref(),
+                self.backend,
+            )?),
+        };
         let use_templates = self
             .templates
             .unwrap_or(self.config.is_none() && crate::manager::templates_enabled_by_env());
@@ -216,6 +226,11 @@ impl SmolVm {
         backend: Option<BackendKind>,
     ) -> Result<SmolVm> {
         let manager = Arc::new(SmolVmManager::new(data_dir, socket_dir, backend)?);
+        SmolVm::reconnect(manager, vm_id)
+    }
+
+    /// [`from_id`](Self::from_id) through an existing manager. Not owned.
+    pub fn reconnect(manager: Arc<SmolVmManager>, vm_id: &str) -> Result<SmolVm> {
         let info = manager.get(vm_id)?;
         Ok(SmolVm {
             make_template: None,
@@ -458,6 +473,10 @@ fn is_disconnect(e: &Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+#[path = "facade_tests.rs"]
+mod tests;
 
 impl Drop for SmolVm {
     fn drop(&mut self) {

@@ -32,15 +32,19 @@ impl BackendFactory for SystemBackends {
         Ok(match kind {
             BackendKind::Qemu => Box::new(QemuBackend::from_host(host)?),
             BackendKind::Firecracker => {
-                let bin = host.tools.firecracker.as_ref().ok_or_else(|| {
-                    BackendError::Unavailable {
+                let bin =
+                    host.tools
+                        .firecracker
+                        .as_ref()
+                        .ok_or_else(|| {
+                            BackendError::Unavailable {
                         backend: kind,
                         reason:
                             "the firecracker binary was not found (set SMOLVM_FIRECRACKER_BIN or \
                                  put it on PATH)"
                                 .into(),
                     }
-                })?;
+                        })?;
                 Box::new(FirecrackerBackend::new(&bin.path))
             }
         })

@@ -3,176 +3,14 @@
 //! leave exactly what the operation promises (nothing, or the previous state), and a crash between two
 //! steps must leave what `cleanup` (or `delete`) removes.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::fakes::{FakeBackends, Guest};
-use super::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
-use crate::config::{BackendKind, DiskMode, VmConfig};
+use super::fakes::Guest;
+use super::test_env::{chain, have_ssh_keygen, names, Env, BOOT, STOP};
+use super::{CleanupOptions, CleanupScope, NetworkChoice};
+use crate::config::{BackendKind, DiskMode};
 use crate::error::Error;
-use crate::host::tools::{ToolInfo, Tools};
-use crate::host::{kvm, Accelerator, HostCapabilities, Privileges};
 use crate::info::VmState;
-use crate::network::{HostNetwork, RecordingCommands};
-
-const BOOT: Duration = Duration::from_secs(20);
-const STOP: Duration = Duration::from_secs(5);
-
-/// A host with QEMU "installed" (at a path that does not exist: the fake backend never runs it).
-fn fake_host() -> HostCapabilities {
-    let tool = |p: &str| {
-        Some(ToolInfo {
-            path: PathBuf::from(p),
-            version: None,
-        })
-    };
-    HostCapabilities {
-        kvm: kvm::assess(&kvm::KvmFacts {
-            device_exists: false,
-            api: Err("absent".into()),
-            cpu_virt_flag: None,
-            paravirtual_module: None,
-            env_override: None,
-        }),
-        tools: Tools {
-            qemu_system: tool("/fake/qemu-system-x86_64"),
-            firecracker: None,
-            nft: tool("/fake/nft"),
-            ip: tool("/fake/ip"),
-            ssh: tool("/fake/ssh"),
-            ssh_keygen: None,
-            mkfs_ext4: None,
-            debugfs: None,
-            apt_get: None,
-            qemu_bin_env: None,
-            firecracker_bin_env: None,
-        },
-        accelerator: Accelerator::Tcg,
-        tsc_khz: None,
-        privileges: Privileges {
-            root: true,
-            cap_net_admin: true,
-        },
-    }
-}
-
-/// A manager on fakes in a temporary directory, with a kernel and a 1 MiB "image".
-struct Env {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    m: SmolVmManager,
-    vmm: FakeBackends,
-    net: Arc<RecordingCommands>,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        std::fs::write(root.join("vmlinux"), b"kernel").unwrap();
-        std::fs::write(root.join("rootfs.ext4"), vec![7u8; 1 << 20]).unwrap();
-        let net = Arc::new(RecordingCommands::new());
-        net.set_file("/proc/sys/net/ipv4/ip_forward", "1\n");
-        let vmm = FakeBackends::new();
-        let m = SmolVmManager::builder()
-            .data_dir(root.join("data"))
-            .socket_dir(root.join("sock"))
-            .backend(BackendKind::Qemu)
-            .host(fake_host())
-            .backends(Arc::new(vmm.clone()))
-            .network(HostNetwork::new(net.clone()))
-            .build()
-            .unwrap();
-        Env {
-            _dir: dir,
-            root,
-            m,
-            vmm,
-            net,
-        }
-    }
-
-    /// A config booting the agent (`init=/init`), with `disk_mode`.
-    fn config(&self, id: &str, disk_mode: DiskMode) -> VmConfig {
-        VmConfig::builder(self.root.join("vmlinux"), self.root.join("rootfs.ext4"))
-            .vm_id(id)
-            .boot_args("console=ttyS0 init=/init")
-            .disk_mode(disk_mode)
-            .build()
-            .unwrap()
-    }
-
-    fn create(&self, id: &str, disk_mode: DiskMode, network: NetworkChoice) -> crate::Result<()> {
-        let opts = CreateOptions {
-            network,
-            ..CreateOptions::default()
-        };
-        self.m
-            .create_with(&self.config(id, disk_mode), &opts)
-            .map(drop)
-    }
-
-    fn sockets(&self) -> Vec<String> {
-        names(self.m.socket_dir())
-    }
-
-    /// Every file smolvm keeps for VMs: disks, VM directories, lock files, sockets.
-    fn leftovers(&self) -> Vec<String> {
-        let mut out = names(self.m.disk_dir());
-        out.extend(names(&self.m.data_dir().join("vms")));
-        out.extend(names(&self.m.data_dir().join("locks")));
-        out.extend(self.sockets());
-        out
-    }
-
-    /// Asserts that the VM `id` is gone completely: row, files, VMM; and that `cleanup` finds nothing.
-    fn assert_gone(&self, id: &str) {
-        assert!(
-            matches!(self.m.get(id), Err(Error::VmNotFound(_))),
-            "row of {id} left"
-        );
-        assert_eq!(self.leftovers(), Vec::<String>::new());
-        assert_eq!(self.vmm.live_vmms(), []);
-        let report = self.m.cleanup(&CleanupOptions::default()).unwrap();
-        assert!(report.is_empty(), "cleanup found leftovers: {report:?}");
-    }
-
-    fn tap_of(&self, id: &str) -> String {
-        self.m.get(id).unwrap().network.unwrap().tap_device
-    }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// The error with its causes.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
-}
-
-/// Network VMs here use shared disks: an isolated one would get its SSH keys written into the image
-/// with debugfs, which needs a real ext4 image.
-/// SSH host and client keys are made with ssh-keygen for VMs with networking.
-fn have_ssh_keygen(test: &str) -> bool {
-    crate::test_tools::tool_or_skip(test, "ssh-keygen").is_some()
-}
 
 #[test]
 fn the_happy_path_leaves_nothing_after_delete() {
@@ -380,14 +218,11 @@ fn a_create_killed_during_the_disk_clone_is_mended_by_cleanup() {
     let e = Env::new();
     // What a create killed half-way through the clone leaves: a temporary clone, the VM directory and
     // the lock file, no row.
-    std::fs::write(e.m.disk_dir().join("vm-a.ext4.tmp-4242"), b"half").unwrap();
+    std::fs::write(e.m.disk_dir().join("vm-a.tmp-4242"), b"half").unwrap();
     std::fs::create_dir_all(e.m.vm_dir("vm-a")).unwrap();
     drop(e.m.lock("vm-a").unwrap());
     let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
-    assert_eq!(
-        report.temp_files,
-        [e.m.disk_dir().join("vm-a.ext4.tmp-4242")]
-    );
+    assert_eq!(report.temp_files, [e.m.disk_dir().join("vm-a.tmp-4242")]);
     assert_eq!(report.vm_dirs, [e.m.vm_dir("vm-a")]);
     e.assert_gone("vm-a");
 }

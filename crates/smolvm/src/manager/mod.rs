@@ -30,9 +30,13 @@ mod snapshot_disk;
 mod template;
 
 #[cfg(test)]
-mod fakes;
+mod cleanup_tests;
+#[cfg(test)]
+pub(crate) mod fakes;
 #[cfg(test)]
 mod lifecycle_tests;
+#[cfg(test)]
+pub(crate) mod test_env;
 
 pub use builder::{BackendFactory, ManagerBuilder, SystemBackends};
 pub use cleanup::{
