@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use super::lock::LOCK_WAIT;
 use super::SmolVmManager;
 use crate::backend::firecracker::FirecrackerBackend;
 use crate::backend::qemu::QemuBackend;
@@ -61,6 +63,7 @@ pub struct ManagerBuilder {
     host: Option<HostCapabilities>,
     backends: Option<Arc<dyn BackendFactory>>,
     network: Option<HostNetwork>,
+    lock_wait: Option<Duration>,
 }
 
 impl ManagerBuilder {
@@ -101,6 +104,13 @@ impl ManagerBuilder {
         self
     }
 
+    /// How long an operation waits for another one on the same VM before failing with "VM is busy"
+    /// (default [`LOCK_WAIT`]).
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
     /// Resolves the directories, opens the state store and probes the host (unless given).
     pub fn build(self) -> Result<SmolVmManager> {
         let dirs = Dirs::resolve(self.data_dir.as_deref(), self.socket_dir.as_deref())?;
@@ -112,6 +122,7 @@ impl ManagerBuilder {
             host: self.host.unwrap_or_else(HostCapabilities::detect),
             backends: self.backends.unwrap_or_else(|| Arc::new(SystemBackends)),
             network: self.network.unwrap_or_else(HostNetwork::system),
+            lock_wait: self.lock_wait.unwrap_or(LOCK_WAIT),
         })
     }
 }

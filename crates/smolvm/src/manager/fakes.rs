@@ -131,6 +131,15 @@ fn spawn_vmm(spec: &LaunchSpec) -> std::io::Result<(ProcessIdentity, ChildStdin)
     let stdin = child.stdin.take().expect("piped stdin");
     let identity = ProcessIdentity::of(child.id())
         .ok_or_else(|| std::io::Error::other("fake VMM vanished"))?;
+    // spawn returns once the exec has begun, when /proc may still show an empty argv; QEMU is
+    // scanned long after that, so wait for the argv as a scan would see it.
+    let cmdline = format!("/proc/{}/cmdline", child.id());
+    for _ in 0..500 {
+        if std::fs::read(&cmdline).is_ok_and(|c| !c.is_empty()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     // Reaped as soon as it exits, so a killed VMM is gone from /proc as a real detached one would be.
     std::thread::spawn(move || child.wait());
     Ok((identity, stdin))

@@ -288,3 +288,26 @@ fn a_row_without_its_disk_is_deleted_cleanly() {
     e.m.delete("vm-a").unwrap();
     e.assert_gone("vm-a");
 }
+
+#[test]
+fn an_operation_behind_a_stuck_one_gives_up_naming_the_holder() {
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+        .unwrap();
+    e.m.start("vm-a", BOOT).unwrap();
+    let stuck = e.m.lock("vm-a").unwrap();
+    let err = e.m.stop("vm-a", STOP).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "VM \"vm-a\" is busy (held by pid {})",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    // Nothing happened to the VM.
+    assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Running);
+    assert_eq!(e.vmm.live_vmms().len(), 1);
+    drop(stuck);
+    e.m.delete("vm-a").unwrap();
+    e.assert_gone("vm-a");
+}

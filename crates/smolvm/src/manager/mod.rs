@@ -47,6 +47,7 @@ pub use template::{templates_enabled_by_env, TEMPLATES_ENV, TEMPLATE_PREFIX};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::backend::{Backend, BackendError};
 use crate::config::BackendKind;
@@ -104,6 +105,7 @@ pub struct SmolVmManager {
     host: HostCapabilities,
     backends: Arc<dyn BackendFactory>,
     network: HostNetwork,
+    lock_wait: Duration,
 }
 
 impl SmolVmManager {
@@ -269,7 +271,7 @@ impl SmolVmManager {
     }
 
     pub(crate) fn lock(&self, vm_id: &str) -> Result<lock::VmLock> {
-        lock::VmLock::acquire(&self.dirs.data_dir.join("locks"), vm_id)
+        lock::VmLock::acquire(&self.dirs.data_dir.join("locks"), vm_id, self.lock_wait)
     }
 
     /// Per-VM directory for logs.

@@ -79,6 +79,8 @@ impl Env {
             .host(fake_host())
             .backends(Arc::new(vmm.clone()))
             .network(HostNetwork::new(net.clone()))
+            // Nothing here runs two operations on one VM at once, except on purpose.
+            .lock_wait(Duration::from_millis(500))
             .build()
             .unwrap();
         let m = Arc::new(m);
