@@ -31,6 +31,7 @@ pub const VM_ID_MAX_LEN: usize = 64;
 
 /// Which virtual machine monitor runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Firecracker, configured over its REST API on a Unix socket.
@@ -79,6 +80,7 @@ impl FromStr for BackendKind {
 
 /// Disk lifecycle mode (spec: `disk_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DiskMode {
     /// Clone the rootfs per VM, so each VM has its own writable copy.

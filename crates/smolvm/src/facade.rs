@@ -21,7 +21,6 @@ use std::time::Duration;
 use crate::config::{BackendKind, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::{AgentClient, CommandResult, ExecError, DEFAULT_RUN_TIMEOUT};
-use crate::image::ImageBuilder;
 use crate::info::{VmInfo, VmState};
 use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
 
@@ -157,24 +156,27 @@ impl SmolVmBuilder {
     }
 }
 
-/// Auto-configuration: the default image (built once and cached), sized as asked.
+/// Auto-configuration: the default image (built once and cached), sized as asked. The asked values are
+/// checked before the (slow, first-time) image build.
 fn auto_config(manager: &SmolVmManager, b: &SmolVmBuilder) -> Result<VmConfig> {
-    let backend = manager.resolve(b.backend)?;
-    let image = ImageBuilder::new(manager.data_dir()).image_for_vm(b.image.as_deref())?;
-    let mut spec = image.vm_config(backend).backend(Some(backend));
-    if let Some(mib) = b.disk_size_mib {
-        spec = spec.disk_size_mib(mib);
-    }
-    if let Some(id) = &b.vm_id {
-        spec = spec.vm_id(id.clone());
-    }
-    if let Some(m) = b.mem_size_mib {
-        spec = spec.mem_size_mib(m);
-    }
-    if let Some(n) = b.vcpu_count {
-        spec = spec.vcpu_count(n);
-    }
-    Ok(spec.build()?)
+    let apply = |mut spec: crate::config::VmConfigSpec| {
+        if let Some(mib) = b.disk_size_mib {
+            spec = spec.disk_size_mib(mib);
+        }
+        if let Some(id) = &b.vm_id {
+            spec = spec.vm_id(id.clone());
+        }
+        if let Some(m) = b.mem_size_mib {
+            spec = spec.mem_size_mib(m);
+        }
+        if let Some(n) = b.vcpu_count {
+            spec = spec.vcpu_count(n);
+        }
+        spec
+    };
+    apply(crate::config::VmConfigSpec::new("", "")).validate_fields()?;
+    let spec = manager.image_config(b.image.as_deref(), b.backend)?;
+    Ok(apply(spec).build()?)
 }
 
 #[path = "facade_snapshot.rs"]

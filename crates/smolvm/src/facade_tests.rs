@@ -106,3 +106,21 @@ fn a_failing_delete_on_drop_leaves_an_error_vm_that_cleanup_removes() {
     assert_eq!(report.deleted_vms, ["vm-a"]);
     e.assert_gone("vm-a");
 }
+
+#[test]
+fn auto_config_refuses_bad_values_before_building_the_image() {
+    let e = Env::new();
+    let err = SmolVm::builder()
+        .manager(e.m.clone())
+        .vm_id("My_VM")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Validation(v) if v.field == "vm_id"),
+        "{err:?}"
+    );
+    assert!(
+        !e.m.data_dir().join("images").exists(),
+        "an image build started"
+    );
+}

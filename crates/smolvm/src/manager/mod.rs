@@ -65,6 +65,7 @@ pub const DEFAULT_STOP_TIMEOUT_SECS: f64 = 10.0;
 
 /// How a VM is connected to the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum NetworkChoice {
     /// TAP + NAT when this process may create them, else QEMU user-mode networking.
     #[default]
