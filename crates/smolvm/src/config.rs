@@ -439,10 +439,11 @@ impl VmConfig {
         &self.env_vars
     }
 
-    /// True when the guest boots smolvm's agent: images built by smolvm run it as `/init`, and the
-    /// spec ties `init=/init` to SSH-capable images.
+    /// True when the guest boots smolvm's agent: its boot args hand over to the agent as PID 1
+    /// (`init=/init`, [`smolvm_protocol::boot::AGENT_INIT`]), parsed as the kernel and the agent parse
+    /// them. Images built by smolvm run it so, and the spec ties `init=/init` to SSH-capable images.
     pub fn boots_agent(&self) -> bool {
-        self.boot_args.split_whitespace().any(|a| a == "init=/init")
+        smolvm_protocol::BootParams::parse(&self.boot_args).runs_agent()
     }
 }
 

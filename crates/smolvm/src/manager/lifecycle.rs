@@ -266,16 +266,13 @@ impl SmolVmManager {
                 .map(|p| p.to_path_buf())
                 .or_else(|| crate::image::initrd_for_kernel(config.kernel_path())),
             kernel_cmdline: {
-                let mut line = kernel_cmdline(config.boot_args(), id, guest_net.as_ref());
+                let mut boot_args = config.boot_args().to_string();
                 // A read-only disk must be mounted read-only, or the guest's first mount fails.
-                if read_only && !line.split_whitespace().any(|a| a == "ro") {
-                    line.push_str(" ro");
+                if read_only && !smolvm_protocol::BootParams::parse(&boot_args).read_only {
+                    boot_args.push_str(" ro");
                 }
-                if let Some(extra) = self.ssh_boot_args(rec)? {
-                    line.push(' ');
-                    line.push_str(&extra);
-                }
-                line
+                let key = self.boot_authorized_key(rec)?;
+                kernel_cmdline(&boot_args, id, guest_net.as_ref(), key.as_deref())?
             },
             disk,
             disk_read_only: read_only,

@@ -20,8 +20,8 @@ use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttach
 use crate::config::BackendKind;
 use crate::process::{spawn_detached, ProcessIdentity};
 
-/// The guest vsock port the smolvm agent listens on.
-pub const AGENT_VSOCK_PORT: u32 = 52;
+/// The guest vsock port the smolvm agent listens on (shared with the agent).
+pub use smolvm_protocol::AGENT_VSOCK_PORT;
 /// The guest's vsock context id (0-2 are reserved; each Firecracker process has its own vsock device,
 /// so every guest can use the same one).
 pub const GUEST_CID: u32 = 3;
