@@ -56,7 +56,7 @@ fn make_layout(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(
-        smolvm::network::find_program("busybox").unwrap(),
+        smolvm::host::tools::find_program("busybox").unwrap(),
         root.join("bin/busybox"),
     )
     .unwrap();

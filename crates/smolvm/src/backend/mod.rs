@@ -9,6 +9,35 @@ use std::path::{Path, PathBuf};
 use crate::config::BackendKind;
 use crate::process::ProcessIdentity;
 
+/// Longest Unix socket path the kernel accepts (`sun_path` holds 108 bytes including the NUL).
+pub const SUN_PATH_MAX: usize = 107;
+
+/// A socket path that does not fit in `sun_path` (both VMMs bind their sockets by path).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "socket path {} is {len} bytes, longer than the {SUN_PATH_MAX} bytes Unix sockets allow: use a \
+     shorter socket directory",
+    path.display()
+)]
+pub struct SocketPathTooLong {
+    /// The path.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// Refuses socket paths longer than [`SUN_PATH_MAX`] bytes.
+pub fn check_socket_path(path: &Path) -> Result<(), SocketPathTooLong> {
+    let len = path.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(SocketPathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
+}
+
 /// Everything a backend needs to boot one VM. Paths are final (the disk is already cloned, the sockets'
 /// directory exists); the backend only assembles its own configuration from them.
 #[derive(Debug, Clone, PartialEq, Eq)]

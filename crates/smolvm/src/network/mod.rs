@@ -29,9 +29,7 @@ mod mode;
 pub mod nft;
 pub mod resolv;
 
-pub use commands::{
-    find_program, Call, NetCapabilities, NetCommands, RecordingCommands, SystemCommands,
-};
+pub use commands::{Call, NetCapabilities, NetCommands, RecordingCommands, SystemCommands};
 pub use error::NetworkError;
 pub use firewall::{ForwardDropChain, ForwardDropManager};
 pub use host::{CleanupReport, HostNetwork, OrphanRule, OrphanTap};

@@ -22,7 +22,7 @@ use rusqlite::{Connection, TransactionBehavior};
 pub use error::StateError;
 pub use forwards::{PortForward, PortForwardRequest, Protocol};
 pub use leases::{
-    mac_for, tap_name, Lease, GATEWAY_IP, GUEST_NETMASK, GUEST_NETWORK, TAP_PREFIX, USER_DNS_IP,
+    mac_for, tap_name, Lease, GATEWAY_IP, GUEST_NETMASK, GUEST_NETWORK, USER_DNS_IP,
     USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
 };
 pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use backend::{
     configure, remove_sockets, FirecrackerBackend, AGENT_VSOCK_PORT, GUEST_CID, NET_IFACE_ID,
-    ROOT_DRIVE_ID, SOCKET_WAIT, SUN_PATH_MAX,
+    ROOT_DRIVE_ID, SOCKET_WAIT,
 };
 pub use http::{ApiClient, Method, Response};
 pub use vsock_handshake::{connect_vsock, VsockHandshakeError};
@@ -127,17 +127,8 @@ pub enum FirecrackerError {
     },
 
     /// A Unix socket path is too long for `sun_path`.
-    #[error(
-        "socket path {} is {len} bytes; Unix socket paths are limited to {SUN_PATH_MAX} bytes \
-         (use a shorter socket directory)",
-        path.display()
-    )]
-    SocketPathTooLong {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-    },
+    #[error(transparent)]
+    SocketPathTooLong(#[from] crate::backend::SocketPathTooLong),
 
     /// The launch spec asks for user-mode networking, which only QEMU provides.
     #[error(

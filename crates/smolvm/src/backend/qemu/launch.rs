@@ -2,7 +2,6 @@
 //! process and removes the sockets, so a failed launch leaves nothing behind.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::Command;
@@ -16,8 +15,6 @@ use crate::process::{spawn_detached, ProcessIdentity};
 const TAIL_LINES: usize = 20;
 /// How long a QEMU that broke the QMP handshake gets to finish exiting.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-/// Bytes of the VMM log read for the tail.
-const TAIL_BYTES: u64 = 8192;
 
 pub(super) fn launch(
     backend: &QemuBackend,
@@ -124,27 +121,17 @@ pub(super) fn remove_socket(path: &Path) -> Result<(), QemuError> {
 
 /// The last lines `log` gained after byte `offset`, or a note that there were none.
 pub(super) fn log_tail(log: &Path, offset: u64) -> String {
-    let read = || -> std::io::Result<String> {
-        let mut f = fs::File::open(log)?;
-        let len = f.metadata()?.len();
-        let start = offset.max(len.saturating_sub(TAIL_BYTES));
-        f.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = read().unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines = crate::process::log_tail(log, offset, TAIL_LINES);
     if lines.is_empty() {
         return "(no output)".to_string();
     }
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+    lines.join("\n")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::SUN_PATH_MAX;
     use super::*;
+    use crate::backend::SUN_PATH_MAX;
     use std::os::unix::net::UnixListener;
 
     #[test]

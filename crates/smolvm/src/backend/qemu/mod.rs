@@ -23,8 +23,6 @@ use crate::process::ProcessIdentity;
 pub use argv::{build_argv, AGENT_PORT_NAME};
 pub use qmp::{QmpClient, QmpError, QmpStatus};
 
-/// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
-pub const SUN_PATH_MAX: usize = 107;
 /// How long QEMU may take to open its QMP socket after being started.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per read/write limit of QMP operations.
@@ -95,17 +93,8 @@ pub enum QemuError {
         source: std::io::Error,
     },
     /// A socket path does not fit in `sun_path`.
-    #[error(
-        "socket path {} is {len} bytes, longer than the {SUN_PATH_MAX} bytes Unix sockets allow: \
-         use a shorter socket directory",
-        path.display()
-    )]
-    SocketPathTooLong {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-    },
+    #[error(transparent)]
+    SocketPathTooLong(#[from] crate::backend::SocketPathTooLong),
     /// Something other than a socket sits where a socket must be created.
     #[error("{} exists and is not a socket; refusing to remove it", path.display())]
     NotASocket {
@@ -175,16 +164,9 @@ impl From<QemuError> for crate::Error {
     }
 }
 
-/// Refuses socket paths longer than [`SUN_PATH_MAX`] bytes.
+/// Refuses socket paths longer than [`crate::backend::SUN_PATH_MAX`] bytes.
 pub fn check_socket_path(path: &Path) -> Result<(), QemuError> {
-    let len = path.as_os_str().len();
-    if len > SUN_PATH_MAX {
-        return Err(QemuError::SocketPathTooLong {
-            path: path.to_path_buf(),
-            len,
-        });
-    }
-    Ok(())
+    Ok(crate::backend::check_socket_path(path)?)
 }
 
 /// The QEMU backend: one binary, one accelerator.
