@@ -38,6 +38,48 @@ pub fn check_socket_path(path: &Path) -> Result<(), SocketPathTooLong> {
     Ok(())
 }
 
+/// Why a VMM's socket file could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveSocketError {
+    /// Something other than a socket sits where a socket must be: never removed.
+    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The socket could not be removed.
+    #[error("cannot remove stale socket {}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the socket file a VMM left at `path` (VMMs do not always remove theirs, and never when
+/// killed). Absent is fine; anything that is not a socket is left alone and refused. The one socket
+/// removal of the backends and the manager.
+pub fn remove_socket(path: &Path) -> Result<(), RemoveSocketError> {
+    use std::os::unix::fs::FileTypeExt;
+    let io = |source| RemoveSocketError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+        Ok(m) if !m.file_type().is_socket() => Err(RemoveSocketError::NotASocket {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        },
+    }
+}
+
 /// Everything a backend needs to boot one VM. Paths are final (the disk is already cloned, the sockets'
 /// directory exists); the backend only assembles its own configuration from them.
 #[derive(Debug, Clone, PartialEq, Eq)]

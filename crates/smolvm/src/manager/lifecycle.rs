@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::cmdline::{kernel_cmdline, GuestNet};
 use super::disk;
 use super::{CreateOptions, Created, SmolVmManager};
-use crate::backend::LaunchSpec;
+use crate::backend::{remove_socket, LaunchSpec};
 use crate::config::{DiskMode, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::AgentClient;
@@ -339,8 +339,8 @@ impl SmolVmManager {
             if self.check_socket_unclaimed(&control).is_err() {
                 return;
             }
-            let _ = fs::remove_file(control);
-            let _ = fs::remove_file(
+            let _ = remove_socket(&control);
+            let _ = remove_socket(
                 backend
                     .agent_endpoint(self.socket_dir(), &rec.info.vm_id)
                     .path(),
@@ -403,6 +403,6 @@ impl SmolVmManager {
 }
 
 fn remove_sockets(spec: &LaunchSpec) {
-    let _ = fs::remove_file(&spec.control_socket);
-    let _ = fs::remove_file(spec.agent.path());
+    let _ = remove_socket(&spec.control_socket);
+    let _ = remove_socket(spec.agent.path());
 }

@@ -3,7 +3,7 @@
 //! it against a fake server) and start it.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -307,20 +307,8 @@ pub fn remove_sockets(
     control_socket: &Path,
     agent: &AgentEndpoint,
 ) -> Result<(), FirecrackerError> {
-    for path in [control_socket, agent.path()] {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(FirecrackerError::File {
-                    action: "remove socket",
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
+    crate::backend::remove_socket(control_socket)?;
+    Ok(crate::backend::remove_socket(agent.path())?)
 }
 
 /// Polls until the API socket accepts a connection, the process dies, or `wait` passes.

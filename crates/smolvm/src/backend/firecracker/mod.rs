@@ -126,6 +126,10 @@ pub enum FirecrackerError {
         source: serde_json::Error,
     },
 
+    /// A stale socket could not be removed (or is no socket).
+    #[error(transparent)]
+    RemoveSocket(#[from] crate::backend::RemoveSocketError),
+
     /// A Unix socket path is too long for `sun_path`.
     #[error(transparent)]
     SocketPathTooLong(#[from] crate::backend::SocketPathTooLong),

@@ -2,13 +2,12 @@
 //! process and removes the sockets, so a failed launch leaves nothing behind.
 
 use std::fs;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{check_socket_path, QemuBackend, QemuError, QmpClient, QmpError, STARTUP_TIMEOUT};
-use crate::backend::LaunchSpec;
+use crate::backend::{remove_socket, LaunchSpec};
 use crate::process::{spawn_detached, ProcessIdentity};
 
 /// Lines of the VMM log quoted in startup errors.
@@ -98,27 +97,6 @@ pub(super) fn wait_for_qmp(
     }
 }
 
-/// Removes a socket left by an earlier run. Anything that is not a socket is left alone and refused.
-pub(super) fn remove_socket(path: &Path) -> Result<(), QemuError> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(QemuError::RemoveSocket {
-            path: path.to_path_buf(),
-            source,
-        }),
-        Ok(m) if !m.file_type().is_socket() => Err(QemuError::NotASocket {
-            path: path.to_path_buf(),
-        }),
-        Ok(_) => match fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(QemuError::RemoveSocket {
-                path: path.to_path_buf(),
-                source: e,
-            }),
-            _ => Ok(()),
-        },
-    }
-}
-
 /// The last lines `log` gained after byte `offset`, or a note that there were none.
 pub(super) fn log_tail(log: &Path, offset: u64) -> String {
     let lines = crate::process::log_tail(log, offset, TAIL_LINES);
@@ -148,7 +126,7 @@ mod tests {
         fs::write(&file, b"precious").unwrap();
         assert!(matches!(
             remove_socket(&file),
-            Err(QemuError::NotASocket { .. })
+            Err(crate::backend::RemoveSocketError::NotASocket { .. })
         ));
         assert!(file.exists());
     }

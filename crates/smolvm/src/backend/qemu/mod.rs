@@ -95,21 +95,9 @@ pub enum QemuError {
     /// A socket path does not fit in `sun_path`.
     #[error(transparent)]
     SocketPathTooLong(#[from] crate::backend::SocketPathTooLong),
-    /// Something other than a socket sits where a socket must be created.
-    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
-    NotASocket {
-        /// The path.
-        path: PathBuf,
-    },
-    /// A stale socket could not be removed.
-    #[error("cannot remove stale socket {}", path.display())]
-    RemoveSocket {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A stale socket could not be removed (or is no socket).
+    #[error(transparent)]
+    RemoveSocket(#[from] crate::backend::RemoveSocketError),
     /// QEMU exited before it was ready.
     #[error("QEMU exited during startup; end of {}:\n{tail}", log.display())]
     ExitedEarly {
@@ -215,8 +203,10 @@ impl QemuBackend {
     /// Removes a VM's sockets (after QEMU exited; QEMU does not always remove them itself). Missing
     /// sockets are fine; a non-socket at a socket path is refused.
     pub fn remove_sockets(&self, socket_dir: &Path, vm_id: &str) -> Result<(), QemuError> {
-        launch::remove_socket(&self.control_socket(socket_dir, vm_id))?;
-        launch::remove_socket(self.agent_endpoint(socket_dir, vm_id).path())
+        crate::backend::remove_socket(&self.control_socket(socket_dir, vm_id))?;
+        Ok(crate::backend::remove_socket(
+            self.agent_endpoint(socket_dir, vm_id).path(),
+        )?)
     }
 
     /// The VM's run state.
