@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use smolvm::manager::SmolVmManager;
 use smolvm::BackendKind;
+use smolvm::SmolVmManager;
 
 use crate::Cli;
 

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Args;
-use smolvm::exec::ExecRequest;
+use smolvm::ExecRequest;
 use smolvm::SmolVm;
 
-use smolvm::manager::DEFAULT_BOOT_TIMEOUT_SECS;
+use smolvm::DEFAULT_BOOT_TIMEOUT_SECS;
 
 use super::common::{backend_choice, manager, Secs};
 use super::vm::CreateArgs;

@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use smolvm::manager::DEFAULT_BOOT_TIMEOUT_SECS;
-use smolvm::snapshot::SnapshotInfo;
+use smolvm::{SnapshotInfo, DEFAULT_BOOT_TIMEOUT_SECS};
 
 use super::common::{manager, Secs};
 use crate::output::print_json;

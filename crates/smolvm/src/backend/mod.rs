@@ -1,8 +1,8 @@
 //! Virtual machine monitors behind one small trait, so the manager never knows which one it drives and
 //! unit tests can check the exact QEMU argv or Firecracker request sequence without a VM.
 
-pub mod firecracker;
-pub mod qemu;
+pub(crate) mod firecracker;
+pub(crate) mod qemu;
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +10,7 @@ use crate::config::BackendKind;
 use crate::process::ProcessIdentity;
 
 /// Longest Unix socket path the kernel accepts (`sun_path` holds 108 bytes including the NUL).
-pub const SUN_PATH_MAX: usize = 107;
+pub(crate) const SUN_PATH_MAX: usize = 107;
 
 /// A socket path that does not fit in `sun_path` (both VMMs bind their sockets by path).
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub struct SocketPathTooLong {
 }
 
 /// Refuses socket paths longer than [`SUN_PATH_MAX`] bytes.
-pub fn check_socket_path(path: &Path) -> Result<(), SocketPathTooLong> {
+pub(crate) fn check_socket_path(path: &Path) -> Result<(), SocketPathTooLong> {
     let len = path.as_os_str().len();
     if len > SUN_PATH_MAX {
         return Err(SocketPathTooLong {
@@ -61,7 +61,7 @@ pub enum RemoveSocketError {
 /// Removes the socket file a VMM left at `path` (VMMs do not always remove theirs, and never when
 /// killed). Absent is fine; anything that is not a socket is left alone and refused. The one socket
 /// removal of the backends and the manager.
-pub fn remove_socket(path: &Path) -> Result<(), RemoveSocketError> {
+pub(crate) fn remove_socket(path: &Path) -> Result<(), RemoveSocketError> {
     use std::os::unix::fs::FileTypeExt;
     let io = |source| RemoveSocketError::Io {
         path: path.to_path_buf(),

@@ -12,7 +12,7 @@ use crate::info::{NetworkConfig, NetworkMode};
 
 /// Guest-side network parameters handed to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestNet {
+pub(crate) struct GuestNet {
     /// Guest address.
     pub ip: Ipv4Addr,
     /// Prefix length of the guest network.
@@ -26,7 +26,7 @@ pub struct GuestNet {
 impl GuestNet {
     /// The guest side of a network. User mode gets QEMU's built-in DNS relay; TAP mode the host's
     /// upstream servers (read now, see [`crate::network::resolv`]).
-    pub fn from_network(net: &NetworkConfig) -> GuestNet {
+    pub(crate) fn from_network(net: &NetworkConfig) -> GuestNet {
         let host_dns = match net.mode {
             NetworkMode::Tap => crate::network::resolv::host_upstream_servers(),
             NetworkMode::User => Vec::new(),
@@ -35,7 +35,7 @@ impl GuestNet {
     }
 
     /// [`GuestNet::from_network`] with the host's servers given (TAP mode uses them).
-    pub fn with_host_dns(net: &NetworkConfig, host_dns: Vec<Ipv4Addr>) -> GuestNet {
+    pub(crate) fn with_host_dns(net: &NetworkConfig, host_dns: Vec<Ipv4Addr>) -> GuestNet {
         GuestNet {
             ip: net.guest_ip,
             // At most 32, so the narrowing never truncates.
@@ -52,7 +52,7 @@ impl GuestNet {
 /// Composes the full command line: `boot_args`, then smolvm's parameters (host name, network, and for a
 /// shared-disk VM the SSH client key line). Fails (naming `boot_args`) when the line would not fit
 /// the kernel's limit, or a value cannot be passed.
-pub fn kernel_cmdline(
+pub(crate) fn kernel_cmdline(
     boot_args: &str,
     hostname: &str,
     net: Option<&GuestNet>,
