@@ -17,9 +17,9 @@ use crate::server::{self, Hooks};
 use crate::stages::Stages;
 
 /// Name of the virtio-serial port QEMU exposes for the agent.
-pub const PORT_NAME: &str = "org.smolvm.agent";
+pub const PORT_NAME: &str = smolvm_protocol::AGENT_PORT_NAME;
 /// vsock port the agent listens on under Firecracker.
-pub const VSOCK_PORT: u32 = 52;
+pub const VSOCK_PORT: u32 = smolvm_protocol::AGENT_VSOCK_PORT;
 /// How long to wait for the virtio-serial port to be announced after the driver loaded.
 const PORT_WAIT: Duration = Duration::from_secs(30);
 const VIRTIO_ID_CONSOLE: u32 = 3;

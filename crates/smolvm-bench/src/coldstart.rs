@@ -54,7 +54,7 @@ pub(super) fn cold_start(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), Bench
                 let config = ctx.config(&format!("bench-cold-{i:02}"), None)?;
                 let (sample, guard) = one_cold_start(&ctx.manager, &config, ctx.boot_timeout)?;
                 if let (Some(q), None) = (&ctx.qemu, &baseline_template) {
-                    let spec = manager_like_spec(ctx, q, &config);
+                    let spec = manager_like_spec(ctx, q, &config)?;
                     rep.notes.push(argv_check(q, &spec, &guard));
                     baseline_template = Some(spec);
                 }
@@ -265,16 +265,22 @@ fn stage_rows<'a>(
 
 /// The LaunchSpec the manager builds for `config` (same fields, same helpers), so the baseline boots the
 /// same thing. Checked against the real VMM's argv by [`argv_check`].
-fn manager_like_spec(ctx: &Ctx, q: &QemuBackend, config: &VmConfig) -> LaunchSpec {
+fn manager_like_spec(
+    ctx: &Ctx,
+    q: &QemuBackend,
+    config: &VmConfig,
+) -> Result<LaunchSpec, BenchError> {
     let m = &ctx.manager;
     let id = config.vm_id();
-    LaunchSpec {
+    let kernel_cmdline = kernel_cmdline(config.boot_args(), id)
+        .map_err(|e| BenchError::step("kernel command line", e))?;
+    Ok(LaunchSpec {
         vm_id: id.to_string(),
         vcpu_count: config.vcpu_count(),
         mem_size_mib: config.mem_size_mib(),
         kernel: config.kernel_path().to_path_buf(),
         initrd: config.initrd_path().map(|p| p.to_path_buf()),
-        kernel_cmdline: kernel_cmdline(config.boot_args(), id),
+        kernel_cmdline,
         disk: disk::isolated_disk_path(m.disk_dir(), id),
         disk_read_only: false,
         net: None,
@@ -283,7 +289,7 @@ fn manager_like_spec(ctx: &Ctx, q: &QemuBackend, config: &VmConfig) -> LaunchSpe
         console_log: m.console_log(id),
         vmm_log: m.vmm_log(id),
         store: Some(m.dirs().store.clone()),
-    }
+    })
 }
 
 /// Compares the argv the baseline would run for the smolvm VM's own id and paths with the argv of the
@@ -340,7 +346,8 @@ fn baseline_once(
             .map_err(|e| BenchError::step(format!("baseline {i}: clone disk"), e))?;
         let clone = t.elapsed();
         let mut spec = respec(template, q, &id, &dir, &dir, &disk_path);
-        spec.kernel_cmdline = kernel_cmdline(config.boot_args(), &id);
+        spec.kernel_cmdline = kernel_cmdline(config.boot_args(), &id)
+            .map_err(|e| BenchError::step(format!("baseline {i}: kernel command line"), e))?;
         let sample = run_baseline(q, &spec, ctx.boot_timeout)?;
         Ok((sample, clone))
     })();

@@ -20,9 +20,9 @@ pub struct Cli {
     /// Directory for VM sockets [default: /tmp/smolvm-<uid>]
     #[arg(long, global = true)]
     pub socket_dir: Option<PathBuf>,
-    /// VMM backend: auto, qemu or firecracker
-    #[arg(long, global = true, env = "SMOLVM_BACKEND")]
-    pub backend: Option<String>,
+    /// VMM backend: auto, qemu or firecracker [default: auto]
+    #[arg(long, global = true, env = "SMOLVM_BACKEND", value_name = "BACKEND")]
+    pub backend: Option<cmd::common::BackendChoice>,
     #[command(subcommand)]
     command: Command,
 }

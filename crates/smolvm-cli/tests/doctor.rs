@@ -152,7 +152,8 @@ fn requested_backend_decides_the_exit_status() {
     assert_eq!(r["requested_backend"], "qemu");
     assert_eq!(out.status.success(), r["backends"]["qemu"]["ready"] == true);
 
+    // A value that is no backend is a usage error, refused by the parser before doctor runs.
     let out = smolvm(&["--backend", "bogus", "doctor"], &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("backend"));
 }

@@ -229,40 +229,76 @@ fn corrupt_database_is_reported_and_left_alone() {
     );
 }
 
-/// Bad input is reported before any slow step: with no kernel/rootfs given, `create` would build the
-/// default image, but an invalid id (or range, or env key) is refused first, so the answer names the field
-/// even where the image cannot be built (here: a kernel override that does not exist).
+/// Bad input is reported before any slow or side-effecting step: with no kernel/rootfs given, `create`
+/// would build the default image, but an invalid id (or range, or env key) is refused first, so the
+/// answer names the field even where the image cannot be built (here: a kernel override that does not
+/// exist) and the backend cannot run (Firecracker without KVM), and the empty data directory is not
+/// even created.
 #[test]
 fn invalid_fields_are_refused_before_the_image_build() {
     let env = Env::new();
     for (args, field) in [
-        (vec!["--id", "My_VM"], "vm_id"),
+        (vec!["--id", "My_VM"], "invalid vm_id"),
         (vec!["--vcpus", "0"], "vcpu_count"),
         (vec!["--mem", "20000"], "mem_size_mib"),
         (vec!["--env", "A-B=1"], "env_vars"),
     ] {
-        let mut all = vec!["create", "--network", "none"];
-        all.extend(args.iter().copied());
+        for backend in ["qemu", "firecracker"] {
+            let mut all = vec!["create", "--network", "none"];
+            all.extend(args.iter().copied());
+            let o = Command::new(env!("CARGO_BIN_EXE_smolvm"))
+                .arg("--data-dir")
+                .arg(env.dir.path().join("data"))
+                .arg("--socket-dir")
+                .arg(env.dir.path().join("s"))
+                .args(&all)
+                .env("SMOLVM_KERNEL", env.dir.path().join("no-such-kernel"))
+                .env("SMOLVM_BACKEND", backend)
+                .output()
+                .unwrap();
+            assert!(!o.status.success(), "{args:?} accepted");
+            let err = stderr(&o);
+            assert!(err.contains(field), "{args:?}: {err}");
+            assert!(
+                !err.contains("image"),
+                "{args:?} reached the image build: {err}"
+            );
+            assert!(
+                !env.dir.path().join("data").exists() && !env.dir.path().join("s").exists(),
+                "{args:?} opened the state before validating"
+            );
+        }
+    }
+}
+
+/// Choices are parsed by the command line itself (exit status 2, the valid values listed), before
+/// any command runs.
+#[test]
+fn unknown_choices_are_refused_by_the_parser() {
+    let env = Env::new();
+    for (args, valid) in [
+        (vec!["create", "--disk-mode", "copy"], "isolated, shared"),
+        (
+            vec!["create", "--network", "bridge"],
+            "auto, tap, user, none",
+        ),
+        (
+            vec!["--backend", "kvm", "list"],
+            "\"firecracker\", \"qemu\", \"auto\"",
+        ),
+        (vec!["stop", "vm", "--timeout=-1"], "seconds >= 0"),
+        (vec!["start", "vm", "--timeout", "soon"], "seconds >= 0"),
+    ] {
         let o = Command::new(env!("CARGO_BIN_EXE_smolvm"))
             .arg("--data-dir")
             .arg(env.dir.path().join("data"))
-            .arg("--socket-dir")
-            .arg(env.dir.path().join("s"))
-            .args(&all)
-            .env("SMOLVM_KERNEL", env.dir.path().join("no-such-kernel"))
-            .env("SMOLVM_BACKEND", "qemu")
+            .args(&args)
+            .env_remove("SMOLVM_BACKEND")
             .output()
             .unwrap();
-        assert!(!o.status.success(), "{args:?} accepted");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
         let err = stderr(&o);
-        assert!(err.contains(field), "{args:?}: {err}");
-        assert!(
-            !err.contains("image"),
-            "{args:?} reached the image build: {err}"
-        );
-        assert!(
-            !env.dir.path().join("data/images").exists(),
-            "{args:?} started an image build"
-        );
+        assert!(err.contains(valid), "{args:?}: {err}");
+        assert!(!env.dir.path().join("data").exists());
     }
 }

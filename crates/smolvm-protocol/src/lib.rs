@@ -50,6 +50,9 @@
 //! Every size limit is a constant in [`limits`], checked at compile time against its neighbours; a frame
 //! over [`MAX_FRAME_LEN`] is refused by the decoder before any allocation, and decoding never panics.
 
+pub mod base64;
+pub mod boot;
+pub mod channel;
 pub mod fuzzing;
 pub mod limits;
 pub mod shell;
@@ -60,6 +63,8 @@ mod messages;
 mod request;
 mod sync;
 
+pub use boot::{BootParams, PowerMode};
+pub use channel::{AGENT_PORT_NAME, AGENT_VSOCK_PORT};
 pub use frame::{Frame, FrameType, ProtocolError};
 pub use identity::{
     parse_mac, Identity, NetIdentity, DROPBEAR_HOST_KEY_PATH, MAX_HOST_KEY_LEN,

@@ -31,6 +31,7 @@ pub(crate) const VM_ID_MAX_LEN: usize = 64;
 
 /// Which virtual machine monitor runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Firecracker, configured over its REST API on a Unix socket.
@@ -79,6 +80,7 @@ impl FromStr for BackendKind {
 
 /// Disk lifecycle mode (spec: `disk_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DiskMode {
     /// Clone the rootfs per VM, so each VM has its own writable copy.
@@ -437,10 +439,11 @@ impl VmConfig {
         &self.env_vars
     }
 
-    /// True when the guest boots smolvm's agent: images built by smolvm run it as `/init`, and the
-    /// spec ties `init=/init` to SSH-capable images.
+    /// True when the guest boots smolvm's agent: its boot args hand over to the agent as PID 1
+    /// (`init=/init`, [`smolvm_protocol::boot::AGENT_INIT`]), parsed as the kernel and the agent parse
+    /// them. Images built by smolvm run it so, and the spec ties `init=/init` to SSH-capable images.
     pub fn boots_agent(&self) -> bool {
-        self.boot_args.split_whitespace().any(|a| a == "init=/init")
+        smolvm_protocol::BootParams::parse(&self.boot_args).runs_agent()
     }
 }
 

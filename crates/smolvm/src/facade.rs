@@ -21,7 +21,6 @@ use std::time::Duration;
 use crate::config::{BackendKind, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::{AgentClient, CommandResult, ExecError, DEFAULT_RUN_TIMEOUT};
-use crate::image::ImageBuilder;
 use crate::info::{VmInfo, VmState};
 use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
 
@@ -46,6 +45,7 @@ pub struct SmolVmBuilder {
     backend: Option<BackendKind>,
     network: NetworkChoice,
     templates: Option<bool>,
+    manager: Option<Arc<SmolVmManager>>,
 }
 
 impl SmolVmBuilder {
@@ -100,14 +100,23 @@ impl SmolVmBuilder {
         self.network = choice;
         self
     }
+    /// Uses this manager (shared with other VMs, or built with [`SmolVmManager::builder`]) instead of
+    /// opening one; `data_dir`, `socket_dir` and `backend` are then the manager's.
+    pub fn manager(mut self, manager: Arc<SmolVmManager>) -> Self {
+        self.manager = Some(manager);
+        self
+    }
 
     /// Creates the VM (state `created`); the returned value owns it.
     pub fn build(self) -> Result<SmolVm> {
-        let manager = Arc::new(SmolVmManager::new(
-            self.data_dir.as_deref(),
-            self.socket_dir.as_deref(),
-            self.backend,
-        )?);
+        let manager = match &self.manager {
+            Some(m) => m.clone(),
+            None => Arc::new(SmolVmManager::new(
+                self.data_dir.as_deref(),
+                self.socket_dir.as_deref(),
+                self.backend,
+            )?),
+        };
         let use_templates = self
             .templates
             .unwrap_or(self.config.is_none() && crate::manager::templates_enabled_by_env());
@@ -147,24 +156,27 @@ impl SmolVmBuilder {
     }
 }
 
-/// Auto-configuration: the default image (built once and cached), sized as asked.
+/// Auto-configuration: the default image (built once and cached), sized as asked. The asked values are
+/// checked before the (slow, first-time) image build.
 fn auto_config(manager: &SmolVmManager, b: &SmolVmBuilder) -> Result<VmConfig> {
-    let backend = manager.resolve(b.backend)?;
-    let image = ImageBuilder::new(manager.data_dir()).image_for_vm(b.image.as_deref())?;
-    let mut spec = image.vm_config(backend).backend(Some(backend));
-    if let Some(mib) = b.disk_size_mib {
-        spec = spec.disk_size_mib(mib);
-    }
-    if let Some(id) = &b.vm_id {
-        spec = spec.vm_id(id.clone());
-    }
-    if let Some(m) = b.mem_size_mib {
-        spec = spec.mem_size_mib(m);
-    }
-    if let Some(n) = b.vcpu_count {
-        spec = spec.vcpu_count(n);
-    }
-    Ok(spec.build()?)
+    let apply = |mut spec: crate::config::VmConfigSpec| {
+        if let Some(mib) = b.disk_size_mib {
+            spec = spec.disk_size_mib(mib);
+        }
+        if let Some(id) = &b.vm_id {
+            spec = spec.vm_id(id.clone());
+        }
+        if let Some(m) = b.mem_size_mib {
+            spec = spec.mem_size_mib(m);
+        }
+        if let Some(n) = b.vcpu_count {
+            spec = spec.vcpu_count(n);
+        }
+        spec
+    };
+    apply(crate::config::VmConfigSpec::new("", "")).validate_fields()?;
+    let spec = manager.image_config(b.image.as_deref(), b.backend)?;
+    Ok(apply(spec).build()?)
 }
 
 #[path = "facade_snapshot.rs"]
@@ -216,6 +228,11 @@ impl SmolVm {
         backend: Option<BackendKind>,
     ) -> Result<SmolVm> {
         let manager = Arc::new(SmolVmManager::new(data_dir, socket_dir, backend)?);
+        SmolVm::reconnect(manager, vm_id)
+    }
+
+    /// [`from_id`](Self::from_id) through an existing manager. Not owned.
+    pub fn reconnect(manager: Arc<SmolVmManager>, vm_id: &str) -> Result<SmolVm> {
         let info = manager.get(vm_id)?;
         Ok(SmolVm {
             make_template: None,
@@ -456,6 +473,10 @@ fn is_disconnect(e: &Error) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+#[path = "facade_tests.rs"]
+mod tests;
 
 impl Drop for SmolVm {
     fn drop(&mut self) {

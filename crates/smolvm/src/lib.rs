@@ -50,9 +50,9 @@ pub use image::{
 };
 pub use info::{NetworkConfig, NetworkMode, VmInfo};
 pub use manager::{
-    templates_enabled_by_env, CleanupFailure, CleanupOptions, CleanupReport, CleanupScope,
-    CreateOptions, NetworkChoice, OrphanProcess, RetainedDisk, SmolVmManager,
-    DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
+    templates_enabled_by_env, BackendFactory, CleanupFailure, CleanupOptions, CleanupReport,
+    CleanupScope, CreateOptions, ManagerBuilder, NetworkChoice, OrphanProcess, RetainedDisk,
+    SmolVmManager, SystemBackends, DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
 };
 pub use network::NetworkError;
 /// Wire types of the host-guest protocol that appear in the exec API (streamed commands, error kinds).
@@ -72,11 +72,14 @@ pub mod internals {
     }
     /// Host process helpers.
     pub mod process {
-        pub use crate::process::{proc_stat, spawn_detached, ProcessIdentity};
+        pub use crate::process::{log_tail, proc_stat, spawn_detached, ProcessIdentity};
     }
-    /// Host network helpers.
+    /// Host network helpers (and the one program lookup, which lives with the host probe).
     pub mod network {
-        pub use crate::network::{find_program, ForwardDropManager, HostNetwork, NetworkError};
+        pub use crate::host::tools::find_program;
+        pub use crate::network::{
+            ForwardDropManager, HostNetwork, NetCapabilities, NetCommands, NetworkError,
+        };
     }
     /// Backends (the QEMU backend test and the benchmark's raw-VMM floor).
     pub mod backend {
@@ -103,9 +106,12 @@ pub mod internals {
     }
     /// The kernel command line the manager composes for a VM without network (the benchmark boots
     /// the raw VMM with it).
-    pub fn kernel_cmdline(boot_args: &str, hostname: &str) -> String {
-        crate::manager::cmdline::kernel_cmdline(boot_args, hostname, None)
+    pub fn kernel_cmdline(
+        boot_args: &str,
+        hostname: &str,
+    ) -> Result<String, crate::ValidationError> {
+        crate::manager::cmdline::kernel_cmdline(boot_args, hostname, None, None)
     }
-    /// The per-VM lock.
-    pub use crate::manager::lock::VmLock;
+    /// The per-VM lock and how long an operation waits for it.
+    pub use crate::manager::lock::{VmLock, LOCK_WAIT};
 }

@@ -2,6 +2,7 @@
 //! dead VM look alive, and stopped by signal only when the identity still matches.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -89,6 +90,33 @@ impl ProcessIdentity {
     }
 }
 
+/// Bytes read from the end of a log for [`log_tail`]: enough for the last few dozen lines.
+const LOG_TAIL_BYTES: u64 = 8192;
+
+/// The last `max_lines` non-empty lines (trimmed) a log gained after byte `offset` (0: the whole log),
+/// read from its last few KiB; empty when there are none or the log cannot be read. The one reader of
+/// VMM and console log tails for error messages.
+pub fn log_tail(path: &Path, offset: u64, max_lines: usize) -> Vec<String> {
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut f = File::open(path)?;
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(
+            offset.max(len.saturating_sub(LOG_TAIL_BYTES)),
+        ))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(buf)
+    };
+    let text = String::from_utf8_lossy(&read().unwrap_or_default()).into_owned();
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    lines[lines.len().saturating_sub(max_lines)..].to_vec()
+}
+
 /// Starts `cmd` detached: its own session (no controlling terminal, not killed with our process
 /// group), stdin from /dev/null, stdout and stderr appended to `log`. A thread reaps it when it exits so
 /// that no zombie is left while this process lives; if this process exits first, init adopts it.
@@ -154,5 +182,23 @@ mod tests {
         assert!(id.is_alive());
         assert!(id.kill());
         assert!(!id.is_alive());
+    }
+
+    #[test]
+    fn log_tails_keep_the_last_non_empty_lines_after_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, "old 1\nold 2\n").unwrap();
+        let offset = std::fs::metadata(&log).unwrap().len();
+        std::fs::write(&log, "old 1\nold 2\nnew 1\r\n\n  \nnew 2\nnew 3\n").unwrap();
+        assert_eq!(log_tail(&log, offset, 10), ["new 1", "new 2", "new 3"]);
+        assert_eq!(log_tail(&log, offset, 2), ["new 2", "new 3"]);
+        assert_eq!(log_tail(&log, 0, 10).len(), 5);
+        assert!(log_tail(&dir.path().join("missing"), 0, 10).is_empty());
+        // Only the end of a big log is read.
+        let big: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, big).unwrap();
+        assert_eq!(log_tail(&log, 0, 1), ["line 4999"]);
+        assert!(log_tail(&log, 0, 5000).len() < 5000);
     }
 }

@@ -15,7 +15,7 @@ pub(crate) fn tool_or_skip(test: &str, tool: &str) -> Option<PathBuf> {
     decide(
         test,
         tool,
-        crate::network::find_program(tool),
+        crate::host::tools::find_program(tool),
         e2e_required(),
     )
 }

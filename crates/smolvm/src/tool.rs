@@ -58,7 +58,7 @@ pub(crate) fn run<S: AsRef<str>>(
     cwd: Option<&Path>,
     stdin: Option<&str>,
 ) -> Result<Vec<u8>, ToolError> {
-    let path = crate::network::find_program(program).ok_or_else(|| ToolError::Missing {
+    let path = crate::host::tools::find_program(program).ok_or_else(|| ToolError::Missing {
         program: program.to_string(),
         package: package_of(program),
     })?;

@@ -154,7 +154,12 @@ fn reconcile_does_not_wait_for_a_vm_lock() {
     let env = Env::new();
     env.dead_running_vm("busy", "");
     // Another operation (say, a slow boot) holds the VM's lock for as long as it likes.
-    let _held = VmLock::acquire(&env.data.join("locks"), "busy").unwrap();
+    let _held = VmLock::acquire(
+        &env.data.join("locks"),
+        "busy",
+        smolvm::internals::LOCK_WAIT,
+    )
+    .unwrap();
     let m = env.manager();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || tx.send(m.reconcile().map_err(|e| e.to_string())));

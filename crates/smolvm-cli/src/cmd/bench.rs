@@ -10,7 +10,6 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
-use smolvm::BackendKind;
 use smolvm_bench::machine::file_stamp;
 use smolvm_bench::run::{cancel_on_sigint, BenchOptions, Progress, DEFAULT_ITERATIONS};
 use smolvm_bench::{BenchReport, Row, Section, Unit};
@@ -57,10 +56,7 @@ fn parse_section(s: &str) -> Result<Section, String> {
 
 /// Runs `smolvm bench`. VMs go to a private temporary data dir unless `--data-dir` is given.
 pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let backend = match cli.backend.as_deref() {
-        Some(s) => BackendKind::parse_choice(s)?,
-        None => None,
-    };
+    let backend = super::common::backend_choice(cli);
     cancel_on_sigint();
     let opts = BenchOptions {
         iterations: args.iterations,

@@ -90,10 +90,7 @@ struct Backends {
 
 /// Runs `smolvm doctor`.
 pub fn run(cli: &Cli, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
-    let requested = match cli.backend.as_deref() {
-        Some(s) => BackendKind::parse_choice(s)?,
-        None => None,
-    };
+    let requested = super::common::backend_choice(cli);
     let host = HostCapabilities::detect_with_versions();
     let report_for = |b| {
         let problems = host.check_prerequisites(b);

@@ -124,7 +124,7 @@ impl Attached {
             id,
             cli.data_dir.as_deref(),
             cli.socket_dir.as_deref(),
-            backend_choice(cli)?,
+            backend_choice(cli),
         )?;
         Ok(Attached(Some(vm)))
     }

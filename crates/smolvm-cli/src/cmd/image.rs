@@ -237,7 +237,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             }
             if a.template {
                 let m = super::common::manager(cli)?;
-                let backend = m.resolve(super::common::backend_choice(cli)?)?;
+                let backend = m.resolve(super::common::backend_choice(cli))?;
                 let config = img.vm_config(backend).backend(Some(backend)).build()?;
                 let t = Instant::now();
                 let made = m.build_template(

@@ -4,13 +4,15 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use smolvm::ExecRequest;
 use smolvm::SmolVm;
 
-use super::common::{backend_choice, manager};
+use smolvm::DEFAULT_BOOT_TIMEOUT_SECS;
+
+use super::common::{backend_choice, manager, Secs};
 use super::vm::CreateArgs;
 use crate::Cli;
 
@@ -26,11 +28,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub shell: bool,
     /// Boot timeout in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    pub boot_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value_t = Secs::of(DEFAULT_BOOT_TIMEOUT_SECS))]
+    pub boot_timeout: Secs,
     /// Command timeout in seconds (none by default).
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<Secs>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -38,6 +40,7 @@ pub struct RunArgs {
 
 /// Runs `smolvm run`.
 pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
+    a.create.validate()?;
     let m = manager(cli)?;
     let config = a.create.config(&m, cli)?;
     drop(m);
@@ -45,7 +48,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let mut builder = SmolVm::builder()
         .config(config)
-        .backend(backend_choice(cli)?)
+        .backend(backend_choice(cli))
         .network(a.create.options().network)
         .templates(a.create.uses_templates());
     if let Some(d) = &cli.data_dir {
@@ -61,7 +64,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     if chatty {
         eprintln!("smolvm: booting {} ...", vm.vm_id());
     }
-    vm.start_with_timeout(Duration::try_from_secs_f64(a.boot_timeout)?)?;
+    vm.start_with_timeout(a.boot_timeout.0)?;
     if chatty {
         eprintln!(
             "smolvm: {} ready in {:.2}s",
@@ -74,7 +77,7 @@ pub fn run(cli: &Cli, a: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExecRequest::argv(a.command.clone())
     }
-    .timeout(a.timeout.map(Duration::try_from_secs_f64).transpose()?);
+    .timeout(a.timeout.map(|t| t.0));
     req.cwd = super::exec::image_working_dir(&vm);
     // The same streaming, broken-pipe handling and exit statuses as `smolvm exec`.
     let outcome = vm.with_agent(|c| Ok(super::exec::exec_streaming_to_stdio(c, &req)));
@@ -112,7 +115,7 @@ fn cleanup_on_signal(cli: &Cli, vm_id: &str) {
     let (data, sock, backend) = (
         cli.data_dir.clone(),
         cli.socket_dir.clone(),
-        cli.backend.clone(),
+        backend_choice(cli),
     );
     let id = vm_id.to_string();
     let _ = std::thread::Builder::new()
@@ -124,8 +127,6 @@ fn cleanup_on_signal(cli: &Cli, vm_id: &str) {
                 return;
             }
             eprintln!("smolvm: interrupted, deleting {id}");
-            let backend =
-                backend.and_then(|b| smolvm::BackendKind::parse_choice(&b).ok().flatten());
             if let Ok(m) = smolvm::SmolVmManager::new(data.as_deref(), sock.as_deref(), backend) {
                 let _ = m.delete(&id);
             }

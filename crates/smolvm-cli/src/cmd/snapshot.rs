@@ -1,12 +1,11 @@
 //! `pause`, `resume`, `snapshot create|list|info|delete`, `fork`.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use smolvm::SnapshotInfo;
+use smolvm::{SnapshotInfo, DEFAULT_BOOT_TIMEOUT_SECS};
 
-use super::common::manager;
+use super::common::{manager, Secs};
 use crate::output::print_json;
 use crate::Cli;
 
@@ -83,8 +82,8 @@ pub struct ForkArgs {
     #[arg(short = 'n', long = "count", default_value_t = 1)]
     pub n: usize,
     /// Seconds each new VM may take to become ready.
-    #[arg(long, default_value_t = 30.0)]
-    pub timeout: f64,
+    #[arg(long, value_name = "SECS", default_value_t = Secs::of(DEFAULT_BOOT_TIMEOUT_SECS))]
+    pub timeout: Secs,
     /// Print the new VMs' VmInfo as a JSON array.
     #[arg(long)]
     pub json: bool,
@@ -180,9 +179,7 @@ pub fn snapshot(cli: &Cli, cmd: &SnapshotCommand) -> anyhow::Result<ExitCode> {
 
 /// `smolvm fork ID -n N`.
 pub fn fork(cli: &Cli, a: &ForkArgs) -> anyhow::Result<ExitCode> {
-    let timeout = Duration::try_from_secs_f64(a.timeout)
-        .map_err(|_| anyhow::anyhow!("invalid timeout {}: seconds >= 0", a.timeout))?;
-    let vms = manager(cli)?.fork(&a.id, a.n, timeout)?;
+    let vms = manager(cli)?.fork(&a.id, a.n, a.timeout.0)?;
     if a.json {
         print_json(&vms)?;
     } else {

@@ -5,38 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
-use smolvm::ImageBuilder;
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
+use clap::Args;
+use smolvm::{
+    CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS,
+    DEFAULT_STOP_TIMEOUT_SECS,
+};
 use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo, VmState};
 
-use super::common::manager;
+use super::common::{backend_choice, manager, Secs};
 use crate::output::print_json;
 use crate::Cli;
-
-/// Network attachment on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NetworkArg {
-    /// TAP + NAT when permitted, else QEMU user-mode networking.
-    Auto,
-    /// TAP device with NAT (root or CAP_NET_ADMIN).
-    Tap,
-    /// QEMU user-mode networking (no privileges).
-    User,
-    /// No network interface.
-    None,
-}
-
-impl From<NetworkArg> for NetworkChoice {
-    fn from(n: NetworkArg) -> Self {
-        match n {
-            NetworkArg::Auto => NetworkChoice::Auto,
-            NetworkArg::Tap => NetworkChoice::Tap,
-            NetworkArg::User => NetworkChoice::User,
-            NetworkArg::None => NetworkChoice::None,
-        }
-    }
-}
 
 /// How to build the VM: the default image unless `--kernel`/`--rootfs` are given.
 #[derive(Debug, Args)]
@@ -74,8 +52,8 @@ pub struct CreateArgs {
     #[arg(long, requires = "kernel")]
     pub boot_args: Option<String>,
     /// Disk mode: isolated (own copy) or shared (boot the image read-only).
-    #[arg(long, default_value = "isolated")]
-    pub disk_mode: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub disk_mode: DiskMode,
     /// Keep the isolated disk after delete; a later create with the same id reuses it.
     #[arg(long)]
     pub retain_disk: bool,
@@ -87,36 +65,40 @@ pub struct CreateArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Network attachment.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub network: NetworkArg,
+    #[arg(long, value_enum, default_value_t)]
+    pub network: NetworkChoice,
 }
 
 impl CreateArgs {
-    /// Builds the validated config (building the default image if needed). Every user-given value is
-    /// checked first, so bad input is reported before the (slow) image build.
-    pub fn config(&self, m: &SmolVmManager, cli: &Cli) -> anyhow::Result<VmConfig> {
-        let backend = m.resolve(super::common::backend_choice(cli)?)?;
-        let disk_mode = self.disk_mode.parse::<DiskMode>()?;
-        let apply = |spec: &mut VmConfigSpec| -> anyhow::Result<()> {
-            spec.vm_id = self.vm_id.clone();
-            spec.vcpu_count = self.vcpus;
-            spec.mem_size_mib = self.mem;
-            spec.backend = Some(backend);
-            spec.disk_mode = disk_mode;
-            spec.retain_disk_on_delete = self.retain_disk;
-            spec.disk_size_mib = self.disk_size;
-            for kv in &self.env {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
-                spec.env_vars.insert(k.to_string(), v.to_string());
-            }
-            Ok(())
-        };
-        let mut probe = VmConfigSpec::new("", "");
-        apply(&mut probe)?;
-        probe.validate_fields()?;
+    /// Sets the user-given fields on `spec`.
+    fn apply(&self, spec: &mut VmConfigSpec) -> anyhow::Result<()> {
+        spec.vm_id = self.vm_id.clone();
+        spec.vcpu_count = self.vcpus;
+        spec.mem_size_mib = self.mem;
+        spec.disk_mode = self.disk_mode;
+        spec.retain_disk_on_delete = self.retain_disk;
+        spec.disk_size_mib = self.disk_size;
+        for kv in &self.env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+            spec.env_vars.insert(k.to_string(), v.to_string());
+        }
+        Ok(())
+    }
 
+    /// Checks every user-given value that needs no file system (id, sizes, env keys): call before
+    /// opening the state or building an image, so bad input is answered first and changes nothing.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut probe = VmConfigSpec::new("", "");
+        self.apply(&mut probe)?;
+        Ok(probe.validate_fields()?)
+    }
+
+    /// Builds the validated config (building the default image if needed, the auto-configuration the
+    /// facade uses too: [`SmolVmManager::image_config`]).
+    pub fn config(&self, m: &SmolVmManager, cli: &Cli) -> anyhow::Result<VmConfig> {
+        self.validate()?;
         let mut spec = match (&self.kernel, &self.rootfs) {
             (Some(k), Some(r)) => {
                 let mut s = VmConfigSpec::new(k, r);
@@ -124,14 +106,14 @@ impl CreateArgs {
                 if let Some(a) = &self.boot_args {
                     s.boot_args = a.clone();
                 }
+                s.backend = Some(m.resolve(backend_choice(cli))?);
                 s
             }
-            _ => ImageBuilder::new(m.data_dir())
-                .image_for_vm(self.image.as_deref())
-                .context("cannot prepare the guest image")?
-                .vm_config(backend),
+            _ => m
+                .image_config(self.image.as_deref(), backend_choice(cli))
+                .context("cannot prepare the guest image")?,
         };
-        apply(&mut spec)?;
+        self.apply(&mut spec)?;
         Ok(spec.build()?)
     }
 
@@ -144,7 +126,7 @@ impl CreateArgs {
     /// Create options.
     pub fn options(&self) -> CreateOptions {
         CreateOptions {
-            network: self.network.into(),
+            network: self.network,
             discard_retained_disk: self.discard_retained_disk,
         }
     }
@@ -163,8 +145,8 @@ pub struct CreateCmd {
     #[arg(long)]
     pub start: bool,
     /// Boot timeout in seconds (with --start).
-    #[arg(long, default_value_t = 30.0)]
-    pub boot_timeout: f64,
+    #[arg(long, value_name = "SECS", default_value_t = Secs::of(DEFAULT_BOOT_TIMEOUT_SECS))]
+    pub boot_timeout: Secs,
     /// Print the VmInfo as JSON.
     #[arg(long)]
     pub json: bool,
@@ -175,9 +157,9 @@ pub struct CreateCmd {
 pub struct IdTimeoutArgs {
     /// The VM id.
     pub id: String,
-    /// Timeout in seconds.
-    #[arg(long)]
-    pub timeout: Option<f64>,
+    /// Timeout in seconds [default: 30 for start, 10 for stop].
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<Secs>,
     /// Print the VmInfo as JSON.
     #[arg(long)]
     pub json: bool,
@@ -212,11 +194,6 @@ pub struct ReconcileArgs {
     pub json: bool,
 }
 
-fn secs(s: Option<f64>, default: f64) -> anyhow::Result<Duration> {
-    let s = s.unwrap_or(default);
-    Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("invalid timeout {s}: seconds >= 0"))
-}
-
 fn show(info: &VmInfo, json: bool, verb: &str) -> anyhow::Result<()> {
     if json {
         print_json(info)
@@ -228,10 +205,11 @@ fn show(info: &VmInfo, json: bool, verb: &str) -> anyhow::Result<()> {
 
 /// `smolvm create`.
 pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
+    // Bad input is answered before anything is opened, built or created.
+    a.create.validate()?;
     let m = manager(cli)?;
     if let Some(name) = &a.from_snapshot {
-        let timeout = secs(Some(a.boot_timeout), 30.0)?;
-        let info = m.create_from_snapshot(name, a.create.vm_id.as_deref(), timeout)?;
+        let info = m.create_from_snapshot(name, a.create.vm_id.as_deref(), a.boot_timeout.0)?;
         show(&info, a.json, "started")?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -253,7 +231,7 @@ pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
     }
     let mut info = created.info;
     if a.start {
-        info = match m.start(&info.vm_id, secs(Some(a.boot_timeout), 30.0)?) {
+        info = match m.start(&info.vm_id, a.boot_timeout.0) {
             Ok(i) => i,
             Err(e) => {
                 // A VM that was asked to start but cannot is not left half-made.
@@ -275,7 +253,8 @@ pub fn create(cli: &Cli, a: &CreateCmd) -> anyhow::Result<ExitCode> {
 
 /// `smolvm start`.
 pub fn start(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
-    let info = manager(cli)?.start(&a.id, secs(a.timeout, 30.0)?)?;
+    let timeout = a.timeout.unwrap_or(Secs::of(DEFAULT_BOOT_TIMEOUT_SECS));
+    let info = manager(cli)?.start(&a.id, timeout.0)?;
     show(&info, a.json, "started")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -284,7 +263,8 @@ pub fn start(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
 pub fn stop(cli: &Cli, a: &IdTimeoutArgs) -> anyhow::Result<ExitCode> {
     let m = manager(cli)?;
     let before = m.get(&a.id)?.status;
-    let info = m.stop(&a.id, secs(a.timeout, 10.0)?)?;
+    let timeout = a.timeout.unwrap_or(Secs::of(DEFAULT_STOP_TIMEOUT_SECS));
+    let info = m.stop(&a.id, timeout.0)?;
     if a.json || before == VmState::Running {
         show(&info, a.json, "stopped")?;
     } else {

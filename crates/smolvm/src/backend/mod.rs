@@ -9,6 +9,77 @@ use std::path::{Path, PathBuf};
 use crate::config::BackendKind;
 use crate::process::ProcessIdentity;
 
+/// Longest Unix socket path the kernel accepts (`sun_path` holds 108 bytes including the NUL).
+pub(crate) const SUN_PATH_MAX: usize = 107;
+
+/// A socket path that does not fit in `sun_path` (both VMMs bind their sockets by path).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "socket path {} is {len} bytes, longer than the {SUN_PATH_MAX} bytes Unix sockets allow: use a \
+     shorter socket directory",
+    path.display()
+)]
+pub struct SocketPathTooLong {
+    /// The path.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// Refuses socket paths longer than [`SUN_PATH_MAX`] bytes.
+pub(crate) fn check_socket_path(path: &Path) -> Result<(), SocketPathTooLong> {
+    let len = path.as_os_str().len();
+    if len > SUN_PATH_MAX {
+        return Err(SocketPathTooLong {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    Ok(())
+}
+
+/// Why a VMM's socket file could not be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveSocketError {
+    /// Something other than a socket sits where a socket must be: never removed.
+    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The socket could not be removed.
+    #[error("cannot remove stale socket {}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the socket file a VMM left at `path` (VMMs do not always remove theirs, and never when
+/// killed). Absent is fine; anything that is not a socket is left alone and refused. The one socket
+/// removal of the backends and the manager.
+pub(crate) fn remove_socket(path: &Path) -> Result<(), RemoveSocketError> {
+    use std::os::unix::fs::FileTypeExt;
+    let io = |source| RemoveSocketError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+        Ok(m) if !m.file_type().is_socket() => Err(RemoveSocketError::NotASocket {
+            path: path.to_path_buf(),
+        }),
+        Ok(_) => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(e)),
+            _ => Ok(()),
+        },
+    }
+}
+
 /// Everything a backend needs to boot one VM. Paths are final (the disk is already cloned, the sockets'
 /// directory exists); the backend only assembles its own configuration from them.
 #[derive(Debug, Clone, PartialEq, Eq)]

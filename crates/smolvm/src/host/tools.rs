@@ -22,7 +22,7 @@ pub(crate) const QEMU_BIN_ENV: &str = "SMOLVM_QEMU_BIN";
 pub(crate) const QEMU_SYSTEM: &str = "qemu-system-x86_64";
 
 /// Directories searched after `PATH`.
-const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
+const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 /// How long a `--version` probe may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -117,8 +117,13 @@ fn find_override_or(over: Option<&str>, default: &str) -> Option<PathBuf> {
     }
 }
 
-/// Finds `name` on `PATH`, then in the sbin directories.
-pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
+/// Finds the executable `name` on `PATH`, then in the sbin directories (a non-root `PATH` often lacks
+/// them); a `name` with a `/` is taken as a path and only checked. The one program lookup of smolvm.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return is_executable(&p).then_some(p);
+    }
     find_program_in(&std::env::var_os("PATH").unwrap_or_default(), name)
 }
 

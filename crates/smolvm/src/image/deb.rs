@@ -75,7 +75,8 @@ pub(super) fn parse_show(requested: &str, text: &str) -> Option<ResolvedPackage>
 
 /// Asks apt which package and version `requested` means now (reads local lists; no network).
 pub(super) fn resolve(requested: &str) -> Result<ResolvedPackage, ImageError> {
-    let apt_cache = tools::which("apt-cache").ok_or(ImageError::NoPackageManager)?;
+    let apt_cache =
+        crate::host::tools::find_program("apt-cache").ok_or(ImageError::NoPackageManager)?;
     let out = tools::run(Command::new(apt_cache).args(["show", "--no-all-versions", requested]))
         .map_err(|e| with_hint(e, "run `apt-get update` (as root) so apt knows the package"))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -106,7 +107,8 @@ fn with_hint(e: ImageError, hint: &str) -> ImageError {
 
 /// Downloads the package into `dir` with `apt-get download` and returns the `.deb`.
 pub(super) fn download(pkg: &ResolvedPackage, dir: &Path) -> Result<PathBuf, ImageError> {
-    let apt_get = tools::which("apt-get").ok_or(ImageError::NoPackageManager)?;
+    let apt_get =
+        crate::host::tools::find_program("apt-get").ok_or(ImageError::NoPackageManager)?;
     let spec = match &pkg.version {
         Some(v) => format!("{}={v}", pkg.package),
         None => pkg.package.clone(),
@@ -186,7 +188,7 @@ pub(super) fn hex(b: &[u8]) -> String {
 /// Unpacks the files of a `.deb` into `dest` (created if missing).
 pub(super) fn extract(deb: &Path, dest: &Path) -> Result<(), ImageError> {
     std::fs::create_dir_all(dest).map_err(|e| ImageError::io("create directory", dest, e))?;
-    match tools::which("dpkg-deb") {
+    match crate::host::tools::find_program("dpkg-deb") {
         Some(dpkg) => {
             tools::run(Command::new(dpkg).arg("-x").arg(deb).arg(dest))?;
             Ok(())

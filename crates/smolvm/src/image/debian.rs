@@ -479,7 +479,7 @@ mod tests {
     /// mmdebstrap's failure becomes an error with its last lines and a hint; `I:` lines are progress.
     #[test]
     fn mmdebstrap_failure_is_explained() {
-        let sh = tools::which("sh").unwrap();
+        let sh = crate::host::tools::find_program("sh").unwrap();
         let args: Vec<OsString> = vec![
             "-c".into(),
             "echo 'I: running apt-get update...' >&2; echo 'E: Unable to locate package nope' >&2; exit 1"

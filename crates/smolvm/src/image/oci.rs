@@ -291,7 +291,7 @@ impl ImageBuilder {
 
 /// True when the finished rootfs has `/usr/sbin/dropbear` (the agent starts it if present).
 fn staging_had_dropbear(rootfs: &Path) -> bool {
-    let Some(debugfs) = tools::which("debugfs") else {
+    let Some(debugfs) = crate::host::tools::find_program("debugfs") else {
         return false;
     };
     tools::run(

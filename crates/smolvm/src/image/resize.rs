@@ -47,7 +47,9 @@ mod tests {
 
     #[test]
     fn grows_the_filesystem_and_never_shrinks() {
-        if tools::which("mkfs.ext4").is_none() || tools::which("resize2fs").is_none() {
+        if crate::host::tools::find_program("mkfs.ext4").is_none()
+            || crate::host::tools::find_program("resize2fs").is_none()
+        {
             eprintln!("e2fsprogs not installed: skipping");
             return;
         }
@@ -58,7 +60,7 @@ mod tests {
         super::super::rootfs::make_ext4(&staging, &disk, 64).unwrap();
         assert!(grow_rootfs(&disk, 256).unwrap());
         assert_eq!(std::fs::metadata(&disk).unwrap().len(), 256 << 20);
-        let out = Command::new(tools::which("dumpe2fs").unwrap())
+        let out = Command::new(crate::host::tools::find_program("dumpe2fs").unwrap())
             .arg("-h")
             .arg(&disk)
             .output()

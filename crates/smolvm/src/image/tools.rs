@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use super::error::ImageError;
-
-/// Directories searched after `$PATH`: a non-root user's PATH often lacks the sbin directories that hold
-/// `mkfs.ext4` and `debugfs`.
-const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+use crate::host::tools::find_program;
 
 /// A path as a C string (fails on interior NUL bytes).
 pub(super) fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
@@ -19,23 +16,9 @@ pub(super) fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
     })
 }
 
-/// Finds `tool` in `$PATH` or the sbin directories.
-pub(super) fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-        .map(|d| d.join(tool))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Finds a required tool or says which package provides it.
 pub(super) fn require(tool: &'static str, package: &'static str) -> Result<PathBuf, ImageError> {
-    which(tool).ok_or(ImageError::ToolMissing {
+    find_program(tool).ok_or(ImageError::ToolMissing {
         tool,
         package,
         hint: "",
@@ -138,8 +121,8 @@ mod tests {
 
     #[test]
     fn finds_sh_and_reports_failures() {
-        assert!(which("sh").is_some());
-        assert!(which("definitely-not-a-tool-smolvm").is_none());
+        assert!(find_program("sh").is_some());
+        assert!(find_program("definitely-not-a-tool-smolvm").is_none());
         let err = run(Command::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
         let msg = err.to_string();
         assert!(

@@ -195,8 +195,9 @@ impl SmolVmManager {
                     self.apply(id, action, opts.dry_run, &mut report);
                 }
             }
-            // The lock file of an id without a VM guards nothing (delete removes its own).
-            if !has_row && !opts.dry_run {
+            // The lock file of an id without a VM guards nothing (delete removes its own). A dry run
+            // removes only the one it made itself by locking.
+            if !has_row && (!opts.dry_run || !files.locks.contains(id)) {
                 lock.remove();
             }
         }

@@ -340,7 +340,7 @@ fn identity(rec: &VmRecord, ssh_host_key: Option<Vec<u8>>) -> Identity {
         let g = GuestNet::from_network(n);
         NetIdentity {
             ip: g.ip,
-            prefix: u8::try_from(g.prefix).unwrap_or(32),
+            prefix: g.prefix,
             gateway: Some(g.gateway),
             mac: n.guest_mac.clone(),
             dns: g.dns.into_iter().collect(),

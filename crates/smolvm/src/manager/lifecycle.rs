@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::cmdline::{kernel_cmdline, GuestNet};
 use super::disk;
 use super::{CreateOptions, Created, SmolVmManager};
-use crate::backend::LaunchSpec;
+use crate::backend::{remove_socket, LaunchSpec};
 use crate::config::{DiskMode, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::AgentClient;
@@ -166,7 +166,28 @@ impl SmolVmManager {
         self.check_socket_unclaimed(&backend.control_socket(self.socket_dir(), vm_id))?;
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;
-        let spec = self.launch_spec(&rec, backend.as_ref())?;
+        let booted = self.boot(&rec, backend.as_ref(), deadline, boot_timeout);
+        if booted.is_err() && rec.info.status != VmState::Created {
+            // The VM keeps its previous state, and a stopped (or failed) VM has no host network.
+            if let Err(e) = self.teardown_network(&rec) {
+                tracing::warn!(vm = %vm_id, error = %e, "failed start could not remove the host network; start or delete will");
+            }
+        }
+        let client = booted?;
+        Ok((self.get(vm_id)?, client))
+    }
+
+    /// Launches the VMM and waits for the guest (see [`start`](Self::start)). On failure the VMM is
+    /// killed, its sockets removed and the VM's previous status restored (with the reason recorded).
+    fn boot(
+        &self,
+        rec: &VmRecord,
+        backend: &dyn crate::backend::Backend,
+        deadline: Instant,
+        boot_timeout: Duration,
+    ) -> Result<Option<AgentClient>> {
+        let vm_id = rec.info.vm_id.as_str();
+        let spec = self.launch_spec(rec, backend)?;
         let _ = fs::remove_file(&spec.console_log);
         let process = backend.launch(&spec)?;
         let running = RunningVmm {
@@ -203,14 +224,14 @@ impl SmolVmManager {
             None
         };
         if let Some(c) = &client {
-            if let Err(e) = self.pin_host_key_via_agent(&rec, c) {
+            if let Err(e) = self.pin_host_key_via_agent(rec, c) {
                 tracing::warn!(vm = %vm_id, error = %e, "could not pin the SSH host key; SSH will refuse the guest");
             }
             if !rec.info.config.env_vars().is_empty() {
                 c.set_env_vars(rec.info.config.env_vars())?;
             }
         }
-        Ok((self.get(vm_id)?, client))
+        Ok(client)
     }
 
     pub(super) fn launch_spec(
@@ -247,16 +268,13 @@ impl SmolVmManager {
                 .map(|p| p.to_path_buf())
                 .or_else(|| crate::image::initrd_for_kernel(config.kernel_path())),
             kernel_cmdline: {
-                let mut line = kernel_cmdline(config.boot_args(), id, guest_net.as_ref());
+                let mut boot_args = config.boot_args().to_string();
                 // A read-only disk must be mounted read-only, or the guest's first mount fails.
-                if read_only && !line.split_whitespace().any(|a| a == "ro") {
-                    line.push_str(" ro");
+                if read_only && !smolvm_protocol::BootParams::parse(&boot_args).read_only {
+                    boot_args.push_str(" ro");
                 }
-                if let Some(extra) = self.ssh_boot_args(rec)? {
-                    line.push(' ');
-                    line.push_str(&extra);
-                }
-                line
+                let key = self.boot_authorized_key(rec)?;
+                kernel_cmdline(&boot_args, id, guest_net.as_ref(), key.as_deref())?
             },
             disk,
             disk_read_only: read_only,
@@ -323,8 +341,8 @@ impl SmolVmManager {
             if self.check_socket_unclaimed(&control).is_err() {
                 return;
             }
-            let _ = fs::remove_file(control);
-            let _ = fs::remove_file(
+            let _ = remove_socket(&control);
+            let _ = remove_socket(
                 backend
                     .agent_endpoint(self.socket_dir(), &rec.info.vm_id)
                     .path(),
@@ -387,6 +405,6 @@ impl SmolVmManager {
 }
 
 fn remove_sockets(spec: &LaunchSpec) {
-    let _ = fs::remove_file(&spec.control_socket);
-    let _ = fs::remove_file(spec.agent.path());
+    let _ = remove_socket(&spec.control_socket);
+    let _ = remove_socket(spec.agent.path());
 }

@@ -6,8 +6,6 @@
 //!
 //! [`StateStore::mark_vmm_gone`]: crate::state::StateStore::mark_vmm_gone
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::procscan::scan_vmm_processes;
@@ -18,8 +16,6 @@ use crate::state::VmRecord;
 
 /// Lines of the console log quoted when a VMM is found dead.
 const TAIL_LINES: usize = 5;
-/// Bytes read from the end of the console log for that tail.
-const TAIL_BYTES: u64 = 4096;
 
 impl SmolVmManager {
     /// `rec` as it really is: if it says running but its VMM is gone, the VM is marked `error` (with
@@ -118,19 +114,6 @@ pub(crate) fn vmm_gone_reason(
 
 /// The last non-empty lines of a log, joined with " | " so the reason stays one line.
 pub(crate) fn console_tail(path: &Path) -> Option<String> {
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
-        .ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r').trim())
-        .filter(|l| !l.is_empty())
-        .collect();
-    let start = lines.len().saturating_sub(TAIL_LINES);
-    let tail = lines[start..].join(" | ");
-    (!tail.is_empty()).then_some(tail)
+    let lines = crate::process::log_tail(path, 0, TAIL_LINES);
+    (!lines.is_empty()).then(|| lines.join(" | "))
 }

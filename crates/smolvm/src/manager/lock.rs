@@ -11,8 +11,17 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// How long an operation waits for another caller's operation on the same VM before giving up with
+/// "VM is busy": longer than a default boot (30 s) plus a graceful stop under heavy load, so only an
+/// operation that is really stuck (or a snapshot of a large VM) makes a caller give up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+/// How often a waiter tries the lock again.
+const LOCK_POLL: Duration = Duration::from_millis(20);
 
 /// Held lock on one VM; released on drop.
 #[derive(Debug)]
@@ -22,8 +31,11 @@ pub struct VmLock {
 }
 
 impl VmLock {
-    /// Blocks until the lock of `vm_id` under `lock_dir` is ours.
-    pub fn acquire(lock_dir: &Path, vm_id: &str) -> Result<VmLock> {
+    /// Takes the lock of `vm_id` under `lock_dir`, waiting at most `wait` for its holder. When the
+    /// holder keeps it longer, fails with [`Error::OperationTimeout`] saying "VM ... is busy (held by
+    /// pid N)".
+    pub fn acquire(lock_dir: &Path, vm_id: &str, wait: Duration) -> Result<VmLock> {
+        let deadline = Instant::now() + wait;
         let path = lock_dir.join(format!("{vm_id}.lock"));
         loop {
             crate::dirs::ensure_dir(lock_dir)?;
@@ -33,20 +45,34 @@ impl VmLock {
                 .write(true)
                 .open(&path)
                 .map_err(|e| Error::io("open lock file", &path, e))?;
+            let held = file
+                .metadata()
+                .map_err(|e| Error::io("inspect lock file", &path, e))?;
             loop {
                 // SAFETY: flock on a descriptor we own.
-                let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+                let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
                 if rc == 0 {
                     break;
                 }
                 let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::io("lock", &path, err));
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EWOULDBLOCK) if Instant::now() < deadline => {
+                        std::thread::sleep(LOCK_POLL)
+                    }
+                    Some(libc::EWOULDBLOCK) => {
+                        let holder = holder_pid(held.dev(), held.ino())
+                            .map_or_else(|| "another process".to_string(), |p| format!("pid {p}"));
+                        return Err(Error::OperationTimeout {
+                            operation: format!(
+                                "VM {vm_id:?} is busy (held by {holder}); waiting for it"
+                            ),
+                            seconds: wait.as_secs_f64(),
+                        });
+                    }
+                    _ => return Err(Error::io("lock", &path, err)),
                 }
             }
-            let held = file
-                .metadata()
-                .map_err(|e| Error::io("inspect lock file", &path, e))?;
             match std::fs::metadata(&path) {
                 Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
                     return Ok(VmLock { _file: file, path })
@@ -75,6 +101,30 @@ impl VmLock {
     }
 }
 
+/// The pid holding an flock on the file `(dev, ino)`, from `/proc/locks` (`N: FLOCK ADVISORY WRITE
+/// <pid> <major>:<minor>:<inode> ...`, device numbers in hex).
+fn holder_pid(dev: u64, ino: u64) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    parse_lock_holder(&text, libc::major(dev), libc::minor(dev), ino)
+}
+
+fn parse_lock_holder(text: &str, major: u32, minor: u32, ino: u64) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // A waiter's line is marked `->` and has one field more; only the holder counts.
+        if f.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let mut id = f.get(5)?.split(':');
+        let maj = u32::from_str_radix(id.next()?, 16).ok()?;
+        let min = u32::from_str_radix(id.next()?, 16).ok()?;
+        let i: u64 = id.next()?.parse().ok()?;
+        (maj == major && min == minor && i == ino)
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +141,7 @@ mod tests {
                 let (dir, inside, max) = (dir.path().to_path_buf(), inside.clone(), max.clone());
                 std::thread::spawn(move || {
                     for _ in 0..20 {
-                        let _l = VmLock::acquire(&dir, "vm-a").unwrap();
+                        let _l = VmLock::acquire(&dir, "vm-a", LOCK_WAIT).unwrap();
                         let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         max.fetch_max(n, Ordering::SeqCst);
                         std::thread::yield_now();
@@ -126,7 +176,7 @@ mod tests {
                 .unwrap()
                 .code()
         };
-        let held = VmLock::acquire(dir.path(), "vm-p").unwrap();
+        let held = VmLock::acquire(dir.path(), "vm-p", LOCK_WAIT).unwrap();
         assert_eq!(held.path(), path);
         assert_eq!(try_other(), Some(CONFLICT), "another process got the lock");
         drop(held);
@@ -145,10 +195,54 @@ mod tests {
         while try_other() != Some(CONFLICT) {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        // Held elsewhere: a bounded wait gives up and names the holder.
+        let busy = VmLock::acquire(dir.path(), "vm-p", Duration::from_millis(100)).unwrap_err();
+        let msg = busy.to_string();
+        // (The kernel names the process that called flock: here flock(1), whose fd the shell keeps.)
+        assert!(msg.contains("VM \"vm-p\" is busy (held by pid "), "{msg}");
         holder.kill().unwrap();
         holder.wait().unwrap();
         // Blocks (and the test hangs) unless the dead holder's lock was released.
-        let _again = VmLock::acquire(dir.path(), "vm-p").unwrap();
+        let _again = VmLock::acquire(dir.path(), "vm-p", LOCK_WAIT).unwrap();
+    }
+
+    #[test]
+    fn a_bounded_wait_fails_naming_the_holder_and_a_released_lock_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = VmLock::acquire(dir.path(), "vm-a", LOCK_WAIT).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            tx.send(VmLock::acquire(&d, "vm-a", Duration::from_millis(200)).map(drop))
+                .unwrap()
+        });
+        let err = rx.recv().unwrap().unwrap_err();
+        assert!(matches!(err, Error::OperationTimeout { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&format!(
+                "VM \"vm-a\" is busy (held by pid {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        // A waiter whose holder lets go in time gets the lock.
+        let d = dir.path().to_path_buf();
+        let waiter = std::thread::spawn(move || VmLock::acquire(&d, "vm-a", LOCK_WAIT).map(drop));
+        std::thread::sleep(Duration::from_millis(50));
+        drop(held);
+        waiter.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn proc_locks_lines_name_the_holder_not_the_waiters() {
+        let text = "1: FLOCK  ADVISORY  WRITE 4242 00:2d:917 0 EOF\n\
+                    1: -> FLOCK  ADVISORY  WRITE 5151 00:2d:917 0 EOF\n\
+                    2: POSIX  ADVISORY  WRITE 777 08:01:917 0 EOF\n\
+                    3: FLOCK  ADVISORY  WRITE 31 fd:0a:918 0 EOF\n";
+        assert_eq!(parse_lock_holder(text, 0, 0x2d, 917), Some(4242));
+        assert_eq!(parse_lock_holder(text, 0xfd, 0x0a, 918), Some(31));
+        assert_eq!(parse_lock_holder(text, 8, 1, 917), None);
+        assert_eq!(parse_lock_holder(text, 0, 0x2d, 1), None);
     }
 
     /// Holders remove the file (as delete does) while others wait on it: still never two holders.
@@ -162,7 +256,7 @@ mod tests {
                 let (dir, inside, max) = (dir.path().to_path_buf(), inside.clone(), max.clone());
                 std::thread::spawn(move || {
                     for i in 0..40 {
-                        let l = VmLock::acquire(&dir, "vm-a").unwrap();
+                        let l = VmLock::acquire(&dir, "vm-a", LOCK_WAIT).unwrap();
                         let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
                         max.fetch_max(n, Ordering::SeqCst);
                         std::thread::yield_now();
@@ -179,10 +273,13 @@ mod tests {
         }
         assert_eq!(max.load(Ordering::SeqCst), 1);
         // A removed file is made again by the next acquire.
-        let l = VmLock::acquire(dir.path(), "vm-b").unwrap();
+        let l = VmLock::acquire(dir.path(), "vm-b", LOCK_WAIT).unwrap();
         let path = l.path().to_path_buf();
         l.remove();
         assert!(!path.exists());
-        assert!(VmLock::acquire(dir.path(), "vm-b").unwrap().path().exists());
+        assert!(VmLock::acquire(dir.path(), "vm-b", LOCK_WAIT)
+            .unwrap()
+            .path()
+            .exists());
     }
 }

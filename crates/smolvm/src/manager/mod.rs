@@ -13,6 +13,8 @@ pub(crate) mod cmdline;
 pub(crate) mod disk;
 pub(crate) mod lock;
 
+mod builder;
+
 mod cleanup;
 mod cleanup_plan;
 mod net;
@@ -27,6 +29,16 @@ mod snapshot;
 mod snapshot_disk;
 mod template;
 
+#[cfg(test)]
+mod cleanup_tests;
+#[cfg(test)]
+pub(crate) mod fakes;
+#[cfg(test)]
+mod lifecycle_tests;
+#[cfg(test)]
+pub(crate) mod test_env;
+
+pub use builder::{BackendFactory, ManagerBuilder, SystemBackends};
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
@@ -34,16 +46,16 @@ pub(crate) use net::net_attachment;
 pub use template::templates_enabled_by_env;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use crate::backend::firecracker::FirecrackerBackend;
-use crate::backend::qemu::QemuBackend;
 use crate::backend::{Backend, BackendError};
 use crate::config::BackendKind;
 use crate::dirs::Dirs;
 use crate::error::{Error, Result};
 use crate::host::HostCapabilities;
 use crate::info::{VmInfo, VmState};
+use crate::network::HostNetwork;
 use crate::state::{StateStore, VmRecord};
 
 /// Default `boot_timeout` of `start`, seconds (spec).
@@ -53,6 +65,7 @@ pub const DEFAULT_STOP_TIMEOUT_SECS: f64 = 10.0;
 
 /// How a VM is connected to the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum NetworkChoice {
     /// TAP + NAT when this process may create them, else QEMU user-mode networking.
     #[default]
@@ -91,6 +104,9 @@ pub struct SmolVmManager {
     backend_choice: Option<BackendKind>,
     state: Mutex<StateStore>,
     host: HostCapabilities,
+    backends: Arc<dyn BackendFactory>,
+    network: HostNetwork,
+    lock_wait: Duration,
 }
 
 impl SmolVmManager {
@@ -102,14 +118,23 @@ impl SmolVmManager {
         socket_dir: Option<&Path>,
         backend: Option<BackendKind>,
     ) -> Result<SmolVmManager> {
-        let dirs = Dirs::resolve(data_dir, socket_dir)?;
-        let state = StateStore::open(&dirs.db_path())?;
-        Ok(SmolVmManager {
-            dirs,
-            backend_choice: backend,
-            state: Mutex::new(state),
-            host: HostCapabilities::detect(),
-        })
+        let mut b = SmolVmManager::builder();
+        if let Some(d) = data_dir {
+            b = b.data_dir(d);
+        }
+        if let Some(d) = socket_dir {
+            b = b.socket_dir(d);
+        }
+        if let Some(k) = backend {
+            b = b.backend(k);
+        }
+        b.build()
+    }
+
+    /// A builder that can replace the manager's collaborators (host probe, VMM backends, host network
+    /// commands); its defaults are the real ones.
+    pub fn builder() -> ManagerBuilder {
+        ManagerBuilder::default()
     }
 
     /// Opens a manager and checks that `vm_id` exists in its store (spec: `from_id`).
@@ -172,18 +197,7 @@ impl SmolVmManager {
     /// stable API).
     #[doc(hidden)]
     pub fn backend_impl(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
-        Ok(match kind {
-            BackendKind::Qemu => Box::new(QemuBackend::from_host(&self.host)?),
-            BackendKind::Firecracker => {
-                let bin = self.host.tools.firecracker.as_ref().ok_or_else(|| {
-                    BackendError::Unavailable {
-                        backend: kind,
-                        reason: "the firecracker binary was not found (set SMOLVM_FIRECRACKER_BIN or put it on PATH)".into(),
-                    }
-                })?;
-                Box::new(FirecrackerBackend::new(&bin.path))
-            }
-        })
+        self.backends.make(kind, &self.host)
     }
 
     /// Prerequisites missing for the manager's backend; empty when all good (spec).
@@ -255,7 +269,7 @@ impl SmolVmManager {
     }
 
     pub(crate) fn lock(&self, vm_id: &str) -> Result<lock::VmLock> {
-        lock::VmLock::acquire(&self.dirs.data_dir.join("locks"), vm_id)
+        lock::VmLock::acquire(&self.dirs.data_dir.join("locks"), vm_id, self.lock_wait)
     }
 
     /// Per-VM directory for logs.

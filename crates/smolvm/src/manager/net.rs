@@ -10,7 +10,7 @@
 //!   [`teardown_network`](SmolVmManager::teardown_network) is part of the rollback.
 //! * `start`: [`setup_network`](SmolVmManager::setup_network) again before launching the VMM (idempotent:
 //!   repairs what a host reboot or `smolvm cleanup` removed; in user mode it checks that the SSH port is
-//!   still free), [`net_attachment`] and [`SmolVmManager::ssh_boot_args`] for the launch spec, and for a
+//!   still free), [`net_attachment`] and the SSH key line of the kernel command line, and for a
 //!   shared-disk VM [`pin_host_key_via_agent`](SmolVmManager::pin_host_key_via_agent) right after the
 //!   agent said `Ready` (before anything connects over SSH).
 //! * `stop`: [`teardown_network`](SmolVmManager::teardown_network) after the VMM is gone (the spec: stop
@@ -93,9 +93,9 @@ impl SmolVmManager {
         Ok(Some(choose_network_mode(requested, backend, &caps)?))
     }
 
-    /// The host network layer (the real system tools).
+    /// The host network layer (the real system tools unless the builder was given others).
     pub(crate) fn host_network(&self) -> HostNetwork {
-        HostNetwork::system()
+        self.network.clone()
     }
 
     /// Makes the host side of the VM's network. TAP mode: TAP device, gateway address, route, NAT and
@@ -212,18 +212,15 @@ impl SmolVmManager {
         Ok(result?)
     }
 
-    /// Extra kernel parameters for SSH, appended to the launch spec's command line: for a shared-disk
-    /// VM with networking, `smolvm.authorized_key=<base64 of the client public key line>`; `None`
-    /// otherwise (an isolated disk already holds the key).
-    pub fn ssh_boot_args(&self, rec: &VmRecord) -> Result<Option<String>> {
+    /// The SSH client key line passed on the kernel command line (`smolvm.authorized_key`): for a
+    /// shared-disk VM with networking, the client public key line; `None` otherwise (an isolated disk
+    /// already holds the key).
+    pub(crate) fn boot_authorized_key(&self, rec: &VmRecord) -> Result<Option<String>> {
         if rec.info.network.is_none() || rec.info.config.disk_mode() != DiskMode::Shared {
             return Ok(None);
         }
         let line = self.client_key()?.public_key_line()?;
-        Ok(Some(format!(
-            "smolvm.authorized_key={}",
-            base64(line.trim_end().as_bytes())
-        )))
+        Ok(Some(line.trim_end().to_string()))
     }
 
     /// Shared-disk VMs: writes the VM's Dropbear host key into the running guest through the agent
@@ -328,28 +325,6 @@ fn same_key(line: &str, wanted: &str) -> bool {
             .map(|w| (w[0].to_string(), w[1].to_string()))
     };
     matches!((fields(line), fields(wanted)), (Some(a), Some(b)) if a == b)
-}
-
-/// Standard base64 with padding (RFC 4648), as the agent decodes it.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn overlay_shares_the_backing_file_and_capture_flattens_it() {
-        if crate::network::find_program("qemu-img").is_none() {
+        if crate::host::tools::find_program("qemu-img").is_none() {
             eprintln!("qemu-img not installed: skipping");
             return;
         }

@@ -218,8 +218,10 @@ impl SmolVmManager {
                     p.kill();
                 }
                 if let Ok(b) = self.backend_impl(rec.backend) {
-                    let _ = fs::remove_file(b.control_socket(self.socket_dir(), id));
-                    let _ = fs::remove_file(b.agent_endpoint(self.socket_dir(), id).path());
+                    let _ = crate::backend::remove_socket(&b.control_socket(self.socket_dir(), id));
+                    let _ = crate::backend::remove_socket(
+                        b.agent_endpoint(self.socket_dir(), id).path(),
+                    );
                 }
                 let why = format!("start from template {template} failed: {e}");
                 self.state()?.set_status(id, VmState::Created, Some(&why))?;
@@ -312,8 +314,8 @@ impl SmolVmManager {
         }
         let _ = fs::remove_dir_all(self.vm_dir(id));
         if let Ok(b) = self.backend_impl(rec.backend) {
-            let _ = fs::remove_file(b.control_socket(self.socket_dir(), id));
-            let _ = fs::remove_file(b.agent_endpoint(self.socket_dir(), id).path());
+            let _ = crate::backend::remove_socket(&b.control_socket(self.socket_dir(), id));
+            let _ = crate::backend::remove_socket(b.agent_endpoint(self.socket_dir(), id).path());
         }
         if let Ok(mut s) = self.state() {
             let _ = s.delete_vm(id);

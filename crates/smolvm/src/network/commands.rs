@@ -2,7 +2,7 @@
 //! without touching the host.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::NetworkError;
 
@@ -72,8 +72,8 @@ impl NetCapabilities {
         NetCapabilities {
             euid,
             net_admin: euid == 0 || effective_caps().is_some_and(|c| c & (1 << CAP_NET_ADMIN) != 0),
-            nft: find_program("nft").is_some(),
-            ip: find_program("ip").is_some(),
+            nft: crate::host::tools::find_program("nft").is_some(),
+            ip: crate::host::tools::find_program("ip").is_some(),
             tun: Path::new("/dev/net/tun").exists(),
         }
     }
@@ -86,18 +86,6 @@ fn effective_caps() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
-}
-
-/// Finds `name` in `PATH`, then in the sbin directories (a non-root `PATH` often lacks them).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        return Some(PathBuf::from(name)).filter(|p| p.is_file());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The system tools and kernel settings networking uses.

@@ -31,7 +31,7 @@ pub(crate) mod nft;
 mod recording;
 pub(crate) mod resolv;
 
-pub use commands::find_program;
+pub use commands::{NetCapabilities, NetCommands};
 pub use error::NetworkError;
 pub use firewall::ForwardDropManager;
 pub(crate) use host::CleanupReport;

@@ -30,7 +30,7 @@ pub fn run_ssh(
     timeout: Option<Duration>,
 ) -> Result<SshOutput, SshError> {
     let argv = ssh_argv(target, Some(command))?;
-    let program = crate::network::find_program(&argv[0]).ok_or_else(|| ToolError::Missing {
+    let program = crate::host::tools::find_program(&argv[0]).ok_or_else(|| ToolError::Missing {
         program: "ssh".into(),
         package: "openssh-client",
     })?;

@@ -20,8 +20,6 @@ pub(crate) const GUEST_NETWORK: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 0);
 pub(crate) const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 0, 0);
 /// The host side of every guest's link; never handed out to a guest.
 pub(crate) const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
-/// Prefix of TAP device names; the rest is the lease's host number, so names stay within 15 bytes.
-pub(crate) const TAP_PREFIX: &str = "smv-";
 
 /// Guest address of every user-mode VM: QEMU's default `dhcpstart` in its default `10.0.2.0/24`. Each
 /// user-mode VM has a private network inside its own QEMU, so they never collide.
@@ -121,7 +119,8 @@ impl RawLease {
 /// The TAP device name for `guest_ip`: the prefix and its host number in the guest network
 /// (`smv-2` for 172.16.0.2, at most `smv-65534`: 9 bytes, well within Linux's 15).
 pub(crate) fn tap_name(guest_ip: Ipv4Addr) -> String {
-    format!("{TAP_PREFIX}{}", host_number(guest_ip))
+    // The prefix the network layer recognises as smolvm's; the host number keeps names within 15 bytes.
+    format!("{}{}", crate::network::TAP_PREFIX, host_number(guest_ip))
 }
 
 /// The guest MAC for `guest_ip`: locally administered unicast (`02:`), then `00`, then the four IP

@@ -3,8 +3,7 @@
 //! it against a fake server) and start it.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,8 +19,8 @@ use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttach
 use crate::config::BackendKind;
 use crate::process::{spawn_detached, ProcessIdentity};
 
-/// The guest vsock port the smolvm agent listens on.
-pub(crate) const AGENT_VSOCK_PORT: u32 = 52;
+/// The guest vsock port the smolvm agent listens on (shared with the agent).
+pub(crate) use smolvm_protocol::AGENT_VSOCK_PORT;
 /// The guest's vsock context id (0-2 are reserved; each Firecracker process has its own vsock device,
 /// so every guest can use the same one).
 pub(crate) const GUEST_CID: u32 = 3;
@@ -31,8 +30,6 @@ pub(crate) const ROOT_DRIVE_ID: &str = "rootfs";
 pub(crate) const NET_IFACE_ID: &str = "eth0";
 /// How long [`Backend::launch`] waits for the API socket to accept connections.
 pub(crate) const SOCKET_WAIT: Duration = Duration::from_secs(5);
-/// Longest Unix socket path: `sun_path` holds 108 bytes including the terminating NUL.
-pub(crate) const SUN_PATH_MAX: usize = 107;
 
 /// Limit for the shutdown request (the VMM may be busy, but it must not block a stop for long).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -301,14 +298,7 @@ fn preflight(spec: &LaunchSpec) -> Result<(), FirecrackerError> {
 
 /// Fails when `path` does not fit in `sun_path`.
 fn check_socket_path(path: &Path) -> Result<(), FirecrackerError> {
-    let len = path.as_os_str().as_bytes().len();
-    if len > SUN_PATH_MAX {
-        return Err(FirecrackerError::SocketPathTooLong {
-            path: path.to_path_buf(),
-            len,
-        });
-    }
-    Ok(())
+    Ok(crate::backend::check_socket_path(path)?)
 }
 
 /// Removes a VM's API socket and vsock socket (both created by Firecracker, which does not remove
@@ -317,20 +307,8 @@ pub(crate) fn remove_sockets(
     control_socket: &Path,
     agent: &AgentEndpoint,
 ) -> Result<(), FirecrackerError> {
-    for path in [control_socket, agent.path()] {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(FirecrackerError::File {
-                    action: "remove socket",
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(())
+    crate::backend::remove_socket(control_socket)?;
+    Ok(crate::backend::remove_socket(agent.path())?)
 }
 
 /// Polls until the API socket accepts a connection, the process dies, or `wait` passes.
@@ -359,16 +337,9 @@ fn wait_for_socket(
 
 /// The last lines of the VMM log (best effort).
 pub(crate) fn log_tail(path: &Path) -> String {
-    let mut text = Vec::new();
-    let read = File::open(path).and_then(|mut f| {
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(8192)))?;
-        f.read_to_end(&mut text)
-    });
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    if read.is_err() || lines.is_empty() {
+    let lines = crate::process::log_tail(path, 0, LOG_TAIL_LINES);
+    if lines.is_empty() {
         return "(the log is empty or unreadable)".to_string();
     }
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    lines.join("\n")
 }

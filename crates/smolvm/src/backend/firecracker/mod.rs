@@ -16,7 +16,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub(crate) use backend::{FirecrackerBackend, NET_IFACE_ID, SUN_PATH_MAX};
+pub(crate) use backend::{FirecrackerBackend, NET_IFACE_ID};
 pub(crate) use http::{ApiClient, Method};
 
 /// Errors of the Firecracker backend.
@@ -121,18 +121,13 @@ pub enum FirecrackerError {
         source: serde_json::Error,
     },
 
+    /// A stale socket could not be removed (or is no socket).
+    #[error(transparent)]
+    RemoveSocket(#[from] crate::backend::RemoveSocketError),
+
     /// A Unix socket path is too long for `sun_path`.
-    #[error(
-        "socket path {} is {len} bytes; Unix socket paths are limited to {SUN_PATH_MAX} bytes \
-         (use a shorter socket directory)",
-        path.display()
-    )]
-    SocketPathTooLong {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-    },
+    #[error(transparent)]
+    SocketPathTooLong(#[from] crate::backend::SocketPathTooLong),
 
     /// The launch spec asks for user-mode networking, which only QEMU provides.
     #[error(

@@ -22,8 +22,8 @@ use std::path::Path;
 use super::Accel;
 use crate::backend::{LaunchSpec, NetAttachment};
 
-/// The name of the guest's virtio-serial port for the agent (`/sys/class/virtio-ports/*/name`).
-pub(crate) const AGENT_PORT_NAME: &str = "org.smolvm.agent";
+/// The name of the guest's virtio-serial port for the agent (shared with the agent).
+pub(crate) use smolvm_protocol::AGENT_PORT_NAME;
 
 /// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
 /// backing file is the snapshot's disk), `raw` for everything else.

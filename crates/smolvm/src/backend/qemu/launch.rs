@@ -2,22 +2,18 @@
 //! process and removes the sockets, so a failed launch leaves nothing behind.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{check_socket_path, QemuBackend, QemuError, QmpClient, QmpError, STARTUP_TIMEOUT};
-use crate::backend::LaunchSpec;
+use crate::backend::{remove_socket, LaunchSpec};
 use crate::process::{spawn_detached, ProcessIdentity};
 
 /// Lines of the VMM log quoted in startup errors.
 const TAIL_LINES: usize = 20;
 /// How long a QEMU that broke the QMP handshake gets to finish exiting.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-/// Bytes of the VMM log read for the tail.
-const TAIL_BYTES: u64 = 8192;
 
 pub(super) fn launch(
     backend: &QemuBackend,
@@ -101,50 +97,19 @@ pub(super) fn wait_for_qmp(
     }
 }
 
-/// Removes a socket left by an earlier run. Anything that is not a socket is left alone and refused.
-pub(super) fn remove_socket(path: &Path) -> Result<(), QemuError> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(QemuError::RemoveSocket {
-            path: path.to_path_buf(),
-            source,
-        }),
-        Ok(m) if !m.file_type().is_socket() => Err(QemuError::NotASocket {
-            path: path.to_path_buf(),
-        }),
-        Ok(_) => match fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(QemuError::RemoveSocket {
-                path: path.to_path_buf(),
-                source: e,
-            }),
-            _ => Ok(()),
-        },
-    }
-}
-
 /// The last lines `log` gained after byte `offset`, or a note that there were none.
 pub(super) fn log_tail(log: &Path, offset: u64) -> String {
-    let read = || -> std::io::Result<String> {
-        let mut f = fs::File::open(log)?;
-        let len = f.metadata()?.len();
-        let start = offset.max(len.saturating_sub(TAIL_BYTES));
-        f.seek(SeekFrom::Start(start))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = read().unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines = crate::process::log_tail(log, offset, TAIL_LINES);
     if lines.is_empty() {
         return "(no output)".to_string();
     }
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+    lines.join("\n")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::SUN_PATH_MAX;
     use super::*;
+    use crate::backend::SUN_PATH_MAX;
     use std::os::unix::net::UnixListener;
 
     #[test]
@@ -161,7 +126,7 @@ mod tests {
         fs::write(&file, b"precious").unwrap();
         assert!(matches!(
             remove_socket(&file),
-            Err(QemuError::NotASocket { .. })
+            Err(crate::backend::RemoveSocketError::NotASocket { .. })
         ));
         assert!(file.exists());
     }

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::launch::{log_tail, remove_socket};
+use super::launch::log_tail;
 use super::{QemuBackend, QemuError, QmpClient, QmpError};
+use crate::backend::remove_socket;
 use crate::backend::LaunchSpec;
 use crate::process::{spawn_detached, ProcessIdentity};
 

@@ -23,8 +23,6 @@ use crate::process::ProcessIdentity;
 pub use argv::build_argv;
 pub(crate) use qmp::{QmpClient, QmpError, QmpStatus};
 
-/// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
-pub(crate) const SUN_PATH_MAX: usize = 107;
 /// How long QEMU may take to open its QMP socket after being started.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per read/write limit of QMP operations.
@@ -95,32 +93,11 @@ pub enum QemuError {
         source: std::io::Error,
     },
     /// A socket path does not fit in `sun_path`.
-    #[error(
-        "socket path {} is {len} bytes, longer than the {SUN_PATH_MAX} bytes Unix sockets allow: \
-         use a shorter socket directory",
-        path.display()
-    )]
-    SocketPathTooLong {
-        /// The path.
-        path: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// Something other than a socket sits where a socket must be created.
-    #[error("{} exists and is not a socket; refusing to remove it", path.display())]
-    NotASocket {
-        /// The path.
-        path: PathBuf,
-    },
-    /// A stale socket could not be removed.
-    #[error("cannot remove stale socket {}", path.display())]
-    RemoveSocket {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    SocketPathTooLong(#[from] crate::backend::SocketPathTooLong),
+    /// A stale socket could not be removed (or is no socket).
+    #[error(transparent)]
+    RemoveSocket(#[from] crate::backend::RemoveSocketError),
     /// QEMU exited before it was ready.
     #[error("QEMU exited during startup; end of {}:\n{tail}", log.display())]
     ExitedEarly {
@@ -175,16 +152,9 @@ impl From<QemuError> for crate::Error {
     }
 }
 
-/// Refuses socket paths longer than [`SUN_PATH_MAX`] bytes.
+/// Refuses socket paths longer than [`crate::backend::SUN_PATH_MAX`] bytes.
 pub(crate) fn check_socket_path(path: &Path) -> Result<(), QemuError> {
-    let len = path.as_os_str().len();
-    if len > SUN_PATH_MAX {
-        return Err(QemuError::SocketPathTooLong {
-            path: path.to_path_buf(),
-            len,
-        });
-    }
-    Ok(())
+    Ok(crate::backend::check_socket_path(path)?)
 }
 
 /// The QEMU backend: one binary, one accelerator.

@@ -185,9 +185,10 @@ impl Fixture {
 #[test]
 fn launch_configures_and_starts_then_shutdown_and_cleanup_leave_nothing() {
     let f = Fixture::new("ok");
-    // Stale sockets from a crashed run must not stop the launch.
-    fs::write(&f.spec.control_socket, b"").unwrap();
-    fs::write(f.spec.agent.path(), b"").unwrap();
+    // Stale sockets from a crashed run must not stop the launch (a regular file at a socket path is
+    // refused instead, as under QEMU: see `backend::remove_socket`).
+    drop(std::os::unix::net::UnixListener::bind(&f.spec.control_socket).unwrap());
+    drop(std::os::unix::net::UnixListener::bind(f.spec.agent.path()).unwrap());
 
     let id = f.launch(SOCKET_WAIT).unwrap();
     assert!(id.is_alive());

@@ -1,0 +1,128 @@
+//! [`ManagerBuilder`]: opens a [`SmolVmManager`] with its collaborators (host probe, VMM backends, host
+//! network tools) chosen by the caller. The defaults are the real ones; unit tests put fakes in, so every
+//! lifecycle rollback path can be driven without QEMU, root or a network namespace.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::lock::LOCK_WAIT;
+use super::SmolVmManager;
+use crate::backend::firecracker::FirecrackerBackend;
+use crate::backend::qemu::QemuBackend;
+use crate::backend::{Backend, BackendError};
+use crate::config::BackendKind;
+use crate::dirs::Dirs;
+use crate::error::Result;
+use crate::host::HostCapabilities;
+use crate::network::HostNetwork;
+use crate::state::StateStore;
+
+/// Makes the VMM backend a VM runs on. The manager asks for one per operation (backends are cheap and
+/// stateless: a binary path and an accelerator).
+pub trait BackendFactory: Send + Sync + std::fmt::Debug {
+    /// The backend implementation of `kind` on a host with `host`'s capabilities.
+    fn make(&self, kind: BackendKind, host: &HostCapabilities) -> Result<Box<dyn Backend>>;
+}
+
+/// The real backends: QEMU from the probed binary and accelerator, Firecracker from its binary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemBackends;
+
+impl BackendFactory for SystemBackends {
+    fn make(&self, kind: BackendKind, host: &HostCapabilities) -> Result<Box<dyn Backend>> {
+        Ok(match kind {
+            BackendKind::Qemu => Box::new(QemuBackend::from_host(host)?),
+            BackendKind::Firecracker => {
+                let bin =
+                    host.tools
+                        .firecracker
+                        .as_ref()
+                        .ok_or_else(|| {
+                            BackendError::Unavailable {
+                        backend: kind,
+                        reason:
+                            "the firecracker binary was not found (set SMOLVM_FIRECRACKER_BIN or \
+                                 put it on PATH)"
+                                .into(),
+                    }
+                        })?;
+                Box::new(FirecrackerBackend::new(&bin.path))
+            }
+        })
+    }
+}
+
+/// Builds a [`SmolVmManager`]; [`SmolVmManager::builder`]. Every collaborator left unset is the real
+/// one, so `SmolVmManager::builder().build()` equals `SmolVmManager::new(None, None, None)`.
+#[derive(Debug, Default)]
+pub struct ManagerBuilder {
+    data_dir: Option<PathBuf>,
+    socket_dir: Option<PathBuf>,
+    backend: Option<BackendKind>,
+    host: Option<HostCapabilities>,
+    backends: Option<Arc<dyn BackendFactory>>,
+    network: Option<HostNetwork>,
+    lock_wait: Option<Duration>,
+}
+
+impl ManagerBuilder {
+    /// Data directory (state database, disks, VM files); default as the spec resolves it.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Socket directory; default as the spec resolves it.
+    pub fn socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.socket_dir = Some(dir.into());
+        self
+    }
+
+    /// The manager-wide backend choice (default: auto).
+    pub fn backend(mut self, kind: BackendKind) -> Self {
+        self.backend = Some(kind);
+        self
+    }
+
+    /// What the host can do, instead of probing it ([`HostCapabilities::detect`]).
+    pub fn host(mut self, host: HostCapabilities) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// Where VMM backends come from (default: [`SystemBackends`]).
+    pub fn backends(mut self, factory: Arc<dyn BackendFactory>) -> Self {
+        self.backends = Some(factory);
+        self
+    }
+
+    /// The host network layer, and through it the commands (`ip`, `nft`) it runs (default:
+    /// [`HostNetwork::system`]).
+    pub fn network(mut self, network: HostNetwork) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    /// How long an operation waits for another one on the same VM before failing with "VM is busy"
+    /// (default [`LOCK_WAIT`]).
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
+    /// Resolves the directories, opens the state store and probes the host (unless given).
+    pub fn build(self) -> Result<SmolVmManager> {
+        let dirs = Dirs::resolve(self.data_dir.as_deref(), self.socket_dir.as_deref())?;
+        let state = StateStore::open(&dirs.db_path())?;
+        Ok(SmolVmManager {
+            dirs,
+            backend_choice: self.backend,
+            state: Mutex::new(state),
+            host: self.host.unwrap_or_else(HostCapabilities::detect),
+            backends: self.backends.unwrap_or_else(|| Arc::new(SystemBackends)),
+            network: self.network.unwrap_or_else(HostNetwork::system),
+            lock_wait: self.lock_wait.unwrap_or(LOCK_WAIT),
+        })
+    }
+}

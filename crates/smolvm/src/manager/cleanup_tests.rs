@@ -1,0 +1,79 @@
+//! `cleanup` on a manager with fake collaborators: what it removes, what it keeps, and that a dry run
+//! changes nothing.
+
+use super::test_env::{have_ssh_keygen, names, Env, BOOT};
+use super::{CleanupOptions, CleanupScope, NetworkChoice};
+use crate::config::DiskMode;
+use crate::info::VmState;
+
+/// `ip -j -d link show` listing TAPs tagged for these VM ids.
+fn taps(tagged: &[(&str, &str)]) -> String {
+    let links: Vec<String> = tagged
+        .iter()
+        .map(|(tap, vm)| {
+            format!(
+                r#"{{"ifname":"{tap}","linkinfo":{{"info_kind":"tun"}},"ifalias":"smolvm:{vm}"}}"#
+            )
+        })
+        .collect();
+    format!(r#"[{{"ifname":"lo"}},{}]"#, links.join(","))
+}
+
+#[test]
+fn the_tap_of_a_vm_without_a_row_goes_and_that_of_a_known_vm_stays() {
+    if !have_ssh_keygen("the_tap_of_a_vm_without_a_row_goes") {
+        return;
+    }
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Shared, NetworkChoice::Tap)
+        .unwrap();
+    let tap = e.tap_of("vm-a");
+    e.net.respond(
+        &["ip", "-j", "-d", "link"],
+        &taps(&[(&tap, "vm-a"), ("smv-77", "vm-gone")]),
+    );
+    e.net.clear_calls();
+    let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
+    let net = report.network.expect("the network step ran");
+    assert_eq!(
+        net.taps.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["smv-77"]
+    );
+    let deleted: Vec<String> = e
+        .net
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("ip link del"))
+        .collect();
+    assert_eq!(deleted, ["ip link del dev smv-77"]);
+    assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Created);
+}
+
+#[test]
+fn a_dry_run_reports_and_changes_nothing() {
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+        .unwrap();
+    e.m.start("vm-a", BOOT).unwrap();
+    // A crash's leftovers: a half-made clone of another VM, a VMM that died.
+    std::fs::write(e.m.disk_dir().join("vm-b.tmp-1"), b"x").unwrap();
+    for p in e.vmm.live_vmms() {
+        p.kill();
+    }
+    let before = e.leftovers();
+    let report =
+        e.m.cleanup(&CleanupOptions {
+            dry_run: true,
+            scope: CleanupScope::All,
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert!(report.dry_run);
+    assert_eq!(report.deleted_vms, ["vm-a"]);
+    assert_eq!(report.temp_files, [e.m.disk_dir().join("vm-b.tmp-1")]);
+    assert_eq!(e.leftovers(), before);
+    assert!(names(e.m.disk_dir()).contains(&"vm-b.tmp-1".to_string()));
+    // The row is untouched too (a dry run does not even mark it `error`).
+    let rec = e.m.state().unwrap().get_vm("vm-a").unwrap().unwrap();
+    assert_eq!(rec.info.status, VmState::Running);
+}
