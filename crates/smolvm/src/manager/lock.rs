@@ -67,7 +67,7 @@ impl VmLock {
                             operation: format!(
                                 "VM {vm_id:?} is busy (held by {holder}); waiting for it"
                             ),
-                            seconds: wait.as_secs_f64(),
+                            limit: wait,
                         });
                     }
                     _ => return Err(Error::io("lock", &path, err)),

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::Backend;
 use crate::config::BackendKind;
 use crate::dirs::Dirs;
 use crate::error::{Error, Result};
