@@ -167,22 +167,34 @@ impl SmolVmManager {
         let spec = self.launch_spec(&rec, backend.as_ref())?;
         let _ = fs::remove_file(&spec.console_log);
         let process = backend.launch(&spec)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Clients (this one included) reach the agent through the VM's channel owner, if it has one.
+        let endpoint = match self.open_channel(&rec, &spec, process, left) {
+            Ok(e) => e,
+            Err(e) => {
+                process.kill();
+                remove_sockets(&spec);
+                return Err(e);
+            }
+        };
         let running = RunningVmm {
             process,
             socket_path: spec.control_socket.clone(),
-            agent_socket: Some(spec.agent.path().to_path_buf()),
+            agent_socket: Some(endpoint.path().to_path_buf()),
         };
         if let Err(e) = self.state()?.set_running(vm_id, &running) {
             process.kill();
+            self.close_channel(&rec);
             remove_sockets(&spec);
             return Err(e.into());
         }
         let client = if rec.info.config.boots_agent() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match AgentClient::connect(&spec.agent, left) {
+            match AgentClient::connect(&endpoint, left) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     process.kill();
+                    self.close_channel(&rec);
                     remove_sockets(&spec);
                     let why = format!("boot did not complete: {e}");
                     self.state()?
@@ -286,6 +298,7 @@ impl SmolVmManager {
     /// Powers the guest off gracefully, then kills the VMM if it outlives `timeout`; removes its sockets.
     fn halt(&self, rec: &VmRecord, timeout: Duration) -> Result<()> {
         let Some(process) = rec.process.filter(|p| p.is_alive()) else {
+            self.close_channel(rec);
             self.remove_vm_sockets(rec);
             return Ok(());
         };
@@ -294,7 +307,8 @@ impl SmolVmManager {
             self.unpause_for_halt(rec);
         }
         let backend = self.backend_impl(rec.backend)?;
-        let agent = backend.agent_endpoint(self.socket_dir(), &rec.info.vm_id);
+        // Through the channel owner (it holds QEMU's only agent connection), wherever it was recorded.
+        let agent = self.agent_endpoint_of(rec)?;
         let asked = !timeout.is_zero()
             && AgentClient::connect(&agent, AGENT_STOP_CONNECT.min(timeout))
                 .and_then(|c| c.power_off())
@@ -310,6 +324,7 @@ impl SmolVmManager {
             tracing::info!(vm = %rec.info.vm_id, "graceful stop timed out, killing the VMM");
             process.kill();
         }
+        self.close_channel(rec);
         self.remove_vm_sockets(rec);
         Ok(())
     }
@@ -379,6 +394,8 @@ impl SmolVmManager {
         for tmp in disk::temp_clones(self.disk_dir(), &rec.info.vm_id) {
             let _ = fs::remove_file(tmp);
         }
+        // Before the VM directory goes: the owner's PID file is in it.
+        self.close_channel(rec);
         let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
         self.remove_vm_sockets(rec);
     }
