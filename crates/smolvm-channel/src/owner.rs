@@ -157,12 +157,14 @@ pub fn run(args: &OwnerArgs) -> Result<ServeEnd, OwnerError> {
         let listen = args.listen.clone();
         std::thread::spawn(move || watch_vmm(vmm, &listen));
     }
-    let (stream, ready, dec) = open_upstream(&args.upstream, args.ready_timeout)?;
+    // Listening first: a client that comes while the guest boots is queued (its greeting waits for
+    // the agent's), instead of finding no socket and taking that for a dead owner.
     let listener = listen(&args.listen)?;
     let ours = fs::metadata(&args.listen).ok().map(|m| (m.dev(), m.ino()));
-    let end = serve(stream, ready, dec, listener);
+    let end = open_upstream(&args.upstream, args.ready_timeout)
+        .map(|(stream, ready, dec)| serve(stream, ready, dec, listener));
     remove_if_ours(&args.listen, ours);
-    Ok(end)
+    end
 }
 
 fn remove_if_ours(path: &Path, ours: Option<(u64, u64)>) {

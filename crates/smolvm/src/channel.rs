@@ -28,6 +28,10 @@ use crate::process::{spawn_detached, ProcessIdentity};
 pub const CHANNEL_ENV: &str = "SMOLVM_CHANNEL_BIN";
 /// File name of the channel owner binary.
 pub const CHANNEL_NAME: &str = "smolvm-channel";
+/// Set to `0` in the environment of the process that starts a VM to run it without a channel owner
+/// (clients then take QEMU's socket one at a time, as before owners existed): for the benchmark's
+/// comparison and for diagnosis.
+pub const OWNER_ENV: &str = "SMOLVM_CHANNEL_OWNER";
 /// Suffix of the clients' socket in the socket directory (no longer than QEMU's `.agent`, so a socket
 /// directory that fits QEMU's sockets fits this one).
 pub const SOCKET_SUFFIX: &str = ".chan";
@@ -66,6 +70,11 @@ pub enum ChannelError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// False if [`OWNER_ENV`] turns owners off for the VMs this process starts.
+pub(crate) fn owner_enabled() -> bool {
+    !matches!(std::env::var_os(OWNER_ENV), Some(v) if v == "0")
 }
 
 /// The owner binary to run: `SMOLVM_CHANNEL_BIN`, else the embedded one written under `bin_dir`;

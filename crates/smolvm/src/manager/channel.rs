@@ -28,7 +28,10 @@ impl SmolVmManager {
         vmm: ProcessIdentity,
         ready_timeout: Duration,
     ) -> Result<AgentEndpoint> {
-        if rec.backend != BackendKind::Qemu || !rec.info.config.boots_agent() {
+        if rec.backend != BackendKind::Qemu
+            || !rec.info.config.boots_agent()
+            || !channel::owner_enabled()
+        {
             return Ok(spec.agent.clone());
         }
         let Some(binary) = channel::binary(&self.data_dir().join("bin"))? else {

@@ -11,7 +11,7 @@ use super::{CreateOptions, Created, SmolVmManager};
 use crate::backend::LaunchSpec;
 use crate::config::{DiskMode, VmConfig};
 use crate::error::{Error, Result};
-use crate::exec::AgentClient;
+use crate::exec::{AgentClient, ExecError};
 use crate::info::{VmInfo, VmState};
 use crate::state::{RunningVmm, VmRecord};
 
@@ -193,6 +193,16 @@ impl SmolVmManager {
             match AgentClient::connect(&endpoint, left) {
                 Ok(c) => Some(c),
                 Err(e) => {
+                    // The owner's socket not there (yet) when the time is up is a slow boot too.
+                    let e = match e {
+                        ExecError::Connect { .. } if Instant::now() >= deadline => {
+                            ExecError::Timeout {
+                                operation: "connecting to the guest agent".into(),
+                                after: boot_timeout,
+                            }
+                        }
+                        e => e,
+                    };
                     process.kill();
                     self.close_channel(&rec);
                     remove_sockets(&spec);
