@@ -193,9 +193,12 @@ impl SmolVmManager {
             match AgentClient::connect(&endpoint, left) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    // The owner's socket not there (yet) when the time is up is a slow boot too.
+                    // When the time is up, the owner's socket not there yet, or the owner giving up
+                    // on the agent at the same moment, is a slow boot too.
                     let e = match e {
-                        ExecError::Connect { .. } if Instant::now() >= deadline => {
+                        ExecError::Connect { .. } | ExecError::AgentDisconnected { .. }
+                            if Instant::now() >= deadline =>
+                        {
                             ExecError::Timeout {
                                 operation: "connecting to the guest agent".into(),
                                 after: boot_timeout,
