@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns_util::e2e;
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::manager::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::process::ProcessIdentity;
 use smolvm::{SmolVm, VmState};
 use vm_util::{spec, TestEnv};
@@ -184,6 +184,25 @@ fn processes_and_threads_share_one_vm_through_its_channel_owner() {
     assert!(fourth.is_alive());
     m.delete(id).unwrap();
     assert!(!fourth.is_alive(), "delete left the owner running");
+    env.assert_no_leaks(id);
+
+    // A VMM that dies takes its owner with it, and `cleanup` leaves nothing of either.
+    m.create_with(&spec(id).build().unwrap(), &none).unwrap();
+    m.start(id, BOOT).unwrap();
+    let fifth = owner_of(&env, id).unwrap();
+    let vmm = m.get(id).unwrap().pid.expect("a running VM has a pid");
+    assert!(ProcessIdentity::of(vmm).unwrap().kill());
+    assert!(
+        fifth.wait_gone(Duration::from_secs(30)),
+        "the owner outlived its VMM"
+    );
+    let report = m
+        .cleanup(&CleanupOptions {
+            scope: CleanupScope::Vm(id.into()),
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert_eq!(report.deleted_vms, [id]);
     env.assert_no_leaks(id);
     eprintln!(
         "{WORKERS} processes x (~1 s command): {:.2}s wall; {WORKERS} threads: {:.2}s wall; \

@@ -310,6 +310,7 @@ mod tests {
         for (name, id) in [
             ("vm-1.qmp", Some("vm-1")),
             ("vm-1.agent", Some("vm-1")),
+            ("vm-1.chan", Some("vm-1")),
             ("vm-1.fc.sock", Some("vm-1")),
             ("vm-1.vsock", Some("vm-1")),
             ("vm-1.vsock_1024", Some("vm-1")),
