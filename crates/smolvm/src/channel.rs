@@ -25,16 +25,16 @@ use std::time::Duration;
 use crate::process::{spawn_detached, ProcessIdentity};
 
 /// Environment variable naming the channel owner binary (instead of the embedded one).
-pub const CHANNEL_ENV: &str = "SMOLVM_CHANNEL_BIN";
+pub(crate) const CHANNEL_ENV: &str = "SMOLVM_CHANNEL_BIN";
 /// File name of the channel owner binary.
-pub const CHANNEL_NAME: &str = "smolvm-channel";
+pub(crate) const CHANNEL_NAME: &str = "smolvm-channel";
 /// Set to `0` in the environment of the process that starts a VM to run it without a channel owner
 /// (clients then take QEMU's socket one at a time, as before owners existed): for the benchmark's
 /// comparison and for diagnosis.
 pub const OWNER_ENV: &str = "SMOLVM_CHANNEL_OWNER";
 /// Suffix of the clients' socket in the socket directory (no longer than QEMU's `.agent`, so a socket
 /// directory that fits QEMU's sockets fits this one).
-pub const SOCKET_SUFFIX: &str = ".chan";
+pub(crate) const SOCKET_SUFFIX: &str = ".chan";
 
 #[cfg(smolvm_embedded_channel)]
 const EMBEDDED: Option<&[u8]> = Some(include_bytes!(concat!(env!("OUT_DIR"), "/smolvm-channel")));

@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns_util::e2e;
-use smolvm::manager::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
-use smolvm::process::ProcessIdentity;
+use smolvm::internals::process::ProcessIdentity;
+use smolvm::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{SmolVm, VmState};
 use vm_util::{spec, TestEnv};
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use smolvm_channel::greeting::GreetError;
 use smolvm_protocol::{Decoder, ProtocolError, Ready, PROTOCOL_VERSION};
 
-pub use smolvm_channel::greeting::{HELLO_RESEND, MAX_STALE_BYTES};
+#[cfg(test)]
+pub(crate) use smolvm_channel::greeting::MAX_STALE_BYTES;
 
 use super::client::timeout_error;
 use super::ExecError;

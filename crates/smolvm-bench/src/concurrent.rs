@@ -13,19 +13,18 @@ use super::run::{checkpoint, Ctx};
 use super::stats::ms;
 use super::vm::VmGuard;
 use super::BenchError;
-use crate::config::BackendKind;
-use crate::manager::{CreateOptions, NetworkChoice};
+use smolvm::{BackendKind, CreateOptions, NetworkChoice};
 
 /// Processes started together.
-pub const PROCESSES: usize = 8;
+pub(crate) const PROCESSES: usize = 8;
 /// Name of the row with the channel owner.
-pub const CONCURRENT_ROW: &str = "8 concurrent processes x 1 s commands, wall time";
+pub(crate) const CONCURRENT_ROW: &str = "8 concurrent processes x 1 s commands, wall time";
 /// Name of the row without it.
-pub const SERIAL_ROW: &str =
+pub(crate) const SERIAL_ROW: &str =
     "8 concurrent processes x 1 s commands, wall time, without the channel owner";
 
 /// The rows, or none (with a note) when there is no CLI to start processes with.
-pub fn rows(
+pub(crate) fn rows(
     ctx: &Ctx,
     cli: Option<&Path>,
     notes: &mut Vec<String>,
@@ -73,7 +72,7 @@ fn measure(
     let mut start = smolvm_cli(cli, m.data_dir(), m.socket_dir());
     start.args(["start", vm_id]);
     if !owner {
-        start.env(crate::channel::OWNER_ENV, "0");
+        start.env(smolvm::internals::channel::OWNER_ENV, "0");
     }
     run_ok(&mut start, &format!("start {vm_id}"))?;
     ctx.say(&format!(
