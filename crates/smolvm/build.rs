@@ -1,4 +1,5 @@
-//! Builds the guest agent as a static x86_64 binary and embeds it in the library, so that every way of
+//! Builds the guest agent (and the host's channel owner, `smolvm-channel`) as static x86_64 binaries and
+//! embeds them in the library, so that every way of
 //! building smolvm (`cargo build`, `cargo install --path crates/smolvm-cli`, `pip install .`) yields a
 //! library that can make the default image with no separate step and no environment variable.
 //!
@@ -7,7 +8,11 @@
 //! forever). `--target x86_64-unknown-linux-gnu` matters: with it, `+crt-static` applies to the agent
 //! only, not to proc-macros and build scripts (which cannot be linked statically).
 //!
-//! `SMOLVM_EMBED_AGENT=0` skips it (the library then needs `SMOLVM_AGENT_BIN` or a builder path).
+//! The channel owner is a host program that the library starts next to each QEMU VM; embedding it
+//! (rather than looking it up in `PATH`) serves callers without a `smolvm` install, such as Python.
+//! Static linking costs nothing here: it is built in the same nested cargo run, with the same flags.
+//!
+//! `SMOLVM_EMBED_AGENT=0` skips both (the library then needs `SMOLVM_AGENT_BIN` or a builder path).
 
 use std::env;
 use std::os::fd::AsFd;
@@ -18,9 +23,9 @@ const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let embedded = out_dir.join("smolvm-agent");
     println!("cargo:rerun-if-env-changed=SMOLVM_EMBED_AGENT");
     println!("cargo:rustc-check-cfg=cfg(smolvm_embedded_agent)");
+    println!("cargo:rustc-check-cfg=cfg(smolvm_embedded_channel)");
 
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let root = manifest_dir.join("../..");
@@ -35,7 +40,11 @@ fn main() {
         );
         return;
     }
-    for dir in ["crates/smolvm-agent", "crates/smolvm-protocol"] {
+    for dir in [
+        "crates/smolvm-agent",
+        "crates/smolvm-protocol",
+        "crates/smolvm-channel",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!(
@@ -44,10 +53,17 @@ fn main() {
     );
 
     let target_dir = agent_target_dir(&out_dir, &root);
-    let bin = build_agent(&root, &target_dir);
-    std::fs::copy(&bin, &embedded)
-        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), embedded.display()));
-    println!("cargo:rustc-cfg=smolvm_embedded_agent");
+    let release = build_agent(&root, &target_dir);
+    for (name, cfg) in [
+        ("smolvm-agent", "smolvm_embedded_agent"),
+        ("smolvm-channel", "smolvm_embedded_channel"),
+    ] {
+        let bin = release.join(name);
+        let dst = out_dir.join(name);
+        std::fs::copy(&bin, &dst)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", bin.display(), dst.display()));
+        println!("cargo:rustc-cfg={cfg}");
+    }
 }
 
 /// A target directory shared by every profile of the outer build (so the agent is built once, not once
@@ -68,7 +84,14 @@ fn build_agent(root: &Path, target_dir: &Path) -> PathBuf {
     cmd.arg("build")
         .arg("--release")
         .arg("--offline")
-        .args(["-p", "smolvm-agent", "--target", TRIPLE])
+        .args([
+            "-p",
+            "smolvm-agent",
+            "-p",
+            "smolvm-channel",
+            "--target",
+            TRIPLE,
+        ])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
         .arg("--target-dir")
@@ -96,7 +119,7 @@ fn build_agent(root: &Path, target_dir: &Path) -> PathBuf {
         .status()
         .unwrap_or_else(|e| panic!("run cargo to build the guest agent: {e}"));
     if !status.success() {
-        panic!("building the static guest agent (smolvm-agent) failed: {status}");
+        panic!("building the static guest agent and channel owner failed: {status}");
     }
-    target_dir.join(TRIPLE).join("release").join("smolvm-agent")
+    target_dir.join(TRIPLE).join("release")
 }

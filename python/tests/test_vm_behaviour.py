@@ -3,6 +3,8 @@
 import gc
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -157,4 +159,62 @@ def test_ctrl_c_during_start_leaves_nothing_running(vm_env):
         vm.start()
     t.join()
     vm.delete()  # waits for the interrupted boot to end, then removes everything
+    assert ids(vm_env) == []
+
+
+def _numbered(tag, n=300):
+    return "".join(f"{tag}-{i}\n" for i in range(1, n + 1))
+
+
+def _numbering_command(tag, n=300):
+    # Many lines of its own, then a second of sleep, so that every caller's command overlaps the others.
+    return f"i=1; while [ $i -le {n} ]; do echo {tag}-$i; i=$((i+1)); done; sleep 1"
+
+
+def test_threads_and_processes_run_commands_on_one_vm_at_once(vm_env):
+    # Several threads share one SmolVM and several Python processes reach the same VM by id, all at
+    # the same moment: every command succeeds with exactly its own output (the VM's channel owner
+    # multiplexes every client over QEMU's one agent connection).
+    vm = SmolVM().start()
+    results, errors = {}, []
+
+    def work(tag):
+        try:
+            results[tag] = vm.run(_numbering_command(tag), timeout=120)
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    script = (
+        "import sys\n"
+        "from smolvm import SmolVM\n"
+        "vm = SmolVM.from_id(sys.argv[1])\n"
+        "r = vm.run(sys.argv[2], timeout=120)\n"
+        "vm.close()\n"
+        "sys.stdout.write(r.stdout)\n"
+        "sys.exit(r.exit_code)\n"
+    )
+    # Spawned, never forked: each is a fresh interpreter (the environment names this test's dirs).
+    procs = {
+        f"p{n}": subprocess.Popen(
+            [sys.executable, "-c", script, vm.vm_id, _numbering_command(f"p{n}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    }
+    threads = [threading.Thread(target=work, args=(f"t{n}",)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for n in range(8):
+        r = results[f"t{n}"]
+        assert r.exit_code == 0 and r.stdout == _numbered(f"t{n}"), f"thread {n}: {r!r}"
+    for tag, p in procs.items():
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, f"process {tag}: {err}"
+        assert out == _numbered(tag), f"process {tag} got other output"
+    vm.stop().delete()
     assert ids(vm_env) == []

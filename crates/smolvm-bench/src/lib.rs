@@ -4,6 +4,7 @@
 
 pub mod baseline;
 mod coldstart;
+mod concurrent;
 mod error;
 mod image;
 pub mod machine;

@@ -113,6 +113,8 @@ pub struct BenchOptions {
     pub boot_timeout: Duration,
     /// Progress lines.
     pub progress: Progress,
+    /// The `smolvm` CLI binary, to start the processes of the concurrent-exec rows (skipped if `None`).
+    pub cli: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -129,6 +131,7 @@ impl Default for BenchOptions {
             mem_size_mib: None,
             boot_timeout: BENCH_BOOT_TIMEOUT,
             progress: Progress::default(),
+            cli: None,
         }
     }
 }
@@ -146,6 +149,8 @@ pub(crate) struct Ctx {
     /// Private scratch space (baseline disks and sockets).
     pub scratch: PathBuf,
     pub progress: Progress,
+    /// The `smolvm` CLI, for rows that start host processes.
+    pub cli: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -231,6 +236,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             .sub("b")
             .map_err(|e| BenchError::io("create", scratch.path(), e))?,
         progress: opts.progress.clone(),
+        cli: opts.cli.clone(),
     };
     let wanted: Vec<Section> = Section::ALL
         .into_iter()

@@ -142,6 +142,9 @@ pub(super) fn exec(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError>
     rep.rows.push(guest_spawn_row(client)?);
     drop(guard);
     checkpoint()?;
+    let rows = super::concurrent::rows(ctx, ctx.cli.as_deref(), &mut rep.notes)?;
+    rep.rows.extend(rows);
+    checkpoint()?;
     rep.rows.push(super::ssh::ssh_exec_row(ctx)?);
     rep.notes.push(format!(
         "{EXEC_CALLS} sequential calls each after {EXEC_WARMUP} untimed ones, on one agent connection \

@@ -131,11 +131,11 @@ pub(super) fn snapshot(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchEr
                 .find(|s| s.name.starts_with(&format!("{src}-fork-")))
         })
         .map(|s| s.name);
-    let backend = m
-        .backend_impl(ctx.backend)
-        .map_err(|e| BenchError::step("backend", e))?;
     for f in &forks {
-        let ep = backend.agent_endpoint(m.socket_dir(), &f.vm_id);
+        // The recorded endpoint: the fork's channel owner holds QEMU's only agent connection.
+        let ep = m
+            .agent_endpoint(&f.vm_id)
+            .map_err(|e| BenchError::step("agent endpoint", e))?;
         let c = AgentClient::connect(&ep, ctx.boot_timeout)
             .map_err(|e| BenchError::step("connect to a fork", e))?;
         first_command(&c)?;

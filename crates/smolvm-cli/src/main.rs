@@ -69,7 +69,7 @@ enum Command {
     Env(cmd::env::EnvArgs),
     /// Copy a file between this host and a VM: `smolvm cp SRC DST`, one side as ID:/guest/path.
     Cp(cmd::cp::CpArgs),
-    /// Mark running VMs whose VMM died as error.
+    /// Mark running VMs whose VMM died as error; restart channel owners that died.
     Reconcile(cmd::vm::ReconcileArgs),
     /// Open a shell in a running VM over SSH, or run one command (`smolvm ssh ID -- CMD...`).
     Ssh(cmd::ssh::SshArgs),

@@ -322,9 +322,9 @@ fn check_exec(cli: &Cli) {
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(stderr(&out), "err\n");
 
-    // Output streams: the first line arrives while the command still runs. Killing the CLI then
-    // closes its agent connection, and the guest kills the command (no second connection can be used
-    // meanwhile: QEMU's agent channel serves one host connection at a time).
+    // Output streams: the first line arrives while the command still runs. Meanwhile other `smolvm
+    // exec` processes use the same VM (the VM's channel owner serves them all). Killing the CLI then
+    // closes its agent connection, and the guest kills the command.
     let mut child = cli.spawn(&["exec", VM, "--", "sh", "-c", "echo first; exec sleep 86400"]);
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -334,6 +334,11 @@ fn check_exec(cli: &Cli) {
         child.try_wait().unwrap().is_none(),
         "exec ended before the guest command could: output was not streamed"
     );
+    assert_eq!(
+        cli.ok_text(&["exec", VM, "--", "echo", "beside"]),
+        "beside\n"
+    );
+    check_concurrent_execs(cli);
     child.kill().unwrap();
     child.wait().unwrap();
     let procs = cli.ok_text(&[
@@ -406,6 +411,25 @@ fn check_exec(cli: &Cli) {
     let out = cli.out(&["exec", VM, "--", "/no/such/program"]);
     assert_eq!(out.status.code(), Some(127), "{out:?}");
     assert!(stderr(&out).contains("/no/such/program"), "{out:?}");
+}
+
+/// Eight `smolvm exec` processes started together on one VM all succeed, each with exactly its own
+/// output (hundreds of numbered lines each, written while the others write theirs).
+fn check_concurrent_execs(cli: &Cli) {
+    let script =
+        |n: usize| format!("i=1; while [ $i -le 300 ]; do echo p{n}-$i; i=$((i+1)); done; sleep 1");
+    let children: Vec<(usize, Child)> = (0..8)
+        .map(|n| (n, cli.spawn(&["exec", VM, "--", "sh", "-c", &script(n)])))
+        .collect();
+    for (n, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "concurrent exec {n}: {out:?}");
+        let want: String = (1..=300).map(|i| format!("p{n}-{i}\n")).collect();
+        assert!(
+            out.stdout == want.as_bytes(),
+            "concurrent exec {n} got other output"
+        );
+    }
 }
 
 fn check_env(cli: &Cli) {

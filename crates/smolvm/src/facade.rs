@@ -190,7 +190,9 @@ pub struct SmolVm {
     info: VmInfo,
     owned: bool,
     released: bool,
-    agent: Mutex<Option<AgentClient>>,
+    /// The agent connection, shared: any number of threads run requests on it at once (the client
+    /// multiplexes them), so the lock is held only to take or replace it, never during a request.
+    agent: Mutex<Option<Arc<AgentClient>>>,
     ssh_user: String,
     ssh_key_path: Option<PathBuf>,
     /// The template to make from this VM right after its first (cold) start.
@@ -295,7 +297,7 @@ impl SmolVm {
         }
         self.info = info;
         if let Some(c) = client {
-            *self.agent_slot() = Some(c);
+            *self.agent_slot() = Some(Arc::new(c));
         }
         self.make_pending_template();
         Ok(self)
@@ -399,8 +401,31 @@ impl SmolVm {
         self.with_agent(|c| Ok(c.run(command, timeout.or(Some(DEFAULT_RUN_TIMEOUT)))?))
     }
 
-    /// Runs `f` with a connected agent client, connecting (or reconnecting once) as needed.
+    /// Runs `f` with a connected agent client, connecting (or reconnecting once) as needed. Calls
+    /// from several threads run at once on one shared connection; under QEMU that connection goes
+    /// through the VM's channel owner, so other processes run theirs at the same time too.
     pub fn with_agent<T>(&self, f: impl Fn(&AgentClient) -> Result<T>) -> Result<T> {
+        let client = self.agent_client()?;
+        let result = f(&client);
+        if matches!(&result, Err(e) if is_disconnect(e)) {
+            // The agent restarted, the guest rebooted or the channel owner died: report it (the
+            // command may or may not have run, so it is never retried silently) and reconnect on the
+            // next call. If the VMM died, say so.
+            let mut slot = self.agent_slot();
+            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                *slot = None;
+            }
+            drop(slot);
+            if let Some(e) = self.vm_failure() {
+                return Err(e);
+            }
+        }
+        result
+    }
+
+    /// The shared agent connection, made if there is none (connecting holds the slot, so concurrent
+    /// first calls make one connection, not several).
+    fn agent_client(&self) -> Result<Arc<AgentClient>> {
         if !self.info.config.boots_agent() {
             return Err(Error::InvalidState {
                 vm_id: self.vm_id.clone(),
@@ -410,37 +435,33 @@ impl SmolVm {
             });
         }
         let mut slot = self.agent_slot();
-        if slot.is_none() {
-            let rec = self.manager.record(&self.vm_id)?;
-            if let Some(e) = failed(&rec) {
-                return Err(e);
-            }
-            if rec.info.status != VmState::Running {
-                return Err(Error::InvalidState {
-                    vm_id: self.vm_id.clone(),
-                    status: rec.info.status,
-                    operation: "run commands (start it first)",
-                });
-            }
-            let backend = self.manager.backend_impl(rec.backend)?;
-            let endpoint = backend.agent_endpoint(self.manager.socket_dir(), &self.vm_id);
-            match AgentClient::connect(&endpoint, AGENT_CONNECT_TIMEOUT) {
-                Ok(c) => *slot = Some(c),
-                // The VMM may have died while we waited: then that is the news, not the socket.
-                Err(e) => return Err(self.vm_failure().unwrap_or_else(|| e.into())),
-            }
+        if let Some(c) = slot.as_ref() {
+            return Ok(Arc::clone(c));
         }
-        let client = slot.as_ref().expect("connected above");
-        let result = f(client);
-        if matches!(&result, Err(e) if is_disconnect(e)) {
-            // The agent restarted or the guest rebooted: report it (the command may or may not have run,
-            // so it is never retried silently) and reconnect on the next call. If the VMM died, say so.
-            *slot = None;
-            if let Some(e) = self.vm_failure() {
-                return Err(e);
-            }
+        let rec = self.manager.record(&self.vm_id)?;
+        if let Some(e) = failed(&rec) {
+            return Err(e);
         }
-        result
+        if rec.info.status != VmState::Running {
+            return Err(Error::InvalidState {
+                vm_id: self.vm_id.clone(),
+                status: rec.info.status,
+                operation: "run commands (start it first)",
+            });
+        }
+        // A channel owner that crashed is replaced here, without waiting for `reconcile`.
+        self.manager.ensure_channel(&self.vm_id)?;
+        // The endpoint recorded at start: right even if this manager has another socket directory.
+        let endpoint = self.manager.agent_endpoint_of(&rec)?;
+        match AgentClient::connect(&endpoint, AGENT_CONNECT_TIMEOUT) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *slot = Some(Arc::clone(&c));
+                Ok(c)
+            }
+            // The VMM may have died while we waited: then that is the news, not the socket.
+            Err(e) => Err(self.vm_failure().unwrap_or_else(|| e.into())),
+        }
     }
 
     /// The error of this VM if its VMM is gone (which marks it `error`) or it already is in `error`.
@@ -451,7 +472,7 @@ impl SmolVm {
             .and_then(|r| failed(&r))
     }
 
-    fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<AgentClient>> {
+    fn agent_slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<AgentClient>>> {
         self.agent.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

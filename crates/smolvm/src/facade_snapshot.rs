@@ -108,7 +108,7 @@ fn owned(
         info,
         owned: true,
         released: false,
-        agent: Mutex::new(client),
+        agent: Mutex::new(client.map(Arc::new)),
         ssh_user: DEFAULT_SSH_USER.to_string(),
         ssh_key_path: None,
     }

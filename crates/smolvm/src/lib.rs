@@ -13,6 +13,7 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod channel;
 mod config;
 mod dirs;
 mod error;
@@ -99,6 +100,10 @@ pub mod internals {
     /// Snapshot records as stored (state store tests).
     pub mod snapshot {
         pub use crate::snapshot::{MachineShape, SnapshotRecord};
+    }
+    /// The channel owner switch (the benchmark starts a VM without an owner for its comparison).
+    pub mod channel {
+        pub use crate::channel::OWNER_ENV;
     }
     /// Disk cloning (the benchmark's raw-VMM floor copies a disk as the manager does).
     pub mod disk {

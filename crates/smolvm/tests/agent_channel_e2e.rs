@@ -194,12 +194,12 @@ fn many_hosts_one_after_another_and_hosts_killed_mid_command() {
         vm.close();
     }
 
-    // Hosts that die in the middle of writing a frame: the agent drops the half frame (it sees the
-    // host leave, or the frame stall) and the next host, connecting at once, works.
-    let socket = env.socket_dir().join(format!("{id}.agent"));
+    // Hosts that die in the middle of writing a frame: the half frame never reaches the agent (the
+    // VM's channel owner forwards whole frames only) and the next host, connecting at once, works.
+    let socket = env.socket_dir().join(format!("{id}.chan"));
     assert!(
         socket.exists(),
-        "QEMU's agent socket is not at {}",
+        "the channel owner's socket is not at {}",
         socket.display()
     );
     let mut after_half_frame = Vec::new();

@@ -69,6 +69,8 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         vcpu_count: args.vcpus,
         mem_size_mib: args.mem,
         progress: Progress::new(|m| eprintln!("bench: {m}")),
+        // This binary starts the processes of the concurrent-exec rows.
+        cli: std::env::current_exe().ok(),
         ..BenchOptions::default()
     };
     let report =

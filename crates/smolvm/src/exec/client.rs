@@ -158,7 +158,7 @@ impl AgentClient {
     }
 
     /// Takes over an already connected stream (for tests and custom transports): greets the agent
-    /// (`SYNC` + `Hello` with a random nonce, re-sent every [`super::HELLO_RESEND`] until answered), skips
+    /// (`SYNC` + `Hello` with a random nonce, re-sent every [`smolvm_channel::greeting::HELLO_RESEND`] until answered), skips
     /// whatever precedes `SYNC` + the `Ready` with our nonce (output meant for an earlier host), checks
     /// the protocol version and starts the reader thread. All within `timeout`.
     pub fn from_stream(stream: UnixStream, timeout: Duration) -> Result<AgentClient, ExecError> {

@@ -183,6 +183,10 @@ pub enum ExecError {
         /// The limit.
         limit: usize,
     },
+    /// The VM's channel owner (the process that shares a QEMU VM's agent connection) could not be
+    /// started.
+    #[error("the VM's agent channel owner failed")]
+    ChannelOwner(#[source] crate::channel::ChannelError),
     /// A host-side file operation of a transfer failed.
     #[error("{action} {}", path.display())]
     LocalIo {
@@ -223,5 +227,11 @@ impl From<ExecError> for crate::Error {
             },
             other => crate::Error::Exec(Box::new(other)),
         }
+    }
+}
+
+impl From<crate::channel::ChannelError> for crate::Error {
+    fn from(e: crate::channel::ChannelError) -> Self {
+        ExecError::ChannelOwner(e).into()
     }
 }

@@ -48,27 +48,44 @@ pub(super) fn locate(explicit: Option<&Path>, cache_dir: &Path) -> Result<PathBu
     }
 }
 
-/// Writes `bytes` to `cache_dir/<digest>/smolvm-agent` unless it is already there (atomically: a temp
-/// file renamed into place, so concurrent builders never see half a binary).
+/// Writes `bytes` to `cache_dir/<digest>/smolvm-agent` unless it is already there.
 fn materialize(bytes: &[u8], cache_dir: &Path) -> Result<PathBuf, ImageError> {
+    materialize_file(bytes, cache_dir, AGENT_NAME, None)
+        .map_err(|(path, e)| ImageError::io("write agent", &path, e))
+}
+
+/// Writes `bytes` to `cache_dir/<digest>/<name>` unless it is already there (atomically: a temp file
+/// renamed into place, so concurrent writers never expose half a file), with permissions `mode` if
+/// given. The digest names the content, so different builds never overwrite each other's file. On
+/// error, returns the path it failed on.
+pub(crate) fn materialize_file(
+    bytes: &[u8],
+    cache_dir: &Path,
+    name: &str,
+    mode: Option<u32>,
+) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    use std::os::unix::fs::PermissionsExt;
     let digest = Sha256::digest(bytes);
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     let dir = cache_dir.join(hex);
-    let path = dir.join(AGENT_NAME);
+    let path = dir.join(name);
     if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
         return Ok(path);
     }
-    fs::create_dir_all(&dir).map_err(|e| ImageError::io("create directory", &dir, e))?;
-    let tmp = dir.join(format!(".{AGENT_NAME}.tmp-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
+        if let Some(mode) = mode {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.sync_all()?;
         fs::rename(&tmp, &path)
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        ImageError::io("write agent", &path, e)
+        (path.clone(), e)
     })?;
     Ok(path)
 }

@@ -20,6 +20,7 @@
 //! kernels are shared in `data_dir/images/.kernels/`.
 
 mod agent;
+pub(crate) use agent::materialize_file;
 mod ar;
 mod assemble;
 mod builder;

@@ -188,6 +188,18 @@ impl SmolVmManager {
             // Facts are read under the lock: a create/start/delete that was running has finished.
             let facts = self.facts(id, &all_vmms, &files)?;
             let has_row = facts.row.is_some();
+            let live = facts
+                .row
+                .as_ref()
+                .is_some_and(|r| r.status.has_vmm() && r.process_alive);
+            if !live && !facts.foreign_live && !opts.dry_run {
+                // A channel owner outlives its VMM by a moment at most; make sure of it before its
+                // socket and PID file (in the VM directory) are removed below.
+                crate::channel::stop(
+                    &crate::channel::pid_file(&self.vm_dir(id)),
+                    &crate::channel::socket_path(self.socket_dir(), id),
+                );
+            }
             for action in decide(&facts, delete_dead, opts.remove_retained_disks) {
                 if action == Action::Delete {
                     to_delete.push(id.clone());

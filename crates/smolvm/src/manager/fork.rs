@@ -207,16 +207,20 @@ impl SmolVmManager {
             .map_err(|e| no_proc(fail("restore the VM state")(e.into())))?;
         step("VMM restored");
         let with_proc = |e: Error| (e, Some(process));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let endpoint = self
+            .open_channel(rec, &spec, process, left)
+            .map_err(with_proc)?;
         let running = RunningVmm {
             process,
             socket_path: spec.control_socket.clone(),
-            agent_socket: Some(spec.agent.path().to_path_buf()),
+            agent_socket: Some(endpoint.path().to_path_buf()),
         };
         self.state()
             .and_then(|mut s| Ok(s.set_running(id, &running)?))
             .map_err(with_proc)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let client = AgentClient::connect(&spec.agent, left)
+        let client = AgentClient::connect(&endpoint, left)
             .map_err(|e| with_proc(fail("reach the restored guest's agent")(e.into())))?;
         step("agent connected");
         client

@@ -11,7 +11,7 @@ use super::{CreateOptions, Created, SmolVmManager};
 use crate::backend::{remove_socket, LaunchSpec};
 use crate::config::{DiskMode, VmConfig};
 use crate::error::{Error, Result};
-use crate::exec::AgentClient;
+use crate::exec::{AgentClient, ExecError};
 use crate::info::{VmInfo, VmState};
 use crate::state::{RunningVmm, VmRecord};
 
@@ -190,22 +190,47 @@ impl SmolVmManager {
         let spec = self.launch_spec(rec, backend)?;
         let _ = fs::remove_file(&spec.console_log);
         let process = backend.launch(&spec)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Clients (this one included) reach the agent through the VM's channel owner, if it has one.
+        let endpoint = match self.open_channel(&rec, &spec, process, left) {
+            Ok(e) => e,
+            Err(e) => {
+                process.kill();
+                remove_sockets(&spec);
+                return Err(e);
+            }
+        };
         let running = RunningVmm {
             process,
             socket_path: spec.control_socket.clone(),
-            agent_socket: Some(spec.agent.path().to_path_buf()),
+            agent_socket: Some(endpoint.path().to_path_buf()),
         };
         if let Err(e) = self.state()?.set_running(vm_id, &running) {
             process.kill();
+            self.close_channel(&rec);
             remove_sockets(&spec);
             return Err(e.into());
         }
         let client = if rec.info.config.boots_agent() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match AgentClient::connect(&spec.agent, left) {
+            match AgentClient::connect(&endpoint, left) {
                 Ok(c) => Some(c),
                 Err(e) => {
+                    // When the time is up, the owner's socket not there yet, or the owner giving up
+                    // on the agent at the same moment, is a slow boot too.
+                    let e = match e {
+                        ExecError::Connect { .. } | ExecError::AgentDisconnected { .. }
+                            if Instant::now() >= deadline =>
+                        {
+                            ExecError::Timeout {
+                                operation: "connecting to the guest agent".into(),
+                                after: boot_timeout,
+                            }
+                        }
+                        e => e,
+                    };
                     process.kill();
+                    self.close_channel(&rec);
                     remove_sockets(&spec);
                     let why = format!("boot did not complete: {e}");
                     self.state()?
@@ -306,6 +331,7 @@ impl SmolVmManager {
     /// Powers the guest off gracefully, then kills the VMM if it outlives `timeout`; removes its sockets.
     fn halt(&self, rec: &VmRecord, timeout: Duration) -> Result<()> {
         let Some(process) = rec.process.filter(|p| p.is_alive()) else {
+            self.close_channel(rec);
             self.remove_vm_sockets(rec);
             return Ok(());
         };
@@ -314,7 +340,8 @@ impl SmolVmManager {
             self.unpause_for_halt(rec);
         }
         let backend = self.backend_impl(rec.backend)?;
-        let agent = backend.agent_endpoint(self.socket_dir(), &rec.info.vm_id);
+        // Through the channel owner (it holds QEMU's only agent connection), wherever it was recorded.
+        let agent = self.agent_endpoint_of(rec)?;
         let asked = !timeout.is_zero()
             && AgentClient::connect(&agent, AGENT_STOP_CONNECT.min(timeout))
                 .and_then(|c| c.power_off())
@@ -330,6 +357,7 @@ impl SmolVmManager {
             tracing::info!(vm = %rec.info.vm_id, "graceful stop timed out, killing the VMM");
             process.kill();
         }
+        self.close_channel(rec);
         self.remove_vm_sockets(rec);
         Ok(())
     }
@@ -399,6 +427,8 @@ impl SmolVmManager {
         for tmp in disk::temp_clones(self.disk_dir(), &rec.info.vm_id) {
             let _ = fs::remove_file(tmp);
         }
+        // Before the VM directory goes: the owner's PID file is in it.
+        self.close_channel(rec);
         let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
         self.remove_vm_sockets(rec);
     }

@@ -20,6 +20,7 @@ mod cleanup_plan;
 mod net;
 mod procscan;
 
+mod channel;
 mod fork;
 mod images;
 mod lifecycle;
@@ -232,8 +233,9 @@ impl SmolVmManager {
     }
 
     /// Marks VMs whose row says running but whose VMM process is gone as `error`; returns their ids
-    /// (spec: `reconcile`). Takes no VM lock (see [`liveness`]), so it never waits for an operation on
-    /// another VM, such as a boot.
+    /// (spec: `reconcile`). Also starts a new channel owner for a running QEMU VM whose owner died.
+    /// Takes no VM lock (see [`liveness`]) except that of a VM whose owner it restarts, so it never
+    /// waits for an operation on another VM, such as a boot.
     pub fn reconcile(&self) -> Result<Vec<String>> {
         let mut running = self.state()?.list_vms(Some(VmState::Running))?;
         running.extend(self.state()?.list_vms(Some(VmState::Paused))?);
@@ -241,7 +243,16 @@ impl SmolVmManager {
         for rec in running {
             match self.observe(rec) {
                 Ok((rec, true)) => stale.push(rec.info.vm_id),
-                Ok((_, false)) | Err(Error::VmNotFound(_)) => {}
+                Ok((rec, false)) => {
+                    // The VM lives; its channel owner may not (it crashed or was killed).
+                    match self.ensure_channel(&rec.info.vm_id) {
+                        Ok(_) | Err(Error::VmNotFound(_)) => {}
+                        Err(e) => {
+                            tracing::warn!(vm = %rec.info.vm_id, error = %e, "could not restart the channel owner")
+                        }
+                    }
+                }
+                Err(Error::VmNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -169,13 +169,19 @@ fn qemu_opts(arg: &[u8]) -> Vec<Vec<u8>> {
 /// `<id>.vsock` and Firecracker's per-port `<id>.vsock_<port>`), if `name` is one.
 pub(crate) fn socket_file_vm(name: &OsStr) -> Option<&str> {
     let name = name.to_str()?;
-    let id = [QMP_SUFFIX, ".agent", FC_SUFFIX, ".vsock"]
-        .iter()
-        .find_map(|s| name.strip_suffix(s))
-        .or_else(|| {
-            let (stem, port) = name.rsplit_once(".vsock_")?;
-            port.bytes().all(|b| b.is_ascii_digit()).then_some(stem)
-        })?;
+    let id = [
+        QMP_SUFFIX,
+        ".agent",
+        crate::channel::SOCKET_SUFFIX,
+        FC_SUFFIX,
+        ".vsock",
+    ]
+    .iter()
+    .find_map(|s| name.strip_suffix(s))
+    .or_else(|| {
+        let (stem, port) = name.rsplit_once(".vsock_")?;
+        port.bytes().all(|b| b.is_ascii_digit()).then_some(stem)
+    })?;
     validate_vm_id(id).ok().map(|_| id)
 }
 
@@ -304,6 +310,7 @@ mod tests {
         for (name, id) in [
             ("vm-1.qmp", Some("vm-1")),
             ("vm-1.agent", Some("vm-1")),
+            ("vm-1.chan", Some("vm-1")),
             ("vm-1.fc.sock", Some("vm-1")),
             ("vm-1.vsock", Some("vm-1")),
             ("vm-1.vsock_1024", Some("vm-1")),

@@ -217,6 +217,7 @@ impl SmolVmManager {
                 if let Some(p) = process {
                     p.kill();
                 }
+                self.close_channel(rec);
                 if let Ok(b) = self.backend_impl(rec.backend) {
                     let _ = crate::backend::remove_socket(&b.control_socket(self.socket_dir(), id));
                     let _ = crate::backend::remove_socket(
@@ -304,6 +305,7 @@ impl SmolVmManager {
         if let Some(p) = process {
             p.kill();
         }
+        self.close_channel(rec);
         if let Err(undo) = self.teardown_network(rec) {
             tracing::warn!(vm = %id, error = %undo, "rollback could not remove the network");
         }
