@@ -348,3 +348,58 @@ fn oversized_requests_are_refused_before_sending() {
         Err(ExecError::InvalidRequest(_))
     ));
 }
+
+#[test]
+fn a_slow_caller_holds_back_a_flooding_agent() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const FRAMES: usize = 400;
+    let chunk = vec![b'x'; smolvm_protocol::limits::OUTPUT_CHUNK_LEN];
+    let written = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&written);
+    let (client, _t) = with_agent(SHORT, move |mut a| {
+        let n = a.hello();
+        a.s.write_all(&ready_bytes(PROTOCOL_VERSION, n)).unwrap();
+        let id = a.frame().expect("an exec").request_id;
+        for _ in 0..FRAMES {
+            let f = Frame::new(FrameType::Stdout, id, chunk.clone());
+            if f.write_to(&mut a.s).is_err() {
+                return;
+            }
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+        let exit = smolvm_protocol::ExitStatus {
+            code: Some(0),
+            signal: None,
+            timed_out: false,
+        };
+        let _ = Reply::Exit(exit).to_frame(id).unwrap().write_to(&mut a.s);
+    });
+    let client = client.unwrap();
+    let mut seen = 0usize;
+    let mut stalled_at = None;
+    let code = client
+        .exec_streaming(&super::ExecRequest::shell("yes"), |_, data| {
+            if stalled_at.is_none() {
+                // The caller is slow: wait until the agent cannot write any more.
+                let mut last = usize::MAX;
+                while written.load(Ordering::SeqCst) != last {
+                    last = written.load(Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                stalled_at = Some(last);
+            }
+            seen += data.len();
+        })
+        .unwrap();
+    assert_eq!(
+        (code, seen),
+        (0, FRAMES * smolvm_protocol::limits::OUTPUT_CHUNK_LEN)
+    );
+    // Queued frames plus what the socket and the decoder hold, not the whole flood.
+    let stalled_at = stalled_at.unwrap();
+    assert!(
+        stalled_at <= super::client::QUEUED_FRAMES + 16,
+        "the agent wrote {stalled_at} frames while the caller did not read"
+    );
+}

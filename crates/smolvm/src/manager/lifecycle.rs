@@ -165,7 +165,7 @@ impl SmolVmManager {
         // Idempotent: remakes what stop removed (and what a host reboot lost).
         self.setup_network(&rec)?;
         let spec = self.launch_spec(&rec, backend.as_ref())?;
-        let _ = fs::remove_file(&spec.console_log);
+        crate::backend::console_keeper::remove_logs(&spec.console_log);
         let process = backend.launch(&spec)?;
         let running = RunningVmm {
             process,
