@@ -14,6 +14,8 @@ mod result;
 mod run;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
