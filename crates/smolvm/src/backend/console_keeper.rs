@@ -29,6 +29,9 @@ use std::process::Command;
 /// `console.log.1` (so the console takes at most twice this on disk).
 pub const CONSOLE_LOG_MAX: u64 = 1024 * 1024;
 
+/// The keeper's process name (`/proc/<pid>/comm`), NUL-terminated for `prctl`.
+pub const KEEPER_NAME: &[u8] = b"smolvm-console\0";
+
 /// Bytes copied per read; on the forked child's stack, so kept small.
 const COPY_BUF: usize = 16 * 1024;
 
@@ -125,6 +128,8 @@ unsafe fn keep(read: RawFd, current: &CString, rotated: &CString, cap: u64) -> !
     unsafe {
         // Own session, default signal mask: a Ctrl-C to the caller's terminal does not cut the console.
         libc::setsid();
+        // Its own name in `ps` and /proc/<pid>/comm (the command line stays the caller's).
+        libc::prctl(libc::PR_SET_NAME, KEEPER_NAME.as_ptr());
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
@@ -274,6 +279,8 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
+        let comm = std::fs::read(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm, [&KEEPER_NAME[..KEEPER_NAME.len() - 1], b"\n"].concat());
         // fd 0 (the pipe) and at most the log it opened.
         assert!(fds.len() <= 2, "keeper holds {fds:?}");
         drop(marker);
