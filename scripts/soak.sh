@@ -170,7 +170,9 @@ check_leases() {
 }
 
 fault() {
-    local kind pids p
+    local kind pids=() p try
+    # A kind with nothing to hit right now (no VMM running, no TAP) gives way to another.
+    for try in 1 2 3 4 5 6; do
     case $(( RANDOM % 5 )) in
         0) kind=kill-vmm; pids=($(own_pids '^[^ ]*qemu-system')) ;;
         1) kind=kill-smolvm  # the CLI mid-command (not the console keepers it forks: their own name)
@@ -180,6 +182,8 @@ fault() {
         3) kind=fill-disk; pids=(x) ;;
         4) kind=lock-db; pids=(x) ;;
     esac
+    [ ${#pids[@]} -gt 0 ] && break
+    done
     [ ${#pids[@]} = 0 ] && return
     p="${pids[RANDOM % ${#pids[@]}]}"
     case $kind in
