@@ -280,7 +280,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         let comm = std::fs::read(format!("/proc/{pid}/comm")).unwrap();
-        assert_eq!(comm, [&KEEPER_NAME[..KEEPER_NAME.len() - 1], b"\n"].concat());
+        assert_eq!(
+            comm,
+            [&KEEPER_NAME[..KEEPER_NAME.len() - 1], b"\n"].concat()
+        );
         // fd 0 (the pipe) and at most the log it opened.
         assert!(fds.len() <= 2, "keeper holds {fds:?}");
         drop(marker);

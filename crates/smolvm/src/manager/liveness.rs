@@ -116,14 +116,18 @@ pub(crate) fn vmm_gone_reason(
     }
 }
 
-/// The last non-empty lines of a log, joined with " | " so the reason stays one line.
+/// The last non-empty lines of a console log, joined with " | " so the reason stays one line. A log
+/// that was just rotated (see [`crate::backend::console_keeper`]) is read on from its predecessor.
 pub(crate) fn console_tail(path: &Path) -> Option<String> {
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
-        .ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
+    let current = last_bytes(path, TAIL_BYTES).unwrap_or_default();
+    let missing = TAIL_BYTES.saturating_sub(current.len() as u64);
+    let mut buf = if missing > 0 {
+        let rotated = crate::backend::console_keeper::rotated_path(path);
+        last_bytes(&rotated, missing).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    buf.extend_from_slice(&current);
     let text = String::from_utf8_lossy(&buf);
     let lines: Vec<&str> = text
         .lines()
@@ -133,4 +137,36 @@ pub(crate) fn console_tail(path: &Path) -> Option<String> {
     let start = lines.len().saturating_sub(TAIL_LINES);
     let tail = lines[start..].join(" | ");
     (!tail.is_empty()).then_some(tail)
+}
+
+/// The last `n` bytes of a file (all of it if shorter); `None` if it cannot be read.
+fn last_bytes(path: &Path, n: u64) -> Option<Vec<u8>> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(n))).ok()?;
+    let mut buf = Vec::new();
+    f.take(n).read_to_end(&mut buf).ok()?;
+    Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_tail_reads_on_into_the_rotated_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        assert_eq!(console_tail(&log), None);
+        let rotated = crate::backend::console_keeper::rotated_path(&log);
+        std::fs::write(&rotated, "old\nKernel panic - not syncing\n").unwrap();
+        std::fs::write(&log, "reboot\n").unwrap();
+        assert_eq!(
+            console_tail(&log).unwrap(),
+            "old | Kernel panic - not syncing | reboot"
+        );
+        // A long current log is enough on its own.
+        std::fs::write(&log, "x\n".repeat(3000)).unwrap();
+        assert!(!console_tail(&log).unwrap().contains("panic"));
+    }
 }
