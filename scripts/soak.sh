@@ -135,8 +135,11 @@ cycle() { # worker, number
         else ok=0; fi
     fi
     [ $ok = 1 ] && { step stop sm stop "$id" || ok=0; }
-    # Delete whatever happened before (a failed step must not leave its VM behind).
-    step delete sm delete "$id" || ok=0
+    # Delete whatever happened before (a failed step must not leave its VM behind); a VM whose create
+    # failed is already gone.
+    if sm info "$id" >/dev/null 2>"$EV/info.$W" || ! grep -q "not found" "$EV/info.$W"; then
+        step delete sm delete "$id" || ok=0
+    fi
     [ $ok = 1 ] && note cycles_ok "$id" || note cycles_failed "$id"
 }
 

@@ -24,7 +24,7 @@ def test_endless_output_is_refused_with_bounded_memory(vm_env):
     with SmolVM() as vm:
         before = peak_rss()
         with pytest.raises(ExecError) as e:
-            vm.run("yes flood")
+            vm.run("yes flood", timeout=900)
         grew = peak_rss() - before
         assert "exceeds" in e.value.message
         # The buffer of at most MAX_OUTPUT bytes, grown by doubling: never the endless stream.
