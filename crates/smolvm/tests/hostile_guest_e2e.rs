@@ -145,7 +145,10 @@ fn stdout_flood_is_bounded_in_host_memory() {
     // Collected: a command printing forever is cancelled at the limit and the call fails with
     // OutputTooLarge; the host held at most the limit (plus the growth of one buffer).
     let before = status_kib("VmHWM");
-    let err = vm.run("yes flood").unwrap_err();
+    // A generous timeout: under load the 64 MiB take a while to cross the emulated channel.
+    let err = vm
+        .run_with_timeout("yes flood", Some(Duration::from_secs(900)))
+        .unwrap_err();
     let grew = (status_kib("VmHWM") - before) * 1024;
     eprintln!("collected flood: peak RSS grew by {} MiB", grew / MIB);
     match &err {
