@@ -4,8 +4,8 @@
 
 use std::fs;
 
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{BackendKind, DiskMode, VmConfig};
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 
 #[test]
 fn a_create_failing_after_the_disk_copy_leaves_no_disk() {

@@ -12,9 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use scene_util::{no_net, Scene};
-use smolvm::backend::console_keeper::{rotated_path, CONSOLE_LOG_MAX};
-use smolvm::exec::{ExecError, ExecRequest, MAX_OUTPUT_LEN};
-use smolvm::Error;
+use smolvm::internals::rotated_console_log as rotated_path;
+use smolvm::{Error, ExecError, ExecRequest, CONSOLE_LOG_MAX, MAX_OUTPUT_LEN};
 use vm_util::spec;
 
 const BOOT: Duration = Duration::from_secs(90);

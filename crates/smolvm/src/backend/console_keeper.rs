@@ -30,7 +30,7 @@ use std::process::Command;
 pub const CONSOLE_LOG_MAX: u64 = 1024 * 1024;
 
 /// The keeper's process name (`/proc/<pid>/comm`), NUL-terminated for `prctl`.
-pub const KEEPER_NAME: &[u8] = b"smolvm-console\0";
+pub(crate) const KEEPER_NAME: &[u8] = b"smolvm-console\0";
 
 /// Bytes copied per read; on the forked child's stack, so kept small.
 const COPY_BUF: usize = 16 * 1024;
@@ -43,21 +43,21 @@ pub fn rotated_path(log: &Path) -> PathBuf {
 }
 
 /// Removes `log` and its rotated predecessor (missing files are fine).
-pub fn remove_logs(log: &Path) {
+pub(crate) fn remove_logs(log: &Path) {
     let _ = std::fs::remove_file(log);
     let _ = std::fs::remove_file(rotated_path(log));
 }
 
 /// A pipe from the VMM's console to a keeper process.
 #[derive(Debug)]
-pub struct ConsolePipe {
+pub(crate) struct ConsolePipe {
     read: OwnedFd,
     write: OwnedFd,
 }
 
 impl ConsolePipe {
     /// A new pipe; both ends close on exec, so no other child inherits them.
-    pub fn new() -> io::Result<ConsolePipe> {
+    pub(crate) fn new() -> io::Result<ConsolePipe> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: pipe2 writes two fds into the array it is given.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -69,13 +69,13 @@ impl ConsolePipe {
     }
 
     /// The path the VMM opens for its console output: the pipe's write end, inherited by the VMM.
-    pub fn vmm_path(&self) -> PathBuf {
+    pub(crate) fn vmm_path(&self) -> PathBuf {
         PathBuf::from(format!("/dev/fd/{}", self.write.as_raw_fd()))
     }
 
     /// Lets the VMM started by `cmd` inherit the write end (only that child: it stays close-on-exec in
     /// this process).
-    pub fn pass_to(&self, cmd: &mut Command) {
+    pub(crate) fn pass_to(&self, cmd: &mut Command) {
         let fd = self.write.as_raw_fd();
         // SAFETY: fcntl is async-signal-safe and touches only the child's copy of the fd.
         unsafe {
@@ -91,7 +91,7 @@ impl ConsolePipe {
     /// Forks the keeper that copies the pipe into `log` (capped at `cap` bytes per file) and closes this
     /// process' ends, so the keeper sees end-of-file once the VMM is gone. Call after the VMM was
     /// spawned. Returns the keeper's pid (a thread here reaps it).
-    pub fn start_keeper(self, log: &Path, cap: u64) -> io::Result<u32> {
+    pub(crate) fn start_keeper(self, log: &Path, cap: u64) -> io::Result<u32> {
         // Everything the child needs is prepared here: it must not allocate.
         let current = CString::new(log.as_os_str().as_bytes())
             .map_err(|_| io::Error::other("console log path holds a NUL byte"))?;
