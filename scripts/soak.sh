@@ -241,8 +241,10 @@ unusable=()
 for id in $(sm list --json | jq -r '.[].vm_id'); do
     # Every VM still listed must work: start it if needed, run a command, then delete it.
     st="$(sm info "$id" --json | jq -r .status)"
-    [ "$st" = running ] || sm start "$id" >/dev/null 2>&1
-    if ! sm exec "$id" -- true >/dev/null 2>&1; then unusable+=("$id ($st)"); fi
+    [ "$st" = running ] || sm start "$id" >/dev/null 2>"$EV/start.audit"
+    if ! sm exec "$id" -- true >/dev/null 2>"$EV/exec.audit"; then
+        unusable+=("$id ($st): $(cat "$EV/start.audit" "$EV/exec.audit" 2>/dev/null | grep -v '^\s*$' | head -3 | tr '\n' ' ' | cut -c1-300)")
+    fi
     sm delete "$id" >/dev/null 2>"$EV/stderr.audit" || unusable+=("$id: delete failed: $(head -1 "$EV/stderr.audit")")
 done
 for s in $(sm snapshot list --json 2>/dev/null | jq -r '.[].name' 2>/dev/null); do
