@@ -11,4 +11,9 @@ if [ "${SMOLVM_E2E:-}" = 1 ]; then
     cargo test -p smolvm --test minimal_kernel_e2e
 fi
 cargo test --workspace --all-targets -- --test-threads="$threads"
+if [ "${SMOLVM_E2E:-}" = 1 ]; then
+    # A short chaos soak (random faults during VM lifecycles; the audit after it must find no leak).
+    cargo build -p smolvm-cli
+    scripts/soak.sh --workers 2 --cycles 6 --minutes 3 --fault-every 3
+fi
 scripts/test-python.sh -q

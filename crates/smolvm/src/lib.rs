@@ -33,6 +33,9 @@ mod test_tools;
 mod tool;
 mod types;
 
+/// Largest size of a VM's `console.log` before it moves to `console.log.1` (the console takes at most
+/// twice this on disk).
+pub use backend::console_keeper::CONSOLE_LOG_MAX;
 pub use backend::BackendError;
 pub use config::{
     validate_env_key, BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS,
@@ -40,7 +43,9 @@ pub use config::{
 };
 pub use dirs::{Dirs, STORE_ENV};
 pub use error::{Error, Result};
-pub use exec::{AgentClient, CommandResult, ExecError, ExecRequest, Stream as ExecStream};
+pub use exec::{
+    AgentClient, CommandResult, ExecError, ExecRequest, Stream as ExecStream, MAX_OUTPUT_LEN,
+};
 pub use facade::{SmolVm, SmolVmBuilder, DEFAULT_SSH_USER};
 pub use host::{Accelerator, HostCapabilities, ToolInfo};
 pub use image::{
@@ -117,6 +122,8 @@ pub mod internals {
     ) -> Result<String, crate::ValidationError> {
         crate::manager::cmdline::kernel_cmdline(boot_args, hostname, None, None)
     }
+    /// Where the console keeper moves a full console log (the hostile-guest test).
+    pub use crate::backend::console_keeper::rotated_path as rotated_console_log;
     /// The per-VM lock and how long an operation waits for it.
     pub use crate::manager::lock::{VmLock, LOCK_WAIT};
 }

@@ -1,6 +1,7 @@
 //! Virtual machine monitors behind one small trait, so the manager never knows which one it drives and
 //! unit tests can check the exact QEMU argv or Firecracker request sequence without a VM.
 
+pub(crate) mod console_keeper;
 pub(crate) mod firecracker;
 pub(crate) mod qemu;
 

@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,13 +27,20 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
 /// Bytes read from the socket at once.
 pub(super) const READ_CHUNK: usize = 256 * 1024;
+/// Frames queued for one request before the reader waits for its caller. The guest decides how fast
+/// output comes; without a bound, a caller slower than the guest (a slow pipe behind `smolvm exec`, a
+/// slow Python callback) would let the host buffer without limit. With it, the reader stops reading the
+/// channel, the agent blocks on its writes and the guest's command on its pipe: at most this many frames
+/// ([`smolvm_protocol::MAX_FRAME_LEN`] each, 64 KiB for output) wait per request. The price: while one
+/// request's caller does not read, the other requests on the same connection wait too.
+pub(super) const QUEUED_FRAMES: usize = 32;
 /// Longest `OK <port>` line accepted from Firecracker's vsock proxy.
 const MAX_VSOCK_REPLY: usize = 64;
 
 /// Frames for pending requests, by request id; `dead` once the connection ended.
 #[derive(Default)]
 struct Pending {
-    calls: HashMap<u32, Sender<Frame>>,
+    calls: HashMap<u32, SyncSender<Frame>>,
     dead: Option<Arc<ProtocolError>>,
     closed: bool,
 }
@@ -282,7 +289,7 @@ impl AgentClient {
 
     /// Registers a new request id.
     pub(super) fn start(&self) -> Result<Call<'_>, ExecError> {
-        let (tx, rx) = channel();
+        let (tx, rx) = sync_channel(QUEUED_FRAMES);
         let mut pending = lock(&self.shared.pending);
         if pending.closed {
             return Err(ExecError::disconnected(pending.dead.clone()));
@@ -339,11 +346,14 @@ fn read_loop(mut stream: UnixStream, mut dec: Decoder, shared: &Shared) {
             match item {
                 Ok(frame) => {
                     let id = frame.request_id;
-                    let mut pending = lock(&shared.pending);
                     // Frames of requests nobody waits for any more (or never did) are dropped.
-                    let gone = pending.calls.get(&id).map(|tx| tx.send(frame).is_err());
-                    if gone == Some(true) {
-                        pending.calls.remove(&id);
+                    let Some(tx) = lock(&shared.pending).calls.get(&id).cloned() else {
+                        continue;
+                    };
+                    // Blocks while the request's queue is full (not under the lock: the caller
+                    // needs it to start or end requests). Fails once the caller dropped its end.
+                    if tx.send(frame).is_err() {
+                        lock(&shared.pending).calls.remove(&id);
                     }
                 }
                 // A newer agent's frame type: skip it.

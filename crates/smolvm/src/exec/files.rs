@@ -98,7 +98,8 @@ impl AgentClient {
     }
 
     /// Copies the guest file `remote` to the local path `local` (its directory must exist), with the
-    /// guest file's permission bits. Returns the bytes copied.
+    /// guest file's permission bits (`rwx` for user, group, other; never setuid, setgid or sticky).
+    /// Returns the bytes copied.
     pub fn download_file(&self, remote: &str, local: &Path) -> Result<u64, ExecError> {
         let local_err = |action, source| ExecError::LocalIo {
             action,
@@ -178,7 +179,10 @@ impl AgentClient {
                             format!("received {received} bytes, agent sent {:?}", done.bytes),
                         )));
                     }
-                    return Ok((received, done.mode.unwrap_or(0o644) & 0o7777));
+                    // Only the permission bits: the guest decides the mode, and a setuid or setgid
+                    // bit on a file the host (often root) writes would hand the guest a privileged
+                    // program on the host.
+                    return Ok((received, done.mode.unwrap_or(0o644) & 0o777));
                 }
                 Reply::Error(e) => {
                     return Err(ExecError::Agent {

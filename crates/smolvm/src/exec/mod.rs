@@ -14,6 +14,8 @@ mod result;
 mod run;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -24,7 +26,7 @@ use std::time::Duration;
 pub use client::AgentClient;
 pub(crate) use result::CommandOutput;
 pub use result::CommandResult;
-pub(crate) use smolvm_protocol::limits::MAX_OUTPUT_LEN;
+pub use smolvm_protocol::limits::MAX_OUTPUT_LEN;
 pub(crate) use smolvm_protocol::{Command, ErrorKind, ProtocolError};
 
 use crate::error::ValidationError;

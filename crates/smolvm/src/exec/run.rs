@@ -71,6 +71,33 @@ impl AgentClient {
         })
     }
 
+    /// One step of the liveness check of a quiet command: sends a ping if none is in flight, else
+    /// looks (without waiting) whether it was answered. Fails once the ping went unanswered for the
+    /// request timeout or the connection ended.
+    fn check_liveness<'a>(
+        &'a self,
+        ping: Option<(super::client::Call<'a>, Instant)>,
+    ) -> Result<Option<(super::client::Call<'a>, Instant)>, ExecError> {
+        let Some((mut call, sent)) = ping else {
+            let call = self.start()?;
+            call.send(&Request::Ping)?;
+            return Ok(Some((call, Instant::now())));
+        };
+        match call.try_recv_for(Duration::ZERO)? {
+            Some(Reply::Done(_)) => Ok(None),
+            Some(Reply::Error(e)) => Err(ExecError::Agent {
+                kind: e.kind,
+                message: e.message,
+            }),
+            Some(other) => Err(super::client::unexpected(&other)),
+            None if sent.elapsed() >= self.request_timeout() => Err(ExecError::Timeout {
+                operation: "ping".into(),
+                after: self.request_timeout(),
+            }),
+            None => Ok(Some((call, sent))),
+        }
+    }
+
     fn exec_inner(
         &self,
         req: &ExecRequest,
@@ -107,6 +134,10 @@ impl AgentClient {
             operation: "command".into(),
             after,
         };
+        // A liveness ping in flight, and when it was sent. It is never waited for while this
+        // command's output could be queued behind it: a full queue holds back every frame after it,
+        // the ping's answer too, so waiting here would wait for ourselves.
+        let mut ping: Option<(super::client::Call<'_>, Instant)> = None;
         loop {
             let wait = match deadline {
                 Some(d) => d
@@ -122,9 +153,11 @@ impl AgentClient {
                         return Err(command_timeout(t));
                     }
                 }
-                self.ping()?;
+                ping = self.check_liveness(ping)?;
                 continue;
             };
+            // The agent is talking: no ping needed.
+            ping = None;
             match reply {
                 Reply::Stdout(d) => on_output(Stream::Stdout, &d)?,
                 Reply::Stderr(d) => on_output(Stream::Stderr, &d)?,

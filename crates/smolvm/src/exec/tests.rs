@@ -22,14 +22,14 @@ fn ready(version: u32, nonce: Option<u64>) -> Ready {
 }
 
 /// `SYNC` + a Ready frame.
-fn ready_bytes(version: u32, nonce: u64) -> Vec<u8> {
+pub(super) fn ready_bytes(version: u32, nonce: u64) -> Vec<u8> {
     let f = Frame::json(FrameType::Ready, 0, &ready(version, Some(nonce))).unwrap();
     with_sync(&f).unwrap()
 }
 
 /// A scripted agent's side of a connection.
-struct FakeAgent {
-    s: UnixStream,
+pub(super) struct FakeAgent {
+    pub(super) s: UnixStream,
     dec: Decoder,
 }
 
@@ -42,7 +42,7 @@ impl FakeAgent {
     }
 
     /// The next frame from the host; `None` once it disconnected.
-    fn frame(&mut self) -> Option<Frame> {
+    pub(super) fn frame(&mut self) -> Option<Frame> {
         loop {
             if let Some(f) = self.dec.next_frame() {
                 return Some(f.unwrap());
@@ -54,7 +54,7 @@ impl FakeAgent {
     }
 
     /// Waits for the host's Hello; returns its nonce.
-    fn hello(&mut self) -> u64 {
+    pub(super) fn hello(&mut self) -> u64 {
         let f = self.frame().expect("a hello");
         match Request::from_frame(f).unwrap() {
             Request::Hello(Hello { nonce }) => nonce,
@@ -79,7 +79,7 @@ impl FakeAgent {
 }
 
 /// Runs `script` as the agent on the other end of a socketpair, and connects a client to it.
-fn with_agent(
+pub(super) fn with_agent(
     timeout: Duration,
     script: impl FnOnce(FakeAgent) + Send + 'static,
 ) -> (Result<AgentClient, ExecError>, std::thread::JoinHandle<()>) {
@@ -88,7 +88,7 @@ fn with_agent(
     (AgentClient::from_stream(host, timeout), t)
 }
 
-const SHORT: Duration = Duration::from_millis(300);
+pub(super) const SHORT: Duration = Duration::from_millis(300);
 
 #[test]
 fn version_mismatch_is_a_clear_error() {

@@ -201,7 +201,7 @@ impl SmolVmManager {
         self.setup_network(rec).map_err(no_proc)?;
         let backend = self.backend_impl(rec.backend).map_err(no_proc)?;
         let spec = self.launch_spec(rec, backend.as_ref()).map_err(no_proc)?;
-        let _ = fs::remove_file(&spec.console_log);
+        crate::backend::console_keeper::remove_logs(&spec.console_log);
         let process = backend
             .restore(&spec, &snap.dir)
             .map_err(|e| no_proc(fail("restore the VM state")(e.into())))?;

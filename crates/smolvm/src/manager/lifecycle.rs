@@ -188,7 +188,7 @@ impl SmolVmManager {
     ) -> Result<Option<AgentClient>> {
         let vm_id = rec.info.vm_id.as_str();
         let spec = self.launch_spec(rec, backend)?;
-        let _ = fs::remove_file(&spec.console_log);
+        crate::backend::console_keeper::remove_logs(&spec.console_log);
         let process = backend.launch(&spec)?;
         let left = deadline.saturating_duration_since(Instant::now());
         // Clients (this one included) reach the agent through the VM's channel owner, if it has one.
@@ -420,9 +420,13 @@ impl SmolVmManager {
     fn teardown(&self, rec: &VmRecord, keep_disk: bool) {
         let config = &rec.info.config;
         if config.disk_mode() == DiskMode::Isolated && !keep_disk {
-            if let Some(d) = &rec.disk_path {
-                disk::remove_disk(d);
-            }
+            // A record read before its disk path was stored (a create rolling back, or killed between
+            // the copy and storing the path) still owns the disk under its usual name.
+            let disk = rec
+                .disk_path
+                .clone()
+                .unwrap_or_else(|| disk::isolated_disk_path(self.disk_dir(), &rec.info.vm_id));
+            disk::remove_disk(&disk);
         }
         for tmp in disk::temp_clones(self.disk_dir(), &rec.info.vm_id) {
             let _ = fs::remove_file(tmp);

@@ -112,8 +112,37 @@ pub(crate) fn vmm_gone_reason(
     }
 }
 
-/// The last non-empty lines of a log, joined with " | " so the reason stays one line.
+/// The last non-empty lines of a console log, joined with " | " so the reason stays one line. A log
+/// that was just rotated (see [`crate::backend::console_keeper`]) is read on from its predecessor.
 pub(crate) fn console_tail(path: &Path) -> Option<String> {
-    let lines = crate::process::log_tail(path, 0, TAIL_LINES);
+    let mut lines = crate::process::log_tail(path, 0, TAIL_LINES);
+    if lines.len() < TAIL_LINES {
+        let rotated = crate::backend::console_keeper::rotated_path(path);
+        let mut older = crate::process::log_tail(&rotated, 0, TAIL_LINES - lines.len());
+        older.append(&mut lines);
+        lines = older;
+    }
     (!lines.is_empty()).then(|| lines.join(" | "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_tail_reads_on_into_the_rotated_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        assert_eq!(console_tail(&log), None);
+        let rotated = crate::backend::console_keeper::rotated_path(&log);
+        std::fs::write(&rotated, "old\nKernel panic - not syncing\n").unwrap();
+        std::fs::write(&log, "reboot\n").unwrap();
+        assert_eq!(
+            console_tail(&log).unwrap(),
+            "old | Kernel panic - not syncing | reboot"
+        );
+        // A long current log is enough on its own.
+        std::fs::write(&log, "x\n".repeat(3000)).unwrap();
+        assert!(!console_tail(&log).unwrap().contains("panic"));
+    }
 }

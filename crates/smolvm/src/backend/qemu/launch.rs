@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::{check_socket_path, QemuBackend, QemuError, QmpClient, QmpError, STARTUP_TIMEOUT};
+use crate::backend::console_keeper::{ConsolePipe, CONSOLE_LOG_MAX};
 use crate::backend::{remove_socket, LaunchSpec};
 use crate::process::{spawn_detached, ProcessIdentity};
 
@@ -29,15 +30,8 @@ pub(super) fn launch(
     // Only what this start writes to the (appended) log belongs in its error messages.
     let log_offset = fs::metadata(&spec.vmm_log).map(|m| m.len()).unwrap_or(0);
 
-    let argv = backend.argv(spec);
-    tracing::debug!(vm_id = %spec.vm_id, ?argv, "starting QEMU");
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    spec.mark_owner(&mut cmd);
-    let identity = spawn_detached(cmd, &spec.vmm_log).map_err(|source| QemuError::Spawn {
-        binary: backend.binary.clone(),
-        source,
-    })?;
+    let argv_for = |spec: &LaunchSpec| backend.argv(spec);
+    let identity = spawn_with_console(backend, spec, argv_for, "starting QEMU")?;
 
     match wait_for_qmp(&identity, spec, log_offset) {
         Ok(()) => Ok(identity),
@@ -51,6 +45,36 @@ pub(super) fn launch(
             Err(e)
         }
     }
+}
+
+/// Spawns QEMU (detached, marked with its store) with its serial console going through a
+/// [`ConsolePipe`] to a keeper that caps the log on disk. `argv_for` builds the argv from a spec whose
+/// console path is the pipe. If the keeper cannot start, QEMU is killed again.
+pub(super) fn spawn_with_console(
+    backend: &QemuBackend,
+    spec: &LaunchSpec,
+    argv_for: impl Fn(&LaunchSpec) -> Vec<std::ffi::OsString>,
+    what: &str,
+) -> Result<ProcessIdentity, QemuError> {
+    let spawn_err = |source| QemuError::Spawn {
+        binary: backend.binary.clone(),
+        source,
+    };
+    let console = ConsolePipe::new().map_err(spawn_err)?;
+    let mut piped = spec.clone();
+    piped.console_log = console.vmm_path();
+    let argv = argv_for(&piped);
+    tracing::debug!(vm_id = %spec.vm_id, ?argv, "{what}");
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    spec.mark_owner(&mut cmd);
+    console.pass_to(&mut cmd);
+    let identity = spawn_detached(cmd, &spec.vmm_log).map_err(spawn_err)?;
+    if let Err(e) = console.start_keeper(&spec.console_log, CONSOLE_LOG_MAX) {
+        identity.kill();
+        return Err(spawn_err(e));
+    }
+    Ok(identity)
 }
 
 /// Waits until QEMU's QMP socket completes a handshake, QEMU dies, or [`STARTUP_TIMEOUT`] passes.

@@ -10,7 +10,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -19,7 +18,7 @@ use super::launch::log_tail;
 use super::{QemuBackend, QemuError, QmpClient, QmpError};
 use crate::backend::remove_socket;
 use crate::backend::LaunchSpec;
-use crate::process::{spawn_detached, ProcessIdentity};
+use crate::process::ProcessIdentity;
 
 /// Name of the migration stream inside a snapshot directory.
 pub(crate) const MIGRATION_FILE: &str = "vm.migration";
@@ -139,14 +138,12 @@ pub(super) fn restore(
     let log_offset = std::fs::metadata(&spec.vmm_log)
         .map(|m| m.len())
         .unwrap_or(0);
-    let argv = restore_argv(backend, spec);
-    tracing::debug!(vm_id = %spec.vm_id, ?argv, "restoring QEMU");
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    let identity = spawn_detached(cmd, &spec.vmm_log).map_err(|source| QemuError::Spawn {
-        binary: backend.binary.clone(),
-        source,
-    })?;
+    let identity = super::launch::spawn_with_console(
+        backend,
+        spec,
+        |s| restore_argv(backend, s),
+        "restoring QEMU",
+    )?;
     let t0 = std::time::Instant::now();
     let result = super::launch::wait_for_qmp(&identity, spec, log_offset).and_then(|()| {
         tracing::debug!(vm_id = %spec.vm_id, ms = t0.elapsed().as_millis() as u64, "QMP up");
