@@ -20,7 +20,7 @@ use crate::config::BackendKind;
 use crate::host::HostCapabilities;
 use crate::process::ProcessIdentity;
 
-pub use argv::{build_argv, AGENT_PORT_NAME};
+pub use argv::{build_argv, build_argv_for, KernelEntry, AGENT_PORT_NAME};
 pub use qmp::{QmpClient, QmpError, QmpStatus};
 
 /// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
