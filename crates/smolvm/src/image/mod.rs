@@ -22,6 +22,7 @@
 mod agent;
 mod ar;
 mod assemble;
+mod auto;
 mod builder;
 mod cache;
 mod cpio;
@@ -52,6 +53,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use agent::AGENT_ENV;
+pub use auto::{AutoKernel, AUTO_KERNEL_ENV, AUTO_MINIMAL_IMAGE_NAME};
 pub use builder::{ImageBuilder, ImageOptions, KERNEL_ENV, KERNEL_MODULES_ENV};
 pub use deb::DEFAULT_KERNEL_PACKAGE;
 pub use debian::{DebianOptions, Preset, DEFAULT_SUITE};
