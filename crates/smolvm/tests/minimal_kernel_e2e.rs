@@ -11,9 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use netns_util::{e2e, Netns};
-use smolvm::image::{AutoKernel, GuestImage, ImageBuilder, ImageOptions, AUTO_MINIMAL_IMAGE_NAME};
-use smolvm::manager::{CreateOptions, NetworkChoice};
+use smolvm::{AutoKernel, GuestImage, ImageBuilder, ImageOptions, AUTO_MINIMAL_IMAGE_NAME};
 use smolvm::{BackendKind, SmolVm, VmState};
+use smolvm::{CreateOptions, NetworkChoice};
 use vm_util::TestEnv;
 
 const BOOT: Duration = Duration::from_secs(60);

@@ -32,11 +32,11 @@ use super::Accel;
 use crate::backend::{LaunchSpec, NetAttachment};
 
 /// The name of the guest's virtio-serial port for the agent (`/sys/class/virtio-ports/*/name`).
-pub const AGENT_PORT_NAME: &str = "org.smolvm.agent";
+pub(crate) const AGENT_PORT_NAME: &str = "org.smolvm.agent";
 
 /// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
 /// backing file is the snapshot's disk), `raw` for everything else.
-pub fn disk_format(disk: &Path) -> &'static str {
+pub(crate) fn disk_format(disk: &Path) -> &'static str {
     if disk.extension().is_some_and(|e| e == "qcow2") {
         "qcow2"
     } else {
@@ -46,7 +46,7 @@ pub fn disk_format(disk: &Path) -> &'static str {
 
 /// How QEMU enters the guest kernel, decided by the kernel file's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelEntry {
+pub(crate) enum KernelEntry {
     /// A bzImage (Linux boot protocol: real-mode setup, then decompression).
     BzImage,
     /// An uncompressed ELF `vmlinux` with a PVH note, entered directly in 32-bit protected mode.
@@ -56,7 +56,7 @@ pub enum KernelEntry {
 impl KernelEntry {
     /// [`Pvh`](Self::Pvh) if `kernel` starts with the ELF magic, else [`BzImage`](Self::BzImage) (an
     /// unreadable file too: QEMU reports that with the path when it starts).
-    pub fn detect(kernel: &Path) -> KernelEntry {
+    pub(crate) fn detect(kernel: &Path) -> KernelEntry {
         use std::io::Read;
         let mut magic = [0u8; 4];
         let is_elf = std::fs::File::open(kernel)
@@ -78,7 +78,7 @@ pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsStrin
 }
 
 /// The complete argv (program first) that boots `spec` with `accel`, entering the kernel as `entry`.
-pub fn build_argv_for(
+pub(crate) fn build_argv_for(
     binary: &Path,
     spec: &LaunchSpec,
     accel: Accel,
