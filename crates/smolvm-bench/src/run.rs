@@ -200,23 +200,21 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .resolve(opts.backend)
         .map_err(|e| BenchError::step("choose the backend", e))?;
     let image_dir = image_dir(opts)?;
-    opts.progress.say(&format!(
-        "image: {} in {}",
-        opts.image.as_deref().unwrap_or("default"),
-        image_dir.display()
-    ));
-    let template = super::image::image_config(&image_dir, opts.image.as_deref(), backend)
-        .and_then(|t| {
-            Ok(t.with(|s| {
-                if let Some(n) = opts.vcpu_count {
-                    s.vcpu_count = n;
-                }
-                if let Some(m) = opts.mem_size_mib {
-                    s.mem_size_mib = m;
-                }
-            })?)
+    let (image_name, template) =
+        super::image::image_config(&image_dir, opts.image.as_deref(), backend)
+            .map_err(|e| BenchError::step("build or find the default image", e))?;
+    opts.progress
+        .say(&format!("image: {image_name} in {}", image_dir.display()));
+    let template = template
+        .with(|s| {
+            if let Some(n) = opts.vcpu_count {
+                s.vcpu_count = n;
+            }
+            if let Some(m) = opts.mem_size_mib {
+                s.mem_size_mib = m;
+            }
         })
-        .map_err(|e| BenchError::step("build or find the default image", e))?;
+        .map_err(|e| BenchError::step("apply --vcpus and --mem", smolvm::Error::from(e)))?;
     let qemu = match backend {
         BackendKind::Qemu => Some(
             QemuBackend::from_host(manager.host())

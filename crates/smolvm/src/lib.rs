@@ -49,10 +49,11 @@ pub use exec::{
 pub use facade::{SmolVm, SmolVmBuilder, DEFAULT_SSH_USER};
 pub use host::{Accelerator, HostCapabilities, ToolInfo};
 pub use image::{
-    runtime_of_rootfs, DebianOptions, GuestImage, ImageBuilder, ImageError, ImageOptions,
-    ImageSource, ImportOptions, ImportSource, Preset, Progress as ImageProgress,
-    DEFAULT_IMAGE_NAME, DEFAULT_KERNEL_PACKAGE, DEFAULT_SIZE_MIB as DEFAULT_IMAGE_SIZE_MIB,
-    DEFAULT_SUITE as DEFAULT_IMAGE_SUITE, SSH_BOOT_ARGS,
+    runtime_of_rootfs, AutoKernel, DebianOptions, GuestImage, ImageBuilder, ImageError,
+    ImageOptions, ImageSource, ImportOptions, ImportSource, Preset, Progress as ImageProgress,
+    AUTO_KERNEL_ENV, AUTO_MINIMAL_IMAGE_NAME, DEFAULT_IMAGE_NAME, DEFAULT_KERNEL_PACKAGE,
+    DEFAULT_SIZE_MIB as DEFAULT_IMAGE_SIZE_MIB, DEFAULT_SUITE as DEFAULT_IMAGE_SUITE,
+    SSH_BOOT_ARGS,
 };
 pub use info::{NetworkConfig, NetworkMode, VmInfo};
 pub use manager::{

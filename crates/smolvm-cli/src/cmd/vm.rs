@@ -36,7 +36,8 @@ pub struct CreateArgs {
     /// Otherwise VMs of a built image start from their template, and the first one started makes it.
     #[arg(long)]
     pub no_template: bool,
-    /// Name of a built or imported image to boot (see `smolvm image list`) [default: default].
+    /// Name of a built or imported image to boot (see `smolvm image list`) [default: auto-configuration's
+    /// choice: `default-minimal` once the minimal kernel is compiled, else `default`; `SMOLVM_AUTO_KERNEL`].
     #[arg(long, conflicts_with_all = ["kernel", "rootfs"])]
     pub image: Option<String>,
     /// Kernel image (with --rootfs: use your own image instead of the default).

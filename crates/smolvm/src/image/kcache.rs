@@ -200,6 +200,11 @@ pub(super) fn identify(source: &KernelSource, memo_dir: &Path) -> Result<KernelI
     }
 }
 
+/// True if the kernel `id` is already prepared in `kernels_dir` (no download or compile needed).
+pub(crate) fn is_prepared(id: &KernelId, kernels_dir: &Path) -> bool {
+    load(&kernels_dir.join(&id.key)).is_some_and(|k| k.meta.identity == id.identity)
+}
+
 /// Returns the prepared kernel, preparing it if needed (download, unpack, vmlinux, modules).
 pub(super) fn prepare(
     id: &KernelId,

@@ -5,18 +5,23 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use super::auto::AutoKernel;
 use super::builder::{validate_name, ImageBuilder, ImageOptions};
 use super::cache;
 use super::error::ImageError;
 use super::{GuestImage, ImageSource, DEFAULT_IMAGE_NAME};
 
 impl ImageBuilder {
-    /// The image a new VM boots when it names `name` (default: the default image). The default kind is
-    /// built or refreshed as [`ImageBuilder::build`] does (it is cheap and follows agent and kernel
-    /// updates); a cached image of another kind (Debian, OCI, archive) is used as it is; a missing
-    /// name that is not the default one is an error saying how to make it.
+    /// The image a new VM boots when it names `name`; `None` is auto-configuration's choice
+    /// ([`ImageBuilder::auto_image`] as `SMOLVM_AUTO_KERNEL` says: the minimal kernel once compiled,
+    /// else the default image). The default kind is built or refreshed as [`ImageBuilder::build`] does
+    /// (it is cheap and follows agent and kernel updates); a cached image of another kind (Debian, OCI,
+    /// archive) is used as it is; a missing name that is not the default one is an error saying how
+    /// to make it.
     pub fn image_for_vm(&self, name: Option<&str>) -> Result<GuestImage, ImageError> {
-        let name = name.unwrap_or(DEFAULT_IMAGE_NAME);
+        let Some(name) = name else {
+            return self.auto_image(AutoKernel::from_env()?);
+        };
         validate_name(name)?;
         let existing = self.get(name);
         match existing {

@@ -1,8 +1,8 @@
 //! The minimal guest kernel: built on this machine from Debian's `linux-source` package with
 //! `make tinyconfig` plus smolvm's commented fragment (`kernel-config/minimal.config`). Every driver a
 //! guest needs is built in, so it boots without an initramfs. The build makes both forms: the ELF
-//! `vmlinux` (Firecracker) and a bzImage (QEMU: entering the ELF through PVH panicked in early boot in
-//! about 1 of 6 boots under host load here, while the bzImage path is the one the suite has always used).
+//! `vmlinux`, which Firecracker and QEMU boot (QEMU through PVH, with the i8259 off: see the QEMU argv),
+//! and a bzImage, QEMU's fallback for a `vmlinux` that is missing.
 //!
 //! Building takes minutes (about 5 on 2 cores): the result is cached in the prepared-kernel cache keyed
 //! by the source package version, the fragment and the compiler, and shared by every image.

@@ -152,7 +152,7 @@ fn tcg_with_tap_readonly_disk_and_initrd() {
                 "-initrd",
                 "/img/initrd.cpio",
                 "-append",
-                "console=ttyS0 reboot=k panic=1 pci=off tsc_early_khz=2445426",
+                "console=ttyS0 reboot=k panic=1 pci=off tsc_early_khz=2445426 tsc=reliable",
                 "-drive",
                 "id=root,format=raw,if=none,file=/data/disks/vm-1234abcd.ext4,readonly=on",
                 "-device",
@@ -184,9 +184,12 @@ fn tcg_with_user_network_and_unknown_tsc() {
             tb_size_mib: None,
         },
     ));
-    // Without a known TSC frequency nothing is appended.
+    // Without a known TSC frequency only the watchdog exemption is appended.
     let append = argv.iter().position(|a| a == "-append").unwrap();
-    assert_eq!(argv[append + 1], "console=ttyS0 reboot=k panic=1 pci=off");
+    assert_eq!(
+        argv[append + 1],
+        "console=ttyS0 reboot=k panic=1 pci=off tsc=reliable"
+    );
     let netdev = argv.iter().position(|a| a == "-netdev").unwrap();
     assert_eq!(
         argv[netdev..netdev + 4],
@@ -251,4 +254,62 @@ fn two_gib_with_an_initrd_gets_one_mib_more() {
     assert_eq!(argv_mem(2048, true), "2049M");
     assert_eq!(argv_mem(2048, false), "2048M");
     assert_eq!(argv_mem(1024, true), "1024M");
+}
+
+#[test]
+fn pvh_entry_turns_the_pic_off_on_both_accelerators() {
+    let mut s = spec();
+    s.kernel = PathBuf::from("/img/vmlinux");
+    let tcg = Accel::Tcg {
+        tsc_khz: None,
+        tb_size_mib: Some(32),
+    };
+    let argv = strings(build_argv_for(Path::new("q"), &s, tcg, KernelEntry::Pvh));
+    assert_eq!(
+        argv[3..9],
+        [
+            "-M",
+            "microvm,acpi=on,pit=on,pic=off",
+            "-accel",
+            "tcg,tb-size=32",
+            "-cpu",
+            "max"
+        ]
+    );
+    let kernel = argv.iter().position(|a| a == "-kernel").unwrap();
+    assert_eq!(argv[kernel + 1], "/img/vmlinux");
+    let argv = strings(build_argv_for(
+        Path::new("q"),
+        &s,
+        Accel::Kvm,
+        KernelEntry::Pvh,
+    ));
+    assert_eq!(argv[3..5], ["-M", "microvm,acpi=on,pic=off"]);
+    // The command line is the same for both entries: PVH needs no parameter of its own.
+    let append = argv.iter().position(|a| a == "-append").unwrap();
+    assert_eq!(argv[append + 1], "console=ttyS0 reboot=k panic=1 pci=off");
+}
+
+#[test]
+fn the_entry_is_detected_from_the_elf_magic() {
+    let dir = tempfile::tempdir().unwrap();
+    let elf = dir.path().join("vmlinux");
+    std::fs::write(&elf, b"\x7fELF\x02\x01\x01").unwrap();
+    let bz = dir.path().join("vmlinuz");
+    // A bzImage starts with the legacy boot sector (and "HdrS" at 0x202).
+    std::fs::write(&bz, [0xeau8, 0x05, 0x00, 0xc0, 0x07]).unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, b"\x7fE").unwrap();
+    assert_eq!(KernelEntry::detect(&elf), KernelEntry::Pvh);
+    assert_eq!(KernelEntry::detect(&bz), KernelEntry::BzImage);
+    assert_eq!(KernelEntry::detect(&short), KernelEntry::BzImage);
+    assert_eq!(
+        KernelEntry::detect(&dir.path().join("missing")),
+        KernelEntry::BzImage
+    );
+
+    let mut s = spec();
+    s.kernel = elf;
+    let argv = strings(build_argv(Path::new("q"), &s, Accel::Kvm));
+    assert_eq!(argv[4], "microvm,acpi=on,pic=off");
 }
