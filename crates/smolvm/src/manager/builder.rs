@@ -64,6 +64,7 @@ pub struct ManagerBuilder {
     backends: Option<Arc<dyn BackendFactory>>,
     network: Option<HostNetwork>,
     lock_wait: Option<Duration>,
+    channel_owner: Option<bool>,
 }
 
 impl ManagerBuilder {
@@ -111,6 +112,13 @@ impl ManagerBuilder {
         self
     }
 
+    /// Whether QEMU VMs get a channel owner (default: yes, unless `SMOLVM_CHANNEL_OWNER=0`). Tests of
+    /// the lifecycle against a fake VMM turn it off to talk to the fake agent directly.
+    pub fn channel_owner(mut self, enabled: bool) -> Self {
+        self.channel_owner = Some(enabled);
+        self
+    }
+
     /// Resolves the directories, opens the state store and probes the host (unless given).
     pub fn build(self) -> Result<SmolVmManager> {
         let dirs = Dirs::resolve(self.data_dir.as_deref(), self.socket_dir.as_deref())?;
@@ -123,6 +131,9 @@ impl ManagerBuilder {
             backends: self.backends.unwrap_or_else(|| Arc::new(SystemBackends)),
             network: self.network.unwrap_or_else(HostNetwork::system),
             lock_wait: self.lock_wait.unwrap_or(LOCK_WAIT),
+            channel_owner: self
+                .channel_owner
+                .unwrap_or_else(crate::channel::owner_enabled),
         })
     }
 }

@@ -28,9 +28,7 @@ impl SmolVmManager {
         vmm: ProcessIdentity,
         ready_timeout: Duration,
     ) -> Result<AgentEndpoint> {
-        if rec.backend != BackendKind::Qemu
-            || !rec.info.config.boots_agent()
-            || !channel::owner_enabled()
+        if rec.backend != BackendKind::Qemu || !rec.info.config.boots_agent() || !self.channel_owner
         {
             return Ok(spec.agent.clone());
         }

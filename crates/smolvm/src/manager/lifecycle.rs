@@ -192,7 +192,7 @@ impl SmolVmManager {
         let process = backend.launch(&spec)?;
         let left = deadline.saturating_duration_since(Instant::now());
         // Clients (this one included) reach the agent through the VM's channel owner, if it has one.
-        let endpoint = match self.open_channel(&rec, &spec, process, left) {
+        let endpoint = match self.open_channel(rec, &spec, process, left) {
             Ok(e) => e,
             Err(e) => {
                 process.kill();
@@ -207,7 +207,7 @@ impl SmolVmManager {
         };
         if let Err(e) = self.state()?.set_running(vm_id, &running) {
             process.kill();
-            self.close_channel(&rec);
+            self.close_channel(rec);
             remove_sockets(&spec);
             return Err(e.into());
         }
@@ -230,7 +230,7 @@ impl SmolVmManager {
                         e => e,
                     };
                     process.kill();
-                    self.close_channel(&rec);
+                    self.close_channel(rec);
                     remove_sockets(&spec);
                     let why = format!("boot did not complete: {e}");
                     self.state()?

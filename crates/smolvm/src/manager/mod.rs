@@ -108,6 +108,8 @@ pub struct SmolVmManager {
     backends: Arc<dyn BackendFactory>,
     network: HostNetwork,
     lock_wait: Duration,
+    /// QEMU VMs get a channel owner (see [`crate::channel`]).
+    channel_owner: bool,
 }
 
 impl SmolVmManager {

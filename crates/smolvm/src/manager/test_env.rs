@@ -81,6 +81,8 @@ impl Env {
             .network(HostNetwork::new(net.clone()))
             // Nothing here runs two operations on one VM at once, except on purpose.
             .lock_wait(Duration::from_millis(500))
+            // The fakes' guest behaviour (hang, crash) is set per connection: talk to it directly.
+            .channel_owner(false)
             .build()
             .unwrap();
         let m = Arc::new(m);
