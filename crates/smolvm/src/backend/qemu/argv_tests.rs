@@ -53,6 +53,8 @@ fn tail(net: &[&str]) -> Vec<String> {
         "socket,id=qmp,path=/tmp/smolvm-0/vm-1234abcd.qmp,server=on,wait=off",
         "-mon",
         "chardev=qmp,mode=control",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
     v.into_iter().map(String::from).collect()
 }
