@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod cgroup;
 pub mod config;
 pub mod dirs;
 pub mod error;

@@ -166,7 +166,9 @@ impl SmolVmManager {
         self.setup_network(&rec)?;
         let spec = self.launch_spec(&rec, backend.as_ref())?;
         let _ = fs::remove_file(&spec.console_log);
-        let process = backend.launch(&spec)?;
+        let process = backend
+            .launch(&spec)
+            .inspect_err(|_| self.remove_cgroup(vm_id))?;
         let running = RunningVmm {
             process,
             socket_path: spec.control_socket.clone(),
@@ -175,6 +177,7 @@ impl SmolVmManager {
         if let Err(e) = self.state()?.set_running(vm_id, &running) {
             process.kill();
             remove_sockets(&spec);
+            self.remove_cgroup(vm_id);
             return Err(e.into());
         }
         let client = if rec.info.config.boots_agent() {
@@ -184,6 +187,7 @@ impl SmolVmManager {
                 Err(e) => {
                     process.kill();
                     remove_sockets(&spec);
+                    self.remove_cgroup(vm_id);
                     let why = format!("boot did not complete: {e}");
                     self.state()?
                         .set_status(vm_id, rec.info.status, Some(&why))?;
@@ -264,6 +268,7 @@ impl SmolVmManager {
             console_log: self.console_log(id),
             vmm_log: self.vmm_log(id),
             store: Some(self.dirs.store.clone()),
+            cgroup_procs: self.prepare_cgroup(rec)?,
         })
     }
 
@@ -287,6 +292,7 @@ impl SmolVmManager {
     fn halt(&self, rec: &VmRecord, timeout: Duration) -> Result<()> {
         let Some(process) = rec.process.filter(|p| p.is_alive()) else {
             self.remove_vm_sockets(rec);
+            self.remove_cgroup(&rec.info.vm_id);
             return Ok(());
         };
         let deadline = Instant::now() + timeout;
@@ -311,6 +317,7 @@ impl SmolVmManager {
             process.kill();
         }
         self.remove_vm_sockets(rec);
+        self.remove_cgroup(&rec.info.vm_id);
         Ok(())
     }
 
@@ -381,6 +388,7 @@ impl SmolVmManager {
         }
         let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
         self.remove_vm_sockets(rec);
+        self.remove_cgroup(&rec.info.vm_id);
     }
 }
 

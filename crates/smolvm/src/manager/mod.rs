@@ -13,6 +13,7 @@ pub mod cmdline;
 pub mod disk;
 pub mod lock;
 
+mod cgroups;
 mod cleanup;
 mod cleanup_plan;
 mod net;
@@ -229,6 +230,10 @@ impl SmolVmManager {
                 Ok((_, false)) | Err(Error::VmNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
+        }
+        // Groups of VMMs that died (or of VMs deleted by a crashed smolvm) go now.
+        if let Err(e) = self.leaked_cgroups(false, false) {
+            tracing::warn!(error = %e, "reconcile could not remove leaked cgroups");
         }
         Ok(stale)
     }

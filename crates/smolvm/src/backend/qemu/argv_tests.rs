@@ -20,6 +20,7 @@ fn spec() -> LaunchSpec {
         console_log: PathBuf::from("/data/vms/vm-1234abcd/console.log"),
         vmm_log: PathBuf::from("/data/vms/vm-1234abcd/vmm.log"),
         store: None,
+        cgroup_procs: Vec::new(),
     }
 }
 

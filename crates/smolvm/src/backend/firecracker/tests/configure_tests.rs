@@ -31,6 +31,7 @@ pub fn base_spec(dir: &Path) -> LaunchSpec {
         console_log: dir.join("console.log"),
         vmm_log: dir.join("vmm.log"),
         store: None,
+        cgroup_procs: Vec::new(),
     }
 }
 
