@@ -7,7 +7,7 @@ use crate::error::ValidationError;
 
 /// Room every VMM needs beyond guest RAM that `memory_limit_mib` must leave (below it QEMU is
 /// killed by the cap during boot).
-pub const MIN_VMM_HEADROOM_MIB: u32 = 64;
+pub(crate) const MIN_VMM_HEADROOM_MIB: u32 = 64;
 
 /// Per-VM host limits. Every field is optional: `None` takes the default of [`crate::cgroup`]
 /// (memory = guest RAM + VMM overhead, 256 pids, CPU weight 100, no CPU cap).

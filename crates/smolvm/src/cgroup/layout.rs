@@ -5,15 +5,15 @@
 use std::path::{Path, PathBuf};
 
 /// The controllers a VM's group uses.
-pub const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+pub(crate) const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
 /// The name of smolvm's directory under the cgroup smolvm itself runs in.
-pub const PARENT_NAME: &str = "smolvm";
+pub(crate) const PARENT_NAME: &str = "smolvm";
 
 /// Which hierarchy VM groups live in, and the parent directory (per controller for v1) under which
 /// each VM gets its own group.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// cgroup v2: one directory holds every controller.
     V2 {
         /// `<mount><own cgroup>/smolvm`.
@@ -32,7 +32,7 @@ pub enum Layout {
 
 impl Layout {
     /// The parent directories of VM groups (one for v2, three for v1).
-    pub fn parents(&self) -> Vec<&Path> {
+    pub(crate) fn parents(&self) -> Vec<&Path> {
         match self {
             Layout::V2 { parent } => vec![parent],
             Layout::V1 { cpu, memory, pids } => vec![cpu, memory, pids],
@@ -44,7 +44,7 @@ impl Layout {
 /// hierarchy (`v2_controllers`, the text of `<v2 mount>/cgroup.controllers`, `None` if absent) and the
 /// mount points. Groups are made under the cgroup smolvm runs in (not at the root), so whatever bounds
 /// smolvm (a service's or a container's limits) also bounds its VMs. `None`: no usable hierarchy.
-pub fn choose(
+pub(crate) fn choose(
     proc_cgroup: &str,
     v2_mount: &Path,
     v2_controllers: Option<&str>,

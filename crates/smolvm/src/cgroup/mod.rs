@@ -8,29 +8,29 @@
 //! enters its group between fork and exec (it writes `0` to each `cgroup.procs`), so it never runs
 //! guest code outside it.
 
-pub mod layout;
+pub(crate) mod layout;
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use layout::Layout;
+pub(crate) use layout::Layout;
 
 /// Host memory the VMM needs beyond guest RAM: QEMU's own heap, TCG's translation cache (smolvm
 /// sizes it, see `TCG_TB_SIZE_MIB`), device buffers and thread stacks. Measured RSS of QEMU 10.0.2
 /// under TCG with every guest page touched: see the README's Security section.
-pub const VMM_OVERHEAD_MIB: u64 = 256;
+pub(crate) const VMM_OVERHEAD_MIB: u64 = 256;
 /// Default `pids.max`: QEMU's threads (vCPUs, I/O, a worker pool of up to 64) with room to spare.
 /// Guest processes are not host processes; this bounds the VMM itself.
-pub const DEFAULT_PIDS_MAX: u32 = 256;
+pub(crate) const DEFAULT_PIDS_MAX: u32 = 256;
 /// Default CPU weight (cgroup v2 scale, 1-10000; 100 is every group's default).
-pub const DEFAULT_CPU_WEIGHT: u32 = 100;
+pub(crate) const DEFAULT_CPU_WEIGHT: u32 = 100;
 /// CPU quota period, microseconds.
-pub const CPU_PERIOD_US: u64 = 100_000;
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
 /// Errors of the cgroup area.
 #[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
+pub(crate) enum CgroupError {
     /// A cgroup file or directory could not be made, written or removed.
     #[error("cgroup {op} {path}: {source}")]
     Io {
@@ -46,7 +46,7 @@ pub enum CgroupError {
 
 /// The limits of one VM's group, resolved from its config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CgroupLimits {
+pub(crate) struct CgroupLimits {
     /// Relative CPU weight, 1-10000 (v2 `cpu.weight`; v1 `cpu.shares` = weight * 1024 / 100).
     pub cpu_weight: u32,
     /// Hard CPU cap in percent of one CPU (200 = two CPUs); `None`: no cap.
@@ -60,7 +60,7 @@ pub struct CgroupLimits {
 impl CgroupLimits {
     /// Limits for a VM with `mem_size_mib` of guest RAM: memory = guest RAM + [`VMM_OVERHEAD_MIB`]
     /// unless `memory_limit_mib` says otherwise.
-    pub fn for_guest(
+    pub(crate) fn for_guest(
         mem_size_mib: u32,
         memory_limit_mib: Option<u32>,
         cpu_quota_percent: Option<u32>,
@@ -80,7 +80,7 @@ impl CgroupLimits {
 }
 
 /// The file operations on cgroupfs, behind a trait so tests record them.
-pub trait CgroupFs: Send + Sync + std::fmt::Debug {
+pub(crate) trait CgroupFs: Send + Sync + std::fmt::Debug {
     /// `mkdir`, succeeding if it exists.
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Writes `value` to an existing control file.
@@ -93,7 +93,7 @@ pub trait CgroupFs: Send + Sync + std::fmt::Debug {
 
 /// The real cgroupfs.
 #[derive(Debug, Default)]
-pub struct RealCgroupFs;
+pub(crate) struct RealCgroupFs;
 
 impl CgroupFs for RealCgroupFs {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
@@ -134,7 +134,7 @@ impl CgroupFs for RealCgroupFs {
 
 /// VM groups of one store: create with limits, list, remove.
 #[derive(Debug)]
-pub struct VmGroups {
+pub(crate) struct VmGroups {
     layout: Layout,
     fs: Box<dyn CgroupFs>,
     store_tag: String,
@@ -142,7 +142,7 @@ pub struct VmGroups {
 
 impl VmGroups {
     /// Groups of the store tagged `store_tag` in `layout`, through `fs`.
-    pub fn new(layout: Layout, fs: Box<dyn CgroupFs>, store_tag: impl Into<String>) -> VmGroups {
+    pub(crate) fn new(layout: Layout, fs: Box<dyn CgroupFs>, store_tag: impl Into<String>) -> VmGroups {
         VmGroups {
             layout,
             fs,
@@ -152,7 +152,7 @@ impl VmGroups {
 
     /// This host's layout with the real cgroupfs; `None` when no hierarchy has the controllers (or
     /// /proc/self/cgroup is unreadable).
-    pub fn detect(store_tag: &str) -> Option<VmGroups> {
+    pub(crate) fn detect(store_tag: &str) -> Option<VmGroups> {
         let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let root = Path::new("/sys/fs/cgroup");
         // Pure v2 mounts at the root; a hybrid host mounts it at `unified`.
@@ -167,17 +167,12 @@ impl VmGroups {
         Some(VmGroups::new(layout, Box::new(RealCgroupFs), store_tag))
     }
 
-    /// The layout in use.
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     fn name(&self, vm_id: &str) -> String {
         format!("{}-{vm_id}", self.store_tag)
     }
 
     /// The VM's group directories (one for v2, one per controller for v1).
-    pub fn dirs(&self, vm_id: &str) -> Vec<PathBuf> {
+    pub(crate) fn dirs(&self, vm_id: &str) -> Vec<PathBuf> {
         let name = self.name(vm_id);
         self.layout
             .parents()
@@ -188,7 +183,7 @@ impl VmGroups {
 
     /// Creates (or updates) the VM's group with `limits`. Returns the `cgroup.procs` files its VMM
     /// must enter. On error the group is removed again.
-    pub fn create(&self, vm_id: &str, limits: &CgroupLimits) -> Result<Vec<PathBuf>, CgroupError> {
+    pub(crate) fn create(&self, vm_id: &str, limits: &CgroupLimits) -> Result<Vec<PathBuf>, CgroupError> {
         let r = self.try_create(vm_id, limits);
         if r.is_err() {
             let _ = self.remove(vm_id);
@@ -257,7 +252,7 @@ impl VmGroups {
     }
 
     /// Removes the VM's group (its VMM must be gone: a group with processes cannot be removed).
-    pub fn remove(&self, vm_id: &str) -> Result<(), CgroupError> {
+    pub(crate) fn remove(&self, vm_id: &str) -> Result<(), CgroupError> {
         let mut first = None;
         for d in self.dirs(vm_id) {
             if let Err(source) = self.fs.remove_dir(&d) {
@@ -272,7 +267,7 @@ impl VmGroups {
     }
 
     /// Ids of the VMs of this store that have a group (in any controller).
-    pub fn list(&self) -> Result<Vec<String>, CgroupError> {
+    pub(crate) fn list(&self) -> Result<Vec<String>, CgroupError> {
         let prefix = format!("{}-", self.store_tag);
         let mut ids = std::collections::BTreeSet::new();
         for p in self.layout.parents() {
@@ -308,7 +303,7 @@ impl VmGroups {
 }
 
 /// Opens `procs` files now (in the parent, where errors can be reported) for [`enter_in_child`].
-pub fn open_procs(procs: &[PathBuf]) -> io::Result<Vec<File>> {
+pub(crate) fn open_procs(procs: &[PathBuf]) -> io::Result<Vec<File>> {
     procs
         .iter()
         .map(|p| std::fs::OpenOptions::new().write(true).open(p))
@@ -317,7 +312,7 @@ pub fn open_procs(procs: &[PathBuf]) -> io::Result<Vec<File>> {
 
 /// Moves the calling process into the groups whose `cgroup.procs` files are `files` (writing `0`
 /// means "the writer"). Only `write(2)`: safe between fork and exec.
-pub fn enter_in_child(files: &[File]) -> io::Result<()> {
+pub(crate) fn enter_in_child(files: &[File]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     for f in files {
         // SAFETY: a write of a static buffer to an open descriptor; async-signal-safe.
