@@ -142,7 +142,11 @@ pub(crate) struct VmGroups {
 
 impl VmGroups {
     /// Groups of the store tagged `store_tag` in `layout`, through `fs`.
-    pub(crate) fn new(layout: Layout, fs: Box<dyn CgroupFs>, store_tag: impl Into<String>) -> VmGroups {
+    pub(crate) fn new(
+        layout: Layout,
+        fs: Box<dyn CgroupFs>,
+        store_tag: impl Into<String>,
+    ) -> VmGroups {
         VmGroups {
             layout,
             fs,
@@ -183,7 +187,11 @@ impl VmGroups {
 
     /// Creates (or updates) the VM's group with `limits`. Returns the `cgroup.procs` files its VMM
     /// must enter. On error the group is removed again.
-    pub(crate) fn create(&self, vm_id: &str, limits: &CgroupLimits) -> Result<Vec<PathBuf>, CgroupError> {
+    pub(crate) fn create(
+        &self,
+        vm_id: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Vec<PathBuf>, CgroupError> {
         let r = self.try_create(vm_id, limits);
         if r.is_err() {
             let _ = self.remove(vm_id);

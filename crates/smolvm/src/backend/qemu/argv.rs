@@ -32,7 +32,8 @@ pub(crate) const AGENT_PORT_NAME: &str = "org.smolvm.agent";
 
 /// QEMU's seccomp sandbox: every optional denial on (`spawn=deny` also blocks `-daemonize`, which
 /// smolvm does not use).
-pub(crate) const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+pub(crate) const SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
 /// backing file is the snapshot's disk), `raw` for everything else.
