@@ -25,6 +25,8 @@ pub(crate) const VMM_OVERHEAD_MIB: u64 = 256;
 pub(crate) const DEFAULT_PIDS_MAX: u32 = 256;
 /// Default CPU weight (cgroup v2 scale, 1-10000; 100 is every group's default).
 pub(crate) const DEFAULT_CPU_WEIGHT: u32 = 100;
+/// Retries of an `rmdir` refused with EBUSY, 20 ms apart (a VMM not yet reaped).
+const REMOVE_RETRIES: u32 = 100;
 /// CPU quota period, microseconds.
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
@@ -263,7 +265,19 @@ impl VmGroups {
     pub(crate) fn remove(&self, vm_id: &str) -> Result<(), CgroupError> {
         let mut first = None;
         for d in self.dirs(vm_id) {
-            if let Err(source) = self.fs.remove_dir(&d) {
+            // A VMM that just exited can hold its group until its parent reaps it (rmdir: EBUSY):
+            // wait briefly for the reaper rather than leak the group.
+            let mut result = self.fs.remove_dir(&d);
+            for _ in 0..REMOVE_RETRIES {
+                match &result {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        result = self.fs.remove_dir(&d);
+                    }
+                    _ => break,
+                }
+            }
+            if let Err(source) = result {
                 first.get_or_insert(CgroupError::Io {
                     op: "rmdir",
                     path: d,
