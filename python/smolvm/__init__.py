@@ -11,12 +11,13 @@ Public names: :class:`SmolVM`, :class:`SmolVMManager`, :class:`VMConfig`, :class
 
 from .build import SSH_BOOT_ARGS, ImageBuilder
 from .exceptions import SmolVMError
-from .types import NetworkConfig, VMConfig, VMInfo, VMState
+from .types import HostLimits, NetworkConfig, VMConfig, VMInfo, VMState
 from .vm import CommandResult, SmolVM, SmolVMManager
 
 __all__ = [
     "SmolVM",
     "SmolVMManager",
+    "HostLimits",
     "VMConfig",
     "VMInfo",
     "VMState",

@@ -62,6 +62,18 @@ class VMState(str, Enum):
         return format(str(self), spec)
 
 
+class HostLimits(BaseModel):
+    """Host limits of one VM's VMM, enforced with a cgroup per VM (smolvm extension). ``None`` fields
+    take the defaults: memory = guest RAM + 256 MiB, 256 pids, CPU weight 100, no CPU cap."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    cpu_quota_percent: Optional[int] = Field(default=None, ge=1, le=3200, description="Hard CPU cap, percent of one host CPU.")
+    cpu_weight: Optional[int] = Field(default=None, ge=1, le=10000, description="Relative CPU weight (default 100).")
+    memory_limit_mib: Optional[int] = Field(default=None, ge=1, description="VMM memory cap in MiB, at least guest RAM + 64.")
+    pids_max: Optional[int] = Field(default=None, ge=32, le=65536, description="Cap on the VMM's host processes/threads.")
+
+
 class VMConfig(BaseModel):
     """Configuration of one microVM (spec: vm-config). Immutable; unknown fields are refused.
 
@@ -88,6 +100,7 @@ class VMConfig(BaseModel):
         description="Grow the VM's isolated root disk to this size in MiB (smolvm extension; 64-1048576).",
     )
     env_vars: Dict[str, str] = Field(default_factory=dict, description="Guest environment variables.")
+    host_limits: Optional[HostLimits] = Field(default=None, description="Host limits of the VMM (smolvm extension).")
 
     @field_validator("vm_id", mode="before")
     @classmethod
@@ -128,6 +141,16 @@ class VMConfig(BaseModel):
         for key in v:
             if not _ENV_KEY.match(key):
                 raise ValueError(f"key {key!r} must match ^[a-zA-Z_][a-zA-Z0-9_]*$")
+        return v
+
+    @field_validator("host_limits")
+    @classmethod
+    def _memory_limit_rule(cls, v: Optional[HostLimits], info: ValidationInfo) -> Optional[HostLimits]:
+        mem = info.data.get("mem_size_mib")
+        if v is not None and v.memory_limit_mib is not None and mem is not None and v.memory_limit_mib < mem + 64:
+            raise ValueError(
+                f"memory_limit_mib must be at least guest RAM + 64 ({mem + 64}), got {v.memory_limit_mib}"
+            )
         return v
 
     def _native_json(self) -> str:

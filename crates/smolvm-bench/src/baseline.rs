@@ -206,6 +206,7 @@ mod tests {
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
             store: None,
+            cgroup_procs: Vec::new(),
         }
     }
 

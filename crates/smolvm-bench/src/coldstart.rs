@@ -289,6 +289,7 @@ fn manager_like_spec(
         console_log: m.console_log(id),
         vmm_log: m.vmm_log(id),
         store: Some(m.dirs().store.clone()),
+        cgroup_procs: Vec::new(),
     })
 }
 

@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::ValidationError;
 
+#[path = "config_limits.rs"]
+mod limits;
+pub use limits::HostLimits;
+
 /// Default kernel command line (spec: `boot_args` default).
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// Default number of virtual CPUs.
@@ -155,6 +159,9 @@ pub struct VmConfigSpec {
     /// grown and its ext4 resized before the first boot. `None` keeps the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size_mib: Option<u64>,
+    /// Host limits of the VM's VMM (cgroup); `None`: the defaults, where the host allows a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_limits: Option<HostLimits>,
 }
 
 fn backend_choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BackendKind>, D::Error> {
@@ -190,6 +197,7 @@ impl VmConfigSpec {
             retain_disk_on_delete: false,
             env_vars: BTreeMap::new(),
             disk_size_mib: None,
+            host_limits: None,
         }
     }
 
@@ -238,6 +246,12 @@ impl VmConfigSpec {
         self.disk_size_mib = Some(mib);
         self
     }
+    /// Sets `host_limits` (the VMM's cgroup limits).
+    pub fn host_limits(mut self, limits: HostLimits) -> Self {
+        self.host_limits = Some(limits);
+        self
+    }
+
     /// Adds one environment variable.
     pub fn env_var(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env_vars.insert(key.into(), value.into());
@@ -299,6 +313,9 @@ impl VmConfigSpec {
                 ));
             }
         }
+        if let Some(l) = &self.host_limits {
+            l.validate(self.mem_size_mib)?;
+        }
         Ok(VmConfig {
             vm_id,
             vcpu_count: self.vcpu_count,
@@ -312,6 +329,7 @@ impl VmConfigSpec {
             retain_disk_on_delete: self.retain_disk_on_delete,
             env_vars: self.env_vars,
             disk_size_mib: self.disk_size_mib,
+            host_limits: self.host_limits,
         })
     }
 
@@ -341,6 +359,7 @@ pub struct VmConfig {
     retain_disk_on_delete: bool,
     env_vars: BTreeMap<String, String>,
     disk_size_mib: Option<u64>,
+    host_limits: Option<HostLimits>,
 }
 
 impl TryFrom<VmConfigSpec> for VmConfig {
@@ -365,6 +384,7 @@ impl From<VmConfig> for VmConfigSpec {
             retain_disk_on_delete: c.retain_disk_on_delete,
             env_vars: c.env_vars,
             disk_size_mib: c.disk_size_mib,
+            host_limits: c.host_limits,
         }
     }
 }
@@ -429,6 +449,10 @@ impl VmConfig {
     /// Whether an isolated disk survives delete.
     pub fn retain_disk_on_delete(&self) -> bool {
         self.retain_disk_on_delete
+    }
+    /// The VMM's host limits, if the config sets any.
+    pub fn host_limits(&self) -> Option<&HostLimits> {
+        self.host_limits.as_ref()
     }
     /// The size the VM's root disk is grown to, if any.
     pub fn disk_size_mib(&self) -> Option<u64> {

@@ -13,6 +13,7 @@
 #![warn(unreachable_pub)]
 
 mod backend;
+mod cgroup;
 mod channel;
 mod config;
 mod dirs;
@@ -38,7 +39,7 @@ mod types;
 pub use backend::console_keeper::CONSOLE_LOG_MAX;
 pub use backend::BackendError;
 pub use config::{
-    validate_env_key, BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS,
+    validate_env_key, BackendKind, DiskMode, HostLimits, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS,
     DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
 };
 pub use dirs::{Dirs, STORE_ENV};

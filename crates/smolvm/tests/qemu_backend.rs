@@ -98,6 +98,7 @@ fn spec(be: &QemuBackend, dir: &Path, vm_id: &str, net: Option<NetAttachment>) -
         console_log: dir.join("console.log"),
         vmm_log: dir.join("vmm.log"),
         store: None,
+        cgroup_procs: Vec::new(),
     }
 }
 

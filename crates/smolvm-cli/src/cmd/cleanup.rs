@@ -99,6 +99,11 @@ fn render(r: &CleanupReport) -> String {
                 .map(|p| format!("{remove} {what} {}", p.display())),
         );
     }
+    out.extend(
+        r.cgroups
+            .iter()
+            .map(|id| format!("{remove} cgroup of VM {id} (no live VMM)")),
+    );
     for d in &r.retained_disks {
         if d.removed {
             out.push(format!(

@@ -32,6 +32,18 @@ pub struct CreateArgs {
     /// image's.
     #[arg(long, value_name = "MIB")]
     pub disk_size: Option<u64>,
+    /// Host limit: hard CPU cap of the VMM in percent of one host CPU (50 = half a CPU, 200 = two).
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_quota: Option<u32>,
+    /// Host limit: relative CPU weight against other VMs, 1-10000 (default 100).
+    #[arg(long, value_name = "WEIGHT")]
+    pub cpu_weight: Option<u32>,
+    /// Host limit: memory cap of the VMM process in MiB (default guest RAM + 256).
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u32>,
+    /// Host limit: the VMM's host processes and threads (default 256).
+    #[arg(long, value_name = "N")]
+    pub pids_max: Option<u32>,
     /// Boot cold even when a template snapshot of this configuration exists (also SMOLVM_TEMPLATES=off).
     /// Otherwise VMs of a built image start from their template, and the first one started makes it.
     #[arg(long)]
@@ -79,6 +91,15 @@ impl CreateArgs {
         spec.disk_mode = self.disk_mode;
         spec.retain_disk_on_delete = self.retain_disk;
         spec.disk_size_mib = self.disk_size;
+        let limits = smolvm::HostLimits {
+            cpu_quota_percent: self.cpu_quota,
+            cpu_weight: self.cpu_weight,
+            memory_limit_mib: self.memory_limit,
+            pids_max: self.pids_max,
+        };
+        if limits != smolvm::HostLimits::default() {
+            spec.host_limits = Some(limits);
+        }
         for kv in &self.env {
             let (k, v) = kv
                 .split_once('=')
@@ -140,7 +161,7 @@ pub struct CreateCmd {
     pub create: CreateArgs,
     /// Start a new VM from this snapshot instead (running when the command returns; the machine shape
     /// is the snapshot's; only --id, --boot-timeout and --json apply).
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["image", "kernel", "rootfs", "disk_size", "vcpus", "mem", "env", "start"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["image", "kernel", "rootfs", "disk_size", "vcpus", "mem", "env", "start", "cpu_quota", "cpu_weight", "memory_limit", "pids_max"])]
     pub from_snapshot: Option<String>,
     /// Start the VM after creating it.
     #[arg(long)]

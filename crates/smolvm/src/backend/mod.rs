@@ -114,13 +114,29 @@ pub struct LaunchSpec {
     /// The store (canonical data directory) that owns this VMM, set in its environment as
     /// [`crate::dirs::STORE_ENV`] so `cleanup` can prove ownership from `/proc` alone. `None`: no marker.
     pub store: Option<PathBuf>,
+    /// `cgroup.procs` files of the VM's host cgroup(s) (see [`crate::cgroup`]) that the VMM enters
+    /// before it execs, so it never runs guest code unbounded. Empty: no group.
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 impl LaunchSpec {
-    /// Marks `cmd` (the VMM's command) with the owning store, if any.
+    /// Marks `cmd` (the VMM's command) with the owning store, if any, and makes it enter the VM's
+    /// cgroups between fork and exec. A group that cannot be opened fails the spawn with that error.
     pub fn mark_owner(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
         if let Some(store) = &self.store {
             cmd.env(crate::dirs::STORE_ENV, store);
+        }
+        if self.cgroup_procs.is_empty() {
+            return;
+        }
+        let files = crate::cgroup::open_procs(&self.cgroup_procs).map_err(|e| e.raw_os_error());
+        // SAFETY: the closure only calls write(2) (or builds an error from an errno): async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || match &files {
+                Ok(f) => crate::cgroup::enter_in_child(f),
+                Err(code) => Err(std::io::Error::from_raw_os_error(code.unwrap_or(libc::EIO))),
+            });
         }
     }
 }
@@ -219,6 +235,9 @@ pub enum BackendError {
     /// Firecracker failed.
     #[error(transparent)]
     Firecracker(#[from] firecracker::FirecrackerError),
+    /// The VM's host cgroup (its CPU, memory and process limits) could not be set up.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
     /// The backend cannot run on this host.
     #[error("the {backend} backend cannot run on this host: {reason}")]
     Unavailable {
@@ -299,6 +318,7 @@ mod owner_tests {
             console_log: "/c".into(),
             vmm_log: "/v".into(),
             store: Some("/data/a".into()),
+            cgroup_procs: Vec::new(),
         };
         let mut cmd = std::process::Command::new("qemu-system-x86_64");
         spec.mark_owner(&mut cmd);

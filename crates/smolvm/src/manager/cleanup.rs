@@ -119,6 +119,8 @@ pub struct CleanupReport {
     pub vm_dirs: Vec<PathBuf>,
     /// Disks without a row (listed; removed only when asked).
     pub retained_disks: Vec<RetainedDisk>,
+    /// VM cgroups removed (their VM has no row or no live VMM).
+    pub cgroups: Vec<String>,
     /// Orphaned TAPs and nft rules, when the network step ran.
     pub network: Option<NetworkCleanup>,
     /// Why the network step did not run.
@@ -131,6 +133,7 @@ impl CleanupReport {
     /// True if nothing was found (retained disks that were only listed count as nothing to do).
     pub fn is_empty(&self) -> bool {
         self.processes.is_empty()
+            && self.cgroups.is_empty()
             && self.marked_error.is_empty()
             && self.deleted_vms.is_empty()
             && self.sockets.is_empty()
@@ -224,6 +227,10 @@ impl SmolVmManager {
             report.deleted_vms.push(id);
         }
         self.cleanup_network(opts, &all_vmms, &mut report);
+        match self.leaked_cgroups(opts.dry_run, true) {
+            Ok(ids) => report.cgroups = ids,
+            Err(e) => report.fail("remove leaked cgroups".into(), &e),
+        }
         Ok(report)
     }
 

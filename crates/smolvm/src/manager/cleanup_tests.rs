@@ -76,4 +76,11 @@ fn a_dry_run_reports_and_changes_nothing() {
     // The row is untouched too (a dry run does not even mark it `error`).
     let rec = e.m.state().unwrap().get_vm("vm-a").unwrap().unwrap();
     assert_eq!(rec.info.status, VmState::Running);
+    // The real run then removes what the dry run only listed (the host cgroup included).
+    e.m.cleanup(&CleanupOptions {
+        scope: CleanupScope::All,
+        ..CleanupOptions::default()
+    })
+    .unwrap();
+    e.assert_gone("vm-a");
 }

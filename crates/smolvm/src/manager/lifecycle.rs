@@ -189,7 +189,9 @@ impl SmolVmManager {
         let vm_id = rec.info.vm_id.as_str();
         let spec = self.launch_spec(rec, backend)?;
         crate::backend::console_keeper::remove_logs(&spec.console_log);
-        let process = backend.launch(&spec)?;
+        let process = backend
+            .launch(&spec)
+            .inspect_err(|_| self.remove_cgroup(vm_id))?;
         let left = deadline.saturating_duration_since(Instant::now());
         // Clients (this one included) reach the agent through the VM's channel owner, if it has one.
         let endpoint = match self.open_channel(rec, &spec, process, left) {
@@ -197,6 +199,7 @@ impl SmolVmManager {
             Err(e) => {
                 process.kill();
                 remove_sockets(&spec);
+                self.remove_cgroup(vm_id);
                 return Err(e);
             }
         };
@@ -209,6 +212,7 @@ impl SmolVmManager {
             process.kill();
             self.close_channel(rec);
             remove_sockets(&spec);
+            self.remove_cgroup(vm_id);
             return Err(e.into());
         }
         let client = if rec.info.config.boots_agent() {
@@ -232,6 +236,7 @@ impl SmolVmManager {
                     process.kill();
                     self.close_channel(rec);
                     remove_sockets(&spec);
+                    self.remove_cgroup(vm_id);
                     let why = format!("boot did not complete: {e}");
                     self.state()?
                         .set_status(vm_id, rec.info.status, Some(&why))?;
@@ -309,6 +314,7 @@ impl SmolVmManager {
             console_log: self.console_log(id),
             vmm_log: self.vmm_log(id),
             store: Some(self.dirs.store.clone()),
+            cgroup_procs: self.prepare_cgroup(rec)?,
         })
     }
 
@@ -333,6 +339,7 @@ impl SmolVmManager {
         let Some(process) = rec.process.filter(|p| p.is_alive()) else {
             self.close_channel(rec);
             self.remove_vm_sockets(rec);
+            self.remove_cgroup(&rec.info.vm_id);
             return Ok(());
         };
         let deadline = Instant::now() + timeout;
@@ -359,6 +366,7 @@ impl SmolVmManager {
         }
         self.close_channel(rec);
         self.remove_vm_sockets(rec);
+        self.remove_cgroup(&rec.info.vm_id);
         Ok(())
     }
 
@@ -435,6 +443,7 @@ impl SmolVmManager {
         self.close_channel(rec);
         let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
         self.remove_vm_sockets(rec);
+        self.remove_cgroup(&rec.info.vm_id);
     }
 }
 

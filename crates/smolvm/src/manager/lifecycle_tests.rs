@@ -245,7 +245,9 @@ fn a_start_killed_between_launch_and_record_is_mended_by_cleanup_and_start() {
     assert!(!stray.is_alive());
     assert_eq!(e.sockets(), Vec::<String>::new());
     assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Created);
-    // A start after such a crash kills a stray VMM itself too.
+    // A start after such a crash kills a stray VMM itself too. (A fresh spec: cleanup removed the
+    // VM's host cgroup, which the spec names.)
+    let spec = e.m.launch_spec(&rec, backend.as_ref()).unwrap();
     let stray = backend.launch(&spec).unwrap();
     e.m.start("vm-a", BOOT).unwrap();
     assert!(!stray.is_alive());

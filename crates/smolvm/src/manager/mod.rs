@@ -14,7 +14,7 @@ pub(crate) mod disk;
 pub(crate) mod lock;
 
 mod builder;
-
+mod cgroups;
 mod cleanup;
 mod cleanup_plan;
 mod net;
@@ -257,6 +257,10 @@ impl SmolVmManager {
                 Err(Error::VmNotFound(_)) => {}
                 Err(e) => return Err(e),
             }
+        }
+        // Groups of VMMs that died (or of VMs deleted by a crashed smolvm) go now.
+        if let Err(e) = self.leaked_cgroups(false, false) {
+            tracing::warn!(error = %e, "reconcile could not remove leaked cgroups");
         }
         Ok(stale)
     }

@@ -21,6 +21,11 @@
 //!   about one loaded boot in six, traced with `-d int`). `pic=off` removes the PIC for such boots.
 //! * virtio-rng on every accelerator: without RDRAND (TCG, older CPUs) the guest blocks waiting for
 //!   entropy, and it costs nothing where RDRAND exists.
+//! * `-sandbox` ([`SANDBOX`]): QEMU's seccomp filter, installed before any guest code runs. It denies
+//!   obsolete syscalls, setuid/setgid and friends, fork/exec and scheduler/affinity changes. Nothing
+//!   smolvm asks of QEMU needs them: no `-daemonize` (smolvm detaches QEMU itself), no helper scripts
+//!   (`script=no`, the TAP device already exists), snapshots migrate to a `file:` URI (no `exec:`).
+//!   Measured with QEMU 10.0.2 under TCG: boot, exec, pause/resume, snapshot, restore and fork all work.
 //! * Paths go into `key=value` option strings, where a comma separates options: commas in paths are
 //!   doubled (QEMU's escape), so no path can inject options.
 
@@ -33,6 +38,11 @@ use crate::backend::{LaunchSpec, NetAttachment};
 
 /// The name of the guest's virtio-serial port for the agent (shared with the agent).
 pub(crate) use smolvm_protocol::AGENT_PORT_NAME;
+
+/// QEMU's seccomp sandbox: every optional denial on (`spawn=deny` also blocks `-daemonize`, which
+/// smolvm does not use).
+pub(crate) const SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
 /// backing file is the snapshot's disk), `raw` for everything else.
@@ -218,6 +228,7 @@ pub(crate) fn build_argv_for(
     a.push("-chardev");
     a.push(qmp);
     a.push_all(&["-mon", "chardev=qmp,mode=control"]);
+    a.push_all(&["-sandbox", SANDBOX]);
     a.0
 }
 

@@ -20,6 +20,7 @@ fn spec() -> LaunchSpec {
         console_log: PathBuf::from("/data/vms/vm-1234abcd/console.log"),
         vmm_log: PathBuf::from("/data/vms/vm-1234abcd/vmm.log"),
         store: None,
+        cgroup_procs: Vec::new(),
     }
 }
 
@@ -53,6 +54,8 @@ fn tail(net: &[&str]) -> Vec<String> {
         "socket,id=qmp,path=/tmp/smolvm-0/vm-1234abcd.qmp,server=on,wait=off",
         "-mon",
         "chardev=qmp,mode=control",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     ]);
     v.into_iter().map(String::from).collect()
 }

@@ -184,6 +184,7 @@ fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
     let dir = tempfile::tempdir().unwrap();
     let spec = crate::backend::LaunchSpec {
         store: None,
+        cgroup_procs: Vec::new(),
         vm_id: "f1".into(),
         vcpu_count: 2,
         mem_size_mib: 512,
@@ -210,6 +211,7 @@ fn a_qcow2_overlay_is_attached_as_qcow2() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = crate::backend::LaunchSpec {
         store: None,
+        cgroup_procs: Vec::new(),
         vm_id: "f1".into(),
         vcpu_count: 1,
         mem_size_mib: 256,

@@ -32,6 +32,7 @@ pub(super) fn base_spec(dir: &Path) -> LaunchSpec {
         console_log: dir.join("console.log"),
         vmm_log: dir.join("vmm.log"),
         store: None,
+        cgroup_procs: Vec::new(),
     }
 }
 
