@@ -140,18 +140,35 @@ impl OwnerSpec {
     }
 }
 
+/// How often a start retries an owner binary that is briefly "busy" (20 ms apart: 2 s in all).
+const ETXTBSY_RETRIES: u32 = 100;
+
 /// Starts the owner detached (stdio to `log`) and records it in `pid_file`.
 pub(crate) fn spawn(
     spec: &OwnerSpec,
     pid_file: &Path,
     log: &Path,
 ) -> Result<ProcessIdentity, ChannelError> {
-    let mut cmd = Command::new(&spec.binary);
-    cmd.args(spec.args());
-    let owner = spawn_detached(cmd, log).map_err(|source| ChannelError::Spawn {
-        binary: spec.binary.clone(),
-        source,
-    })?;
+    // "Text file busy": another thread of this process forked (a VMM, a console keeper) while the
+    // embedded binary was being written, and the child still holds the write descriptor until it
+    // execs or exits. That lasts milliseconds: retry for a while instead of failing the start.
+    let mut tries = 0;
+    let owner = loop {
+        let mut cmd = Command::new(&spec.binary);
+        cmd.args(spec.args());
+        match spawn_detached(cmd, log) {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < ETXTBSY_RETRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => {
+                break other.map_err(|source| ChannelError::Spawn {
+                    binary: spec.binary.clone(),
+                    source,
+                })?
+            }
+        }
+    };
     let record = format!("{} {}\n", owner.pid, owner.start_time);
     if let Err(source) = fs::write(pid_file, record) {
         owner.kill();

@@ -73,7 +73,10 @@ pub(crate) fn materialize_file(
         return Ok(path);
     }
     fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // Unique per process *and* call: two threads of one process may write the same file at once.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
