@@ -220,7 +220,14 @@ fn failure_status(e: &anyhow::Error) -> u8 {
                 return EXIT_TIMEOUT;
             }
         }
-        if let Some(ExecError::Agent { kind, .. }) = cause.downcast_ref::<ExecError>() {
+        // The library's error holds the agent's error typed (in a box): match it there too.
+        let exec = cause.downcast_ref::<ExecError>().or_else(|| {
+            match cause.downcast_ref::<smolvm::Error>() {
+                Some(smolvm::Error::Exec(inner)) => Some(&**inner),
+                _ => None,
+            }
+        });
+        if let Some(ExecError::Agent { kind, .. }) = exec {
             match kind {
                 ErrorKind::NotFound => return EXIT_NOT_FOUND,
                 ErrorKind::PermissionDenied => return EXIT_CANNOT_EXECUTE,

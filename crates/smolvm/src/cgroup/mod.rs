@@ -170,6 +170,16 @@ impl VmGroups {
             })
             .unwrap_or_else(|| (root.to_path_buf(), String::new()));
         let layout = layout::choose(&proc_cgroup, &v2_mount, Some(&controllers), root)?;
+        // `/proc/self/cgroup` names hierarchies that need not be mounted here: `ip netns exec` gives
+        // its command a fresh /sys without any cgroupfs. The cgroup smolvm runs in must exist.
+        let mounted = layout
+            .parents()
+            .iter()
+            .all(|p| p.parent().is_some_and(Path::is_dir));
+        if !mounted {
+            tracing::debug!("cgroup hierarchies are not mounted in this mount namespace");
+            return None;
+        }
         Some(VmGroups::new(layout, Box::new(RealCgroupFs), store_tag))
     }
 
