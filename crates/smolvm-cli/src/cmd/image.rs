@@ -236,6 +236,12 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 print_built(&img, start.elapsed().as_secs_f64());
             }
             if a.template {
+                // Without --name: the template of the image VMs get by default (auto-config may pick
+                // the minimal kernel's image once that kernel is compiled), so they start from it.
+                let img = match &a.name {
+                    Some(_) => img,
+                    None => builder.image_for_vm(None).map_err(smolvm::Error::from)?,
+                };
                 let m = super::common::manager(cli)?;
                 let backend = m.resolve(super::common::backend_choice(cli))?;
                 let config = img.vm_config(backend).backend(Some(backend)).build()?;
