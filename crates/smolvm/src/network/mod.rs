@@ -21,21 +21,26 @@
 //! networking instead: see [`choose_network_mode`].
 
 mod commands;
+pub mod dns;
+pub mod egress;
 mod error;
 mod firewall;
 mod host;
 mod links;
 mod mode;
 pub mod nft;
+pub mod policy;
 pub mod resolv;
 
 pub use commands::{
     find_program, Call, NetCapabilities, NetCommands, RecordingCommands, SystemCommands,
 };
+pub use egress::EgressPlan;
 pub use error::NetworkError;
 pub use firewall::{ForwardDropChain, ForwardDropManager};
 pub use host::{CleanupReport, HostNetwork, OrphanRule, OrphanTap};
 pub use mode::{choose_network_mode, NetworkMode};
+pub use policy::{AllowList, Cidr, NetworkPolicy};
 
 use std::net::Ipv4Addr;
 

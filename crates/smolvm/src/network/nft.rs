@@ -29,6 +29,8 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::commands::NetCommands;
+use super::egress;
+use super::policy::NetworkPolicy;
 use super::{netmask_prefix, vm_tag, NetworkError, TAP_PREFIX};
 use crate::info::NetworkConfig;
 
@@ -87,18 +89,20 @@ pub fn base_script() -> String {
     s
 }
 
-/// The per-VM rules of `vm_id`. Names must be validated by the caller (TAP name, VM id).
+/// The per-VM rules of `vm_id` under the open egress policy. Names must be validated by the caller
+/// (TAP name, VM id).
 pub fn vm_rules_script(vm_id: &str, net: &NetworkConfig) -> String {
+    vm_rules_script_with(vm_id, net, &NetworkPolicy::Open)
+}
+
+/// The per-VM rules of `vm_id`; its traffic to the uplink goes through `policy` (see [`egress`]).
+pub fn vm_rules_script_with(vm_id: &str, net: &NetworkConfig, policy: &NetworkPolicy) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let tag = vm_tag(vm_id);
     let tap = &net.tap_device;
     let guest = net.guest_ip;
-    let mut s = String::new();
+    let mut s = egress::dispatch_rule(vm_id, net, policy);
     // Writing to a String cannot fail.
-    let _ = writeln!(
-        s,
-        "add rule {t} guest_egress iifname \"{tap}\" ip saddr {guest} accept comment \"{tag}\""
-    );
     let _ = writeln!(
         s,
         "add rule {t} nat_postrouting ip saddr {guest} oifname != \"{TAP_PREFIX}*\" masquerade comment \"{tag}\""
@@ -130,13 +134,37 @@ pub fn delete_script(rules: &[RuleInfo]) -> String {
         .collect()
 }
 
-/// The whole setup transaction of one VM: base, removal of its stale rules, its rules.
+/// The whole setup transaction of one VM under the open policy: base, removal of its stale rules, its
+/// rules.
 pub fn setup_script(vm_id: &str, net: &NetworkConfig, stale: &[RuleInfo]) -> String {
+    setup_script_with(vm_id, net, stale, &egress::EgressPlan::open(), false)
+}
+
+/// The whole setup transaction of one VM: base, removal of its stale rules, its egress objects (or
+/// their removal when the policy is open and `had_chain`: a change made while the VM was down), its
+/// rules.
+pub fn setup_script_with(
+    vm_id: &str,
+    net: &NetworkConfig,
+    stale: &[RuleInfo],
+    plan: &egress::EgressPlan,
+    had_chain: bool,
+) -> String {
+    let objects = if plan.policy.is_open() {
+        if had_chain {
+            egress::remove_objects_script(vm_id)
+        } else {
+            String::new()
+        }
+    } else {
+        egress::objects_script(vm_id, plan)
+    };
     format!(
-        "{}{}{}",
+        "{}{}{}{}",
         base_script(),
         delete_script(stale),
-        vm_rules_script(vm_id, net)
+        objects,
+        vm_rules_script_with(vm_id, net, &plan.policy)
     )
 }
 
@@ -295,6 +323,14 @@ impl Ruleset {
         self.rules
             .iter()
             .filter(|r| r.family == FAMILY && r.table == TABLE)
+    }
+
+    /// True if the egress chain of `vm_id` exists (its policy is not open).
+    pub fn has_egress_chain(&self, vm_id: &str) -> bool {
+        let name = egress::chain(vm_id);
+        self.chains
+            .iter()
+            .any(|c| c.family == FAMILY && c.table == TABLE && c.name == name)
     }
 
     /// Rules in smolvm's table tagged for `vm_id`.
