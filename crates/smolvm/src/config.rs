@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
+pub use crate::network::policy::NetworkPolicy;
 
 /// Default kernel command line (spec: `boot_args` default).
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
@@ -153,6 +154,10 @@ pub struct VmConfigSpec {
     /// grown and its ext4 resized before the first boot. `None` keeps the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size_mib: Option<u64>,
+    /// What the guest may reach beyond its gateway (smolvm extension; TAP networking only for anything
+    /// but `open`). Changeable while the VM runs: `SmolVmManager::set_network_policy`.
+    #[serde(default, skip_serializing_if = "NetworkPolicy::is_open")]
+    pub network_policy: NetworkPolicy,
 }
 
 fn backend_choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BackendKind>, D::Error> {
@@ -188,6 +193,7 @@ impl VmConfigSpec {
             retain_disk_on_delete: false,
             env_vars: BTreeMap::new(),
             disk_size_mib: None,
+            network_policy: NetworkPolicy::Open,
         }
     }
 
@@ -234,6 +240,11 @@ impl VmConfigSpec {
     /// Sets `disk_size_mib` (grow the VM's root disk to this size).
     pub fn disk_size_mib(mut self, mib: u64) -> Self {
         self.disk_size_mib = Some(mib);
+        self
+    }
+    /// Sets `network_policy`.
+    pub fn network_policy(mut self, policy: NetworkPolicy) -> Self {
+        self.network_policy = policy;
         self
     }
     /// Adds one environment variable.
@@ -297,6 +308,7 @@ impl VmConfigSpec {
                 ));
             }
         }
+        let network_policy = self.network_policy.validated()?;
         Ok(VmConfig {
             vm_id,
             vcpu_count: self.vcpu_count,
@@ -310,6 +322,7 @@ impl VmConfigSpec {
             retain_disk_on_delete: self.retain_disk_on_delete,
             env_vars: self.env_vars,
             disk_size_mib: self.disk_size_mib,
+            network_policy,
         })
     }
 
@@ -339,6 +352,7 @@ pub struct VmConfig {
     retain_disk_on_delete: bool,
     env_vars: BTreeMap<String, String>,
     disk_size_mib: Option<u64>,
+    network_policy: NetworkPolicy,
 }
 
 impl TryFrom<VmConfigSpec> for VmConfig {
@@ -363,6 +377,7 @@ impl From<VmConfig> for VmConfigSpec {
             retain_disk_on_delete: c.retain_disk_on_delete,
             env_vars: c.env_vars,
             disk_size_mib: c.disk_size_mib,
+            network_policy: c.network_policy,
         }
     }
 }
@@ -435,6 +450,16 @@ impl VmConfig {
     /// Environment variables injected at start.
     pub fn env_vars(&self) -> &BTreeMap<String, String> {
         &self.env_vars
+    }
+    /// The egress policy the VM was created with or last given.
+    pub fn network_policy(&self) -> &NetworkPolicy {
+        &self.network_policy
+    }
+    /// This config with another egress policy (validated).
+    pub fn with_network_policy(&self, policy: NetworkPolicy) -> Result<VmConfig, ValidationError> {
+        let mut c = self.clone();
+        c.network_policy = policy.validated()?;
+        Ok(c)
     }
 
     /// True when the guest boots smolvm's agent: images built by smolvm run it as `/init`, and the

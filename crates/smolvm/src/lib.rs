@@ -32,3 +32,4 @@ pub use facade::{SmolVm, SmolVmBuilder};
 pub use image::{ImageBuilder, SSH_BOOT_ARGS};
 pub use info::{NetworkConfig, VmInfo, VmState};
 pub use manager::SmolVmManager;
+pub use network::NetworkPolicy;

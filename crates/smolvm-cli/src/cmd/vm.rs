@@ -89,6 +89,9 @@ pub struct CreateArgs {
     /// Network attachment.
     #[arg(long, value_enum, default_value = "auto")]
     pub network: NetworkArg,
+    /// Egress policy (TAP networking only for anything but open).
+    #[command(flatten)]
+    pub policy: super::policy::PolicyArgs,
 }
 
 impl CreateArgs {
@@ -97,6 +100,7 @@ impl CreateArgs {
     pub fn config(&self, m: &SmolVmManager, cli: &Cli) -> anyhow::Result<VmConfig> {
         let backend = m.resolve(super::common::backend_choice(cli)?)?;
         let disk_mode = self.disk_mode.parse::<DiskMode>()?;
+        let policy = self.policy.policy()?.unwrap_or_default();
         let apply = |spec: &mut VmConfigSpec| -> anyhow::Result<()> {
             spec.vm_id = self.vm_id.clone();
             spec.vcpu_count = self.vcpus;
@@ -105,6 +109,7 @@ impl CreateArgs {
             spec.disk_mode = disk_mode;
             spec.retain_disk_on_delete = self.retain_disk;
             spec.disk_size_mib = self.disk_size;
+            spec.network_policy = policy.clone();
             for kv in &self.env {
                 let (k, v) = kv
                     .split_once('=')

@@ -15,6 +15,7 @@ pub mod lock;
 
 mod cleanup;
 mod cleanup_plan;
+mod egress;
 mod net;
 mod procscan;
 
@@ -30,6 +31,7 @@ mod template;
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
+pub use egress::{DomainRefresh, EgressStatus};
 pub use net::net_attachment;
 pub use template::{templates_enabled_by_env, TEMPLATES_ENV, TEMPLATE_PREFIX};
 

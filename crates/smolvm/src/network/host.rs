@@ -442,3 +442,7 @@ fn describe_owner(l: &LinkInfo) -> String {
 #[cfg(test)]
 #[path = "host_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "host_egress_tests.rs"]
+mod egress_tests;
