@@ -11,7 +11,7 @@ Public names: :class:`SmolVM`, :class:`SmolVMManager`, :class:`VMConfig`, :class
 
 from .build import SSH_BOOT_ARGS, ImageBuilder
 from .exceptions import SmolVMError
-from .types import NetworkConfig, VMConfig, VMInfo, VMState
+from .types import NetworkAllowList, NetworkConfig, VMConfig, VMInfo, VMState
 from .vm import CommandResult, SmolVM, SmolVMManager
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "VMInfo",
     "VMState",
     "NetworkConfig",
+    "NetworkAllowList",
     "CommandResult",
     "ImageBuilder",
     "SSH_BOOT_ARGS",
