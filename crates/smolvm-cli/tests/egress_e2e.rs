@@ -255,6 +255,26 @@ fn allow_lists_none_and_open_are_enforced_on_a_running_vm() {
         "{err}"
     );
 
+    // Only TAP networking can enforce a policy: user mode is refused at create, naming the field.
+    let out = d.smolvm(
+        Some(&host),
+        &[
+            "create",
+            "--id",
+            VM,
+            "--network",
+            "user",
+            "--egress",
+            "none",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("network_policy"),
+        "{err}"
+    );
+    assert_eq!(d.ok(&host, &["list", "--json"]).trim(), "[]");
+
     d.ok(
         &host,
         &[

@@ -146,11 +146,16 @@ pub fn run(cli: &Cli, a: &PolicyCmd) -> anyhow::Result<ExitCode> {
                 break;
             }
             std::thread::sleep(r.next_refresh.max(Duration::from_secs(1)));
-            let status = m.get(id)?.status;
-            if !matches!(
-                status,
-                smolvm::VmState::Created | smolvm::VmState::Running | smolvm::VmState::Paused
-            ) {
+            // A VM that was deleted or stopped meanwhile ends the watch normally.
+            let live = match m.get(id) {
+                Ok(info) => matches!(
+                    info.status,
+                    smolvm::VmState::Created | smolvm::VmState::Running | smolvm::VmState::Paused
+                ),
+                Err(smolvm::Error::VmNotFound(_)) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if !live {
                 break;
             }
         },
