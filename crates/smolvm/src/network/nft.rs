@@ -4,7 +4,9 @@
 //! table inet smolvm {
 //!   chain forward         filter/forward  prio 0:  guest<->guest drop; into guests only established;
 //!                                                  guests -> jump guest_egress; anything else from a TAP drop
-//!   chain guest_egress    (regular)                per VM: iifname <tap> ip saddr <guest> accept
+//!   chain guest_egress    (regular)                per VM: iifname <tap> ip saddr <guest> accept (policy
+//!                                                  open) or jump eg_<id> (none / allow-list)
+//!   chain eg_<id>, sets egn_/egd_/egs_<id>, counter egc_<id>: the VM's egress policy (see [`egress`])
 //!   chain input           filter/input    prio 0:  from TAPs only established/related, else drop
 //!   chain nat_output      nat/output      prio -100: per VM: 127.0.0.1:<port> -> dnat <guest>:22
 //!   chain nat_postrouting nat/postrouting prio 100:  per VM: masquerade to the uplink; snat the forwarded
