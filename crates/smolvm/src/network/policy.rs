@@ -107,7 +107,7 @@ pub fn validate_domain(name: &str) -> Result<String, String> {
     Ok(d)
 }
 
-/// The allow-list of a [`NetworkPolicy::Allow`]. Build with [`AllowList::new`] (validates).
+/// The allow-list of a [`NetworkPolicy::Allow`]. Build one with [`NetworkPolicy::allow`] (validates).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowList {
@@ -123,7 +123,7 @@ pub struct AllowList {
 }
 
 impl AllowList {
-    /// The networks (valid after [`NetworkPolicy::validate`]).
+    /// The networks (all of them once the policy went through [`NetworkPolicy::validated`]).
     pub fn networks(&self) -> Vec<Cidr> {
         self.cidrs.iter().filter_map(|c| c.parse().ok()).collect()
     }
