@@ -60,7 +60,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn qemu_installed() -> bool {
-    smolvm::host::HostCapabilities::detect()
+    smolvm::HostCapabilities::detect()
         .tools
         .qemu_system
         .is_some()

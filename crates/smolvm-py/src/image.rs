@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
-use smolvm::dirs::Dirs;
+use smolvm::Dirs;
 use smolvm::ImageBuilder;
 
 use crate::errors::IntoPy;

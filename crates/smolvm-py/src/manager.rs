@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use smolvm::manager::CreateOptions;
+use smolvm::CreateOptions;
 use smolvm::{SmolVmManager, VmState};
 
 use crate::errors::IntoPy;

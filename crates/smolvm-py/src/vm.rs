@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use smolvm::manager::NetworkChoice;
+use smolvm::NetworkChoice;
 use smolvm::{BackendKind, SmolVm, VmConfig, VmConfigSpec};
 
 use crate::errors::{to_py, IntoPy};

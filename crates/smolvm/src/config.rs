@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ValidationError;
-pub use crate::network::policy::NetworkPolicy;
+use crate::network::NetworkPolicy;
 
 /// Default kernel command line (spec: `boot_args` default).
 pub const DEFAULT_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
@@ -22,13 +22,13 @@ pub const DEFAULT_VCPU_COUNT: u32 = 2;
 /// Default guest memory in MiB.
 pub const DEFAULT_MEM_SIZE_MIB: u32 = 512;
 /// Allowed range of `vcpu_count`.
-pub const VCPU_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
+pub(crate) const VCPU_COUNT_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
 /// Allowed range of `mem_size_mib`.
-pub const MEM_SIZE_MIB_RANGE: std::ops::RangeInclusive<u32> = 128..=16384;
+pub(crate) const MEM_SIZE_MIB_RANGE: std::ops::RangeInclusive<u32> = 128..=16384;
 /// Allowed `disk_size_mib` (64 MiB to 1 TiB; disks are sparse, so only the apparent size).
-pub const DISK_SIZE_MIB_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 20);
+pub(crate) const DISK_SIZE_MIB_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 20);
 /// Longest allowed VM id.
-pub const VM_ID_MAX_LEN: usize = 64;
+pub(crate) const VM_ID_MAX_LEN: usize = 64;
 
 /// Which virtual machine monitor runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -470,7 +470,7 @@ impl VmConfig {
 }
 
 /// Checks a VM id against `^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$` or `^[a-z0-9]$`.
-pub fn validate_vm_id(id: &str) -> Result<(), ValidationError> {
+pub(crate) fn validate_vm_id(id: &str) -> Result<(), ValidationError> {
     let rule = "must be 1-64 characters of lowercase letters, digits and hyphens, \
                 starting and ending with a letter or digit";
     let b = id.as_bytes();
@@ -518,7 +518,7 @@ fn validate_file(field: &'static str, path: &Path) -> Result<(), ValidationError
 }
 
 /// A fresh `vm-<8 lowercase hex>` id.
-pub fn generate_vm_id() -> String {
+pub(crate) fn generate_vm_id() -> String {
     format!("vm-{:08x}", rand::random::<u32>())
 }
 

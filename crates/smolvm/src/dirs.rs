@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 /// Environment variable that overrides the default data directory.
-pub const DATA_DIR_ENV: &str = "SMOLVM_DATA_DIR";
+pub(crate) const DATA_DIR_ENV: &str = "SMOLVM_DATA_DIR";
 /// System-wide fallback data directory.
-pub const SYSTEM_DATA_DIR: &str = "/var/lib/smolvm";
+pub(crate) const SYSTEM_DATA_DIR: &str = "/var/lib/smolvm";
 /// Environment variable set on every VMM smolvm starts: the canonical data directory of its store.
 pub const STORE_ENV: &str = "SMOLVM_STORE";
 /// Hex digits of the store tag in the default socket directory (kept short: socket paths are limited).
@@ -85,7 +85,7 @@ impl Dirs {
 }
 
 /// The candidate default data directories, in order of preference.
-pub fn data_dir_candidates() -> Vec<PathBuf> {
+pub(crate) fn data_dir_candidates() -> Vec<PathBuf> {
     candidates_from(std::env::var_os(DATA_DIR_ENV), std::env::var_os("HOME"))
 }
 
@@ -144,7 +144,7 @@ fn default_socket_dir() -> Result<PathBuf> {
 
 /// A short tag naming the store `store` (a canonical data directory): the first hex digits of its
 /// SHA-256, stable across runs.
-pub fn store_tag(store: &Path) -> String {
+pub(crate) fn store_tag(store: &Path) -> String {
     use sha2::{Digest, Sha256};
     use std::os::unix::ffi::OsStrExt;
     let digest = Sha256::digest(store.as_os_str().as_bytes());

@@ -26,7 +26,7 @@ use crate::info::{VmInfo, VmState};
 use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
 
 /// Default graceful stop timeout of the facade, seconds (spec: `SmolVM.stop(timeout=3.0)`).
-pub const FACADE_STOP_TIMEOUT_SECS: f64 = 3.0;
+pub(crate) const FACADE_STOP_TIMEOUT_SECS: f64 = 3.0;
 /// SSH login user unless set with [`SmolVm::with_ssh_user`] (spec: `ssh_user="root"`).
 pub const DEFAULT_SSH_USER: &str = "root";
 /// Default timeout of an agent connection when running a command on an already running VM.

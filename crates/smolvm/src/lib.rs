@@ -2,34 +2,108 @@
 //!
 //! Layers, top to bottom (dependencies point down): facade (`SmolVm`) -> manager (`SmolVmManager`) ->
 //! state, backend, network, exec, image, host. See the README's architecture section.
+//!
+//! The public API is what this file re-exports: the spec's types ([`SmolVm`], [`VmConfig`], [`VmInfo`],
+//! [`VmState`], [`CommandResult`], the errors), the multi-VM [`SmolVmManager`] with its option and
+//! report structs, the [`ImageBuilder`] with its options, and the few host/exec types the CLI and the
+//! Python binding show to users. Everything else is crate-private; `internals` is a hidden escape
+//! hatch for the sibling crates (CLI, the `smolvm-bench` crate) and integration tests, not a stable API.
 
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
-pub mod backend;
-pub mod bench;
-pub mod config;
-pub mod dirs;
-pub mod error;
-pub mod exec;
-pub mod facade;
-pub mod host;
-pub mod image;
-pub mod info;
-pub mod manager;
-pub mod network;
-pub mod process;
-pub mod snapshot;
-pub mod ssh;
-pub mod state;
+mod backend;
+mod config;
+mod dirs;
+mod error;
+mod exec;
+mod facade;
+mod host;
+mod image;
+mod info;
+mod manager;
+mod network;
+mod process;
+mod snapshot;
+mod ssh;
+mod state;
 #[cfg(test)]
 mod test_tools;
-pub mod tool;
+mod tool;
 
-pub use config::{BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS};
+pub use config::{
+    validate_env_key, BackendKind, DiskMode, VmConfig, VmConfigSpec, DEFAULT_BOOT_ARGS,
+    DEFAULT_MEM_SIZE_MIB, DEFAULT_VCPU_COUNT,
+};
+pub use dirs::{Dirs, STORE_ENV};
 pub use error::{Error, Result, ValidationError};
-pub use exec::CommandResult;
-pub use facade::{SmolVm, SmolVmBuilder};
-pub use image::{ImageBuilder, SSH_BOOT_ARGS};
-pub use info::{NetworkConfig, VmInfo, VmState};
-pub use manager::SmolVmManager;
-pub use network::NetworkPolicy;
+pub use exec::{AgentClient, CommandResult, ExecError, ExecRequest, Stream as ExecStream};
+pub use facade::{SmolVm, SmolVmBuilder, DEFAULT_SSH_USER};
+pub use host::{Accelerator, HostCapabilities, ToolInfo};
+pub use image::{
+    runtime_of_rootfs, DebianOptions, GuestImage, ImageBuilder, ImageError, ImageOptions,
+    ImageSource, ImportOptions, ImportSource, Preset, Progress as ImageProgress,
+    DEFAULT_IMAGE_NAME, DEFAULT_KERNEL_PACKAGE, DEFAULT_SIZE_MIB as DEFAULT_IMAGE_SIZE_MIB,
+    DEFAULT_SUITE as DEFAULT_IMAGE_SUITE, SSH_BOOT_ARGS,
+};
+pub use info::{NetworkConfig, NetworkMode, VmInfo, VmState};
+pub use manager::{
+    templates_enabled_by_env, CleanupFailure, CleanupOptions, CleanupReport, CleanupScope,
+    CreateOptions, DomainRefresh, EgressStatus, NetworkChoice, OrphanProcess, RetainedDisk,
+    SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
+};
+pub use network::{AllowList, Cidr, NetworkPolicy};
+/// Wire types of the host-guest protocol that appear in the exec API (streamed commands, error kinds).
+pub use smolvm_protocol::{Command as AgentCommand, ErrorKind as AgentErrorKind};
+pub use snapshot::{SnapshotError, SnapshotInfo};
+pub use ssh::{ssh_argv, SshError, SshTarget};
+
+/// Internals the sibling crates (CLI, benchmark) and the integration tests reach into. Hidden from
+/// the docs and not a stable API: anything here may change without notice.
+#[doc(hidden)]
+pub mod internals {
+    /// State store internals (integration tests of crash recovery and cleanup).
+    pub mod state {
+        pub use crate::state::{RunningVmm, StateStore};
+    }
+    /// Host process helpers.
+    pub mod process {
+        pub use crate::process::{proc_stat, spawn_detached, ProcessIdentity};
+    }
+    /// Host network helpers.
+    pub mod network {
+        pub use crate::network::{
+            find_program, EgressPlan, ForwardDropManager, HostNetwork, NetworkError,
+        };
+    }
+    /// Backends (the QEMU backend test and the benchmark's raw-VMM floor).
+    pub mod backend {
+        pub use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttachment};
+        /// The QEMU backend.
+        pub mod qemu {
+            pub use crate::backend::qemu::{build_argv, Accel, QemuBackend, QemuError};
+        }
+    }
+    /// SSH helpers (the SSH E2E test).
+    pub mod ssh {
+        pub use crate::ssh::{
+            ensure_client_key, ensure_host_key, get_ssh_commands, known_hosts_patterns, run_ssh,
+            wait_for_ssh, write_known_hosts, HostKeyFormat, SshTarget,
+        };
+    }
+    /// Snapshot records as stored (state store tests).
+    pub mod snapshot {
+        pub use crate::snapshot::{MachineShape, SnapshotRecord};
+    }
+    /// Disk cloning (the benchmark's raw-VMM floor copies a disk as the manager does).
+    pub mod disk {
+        pub use crate::manager::disk::{clone_file, isolated_disk_path, CloneMethod};
+    }
+    /// The kernel command line the manager composes for a VM without network (the benchmark boots
+    /// the raw VMM with it).
+    pub fn kernel_cmdline(boot_args: &str, hostname: &str) -> String {
+        crate::manager::cmdline::kernel_cmdline(boot_args, hostname, None)
+    }
+    /// The per-VM lock.
+    pub use crate::manager::lock::VmLock;
+}

@@ -36,7 +36,7 @@ pub fn proc_stat(pid: u32) -> Option<ProcStat> {
 
 /// Parses the text of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and parentheses,
 /// so fields are counted from the last `)`.
-pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+pub(crate) fn parse_proc_stat(text: &str) -> Option<ProcStat> {
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the comm: field 3 (state) is index 0, field 22 (starttime) is index 19.

@@ -18,7 +18,7 @@ use crate::config::{BackendKind, VmConfig};
 use crate::error::ValidationError;
 
 /// Name of the snapshot's disk inside its directory.
-pub const DISK_FILE: &str = "disk.img";
+pub(crate) const DISK_FILE: &str = "disk.img";
 
 /// What a restore must match: the VMM and the machine the snapshot was taken on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +116,7 @@ impl SnapshotRecord {
 
 /// Checks a snapshot name: the same rule as a VM id (`^[a-z0-9][a-z0-9-]{0,62}[a-z0-9]$` or one
 /// character), so it is safe as a directory name.
-pub fn validate_name(name: &str) -> Result<(), ValidationError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), ValidationError> {
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let valid = match name.len() {
         1 => name.chars().all(ok_char),

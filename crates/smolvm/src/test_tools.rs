@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 /// True when the environment demands every prerequisite (`SMOLVM_E2E=1`).
-pub fn e2e_required() -> bool {
+pub(crate) fn e2e_required() -> bool {
     std::env::var("SMOLVM_E2E").as_deref() == Ok("1")
 }
 
 /// The path of `tool` (PATH, then the sbin directories). `None` means: skip this test (a message was
 /// printed). Panics when `SMOLVM_E2E=1` and the tool is missing.
-pub fn tool_or_skip(test: &str, tool: &str) -> Option<PathBuf> {
+pub(crate) fn tool_or_skip(test: &str, tool: &str) -> Option<PathBuf> {
     decide(
         test,
         tool,

@@ -39,7 +39,7 @@ pub enum ToolError {
 }
 
 /// The Debian package providing `program`, for "install it" hints.
-pub fn package_of(program: &str) -> &'static str {
+pub(crate) fn package_of(program: &str) -> &'static str {
     match program {
         "nft" => "nftables",
         "ip" => "iproute2",
@@ -52,7 +52,7 @@ pub fn package_of(program: &str) -> &'static str {
 }
 
 /// Runs `program` with `args` (optionally in `cwd`, feeding `stdin`), returning its stdout.
-pub fn run<S: AsRef<str>>(
+pub(crate) fn run<S: AsRef<str>>(
     program: &str,
     args: &[S],
     cwd: Option<&Path>,

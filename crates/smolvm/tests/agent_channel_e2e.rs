@@ -13,9 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use netns_util::e2e;
-use smolvm::exec::ExecRequest;
-use smolvm::manager::{CreateOptions, NetworkChoice};
+use smolvm::ExecRequest;
 use smolvm::SmolVm;
+use smolvm::{CreateOptions, NetworkChoice};
 use smolvm_protocol::{with_sync, FrameType, Hello, Request};
 use vm_util::{spec, TestEnv};
 

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use netns_util::{e2e, sh, ChildGuard, Netns};
-use smolvm::dirs::STORE_ENV;
-use smolvm::info::NetworkMode;
-use smolvm::manager::{CleanupOptions, CleanupScope, SmolVmManager};
-use smolvm::network::HostNetwork;
-use smolvm::process::ProcessIdentity;
-use smolvm::state::{RunningVmm, StateStore};
+use smolvm::internals::network::HostNetwork;
+use smolvm::internals::process::ProcessIdentity;
+use smolvm::internals::state::{RunningVmm, StateStore};
+use smolvm::NetworkMode;
+use smolvm::STORE_ENV;
 use smolvm::{BackendKind, NetworkConfig, VmConfig, VmState};
+use smolvm::{CleanupOptions, CleanupScope, SmolVmManager};
 
 /// A process that looks like the QEMU of `vm_id` under `socket_dir` (it waits on its stdin), marked as
 /// belonging to the store `store` the way smolvm marks its VMMs (`None`: unmarked).
@@ -382,8 +382,8 @@ fn start_refuses_a_control_socket_held_by_another_store() {
         .unwrap();
     m.create_with(
         &config,
-        &smolvm::manager::CreateOptions {
-            network: smolvm::manager::NetworkChoice::None,
+        &smolvm::CreateOptions {
+            network: smolvm::NetworkChoice::None,
             ..Default::default()
         },
     )

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use smolvm::manager::lock::VmLock;
-use smolvm::manager::SmolVmManager;
-use smolvm::process::ProcessIdentity;
-use smolvm::state::{RunningVmm, StateStore};
+use smolvm::internals::process::ProcessIdentity;
+use smolvm::internals::state::{RunningVmm, StateStore};
+use smolvm::internals::VmLock;
+use smolvm::SmolVmManager;
 use smolvm::{BackendKind, Error, SmolVm, VmConfig, VmState};
 
 struct Env {

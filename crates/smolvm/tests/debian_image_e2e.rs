@@ -11,9 +11,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use netns_util::{e2e, Entered, Netns};
-use smolvm::image::{DebianOptions, GuestImage, ImageBuilder, ImageSource, Preset, Progress};
-use smolvm::manager::{CreateOptions, NetworkChoice};
 use smolvm::BackendKind;
+use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{
+    DebianOptions, GuestImage, ImageBuilder, ImageProgress as Progress, ImageSource, Preset,
+};
 use vm_util::TestEnv;
 
 const BOOT: Duration = Duration::from_secs(120);

@@ -8,8 +8,9 @@ mod netns_util;
 use std::net::Ipv4Addr;
 
 use netns_util::{e2e, fake_guest, fetch_from, sh, Netns, Server};
-use smolvm::network::{EgressPlan, HostNetwork, NetworkPolicy};
+use smolvm::internals::network::{EgressPlan, HostNetwork};
 use smolvm::NetworkConfig;
+use smolvm::NetworkPolicy;
 
 fn net() -> NetworkConfig {
     NetworkConfig {

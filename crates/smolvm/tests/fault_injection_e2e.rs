@@ -21,9 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netns_util::{e2e, Netns};
-use smolvm::manager::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
-use smolvm::process::ProcessIdentity;
+use smolvm::internals::process::ProcessIdentity;
 use smolvm::{BackendKind, Error, VmState};
+use smolvm::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
 use vm_util::{processes_mentioning, spec, TestEnv};
 
 const BOOT: Duration = Duration::from_secs(90);

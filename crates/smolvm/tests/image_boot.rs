@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use smolvm::exec::AgentClient;
-use smolvm::image::{GuestImage, ImageBuilder, ImageOptions, Progress};
+use smolvm::AgentClient;
+use smolvm::{GuestImage, ImageBuilder, ImageOptions, ImageProgress as Progress};
 use smolvm_protocol::{Ready, PROTOCOL_VERSION};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);

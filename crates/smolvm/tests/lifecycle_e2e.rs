@@ -9,7 +9,7 @@ mod vm_util;
 use std::time::Duration;
 
 use scene_util::{no_net, Scene};
-use smolvm::manager::NetworkChoice;
+use smolvm::NetworkChoice;
 use smolvm::{DiskMode, Error, SmolVm, VmState};
 use vm_util::{processes_mentioning, spec};
 
@@ -125,7 +125,7 @@ fn killed_vmm_is_reconciled_and_delete_still_cleans() {
     let pid = m.start("kill-1", BOOT).unwrap().pid.unwrap();
     // SAFETY: we started this VMM ourselves (its pid is in our private store).
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let ident = smolvm::process::ProcessIdentity::of(pid);
+    let ident = smolvm::internals::process::ProcessIdentity::of(pid);
     if let Some(i) = ident {
         i.wait_gone(Duration::from_secs(5));
     }

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use netns_util::{e2e, Netns};
-use smolvm::image::{GuestImage, ImageBuilder, ImageOptions};
-use smolvm::manager::{CreateOptions, NetworkChoice};
 use smolvm::{BackendKind, VmState};
+use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{GuestImage, ImageBuilder, ImageOptions};
 use vm_util::TestEnv;
 
 const BOOT: Duration = Duration::from_secs(60);

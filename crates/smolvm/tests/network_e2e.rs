@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use netns_util::{e2e, fake_guest, fetch, fetch_from, sh, Netns, Server};
-use smolvm::network::{ForwardDropManager, HostNetwork, NetworkError};
+use smolvm::internals::network::{ForwardDropManager, HostNetwork, NetworkError};
 use smolvm::NetworkConfig;
 
 fn net(n: u8, port: Option<u16>) -> NetworkConfig {

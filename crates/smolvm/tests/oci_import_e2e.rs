@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use netns_util::{e2e, Entered, Netns};
-use smolvm::image::{ImageBuilder, ImageError, ImportOptions, ImportSource, Progress};
-use smolvm::manager::{CreateOptions, NetworkChoice};
 use smolvm::BackendKind;
+use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{ImageBuilder, ImageError, ImageProgress as Progress, ImportOptions, ImportSource};
 use vm_util::TestEnv;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -56,7 +56,7 @@ fn make_layout(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::copy(
-        smolvm::network::find_program("busybox").unwrap(),
+        smolvm::internals::network::find_program("busybox").unwrap(),
         root.join("bin/busybox"),
     )
     .unwrap();

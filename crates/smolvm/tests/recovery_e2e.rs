@@ -10,7 +10,7 @@ mod vm_util;
 use std::time::{Duration, Instant};
 
 use scene_util::{no_net, Scene};
-use smolvm::process::ProcessIdentity;
+use smolvm::internals::process::ProcessIdentity;
 use smolvm::{DiskMode, Error, VmState};
 use vm_util::spec;
 

@@ -8,8 +8,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{BackendKind, DiskMode, Error, VmConfig};
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 
 /// Where this test writes the "guest's" bytes in the disk.
 const MARK_AT: u64 = 1 << 20;

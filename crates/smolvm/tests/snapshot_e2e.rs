@@ -9,10 +9,10 @@ mod vm_util;
 use std::time::Duration;
 
 use scene_util::{no_net, Scene};
-use smolvm::backend::qemu::{Accel, QemuBackend};
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
-use smolvm::snapshot::SnapshotError;
+use smolvm::internals::backend::qemu::{Accel, QemuBackend};
+use smolvm::SnapshotError;
 use smolvm::{BackendKind, Error, VmState};
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 use vm_util::{processes_mentioning, spec, TestEnv};
 
 const BOOT: Duration = Duration::from_secs(60);

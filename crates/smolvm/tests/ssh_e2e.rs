@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netns_util::{e2e, fake_guest, Netns};
-use smolvm::network::HostNetwork;
-use smolvm::ssh::{
+use smolvm::internals::network::HostNetwork;
+use smolvm::internals::ssh::{
     ensure_client_key, ensure_host_key, get_ssh_commands, known_hosts_patterns, run_ssh,
     wait_for_ssh, write_known_hosts, HostKeyFormat, SshTarget,
 };

@@ -13,9 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netns_util::{e2e, sh, Netns};
-use smolvm::info::NetworkMode;
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::NetworkMode;
 use smolvm::{BackendKind, VmConfig, VmInfo};
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 
 const BOOT: Duration = Duration::from_secs(120);
 

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use smolvm::exec::{AgentClient, ErrorKind, ExecError, ExecRequest, Stream};
+use smolvm::{
+    AgentClient, AgentErrorKind as ErrorKind, ExecError, ExecRequest, ExecStream as Stream,
+};
 use smolvm_protocol::{BootStage, Ready, PROTOCOL_VERSION};
 
 use super::{serve_with, Config, Hooks};
@@ -106,7 +108,7 @@ pub(super) fn path_str(p: &Path) -> String {
 pub(super) fn wait_dead(pid: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        match smolvm::process::proc_stat(pid) {
+        match smolvm::internals::process::proc_stat(pid) {
             None => return true,
             Some(s) if s.state == 'Z' || s.state == 'X' => return true,
             Some(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -283,10 +285,13 @@ fn sixteen_concurrent_execs_on_one_connection() {
 #[test]
 fn output_over_the_limit_is_a_clear_error() {
     let h = harness();
-    let cmd = format!("head -c {} /dev/zero", smolvm::exec::MAX_OUTPUT_LEN + 1);
+    let cmd = format!(
+        "head -c {} /dev/zero",
+        smolvm_protocol::limits::MAX_OUTPUT_LEN + 1
+    );
     match h.client.run(&cmd, Some(Duration::from_secs(120))) {
         Err(ExecError::OutputTooLarge { limit }) => {
-            assert_eq!(limit, smolvm::exec::MAX_OUTPUT_LEN)
+            assert_eq!(limit, smolvm_protocol::limits::MAX_OUTPUT_LEN)
         }
         other => panic!("{:?}", other.map(|r| r.stdout.len())),
     }

@@ -1,4 +1,4 @@
-//! `smolvm bench`: runs the benchmark (see `smolvm::bench`), prints a table (or JSON with `--json`) and
+//! `smolvm bench`: runs the benchmark (see the `smolvm-bench` crate), prints a table (or JSON with `--json`) and
 //! writes the JSON report to a file.
 //!
 //! Exit status 1 when a section failed; missed targets are results, not failures.
@@ -10,10 +10,10 @@ use anyhow::Context;
 use clap::Args;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 
-use smolvm::bench::machine::file_stamp;
-use smolvm::bench::run::{cancel_on_sigint, BenchOptions, Progress, DEFAULT_ITERATIONS};
-use smolvm::bench::{BenchReport, Row, Section, Unit};
 use smolvm::BackendKind;
+use smolvm_bench::machine::file_stamp;
+use smolvm_bench::run::{cancel_on_sigint, BenchOptions, Progress, DEFAULT_ITERATIONS};
+use smolvm_bench::{BenchReport, Row, Section, Unit};
 
 use crate::Cli;
 
@@ -76,7 +76,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
         ..BenchOptions::default()
     };
     let report =
-        smolvm::bench::run(&opts).context("benchmark failed (every VM it made was deleted)")?;
+        smolvm_bench::run(&opts).context("benchmark failed (every VM it made was deleted)")?;
     let json = serde_json::to_string_pretty(&report)?;
     let path = match &args.output {
         Some(p) => p.clone(),
@@ -103,7 +103,7 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
 fn default_output(cli: &Cli) -> anyhow::Result<PathBuf> {
     let data_dir = match &cli.data_dir {
         Some(d) => d.clone(),
-        None => smolvm::dirs::Dirs::resolve(None, cli.socket_dir.as_deref())?.data_dir,
+        None => smolvm::Dirs::resolve(None, cli.socket_dir.as_deref())?.data_dir,
     };
     Ok(data_dir
         .join("bench")

@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use smolvm::manager::{CleanupOptions, CleanupReport, CleanupScope};
+use smolvm::{CleanupOptions, CleanupReport, CleanupScope};
 
 use super::common::manager;
 use crate::output::print_json;
@@ -143,7 +143,7 @@ fn render(r: &CleanupReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smolvm::manager::RetainedDisk;
+    use smolvm::RetainedDisk;
 
     #[test]
     fn dry_run_report_reads_conditionally() {

@@ -1,8 +1,8 @@
 //! Helpers shared by the commands: opening the manager from the global options, parsing choices.
 
 use anyhow::Context;
-use smolvm::manager::SmolVmManager;
 use smolvm::BackendKind;
+use smolvm::SmolVmManager;
 
 use crate::Cli;
 

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use smolvm::exec::{AgentClient, ExecRequest};
+use smolvm::{AgentClient, ExecRequest};
 
 use super::exec::Attached;
 use crate::Cli;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use clap::Args;
 use serde::Serialize;
 
-use smolvm::host::{Accelerator, HostCapabilities, ToolInfo};
-use smolvm::network::HostNetwork;
+use smolvm::internals::network::HostNetwork;
 use smolvm::BackendKind;
+use smolvm::{Accelerator, HostCapabilities, ToolInfo};
 
 use crate::Cli;
 

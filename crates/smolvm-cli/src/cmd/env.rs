@@ -65,7 +65,7 @@ pub fn run(cli: &Cli, a: &EnvArgs) -> anyhow::Result<ExitCode> {
         }
         EnvCommand::Unset { id, keys } => {
             for k in keys {
-                smolvm::config::validate_env_key(k)?;
+                smolvm::validate_env_key(k)?;
             }
             let vm = Attached::open(cli, id)?;
             vm.vm()

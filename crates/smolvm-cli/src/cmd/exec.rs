@@ -25,8 +25,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use smolvm::exec::{AgentClient, ErrorKind, ExecError, ExecRequest, Stream};
 use smolvm::SmolVm;
+use smolvm::{
+    AgentClient, AgentErrorKind as ErrorKind, ExecError, ExecRequest, ExecStream as Stream,
+};
 use smolvm_protocol::limits::MAX_STDIN_LEN;
 
 use super::common::backend_choice;
@@ -97,7 +99,7 @@ pub fn parse_env_pair(kv: &str) -> anyhow::Result<(String, String)> {
     let Some((k, v)) = kv.split_once('=') else {
         bail!("expected KEY=VALUE (no '=' found)");
     };
-    smolvm::config::validate_env_key(k)?;
+    smolvm::validate_env_key(k)?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -249,7 +251,7 @@ fn read_stdin() -> anyhow::Result<Vec<u8>> {
 
 /// The `WorkingDir` of the OCI image the VM boots, the default directory of its commands.
 pub fn image_working_dir(vm: &SmolVm) -> Option<String> {
-    smolvm::image::runtime_of_rootfs(vm.info().config.rootfs_path())?.working_dir
+    smolvm::runtime_of_rootfs(vm.info().config.rootfs_path())?.working_dir
 }
 
 /// Runs `smolvm exec`. Never returns `Err`: failures are printed and mapped to an exit status here.
@@ -276,7 +278,7 @@ fn exec_inner(cli: &Cli, a: &ExecArgs) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
     use clap::Parser;
-    use smolvm::exec::Command;
+    use smolvm::AgentCommand as Command;
 
     #[derive(Debug, Parser)]
     struct T {

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use smolvm::image::{
-    DebianOptions, GuestImage, ImageBuilder, ImageOptions, ImportOptions, ImportSource, Preset,
-    Progress,
+use smolvm::{
+    DebianOptions, GuestImage, ImageBuilder, ImageOptions, ImageProgress as Progress,
+    ImportOptions, ImportSource, Preset,
 };
 
 use crate::Cli;
@@ -74,7 +74,7 @@ pub struct RmArgs {
 #[derive(Debug, serde::Serialize)]
 struct ListedImage<'a> {
     name: &'a str,
-    source: &'a smolvm::image::ImageSource,
+    source: &'a smolvm::ImageSource,
     size_on_disk_bytes: u64,
     rootfs_size_mib: u64,
     created: u64,
@@ -153,7 +153,7 @@ pub struct ListArgs {
 
 /// Runs an image command.
 pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
-    let dirs = smolvm::dirs::Dirs::resolve(cli.data_dir.as_deref(), cli.socket_dir.as_deref())?;
+    let dirs = smolvm::Dirs::resolve(cli.data_dir.as_deref(), cli.socket_dir.as_deref())?;
     let mut builder = ImageBuilder::new(&dirs.data_dir);
     match cmd {
         ImageCommand::Build(a) => {
@@ -164,7 +164,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 }
                 Some("minimal") => builder = builder.with_minimal_kernel(),
                 Some("debian") => {
-                    builder = builder.with_kernel_package(smolvm::image::DEFAULT_KERNEL_PACKAGE)
+                    builder = builder.with_kernel_package(smolvm::DEFAULT_KERNEL_PACKAGE)
                 }
                 _ => {
                     if let Some(k) = &a.kernel {
@@ -175,7 +175,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             let default_name = if minimal {
                 "minimal"
             } else {
-                smolvm::image::DEFAULT_IMAGE_NAME
+                smolvm::DEFAULT_IMAGE_NAME
             };
             if let Some(agent) = &a.agent {
                 builder = builder.with_agent(agent);
@@ -192,7 +192,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                     suite: a
                         .suite
                         .clone()
-                        .unwrap_or_else(|| smolvm::image::DEFAULT_SUITE.to_string()),
+                        .unwrap_or_else(|| smolvm::DEFAULT_IMAGE_SUITE.to_string()),
                     packages: a.packages.clone(),
                     preset: a
                         .preset
@@ -225,7 +225,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 name: a.name.clone().unwrap_or_else(|| default_name.to_string()),
                 ssh_password: a.ssh_password.clone(),
                 ssh_public_key,
-                rootfs_size_mib: a.rootfs_size.unwrap_or(smolvm::image::DEFAULT_SIZE_MIB),
+                rootfs_size_mib: a.rootfs_size.unwrap_or(smolvm::DEFAULT_IMAGE_SIZE_MIB),
                 force: a.force,
                 progress,
             };
@@ -242,7 +242,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 let t = Instant::now();
                 let made = m.build_template(
                     &config,
-                    smolvm::manager::NetworkChoice::Auto,
+                    smolvm::NetworkChoice::Auto,
                     std::time::Duration::from_secs(120),
                 )?;
                 match made {
@@ -307,11 +307,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
             show(&img, a.json, start)?;
         }
         ImageCommand::Rm(a) => {
-            let m = smolvm::manager::SmolVmManager::new(
-                Some(&dirs.data_dir),
-                Some(&dirs.socket_dir),
-                None,
-            )?;
+            let m = smolvm::SmolVmManager::new(Some(&dirs.data_dir), Some(&dirs.socket_dir), None)?;
             for name in &a.names {
                 m.remove_image(name)?;
                 println!("removed image {name:?}");

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
-use smolvm::network::{Cidr, NetworkPolicy};
+use smolvm::{Cidr, NetworkPolicy};
 
 use super::common::manager;
 use crate::output::print_json;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use smolvm::exec::ExecRequest;
+use smolvm::ExecRequest;
 use smolvm::SmolVm;
 
 use super::common::{backend_choice, manager};

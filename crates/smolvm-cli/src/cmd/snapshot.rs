@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use smolvm::snapshot::SnapshotInfo;
+use smolvm::SnapshotInfo;
 
 use super::common::manager;
 use crate::output::print_json;

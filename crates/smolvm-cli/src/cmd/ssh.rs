@@ -65,8 +65,8 @@ pub fn ssh(cli: &Cli, args: &SshArgs) -> anyhow::Result<ExitCode> {
     }
     let target = m.ssh_target(&args.vm_id, &args.user)?;
     let command = (!args.command.is_empty()).then_some(args.command.as_slice());
-    let argv = smolvm::ssh::ssh_argv(&target, command)?;
-    let program = smolvm::network::find_program(&argv[0])
+    let argv = smolvm::ssh_argv(&target, command)?;
+    let program = smolvm::internals::network::find_program(&argv[0])
         .context("`ssh` not found: install the openssh-client package")?;
     drop(m);
     let err = Command::new(&program).args(&argv[1..]).exec();

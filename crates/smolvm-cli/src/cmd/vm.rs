@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use smolvm::image::ImageBuilder;
-use smolvm::manager::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::ImageBuilder;
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo, VmState};
 
 use super::common::manager;
@@ -45,10 +45,10 @@ pub struct CreateArgs {
     #[arg(long = "id")]
     pub vm_id: Option<String>,
     /// Virtual CPUs (1-32).
-    #[arg(long, default_value_t = smolvm::config::DEFAULT_VCPU_COUNT)]
+    #[arg(long, default_value_t = smolvm::DEFAULT_VCPU_COUNT)]
     pub vcpus: u32,
     /// Guest memory in MiB (128-16384).
-    #[arg(long, default_value_t = smolvm::config::DEFAULT_MEM_SIZE_MIB)]
+    #[arg(long, default_value_t = smolvm::DEFAULT_MEM_SIZE_MIB)]
     pub mem: u32,
     /// Root disk size in MiB: the VM's disk is grown to it (and its ext4 resized) when larger than the
     /// image's.
@@ -143,7 +143,7 @@ impl CreateArgs {
     /// True when this VM may start from (or make) a template: an image VM (not --kernel/--rootfs),
     /// without --no-template or SMOLVM_TEMPLATES=off.
     pub fn uses_templates(&self) -> bool {
-        !self.no_template && self.kernel.is_none() && smolvm::manager::templates_enabled_by_env()
+        !self.no_template && self.kernel.is_none() && smolvm::templates_enabled_by_env()
     }
 
     /// Create options.

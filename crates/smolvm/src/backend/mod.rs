@@ -1,8 +1,8 @@
 //! Virtual machine monitors behind one small trait, so the manager never knows which one it drives and
 //! unit tests can check the exact QEMU argv or Firecracker request sequence without a VM.
 
-pub mod firecracker;
-pub mod qemu;
+pub(crate) mod firecracker;
+pub(crate) mod qemu;
 
 use std::path::{Path, PathBuf};
 

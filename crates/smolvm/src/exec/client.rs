@@ -19,7 +19,7 @@ use super::ExecError;
 use crate::backend::AgentEndpoint;
 
 /// How long a quick request (ping, env, power-off, the end of a file transfer) may take.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A write to the agent that blocks this long means the guest stopped reading: the connection is
 /// declared dead (a partial frame cannot be taken back).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -385,20 +385,24 @@ pub(super) struct Call<'a> {
 
 impl Call<'_> {
     /// Sends a frame of this request.
-    pub fn send(&self, req: &Request) -> Result<(), ExecError> {
+    pub(super) fn send(&self, req: &Request) -> Result<(), ExecError> {
         let frame = req.to_frame(self.id).map_err(ExecError::InvalidRequest)?;
         self.client.send_frame(&frame)
     }
 
     /// Sends a raw data frame of this request without copying through [`Request`].
-    pub fn send_raw(&self, frame_type: FrameType, payload: Vec<u8>) -> Result<(), ExecError> {
+    pub(super) fn send_raw(
+        &self,
+        frame_type: FrameType,
+        payload: Vec<u8>,
+    ) -> Result<(), ExecError> {
         self.client
             .send_frame(&Frame::new(frame_type, self.id, payload))
     }
 
     /// Waits for the next frame of this request until `deadline`. `what` and `limit` describe the
     /// timeout error.
-    pub fn recv(
+    pub(super) fn recv(
         &mut self,
         deadline: Instant,
         what: &str,
@@ -412,7 +416,7 @@ impl Call<'_> {
     }
 
     /// Waits up to `wait` for the next frame; `None` if none came.
-    pub fn try_recv_for(&mut self, wait: Duration) -> Result<Option<Reply>, ExecError> {
+    pub(super) fn try_recv_for(&mut self, wait: Duration) -> Result<Option<Reply>, ExecError> {
         let frame = match self.rx.recv_timeout(wait) {
             Ok(f) => f,
             Err(RecvTimeoutError::Timeout) => return Ok(None),

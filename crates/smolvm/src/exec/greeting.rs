@@ -15,9 +15,9 @@ use super::ExecError;
 
 /// The greeting is re-sent this often until the agent answers it (it may have missed it: not listening
 /// yet, or busy skipping a half frame an earlier host left behind). The agent answers a nonce once.
-pub const HELLO_RESEND: Duration = Duration::from_millis(250);
+pub(crate) const HELLO_RESEND: Duration = Duration::from_millis(250);
 /// Most bytes read while waiting for our `Ready` (replies the agent wrote for earlier hosts come first).
-pub const MAX_STALE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_STALE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Greets the agent and waits for its `Ready` with our nonce; returns it and the decoder, which may
 /// already hold the first frames after it.

@@ -21,16 +21,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use client::{AgentClient, DEFAULT_REQUEST_TIMEOUT};
-pub use greeting::{HELLO_RESEND, MAX_STALE_BYTES};
-pub use result::{CommandOutput, CommandResult};
-pub use smolvm_protocol::limits::MAX_OUTPUT_LEN;
-pub use smolvm_protocol::{BootStage, Command, ErrorKind, ProtocolError, Ready};
+pub use client::AgentClient;
+pub(crate) use result::CommandOutput;
+pub use result::CommandResult;
+pub(crate) use smolvm_protocol::limits::MAX_OUTPUT_LEN;
+pub(crate) use smolvm_protocol::{Command, ErrorKind, ProtocolError};
 
 use crate::error::ValidationError;
 
 /// The timeout the spec's `run` uses when the caller gives none (for callers that mirror it).
-pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

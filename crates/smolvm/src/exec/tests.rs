@@ -185,7 +185,7 @@ fn endless_stale_output_is_bounded() {
     let (r, _t) = with_agent(Duration::from_secs(60), |mut a| {
         a.hello();
         let junk = vec![0x11u8; 1 << 20];
-        for _ in 0..=(super::MAX_STALE_BYTES >> 20) {
+        for _ in 0..=(super::greeting::MAX_STALE_BYTES >> 20) {
             if a.s.write_all(&junk).is_err() {
                 return;
             }

@@ -1,10 +1,10 @@
 //! CPU and process facts read from `/proc` and `/sys`: virtualization flags, TSC frequency, privileges.
 
 /// `CAP_NET_ADMIN` capability number (linux/capability.h).
-pub const CAP_NET_ADMIN: u32 = 12;
+pub(crate) const CAP_NET_ADMIN: u32 = 12;
 
 /// The hardware virtualization flag (`vmx` or `svm`) in `/proc/cpuinfo` text, if any CPU lists it.
-pub fn virt_flag(cpuinfo: &str) -> Option<String> {
+pub(crate) fn virt_flag(cpuinfo: &str) -> Option<String> {
     cpuinfo
         .lines()
         .filter(|l| l.starts_with("flags"))
@@ -15,7 +15,7 @@ pub fn virt_flag(cpuinfo: &str) -> Option<String> {
 }
 
 /// The first `cpu MHz` value of `/proc/cpuinfo` text, converted to kHz and rounded.
-pub fn cpu_khz(cpuinfo: &str) -> Option<u64> {
+pub(crate) fn cpu_khz(cpuinfo: &str) -> Option<u64> {
     let mhz: f64 = cpuinfo
         .lines()
         .filter(|l| l.starts_with("cpu MHz"))
@@ -27,7 +27,7 @@ pub fn cpu_khz(cpuinfo: &str) -> Option<u64> {
 /// The host TSC frequency in kHz: the kernel's exact value from sysfs when it exports one, else the
 /// `cpu MHz` of `/proc/cpuinfo`. Under TCG the guest's TSC ticks at the host's rate, so this is what the
 /// guest kernel is told with `tsc_early_khz` (calibrating against an emulated PIT can hang under load).
-pub fn tsc_khz() -> Option<u64> {
+pub(crate) fn tsc_khz() -> Option<u64> {
     if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
         if let Ok(v) = s.trim().parse::<u64>() {
             if v > 0 {
@@ -39,7 +39,7 @@ pub fn tsc_khz() -> Option<u64> {
 }
 
 /// The effective capability mask (`CapEff`) from `/proc/<pid>/status` text.
-pub fn cap_eff(status: &str) -> Option<u64> {
+pub(crate) fn cap_eff(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -47,7 +47,7 @@ pub fn cap_eff(status: &str) -> Option<u64> {
 }
 
 /// True if the capability mask holds capability number `cap`.
-pub fn has_cap(mask: u64, cap: u32) -> bool {
+pub(crate) fn has_cap(mask: u64, cap: u32) -> bool {
     cap < 64 && mask & (1u64 << cap) != 0
 }
 

@@ -12,13 +12,13 @@ use std::path::Path;
 use serde::Serialize;
 
 /// The KVM device node.
-pub const KVM_DEVICE: &str = "/dev/kvm";
+pub(crate) const KVM_DEVICE: &str = "/dev/kvm";
 /// The only KVM API version there has ever been; anything else is not a KVM we understand.
-pub const KVM_API_VERSION: i32 = 12;
+pub(crate) const KVM_API_VERSION: i32 = 12;
 /// Environment variable that overrides the usability verdict: `on` or `off`.
-pub const KVM_ENV: &str = "SMOLVM_KVM";
+pub(crate) const KVM_ENV: &str = "SMOLVM_KVM";
 /// Kernel modules that provide `/dev/kvm` without hardware virtualization (paravirtual nesting).
-pub const PARAVIRTUAL_KVM_MODULES: &[&str] = &["kvm_pvm"];
+pub(crate) const PARAVIRTUAL_KVM_MODULES: &[&str] = &["kvm_pvm"];
 
 /// `_IO(KVMIO, 0x00)` with `KVMIO = 0xAE`.
 const KVM_GET_API_VERSION: u64 = 0xAE00;
@@ -48,7 +48,7 @@ pub struct KvmStatus {
 
 /// Raw observations about KVM, gathered from the system or made up by tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KvmFacts {
+pub(crate) struct KvmFacts {
     /// `/dev/kvm` exists.
     pub device_exists: bool,
     /// The result of opening it and asking for the API version: the version, or the error text.
@@ -63,7 +63,7 @@ pub struct KvmFacts {
 
 impl KvmFacts {
     /// Looks at `/dev/kvm`, `/proc/cpuinfo`, `/sys/module` and `/proc/modules`, and `SMOLVM_KVM`.
-    pub fn probe() -> KvmFacts {
+    pub(crate) fn probe() -> KvmFacts {
         let device_exists = Path::new(KVM_DEVICE).exists();
         let api = if device_exists {
             api_version(Path::new(KVM_DEVICE))
@@ -117,14 +117,14 @@ fn api_version(dev: &Path) -> Result<i32, String> {
 }
 
 /// True if `/proc/modules` text lists `module` (first column).
-pub fn module_listed(proc_modules: &str, module: &str) -> bool {
+pub(crate) fn module_listed(proc_modules: &str, module: &str) -> bool {
     proc_modules
         .lines()
         .any(|l| l.split_whitespace().next() == Some(module))
 }
 
 /// Parses an `SMOLVM_KVM` value: `Some(true)` for on, `Some(false)` for off, `None` if unrecognised.
-pub fn parse_override(value: &str) -> Option<bool> {
+pub(crate) fn parse_override(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "on" | "1" | "true" | "yes" => Some(true),
         "off" | "0" | "false" | "no" => Some(false),
@@ -133,7 +133,7 @@ pub fn parse_override(value: &str) -> Option<bool> {
 }
 
 /// Decides presence and usability from `facts`. Pure.
-pub fn assess(facts: &KvmFacts) -> KvmStatus {
+pub(crate) fn assess(facts: &KvmFacts) -> KvmStatus {
     let (present, api_version, open_error) = match &facts.api {
         Ok(v) if *v == KVM_API_VERSION => (true, Some(*v), None),
         Ok(v) => (

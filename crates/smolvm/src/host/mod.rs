@@ -9,16 +9,17 @@
 //! * `SMOLVM_KVM=on|off`: force KVM usable (if `/dev/kvm` opens) or unusable.
 //! * `SMOLVM_QEMU_BIN`, `SMOLVM_FIRECRACKER_BIN`: the VMM binaries (a path, or a name on `PATH`).
 
-pub mod cpu;
-pub mod kvm;
-pub mod tools;
+pub(crate) mod cpu;
+pub(crate) mod kvm;
+pub(crate) mod tools;
 
 use serde::Serialize;
 
 use crate::config::BackendKind;
 
-pub use kvm::KvmStatus;
-pub use tools::{ToolInfo, Tools};
+pub(crate) use kvm::KvmStatus;
+pub use tools::ToolInfo;
+pub(crate) use tools::Tools;
 
 /// How QEMU would execute guest code on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -171,7 +172,7 @@ impl HostCapabilities {
 }
 
 /// The QEMU version (major, minor) the test suite runs on; older ones get a warning from `doctor`.
-pub const QEMU_TESTED: (u32, u32) = (10, 0);
+pub(crate) const QEMU_TESTED: (u32, u32) = (10, 0);
 
 /// `"10.0.2"` -> `(10, 0)`.
 fn parse_major_minor(v: &str) -> Option<(u32, u32)> {
@@ -186,7 +187,7 @@ fn parse_major_minor(v: &str) -> Option<(u32, u32)> {
 ///
 /// * firecracker: usable KVM, Linux networking (`ip`, `nft`, root or `CAP_NET_ADMIN`), the binary.
 /// * qemu: the `qemu-system-x86_64` binary and an SSH client (KVM is optional: TCG works everywhere).
-pub fn check_prerequisites(caps: &HostCapabilities, backend: BackendKind) -> Vec<String> {
+pub(crate) fn check_prerequisites(caps: &HostCapabilities, backend: BackendKind) -> Vec<String> {
     let mut out = Vec::new();
     let t = &caps.tools;
     match backend {

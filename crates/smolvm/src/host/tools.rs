@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 /// Environment variable naming the Firecracker binary (a path, or a name looked up on `PATH`).
-pub const FIRECRACKER_BIN_ENV: &str = "SMOLVM_FIRECRACKER_BIN";
+pub(crate) const FIRECRACKER_BIN_ENV: &str = "SMOLVM_FIRECRACKER_BIN";
 /// Environment variable naming the QEMU binary (a path, or a name looked up on `PATH`).
-pub const QEMU_BIN_ENV: &str = "SMOLVM_QEMU_BIN";
+pub(crate) const QEMU_BIN_ENV: &str = "SMOLVM_QEMU_BIN";
 /// The QEMU system emulator smolvm drives.
-pub const QEMU_SYSTEM: &str = "qemu-system-x86_64";
+pub(crate) const QEMU_SYSTEM: &str = "qemu-system-x86_64";
 
 /// Directories searched after `PATH`.
 const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
@@ -118,7 +118,7 @@ fn find_override_or(over: Option<&str>, default: &str) -> Option<PathBuf> {
 }
 
 /// Finds `name` on `PATH`, then in the sbin directories.
-pub fn find_program(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     find_program_in(&std::env::var_os("PATH").unwrap_or_default(), name)
 }
 
@@ -136,7 +136,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// The version of the program at `path` as printed by `path flag`, probed once per process.
-pub fn cached_version(path: &Path, flag: &str) -> Option<String> {
+pub(crate) fn cached_version(path: &Path, flag: &str) -> Option<String> {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Option<String>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(v) = cache.lock().ok()?.get(path) {
@@ -186,7 +186,7 @@ fn probe_output(path: &Path, flag: &str) -> Option<String> {
 /// Extracts a version number from a `--version` banner: the first token that looks like `1.2` or
 /// `1.2.3`, after stripping prefixes such as `v`, `iproute2-` or `OpenSSH_`. Returns the first
 /// non-empty line if no token qualifies, `None` for empty output.
-pub fn parse_version(banner: &str) -> Option<String> {
+pub(crate) fn parse_version(banner: &str) -> Option<String> {
     fn numeric(tok: &str) -> Option<&str> {
         let tok = tok.trim_matches(|c: char| matches!(c, ',' | '(' | ')' | ';' | ':'));
         let candidates = [

@@ -15,9 +15,9 @@ use super::elf::{Elf, EM_X86_64};
 use super::error::ImageError;
 
 /// Environment variable naming the agent binary.
-pub const AGENT_ENV: &str = "SMOLVM_AGENT_BIN";
+pub(crate) const AGENT_ENV: &str = "SMOLVM_AGENT_BIN";
 /// File name of the agent binary.
-pub const AGENT_NAME: &str = "smolvm-agent";
+pub(super) const AGENT_NAME: &str = "smolvm-agent";
 
 /// The static agent built by `build.rs`, if the build embedded one.
 #[cfg(smolvm_embedded_agent)]
@@ -27,7 +27,7 @@ const EMBEDDED: Option<&[u8]> = None;
 
 /// Finds a usable agent: `explicit`, else `SMOLVM_AGENT_BIN`, else the embedded one written under
 /// `cache_dir`. A path given by the caller or the environment must be a static x86_64 executable.
-pub fn locate(explicit: Option<&Path>, cache_dir: &Path) -> Result<PathBuf, ImageError> {
+pub(super) fn locate(explicit: Option<&Path>, cache_dir: &Path) -> Result<PathBuf, ImageError> {
     let given = explicit.map(Path::to_path_buf).or_else(|| {
         std::env::var_os(AGENT_ENV)
             .filter(|v| !v.is_empty())
@@ -74,7 +74,7 @@ fn materialize(bytes: &[u8], cache_dir: &Path) -> Result<PathBuf, ImageError> {
 }
 
 /// Checks that `path` is a static x86_64 ELF executable.
-pub fn check(path: &Path) -> Result<(), ImageError> {
+pub(super) fn check(path: &Path) -> Result<(), ImageError> {
     let data = std::fs::read(path).map_err(|e| ImageError::io("read agent", path, e))?;
     let elf = Elf::parse(&data).map_err(|reason| ImageError::Kernel {
         path: path.to_path_buf(),

@@ -9,7 +9,7 @@ const HEADER_LEN: usize = 60;
 
 /// One member: its name and where its data lies in the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub(super) struct Member {
     /// Member name without GNU/BSD decorations.
     pub name: String,
     /// Offset of the data from the start of the archive.
@@ -23,7 +23,7 @@ fn bad(msg: impl Into<String>) -> io::Error {
 }
 
 /// Lists the members of an archive. Refuses malformed headers instead of guessing.
-pub fn members<R: Read + Seek>(r: &mut R) -> io::Result<Vec<Member>> {
+pub(super) fn members<R: Read + Seek>(r: &mut R) -> io::Result<Vec<Member>> {
     let total = r.seek(SeekFrom::End(0))?;
     r.seek(SeekFrom::Start(0))?;
     let mut magic = [0u8; 8];
@@ -87,7 +87,7 @@ fn field(b: &[u8]) -> String {
 }
 
 /// Copies a member's data to `w`.
-pub fn copy_member<R: Read + Seek, W: io::Write>(
+pub(super) fn copy_member<R: Read + Seek, W: io::Write>(
     r: &mut R,
     m: &Member,
     w: &mut W,
@@ -102,7 +102,7 @@ pub fn copy_member<R: Read + Seek, W: io::Write>(
 
 /// Writes an archive (used by tests to make fixtures, and small enough to keep honest).
 #[cfg(test)]
-pub fn write<W: io::Write>(w: &mut W, members: &[(&str, &[u8])]) -> io::Result<()> {
+pub(super) fn write<W: io::Write>(w: &mut W, members: &[(&str, &[u8])]) -> io::Result<()> {
     w.write_all(GLOBAL_MAGIC)?;
     for (name, data) in members {
         let header = format!(

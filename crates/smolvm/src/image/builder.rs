@@ -13,9 +13,9 @@ use super::{agent, assemble, deb, etc, rootfs, GuestImage};
 use super::{INITRD_FILE, KERNEL_FILE, META_FILE, ROOTFS_FILE, VMLINUX_FILE};
 
 /// Environment variable: use this bzImage instead of the distribution kernel.
-pub const KERNEL_ENV: &str = "SMOLVM_KERNEL";
+pub(crate) const KERNEL_ENV: &str = "SMOLVM_KERNEL";
 /// Environment variable: the modules directory (`lib/modules/<release>`) of [`KERNEL_ENV`]'s kernel.
-pub const KERNEL_MODULES_ENV: &str = "SMOLVM_KERNEL_MODULES";
+pub(crate) const KERNEL_MODULES_ENV: &str = "SMOLVM_KERNEL_MODULES";
 /// Bumped whenever the image layout or contents change for the same inputs.
 const IMAGE_FORMAT: u32 = 2; // 2: `/usr/bin/wget` is the agent's front end
 
@@ -91,7 +91,7 @@ impl ImageOptions {
 }
 
 /// Checks an image name: it becomes a directory name.
-pub fn validate_name(name: &str) -> Result<(), ImageError> {
+pub(super) fn validate_name(name: &str) -> Result<(), ImageError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()

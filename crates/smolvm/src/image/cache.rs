@@ -12,12 +12,12 @@ use super::error::ImageError;
 
 /// An exclusive `flock` held until dropped.
 #[derive(Debug)]
-pub struct Lock {
+pub(super) struct Lock {
     _file: File,
 }
 
 /// Takes the exclusive lock on `path` (created if missing), waiting for other holders.
-pub fn lock(path: &Path) -> Result<Lock, ImageError> {
+pub(super) fn lock(path: &Path) -> Result<Lock, ImageError> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -38,7 +38,7 @@ pub fn lock(path: &Path) -> Result<Lock, ImageError> {
 
 /// A build directory removed on drop unless committed.
 #[derive(Debug)]
-pub struct BuildDir {
+pub(super) struct BuildDir {
     path: PathBuf,
     keep: bool,
 }
@@ -48,7 +48,7 @@ const TMP_PREFIX: &str = ".tmp-";
 
 impl BuildDir {
     /// Creates `<parent>/.tmp-<name>-<pid>-<random>`.
-    pub fn create(parent: &Path, name: &str) -> Result<BuildDir, ImageError> {
+    pub(super) fn create(parent: &Path, name: &str) -> Result<BuildDir, ImageError> {
         let path = parent.join(format!(
             "{TMP_PREFIX}{name}-{}-{:08x}",
             std::process::id(),
@@ -59,14 +59,14 @@ impl BuildDir {
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Moves the directory to `dest` atomically, replacing what is there. With `renameat2(RENAME_EXCHANGE)`
     /// the old and new contents swap in one step; without it (old kernels, some filesystems) the old
     /// directory is moved aside first, leaving a moment without an image but never a torn one.
-    pub fn commit(mut self, dest: &Path) -> Result<(), ImageError> {
+    pub(super) fn commit(mut self, dest: &Path) -> Result<(), ImageError> {
         if dest.exists() {
             if exchange(&self.path, dest).is_ok() {
                 // self.path now holds the old image: drop removes it.
@@ -119,7 +119,7 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
 
 /// Removes build directories of `name` left by a crashed build. Call with the name's lock held (then no
 /// live build of that name can own one).
-pub fn remove_stale(parent: &Path, name: &str) {
+pub(super) fn remove_stale(parent: &Path, name: &str) {
     let prefix = format!("{TMP_PREFIX}{name}-");
     if let Ok(rd) = fs::read_dir(parent) {
         for e in rd.flatten() {
@@ -133,11 +133,11 @@ pub fn remove_stale(parent: &Path, name: &str) {
 /// Accumulates build inputs into a fingerprint (SHA-256, hex). Every input is labelled and
 /// length-prefixed, so two different input lists can never produce the same byte stream.
 #[derive(Debug, Clone, Default)]
-pub struct Fingerprint(Sha256);
+pub(super) struct Fingerprint(Sha256);
 
 impl Fingerprint {
     /// Adds a labelled value.
-    pub fn add(&mut self, label: &str, value: &[u8]) -> &mut Self {
+    pub(super) fn add(&mut self, label: &str, value: &[u8]) -> &mut Self {
         for part in [label.as_bytes(), value] {
             self.0.update((part.len() as u64).to_le_bytes());
             self.0.update(part);
@@ -147,7 +147,11 @@ impl Fingerprint {
 
     /// Adds a file's identity without reading it: path, size and modification time (package
     /// upgrades change them).
-    pub fn add_file_identity(&mut self, label: &str, path: &Path) -> Result<&mut Self, ImageError> {
+    pub(super) fn add_file_identity(
+        &mut self,
+        label: &str,
+        path: &Path,
+    ) -> Result<&mut Self, ImageError> {
         use std::os::unix::fs::MetadataExt;
         let m = fs::metadata(path).map_err(|e| ImageError::io("inspect", path, e))?;
         let id = format!(
@@ -161,13 +165,13 @@ impl Fingerprint {
     }
 
     /// The hex digest.
-    pub fn finish(&self) -> String {
+    pub(super) fn finish(&self) -> String {
         super::deb::hex(&self.0.clone().finalize())
     }
 }
 
 /// SHA-256 of a file's contents, hex.
-pub fn file_sha256(path: &Path) -> Result<String, ImageError> {
+pub(super) fn file_sha256(path: &Path) -> Result<String, ImageError> {
     let mut f = File::open(path).map_err(|e| ImageError::io("open", path, e))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| ImageError::io("read", path, e))?;

@@ -16,7 +16,7 @@ const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
 
 /// Streams entries into a newc archive.
-pub struct CpioWriter<W: Write> {
+pub(super) struct CpioWriter<W: Write> {
     out: W,
     ino: u32,
     written: u64,
@@ -24,7 +24,7 @@ pub struct CpioWriter<W: Write> {
 
 impl<W: Write> CpioWriter<W> {
     /// Starts an archive.
-    pub fn new(out: W) -> Self {
+    pub(super) fn new(out: W) -> Self {
         CpioWriter {
             out,
             ino: 0,
@@ -33,28 +33,34 @@ impl<W: Write> CpioWriter<W> {
     }
 
     /// A directory (`perm` like 0o755). Parents must be added before children.
-    pub fn dir(&mut self, name: &str, perm: u32) -> io::Result<()> {
+    pub(super) fn dir(&mut self, name: &str, perm: u32) -> io::Result<()> {
         self.entry(name, S_IFDIR | (perm & 0o7777), 2, (0, 0), &[])
     }
 
     /// A regular file.
-    pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> io::Result<()> {
+    pub(super) fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> io::Result<()> {
         self.entry(name, S_IFREG | (perm & 0o7777), 1, (0, 0), data)
     }
 
     /// A symbolic link to `target`.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub fn symlink(&mut self, name: &str, target: &str) -> io::Result<()> {
+    pub(super) fn symlink(&mut self, name: &str, target: &str) -> io::Result<()> {
         self.entry(name, S_IFLNK | 0o777, 1, (0, 0), target.as_bytes())
     }
 
     /// A character device node.
-    pub fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
+    pub(super) fn char_dev(
+        &mut self,
+        name: &str,
+        perm: u32,
+        major: u32,
+        minor: u32,
+    ) -> io::Result<()> {
         self.entry(name, S_IFCHR | (perm & 0o7777), 1, (major, minor), &[])
     }
 
     /// Writes the trailer and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(super) fn finish(mut self) -> io::Result<W> {
         self.ino = 0;
         self.entry("TRAILER!!!", 0, 1, (0, 0), &[])?;
         self.out.flush()?;

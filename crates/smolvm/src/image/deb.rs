@@ -20,7 +20,7 @@ pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// A resolved kernel package: the real (versioned) package and its candidate version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResolvedPackage {
+pub(super) struct ResolvedPackage {
     /// What was asked for (often a metapackage).
     pub requested: String,
     /// The package that holds the kernel.
@@ -32,7 +32,7 @@ pub struct ResolvedPackage {
 /// Parses `apt-cache show --no-all-versions <pkg>`: a metapackage's first `linux-image-*` (or, for
 /// `linux-source`, `linux-source-*`) dependency is
 /// the real package (with its `(= version)` if given); otherwise the package itself is.
-pub fn parse_show(requested: &str, text: &str) -> Option<ResolvedPackage> {
+pub(super) fn parse_show(requested: &str, text: &str) -> Option<ResolvedPackage> {
     let mut version = None;
     let mut depends = None;
     for line in text.lines() {
@@ -74,7 +74,7 @@ pub fn parse_show(requested: &str, text: &str) -> Option<ResolvedPackage> {
 }
 
 /// Asks apt which package and version `requested` means now (reads local lists; no network).
-pub fn resolve(requested: &str) -> Result<ResolvedPackage, ImageError> {
+pub(super) fn resolve(requested: &str) -> Result<ResolvedPackage, ImageError> {
     let apt_cache = tools::which("apt-cache").ok_or(ImageError::NoPackageManager)?;
     let out = tools::run(Command::new(apt_cache).args(["show", "--no-all-versions", requested]))
         .map_err(|e| with_hint(e, "run `apt-get update` (as root) so apt knows the package"))?;
@@ -105,7 +105,7 @@ fn with_hint(e: ImageError, hint: &str) -> ImageError {
 }
 
 /// Downloads the package into `dir` with `apt-get download` and returns the `.deb`.
-pub fn download(pkg: &ResolvedPackage, dir: &Path) -> Result<PathBuf, ImageError> {
+pub(super) fn download(pkg: &ResolvedPackage, dir: &Path) -> Result<PathBuf, ImageError> {
     let apt_get = tools::which("apt-get").ok_or(ImageError::NoPackageManager)?;
     let spec = match &pkg.version {
         Some(v) => format!("{}={v}", pkg.package),
@@ -139,7 +139,7 @@ pub fn download(pkg: &ResolvedPackage, dir: &Path) -> Result<PathBuf, ImageError
 }
 
 /// Reads a field of the package's control file (`dpkg-deb -f`), e.g. `Version`.
-pub fn control_field(deb: &Path, field: &str) -> Result<String, ImageError> {
+pub(super) fn control_field(deb: &Path, field: &str) -> Result<String, ImageError> {
     let dpkg = tools::require("dpkg-deb", "dpkg")?;
     let out = tools::run(Command::new(dpkg).arg("-f").arg(deb).arg(field))?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -147,7 +147,7 @@ pub fn control_field(deb: &Path, field: &str) -> Result<String, ImageError> {
 
 /// A fingerprint of apt's state (lists, sources, pins): when it has not changed, a previous resolution
 /// still holds, which spares the second-long `apt-cache` run on cached builds.
-pub fn apt_state_key() -> String {
+pub(super) fn apt_state_key() -> String {
     let mut h = Sha256::new();
     for dir in [
         "/var/lib/apt/lists",
@@ -179,12 +179,12 @@ fn stat_into(h: &mut Sha256, p: &Path) {
 }
 
 /// Lowercase hex of bytes.
-pub fn hex(b: &[u8]) -> String {
+pub(super) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Unpacks the files of a `.deb` into `dest` (created if missing).
-pub fn extract(deb: &Path, dest: &Path) -> Result<(), ImageError> {
+pub(super) fn extract(deb: &Path, dest: &Path) -> Result<(), ImageError> {
     std::fs::create_dir_all(dest).map_err(|e| ImageError::io("create directory", dest, e))?;
     match tools::which("dpkg-deb") {
         Some(dpkg) => {
@@ -196,7 +196,7 @@ pub fn extract(deb: &Path, dest: &Path) -> Result<(), ImageError> {
 }
 
 /// Unpacks `data.tar.*` with our `ar` reader and the system `tar` (for hosts without dpkg).
-pub fn extract_with_tar(deb: &Path, dest: &Path) -> Result<(), ImageError> {
+pub(super) fn extract_with_tar(deb: &Path, dest: &Path) -> Result<(), ImageError> {
     let bad = |reason: String| ImageError::BadPackage {
         path: deb.to_path_buf(),
         reason,

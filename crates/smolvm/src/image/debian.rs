@@ -5,7 +5,7 @@
 //! disk, as for the default image).
 //!
 //! ```no_run
-//! use smolvm::image::{DebianOptions, ImageBuilder, Preset};
+//! use smolvm::{DebianOptions, ImageBuilder, Preset};
 //! let builder = ImageBuilder::new(std::path::Path::new("/var/lib/smolvm"));
 //! let image = builder.build_debian(&DebianOptions {
 //!     preset: Some(Preset::Python),
@@ -31,7 +31,7 @@ use super::{GuestImage, ImageSource, ROOTFS_FILE, SSH_BOOT_ARGS};
 /// Suite built when none is given.
 pub const DEFAULT_SUITE: &str = "bookworm";
 /// Packages every Debian image gets: the SSH server the agent starts.
-pub const BASE_PACKAGES: &[&str] = &["dropbear-bin"];
+pub(super) const BASE_PACKAGES: &[&str] = &["dropbear-bin"];
 /// `mmdebstrap --variant`: the Essential packages plus apt, so `apt-get install` works in the guest.
 const VARIANT: &str = "apt";
 /// Bumped whenever the image layout or contents change for the same inputs.

@@ -7,11 +7,11 @@ const PT_INTERP: u32 = 3;
 /// `SHT_NOBITS`: a section with no bytes in the file (`.bss`).
 const SHT_NOBITS: u32 = 8;
 /// `EM_X86_64`.
-pub const EM_X86_64: u16 = 62;
+pub(super) const EM_X86_64: u16 = 62;
 
 /// A parsed view of an ELF64 file.
 #[derive(Debug)]
-pub struct Elf<'a> {
+pub(super) struct Elf<'a> {
     data: &'a [u8],
     /// `e_machine`.
     pub machine: u16,
@@ -59,7 +59,7 @@ fn u64_at(d: &[u8], off: u64) -> Option<u64> {
 impl<'a> Elf<'a> {
     /// Parses the headers. `data` may be longer than the ELF file (trailing bytes are ignored) but
     /// must contain every header and section it declares.
-    pub fn parse(data: &'a [u8]) -> Result<Elf<'a>, String> {
+    pub(super) fn parse(data: &'a [u8]) -> Result<Elf<'a>, String> {
         if data.len() < 64 || &data[..4] != b"\x7fELF" {
             return Err("not an ELF file".into());
         }
@@ -119,7 +119,7 @@ impl<'a> Elf<'a> {
     }
 
     /// The length of the ELF file: the end of the furthest header, segment or section.
-    pub fn extent(&self) -> u64 {
+    pub(super) fn extent(&self) -> u64 {
         let segs = self.phdrs.iter().map(|p| p.offset.saturating_add(p.filesz));
         let secs = self
             .shdrs
@@ -133,12 +133,12 @@ impl<'a> Elf<'a> {
     }
 
     /// True if the program asks for a dynamic loader (not statically linked).
-    pub fn has_interp(&self) -> bool {
+    pub(super) fn has_interp(&self) -> bool {
         self.phdrs.iter().any(|p| p.p_type == PT_INTERP)
     }
 
     /// The bytes of the section called `name`.
-    pub fn section(&self, name: &str) -> Option<&'a [u8]> {
+    pub(super) fn section(&self, name: &str) -> Option<&'a [u8]> {
         let strtab = self.shdrs.get(self.shstrndx)?;
         let names = self.bytes(strtab.offset, strtab.size)?;
         self.shdrs.iter().find_map(|s| {
@@ -160,7 +160,7 @@ impl<'a> Elf<'a> {
 /// Builds a small ELF64 file for tests: one PT_LOAD segment (or PT_INTERP too), and sections named in
 /// `sections` with their contents.
 #[cfg(test)]
-pub fn build_test_elf(interp: bool, sections: &[(&str, &[u8])]) -> Vec<u8> {
+pub(super) fn build_test_elf(interp: bool, sections: &[(&str, &[u8])]) -> Vec<u8> {
     let mut shstrtab = vec![0u8];
     let mut name_offs = Vec::new();
     for (n, _) in sections {

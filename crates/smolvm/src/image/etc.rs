@@ -3,10 +3,10 @@
 use super::error::ImageError;
 
 /// Default host name (the agent replaces it from `smolvm.hostname=` at boot).
-pub const DEFAULT_HOSTNAME: &str = "smolvm";
+pub(super) const DEFAULT_HOSTNAME: &str = "smolvm";
 
 /// `(path, mode, contents)` of every generated file.
-pub fn files(
+pub(super) fn files(
     password_hash: Option<&str>,
     authorized_keys: Option<&str>,
 ) -> Vec<(&'static str, u32, String)> {
@@ -80,7 +80,7 @@ pub fn files(
 }
 
 /// Checks a password option: non-empty, one line, no NUL.
-pub fn check_password(pw: &str) -> Result<(), ImageError> {
+pub(super) fn check_password(pw: &str) -> Result<(), ImageError> {
     if pw.is_empty() {
         return Err(ImageError::invalid("ssh_password", "must not be empty"));
     }
@@ -95,7 +95,7 @@ pub fn check_password(pw: &str) -> Result<(), ImageError> {
 
 /// Checks an `authorized_keys` text: one or more lines, each a public key (`ssh-*`, `ecdsa-*`, `sk-*`,
 /// optionally after options), no control characters.
-pub fn check_public_key(text: &str) -> Result<(), ImageError> {
+pub(super) fn check_public_key(text: &str) -> Result<(), ImageError> {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -126,7 +126,7 @@ pub fn check_public_key(text: &str) -> Result<(), ImageError> {
 }
 
 /// SHA-512 crypt (`$6$`) hash of a password with a random salt, as `/etc/shadow` wants.
-pub fn hash_password(pw: &str) -> Result<String, ImageError> {
+pub(super) fn hash_password(pw: &str) -> Result<String, ImageError> {
     let params = sha_crypt::Sha512Params::new(sha_crypt::ROUNDS_DEFAULT)
         .map_err(|e| ImageError::invalid("ssh_password", format!("cannot hash: {e:?}")))?;
     sha_crypt::sha512_simple(pw, &params)

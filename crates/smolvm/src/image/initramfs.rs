@@ -13,11 +13,11 @@ use super::cpio::CpioWriter;
 use super::error::ImageError;
 
 /// Module directory inside the initramfs (the agent's `stage1::MODULE_DIR`).
-pub const MODULE_DIR: &str = "lib/modules/smolvm";
+pub(super) const MODULE_DIR: &str = "lib/modules/smolvm";
 
 /// A module to put into the initramfs.
 #[derive(Debug, Clone, Copy)]
-pub struct ModuleRef<'a> {
+pub(super) struct ModuleRef<'a> {
     /// File name in [`MODULE_DIR`].
     pub file_name: &'a str,
     /// Module bytes.
@@ -25,7 +25,7 @@ pub struct ModuleRef<'a> {
 }
 
 /// Writes the initramfs to `dest`.
-pub fn write(
+pub(super) fn write(
     dest: &Path,
     agent: &[u8],
     modules: &[ModuleRef<'_>],

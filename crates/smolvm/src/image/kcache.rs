@@ -37,7 +37,7 @@ pub enum KernelSource {
 
 /// A kernel identified but maybe not prepared yet.
 #[derive(Debug, Clone)]
-pub struct KernelId {
+pub(super) struct KernelId {
     /// Stable identity, part of image fingerprints.
     pub identity: String,
     /// Human description (`linux-image-6.1.0-56-cloud-amd64 6.1.192-2`).
@@ -49,7 +49,7 @@ pub struct KernelId {
 
 /// Metadata of a prepared kernel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KernelMeta {
+pub(super) struct KernelMeta {
     /// [`KernelId::identity`].
     pub identity: String,
     /// [`KernelId::description`].
@@ -64,7 +64,7 @@ pub struct KernelMeta {
 
 /// A prepared kernel in the cache.
 #[derive(Debug, Clone)]
-pub struct PreparedKernel {
+pub(super) struct PreparedKernel {
     /// Its directory.
     pub dir: PathBuf,
     /// Its metadata.
@@ -73,11 +73,11 @@ pub struct PreparedKernel {
 
 impl PreparedKernel {
     /// A minimal kernel (no modules, boots without an initramfs).
-    pub fn is_minimal(&self) -> bool {
+    pub(super) fn is_minimal(&self) -> bool {
         self.meta.identity.starts_with("minimal:")
     }
     /// The kernel command line images with this kernel boot with.
-    pub fn boot_args(&self) -> &'static str {
+    pub(super) fn boot_args(&self) -> &'static str {
         if self.is_minimal() {
             super::MINIMAL_BOOT_ARGS
         } else {
@@ -85,15 +85,15 @@ impl PreparedKernel {
         }
     }
     /// The bzImage.
-    pub fn bzimage(&self) -> PathBuf {
+    pub(super) fn bzimage(&self) -> PathBuf {
         self.dir.join("vmlinuz")
     }
     /// The ELF vmlinux.
-    pub fn vmlinux(&self) -> PathBuf {
+    pub(super) fn vmlinux(&self) -> PathBuf {
         self.dir.join("vmlinux")
     }
     /// The module directory (modules + `load.list`).
-    pub fn modules_dir(&self) -> PathBuf {
+    pub(super) fn modules_dir(&self) -> PathBuf {
         self.dir.join("modules")
     }
 }
@@ -151,7 +151,7 @@ fn resolve_memo(requested: &str, memo_dir: &Path) -> Result<(ResolvedPackage, St
 
 /// Identifies the kernel without preparing it. For a package this asks apt once per change of apt's
 /// lists (remembered in `memo_dir`), so cached builds do not pay for `apt-cache`.
-pub fn identify(source: &KernelSource, memo_dir: &Path) -> Result<KernelId, ImageError> {
+pub(super) fn identify(source: &KernelSource, memo_dir: &Path) -> Result<KernelId, ImageError> {
     match source {
         KernelSource::Package(requested) => {
             let (resolved, version) = resolve_memo(requested, memo_dir)?;
@@ -201,7 +201,7 @@ pub fn identify(source: &KernelSource, memo_dir: &Path) -> Result<KernelId, Imag
 }
 
 /// Returns the prepared kernel, preparing it if needed (download, unpack, vmlinux, modules).
-pub fn prepare(
+pub(super) fn prepare(
     id: &KernelId,
     source: &KernelSource,
     kernels_dir: &Path,
@@ -364,7 +364,7 @@ fn find_kernel_files(root: &Path, deb_path: &Path) -> Result<(PathBuf, PathBuf),
 }
 
 /// Removes prepared kernels whose key is not in `keep`.
-pub fn prune(kernels_dir: &Path, keep: &[String]) {
+pub(super) fn prune(kernels_dir: &Path, keep: &[String]) {
     let Ok(_lock) = cache::lock(&kernels_dir.join(".lock")) else {
         return;
     };

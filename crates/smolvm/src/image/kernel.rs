@@ -18,7 +18,7 @@ const MAX_VMLINUX: usize = 1 << 30;
 
 /// Compression of a bzImage payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(super) enum Compression {
     /// gzip.
     Gzip,
     /// LZ4, legacy frame.
@@ -64,7 +64,7 @@ impl Compression {
 
 /// What the boot protocol header says about a bzImage.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BzImage {
+pub(super) struct BzImage {
     /// Offset of the compressed payload in the file.
     pub payload_offset: usize,
     /// Its length.
@@ -74,7 +74,7 @@ pub struct BzImage {
 }
 
 /// Parses the setup header (boot protocol >= 2.08, which added the payload fields).
-pub fn parse_bzimage(data: &[u8]) -> Result<BzImage, String> {
+pub(super) fn parse_bzimage(data: &[u8]) -> Result<BzImage, String> {
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| {
         data.get(o..o + 4)
@@ -119,7 +119,7 @@ pub fn parse_bzimage(data: &[u8]) -> Result<BzImage, String> {
 }
 
 /// Extracts the ELF vmlinux from bzImage bytes.
-pub fn extract_vmlinux(data: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> {
+pub(super) fn extract_vmlinux(data: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> {
     let kerr = |reason: String| ImageError::Kernel {
         path: path.to_path_buf(),
         reason,
@@ -169,7 +169,7 @@ pub fn extract_vmlinux(data: &[u8], path: &Path) -> Result<Vec<u8>, ImageError> 
 }
 
 /// Reads a bzImage file and writes its vmlinux to `dest`; returns the kernel release if known.
-pub fn write_vmlinux(bzimage: &Path, dest: &Path) -> Result<Option<String>, ImageError> {
+pub(super) fn write_vmlinux(bzimage: &Path, dest: &Path) -> Result<Option<String>, ImageError> {
     let data = std::fs::read(bzimage).map_err(|e| ImageError::io("read kernel", bzimage, e))?;
     let release = parse_bzimage(&data).ok().and_then(|b| b.release);
     let elf = extract_vmlinux(&data, bzimage)?;

@@ -6,13 +6,13 @@
 //! decompressing to at most 8 MiB; a repeated magic starts a new frame.
 
 /// Magic number of a legacy LZ4 frame.
-pub const LEGACY_MAGIC: u32 = 0x184C_2102;
+pub(super) const LEGACY_MAGIC: u32 = 0x184C_2102;
 /// Largest decompressed size of one legacy block.
 const LEGACY_BLOCK_MAX: usize = 8 << 20;
 
 /// Decompresses a legacy LZ4 stream; stops at the end of the data or at a block length that cannot be
 /// one (the kernel appends its uncompressed size after the stream). Output is capped at `limit` bytes.
-pub fn decompress_legacy(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
+pub(super) fn decompress_legacy(input: &[u8], limit: usize) -> Result<Vec<u8>, String> {
     let mut pos = 0;
     let mut out = Vec::new();
     let read_u32 = |p: usize| -> Option<u32> {
@@ -46,7 +46,7 @@ pub fn decompress_legacy(input: &[u8], limit: usize) -> Result<Vec<u8>, String> 
 
 /// Decompresses one LZ4 block, appending to `out` (matches may reach back into earlier output, as the
 /// legacy format allows). At most `max` bytes are produced.
-pub fn decompress_block(block: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), String> {
+pub(super) fn decompress_block(block: &[u8], out: &mut Vec<u8>, max: usize) -> Result<(), String> {
     let base = out.len();
     let mut i = 0;
     let err = |what: &str, at: usize| format!("corrupt LZ4 block: {what} at byte {at}");

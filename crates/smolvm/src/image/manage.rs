@@ -87,7 +87,7 @@ pub fn runtime_of_rootfs(rootfs: &Path) -> Option<super::RuntimeConfig> {
 }
 
 /// True if `path` lies inside the image's directory.
-pub fn uses_image(img: &GuestImage, path: &Path) -> bool {
+pub(crate) fn uses_image(img: &GuestImage, path: &Path) -> bool {
     path.starts_with(&img.dir)
 }
 

@@ -20,9 +20,9 @@ use super::progress::Reporter;
 use super::tools;
 
 /// The config fragment applied on top of `tinyconfig`.
-pub const FRAGMENT: &str = include_str!("kernel-config/minimal.config");
+pub(super) const FRAGMENT: &str = include_str!("kernel-config/minimal.config");
 /// The Debian metapackage naming the current kernel source package (`linux-source-6.1` on bookworm).
-pub const SOURCE_PACKAGE: &str = "linux-source";
+pub(super) const SOURCE_PACKAGE: &str = "linux-source";
 
 /// Programs the kernel build runs, with the package that has each.
 const BUILD_TOOLS: &[(&str, &str)] = &[
@@ -39,7 +39,7 @@ const BUILD_TOOLS: &[(&str, &str)] = &[
 const BUILD_FORMAT: u32 = 2;
 
 /// The identity of a minimal kernel built from `pkg`: source version, fragment and compiler.
-pub fn identity(pkg: &ResolvedPackage) -> String {
+pub(super) fn identity(pkg: &ResolvedPackage) -> String {
     let version = pkg.version.as_deref().unwrap_or("unpinned");
     let fragment = hex8(FRAGMENT.as_bytes());
     format!(
@@ -69,7 +69,7 @@ fn hex8(data: &[u8]) -> String {
 }
 
 /// Checks that every program and header the build needs is installed, naming the packages otherwise.
-pub fn check_tools() -> Result<(), ImageError> {
+pub(super) fn check_tools() -> Result<(), ImageError> {
     for (tool, package) in BUILD_TOOLS {
         tools::require(tool, package)?;
     }
@@ -86,7 +86,7 @@ pub fn check_tools() -> Result<(), ImageError> {
 }
 
 /// What a build produced (inside its scratch directory).
-pub struct Built {
+pub(super) struct Built {
     /// The ELF kernel.
     pub vmlinux: PathBuf,
     /// The same kernel as a bzImage.
@@ -97,7 +97,11 @@ pub struct Built {
 
 /// Downloads the source of `pkg`, configures and compiles it in `work`. `work` is scratch space
 /// (about 2 GB); the caller removes it.
-pub fn build(pkg: &ResolvedPackage, work: &Path, report: &Reporter) -> Result<Built, ImageError> {
+pub(super) fn build(
+    pkg: &ResolvedPackage,
+    work: &Path,
+    report: &Reporter,
+) -> Result<Built, ImageError> {
     check_tools()?;
     report.step(format!("downloading {} (the kernel source)", pkg.package));
     let dl = work.join("download");

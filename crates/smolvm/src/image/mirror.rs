@@ -6,10 +6,10 @@ use std::fs;
 use std::path::Path;
 
 /// Used when the host's apt configuration names no Debian mirror.
-pub const FALLBACK_MIRROR: &str = "http://deb.debian.org/debian";
+pub(super) const FALLBACK_MIRROR: &str = "http://deb.debian.org/debian";
 
 /// The first main-archive mirror of the host's apt sources, else [`FALLBACK_MIRROR`].
-pub fn host_mirror() -> String {
+pub(super) fn host_mirror() -> String {
     host_mirror_in(Path::new("/etc/apt")).unwrap_or_else(|| FALLBACK_MIRROR.to_string())
 }
 

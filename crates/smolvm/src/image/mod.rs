@@ -2,7 +2,7 @@
 //! with the guest agent as init, and a cache that makes rebuilding with the same inputs instant.
 //!
 //! ```no_run
-//! use smolvm::image::{ImageBuilder, ImageOptions};
+//! use smolvm::{ImageBuilder, ImageOptions};
 //! let builder = ImageBuilder::new(std::path::Path::new("/var/lib/smolvm"));
 //! let image = builder.build(&ImageOptions::default())?;
 //! let config = image.vm_config(smolvm::BackendKind::Qemu).build()?;
@@ -51,17 +51,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use agent::AGENT_ENV;
-pub use builder::{ImageBuilder, ImageOptions, KERNEL_ENV, KERNEL_MODULES_ENV};
+pub use builder::{ImageBuilder, ImageOptions};
 pub use deb::DEFAULT_KERNEL_PACKAGE;
 pub use debian::{DebianOptions, Preset, DEFAULT_SUITE};
 pub use error::ImageError;
-pub use kcache::KernelSource;
-pub use manage::{runtime_of_rootfs, uses_image};
+pub use manage::runtime_of_rootfs;
+pub(crate) use manage::uses_image;
 pub use oci::{ImportOptions, ImportSource};
-pub use oci_config::RuntimeConfig;
+pub(crate) use oci_config::RuntimeConfig;
 pub use progress::Progress;
-pub use resize::grow_rootfs;
+pub(crate) use resize::grow_rootfs;
 pub use rootfs::DEFAULT_SIZE_MIB;
 pub use source::ImageSource;
 
@@ -208,13 +207,13 @@ fn default_true() -> bool {
 
 /// Kernel command line of images with smolvm's minimal kernel: [`SSH_BOOT_ARGS`] plus the root disk,
 /// which the kernel mounts itself (no initramfs).
-pub const MINIMAL_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet \
+pub(crate) const MINIMAL_BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off quiet \
      cryptomgr.notests init=/init root=/dev/vda rootfstype=ext4";
 
 /// The initrd that belongs with `kernel` when the kernel is one of a built image's files (for callers
 /// that, as in the specification's examples, pass only a kernel and a rootfs: the default image's
 /// kernel cannot boot without its initramfs).
-pub fn initrd_for_kernel(kernel: &Path) -> Option<PathBuf> {
+pub(crate) fn initrd_for_kernel(kernel: &Path) -> Option<PathBuf> {
     let dir = kernel.parent()?;
     let name = kernel.file_name()?;
     if name != KERNEL_FILE && name != VMLINUX_FILE {

@@ -15,7 +15,7 @@ use super::tools;
 
 /// A driver the guest wants: module name, load condition, and whether the image is useless without it.
 #[derive(Debug, Clone, Copy)]
-pub struct Wanted {
+pub(super) struct Wanted {
     /// Module name (underscores).
     pub name: &'static str,
     /// Agent load-list condition.
@@ -26,7 +26,7 @@ pub struct Wanted {
 
 /// The guest's drivers, transports first (their devices must exist before the drivers' conditions are
 /// checked).
-pub const WANTED: &[Wanted] = &[
+pub(super) const WANTED: &[Wanted] = &[
     Wanted {
         name: "virtio_mmio",
         condition: "always",
@@ -77,7 +77,7 @@ pub const WANTED: &[Wanted] = &[
 
 /// One module to ship.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModuleFile {
+pub(super) struct ModuleFile {
     /// Module name.
     pub name: String,
     /// File name in the initramfs module directory (`<name>.ko`).
@@ -90,7 +90,7 @@ pub struct ModuleFile {
 
 /// The selection: modules in load order, plus warnings about optional drivers left out.
 #[derive(Debug, Clone, Default)]
-pub struct Selection {
+pub(super) struct Selection {
     /// Modules, dependencies first.
     pub modules: Vec<ModuleFile>,
     /// Optional drivers the kernel lacks.
@@ -99,7 +99,7 @@ pub struct Selection {
 
 impl Selection {
     /// The agent's `load.list`.
-    pub fn load_list(&self) -> String {
+    pub(super) fn load_list(&self) -> String {
         let mut s =
             String::from("# smolvm module load list: <file> <condition>[,<condition>...]\n");
         for m in &self.modules {
@@ -172,7 +172,7 @@ fn read_module(path: &Path) -> Result<Vec<u8>, ImageError> {
 }
 
 /// `key=value` pairs of a module's `.modinfo` section.
-pub fn modinfo(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
+pub(super) fn modinfo(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
     let elf = Elf::parse(data)?;
     let sec = elf.section(".modinfo").ok_or("no .modinfo section")?;
     Ok(sec
@@ -187,7 +187,7 @@ pub fn modinfo(data: &[u8]) -> Result<BTreeMap<String, String>, String> {
 
 /// Selects the modules of [`WANTED`] and their dependencies from a `lib/modules/<release>` directory.
 /// `release`, when known, must match each module's `vermagic` (the kernel refuses others).
-pub fn select(dir: &Path, release: Option<&str>) -> Result<Selection, ImageError> {
+pub(super) fn select(dir: &Path, release: Option<&str>) -> Result<Selection, ImageError> {
     let files = index(dir)?;
     let builtin = builtin(dir);
     let release_name = release.unwrap_or("(unknown release)").to_string();

@@ -11,7 +11,7 @@ use super::tools;
 
 /// Grows the ext4 image `disk` to `size_mib` and resizes its filesystem to fill it. Returns false (and
 /// changes nothing) when the disk is already that large or larger: disks are never shrunk.
-pub fn grow_rootfs(disk: &Path, size_mib: u64) -> Result<bool, ImageError> {
+pub(crate) fn grow_rootfs(disk: &Path, size_mib: u64) -> Result<bool, ImageError> {
     let want = size_mib << 20;
     let f = OpenOptions::new()
         .write(true)

@@ -23,24 +23,24 @@ use super::error::ImageError;
 use super::tools;
 
 /// Where busybox comes from on the host (package `busybox-static`).
-pub const HOST_BUSYBOX: &str = "/bin/busybox";
+pub(super) const HOST_BUSYBOX: &str = "/bin/busybox";
 /// Where dropbear comes from on the host (package `dropbear-bin`).
-pub const HOST_DROPBEAR: &str = "/usr/sbin/dropbear";
+pub(super) const HOST_DROPBEAR: &str = "/usr/sbin/dropbear";
 /// Dropbear's path in the guest (the agent starts it from there).
-pub const GUEST_DROPBEAR: &str = "usr/sbin/dropbear";
+pub(super) const GUEST_DROPBEAR: &str = "usr/sbin/dropbear";
 /// Default rootfs size.
 pub const DEFAULT_SIZE_MIB: u64 = 512;
 /// Smallest rootfs we build (contents are ~10 MiB, plus ext4 metadata and the journal).
-pub const MIN_SIZE_MIB: u64 = 64;
+pub(super) const MIN_SIZE_MIB: u64 = 64;
 /// Largest rootfs we build (1 TiB; sparse, so only the apparent size).
-pub const MAX_SIZE_MIB: u64 = 1 << 20;
+pub(super) const MAX_SIZE_MIB: u64 = 1 << 20;
 
 /// Applets not linked: busybox's own init would only confuse (the agent is init).
 const SKIP_APPLETS: &[&str] = &["linuxrc", "sbin/init"];
 
 /// Applets the agent binary (`/init`) serves instead of busybox: its `wget` front end handles `-T`,
 /// which crashes Debian's busybox (see the agent's `wget` module).
-pub const AGENT_APPLETS: &[&str] = &["usr/bin/wget"];
+pub(super) const AGENT_APPLETS: &[&str] = &["usr/bin/wget"];
 
 /// Directories of the guest, with modes.
 const DIRS: &[(&str, u32)] = &[
@@ -70,7 +70,7 @@ const DIRS: &[(&str, u32)] = &[
 ];
 
 /// Files the SSH server needs from the host: the binary and its shared libraries (guest path, host path).
-pub fn dropbear_files(dropbear: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
+pub(super) fn dropbear_files(dropbear: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
     if !dropbear.is_file() {
         return Err(ImageError::ToolMissing {
             tool: "dropbear",
@@ -90,7 +90,7 @@ pub fn dropbear_files(dropbear: &Path) -> Result<Vec<(String, PathBuf)>, ImageEr
 
 /// Library paths from `ldd` output (`libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)` and the
 /// loader line `/lib64/ld-linux-x86-64.so.2 (0x...)`); the vDSO has no file and is skipped.
-pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+pub(super) fn parse_ldd(text: &str) -> Vec<PathBuf> {
     text.lines()
         .filter_map(|l| {
             let l = l.trim();
@@ -104,7 +104,7 @@ pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
 }
 
 /// Applet paths of a busybox binary (`busybox --list-full`: `bin/sh`, `usr/bin/awk`, ...).
-pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
+pub(super) fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
     let o = tools::run(Command::new(busybox).arg("--list-full"))?;
     Ok(String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -116,7 +116,7 @@ pub fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
 
 /// Everything the staging step needs.
 #[derive(Debug)]
-pub struct Contents<'a> {
+pub(super) struct Contents<'a> {
     /// The agent binary.
     pub agent: &'a Path,
     /// The static busybox.
@@ -130,7 +130,7 @@ pub struct Contents<'a> {
 }
 
 /// Fills the staging directory.
-pub fn stage(root: &Path, c: &Contents<'_>) -> Result<(), ImageError> {
+pub(super) fn stage(root: &Path, c: &Contents<'_>) -> Result<(), ImageError> {
     let io = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |e| ImageError::io(action, p, e)
@@ -181,7 +181,7 @@ fn copy(from: &Path, to: &Path, mode: u32) -> Result<(), ImageError> {
 
 /// Makes the ext4 image `dest` of `size_mib` from `staging`. The file is sparse: only what is written
 /// takes space. Without root, file owners are rewritten to root afterwards with `debugfs`.
-pub fn make_ext4(staging: &Path, dest: &Path, size_mib: u64) -> Result<(), ImageError> {
+pub(super) fn make_ext4(staging: &Path, dest: &Path, size_mib: u64) -> Result<(), ImageError> {
     let mkfs = tools::require("mkfs.ext4", "e2fsprogs")?;
     let f = fs::File::create(dest).map_err(|e| ImageError::io("create", dest, e))?;
     f.set_len(size_mib << 20)
@@ -210,7 +210,7 @@ pub fn make_ext4(staging: &Path, dest: &Path, size_mib: u64) -> Result<(), Image
 
 /// `debugfs` script setting uid and gid 0 on every path of the staging tree (what `mkfs.ext4 -d` copied
 /// from an unprivileged user's files).
-pub fn chown_script(staging: &Path) -> Result<String, ImageError> {
+pub(super) fn chown_script(staging: &Path) -> Result<String, ImageError> {
     let mut script = String::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {

@@ -12,7 +12,7 @@ use super::error::ImageError;
 const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 /// A path as a C string (fails on interior NUL bytes).
-pub fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
+pub(super) fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
@@ -20,7 +20,7 @@ pub fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
 }
 
 /// Finds `tool` in `$PATH` or the sbin directories.
-pub fn which(tool: &str) -> Option<PathBuf> {
+pub(super) fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))
@@ -34,7 +34,7 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Finds a required tool or says which package provides it.
-pub fn require(tool: &'static str, package: &'static str) -> Result<PathBuf, ImageError> {
+pub(super) fn require(tool: &'static str, package: &'static str) -> Result<PathBuf, ImageError> {
     which(tool).ok_or(ImageError::ToolMissing {
         tool,
         package,
@@ -44,7 +44,7 @@ pub fn require(tool: &'static str, package: &'static str) -> Result<PathBuf, Ima
 
 /// Runs a command to completion, capturing its output; a non-zero exit becomes
 /// [`ImageError::Command`] with the tail of stderr (and a hint when the disk is full).
-pub fn run(cmd: &mut Command) -> Result<Output, ImageError> {
+pub(super) fn run(cmd: &mut Command) -> Result<Output, ImageError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
         .stdin(Stdio::null())
@@ -62,7 +62,7 @@ pub fn run(cmd: &mut Command) -> Result<Output, ImageError> {
 }
 
 /// Builds the error for a failed command.
-pub fn command_error(cmd: &Command, out: &Output) -> ImageError {
+pub(super) fn command_error(cmd: &Command, out: &Output) -> ImageError {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = tail[tail.len().saturating_sub(6)..].join(" | ");
@@ -84,7 +84,7 @@ pub fn command_error(cmd: &Command, out: &Output) -> ImageError {
 }
 
 /// `program arg arg` for messages.
-pub fn describe(cmd: &Command) -> String {
+pub(super) fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(OsStr::to_string_lossy)
@@ -93,7 +93,7 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Runs a decompressor over `input` and returns its output.
-pub fn filter(
+pub(super) fn filter(
     argv: &[&'static str],
     package: &'static str,
     input: &[u8],

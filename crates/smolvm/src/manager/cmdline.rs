@@ -8,7 +8,7 @@ use crate::info::{NetworkConfig, NetworkMode};
 
 /// Guest-side network parameters handed to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestNet {
+pub(crate) struct GuestNet {
     /// Guest address.
     pub ip: Ipv4Addr,
     /// Prefix length of the guest network.
@@ -22,7 +22,7 @@ pub struct GuestNet {
 impl GuestNet {
     /// The guest side of a network. User mode gets QEMU's built-in DNS relay; TAP mode the host's
     /// upstream servers (read now, see [`crate::network::resolv`]).
-    pub fn from_network(net: &NetworkConfig) -> GuestNet {
+    pub(crate) fn from_network(net: &NetworkConfig) -> GuestNet {
         let host_dns = match net.mode {
             NetworkMode::Tap => crate::network::resolv::host_upstream_servers(),
             NetworkMode::User => Vec::new(),
@@ -31,7 +31,7 @@ impl GuestNet {
     }
 
     /// [`GuestNet::from_network`] with the host's servers given (TAP mode uses them).
-    pub fn with_host_dns(net: &NetworkConfig, host_dns: Vec<Ipv4Addr>) -> GuestNet {
+    pub(crate) fn with_host_dns(net: &NetworkConfig, host_dns: Vec<Ipv4Addr>) -> GuestNet {
         GuestNet {
             ip: net.guest_ip,
             prefix: u32::from(net.netmask).count_ones(),
@@ -45,7 +45,7 @@ impl GuestNet {
 }
 
 /// Composes the full command line.
-pub fn kernel_cmdline(boot_args: &str, hostname: &str, net: Option<&GuestNet>) -> String {
+pub(crate) fn kernel_cmdline(boot_args: &str, hostname: &str, net: Option<&GuestNet>) -> String {
     let mut parts: Vec<String> = vec![boot_args.trim().to_string()];
     parts.push(format!("smolvm.hostname={hostname}"));
     if let Some(n) = net {

@@ -24,7 +24,7 @@ pub enum CloneMethod {
 
 /// In `shared` mode several VMs boot the same image at once, so the guest root is attached read-only: a
 /// writable shared ext4 would be corrupted by two kernels. The guest agent mounts tmpfs where it must write.
-pub fn shared_disk_read_only() -> bool {
+pub(crate) fn shared_disk_read_only() -> bool {
     true
 }
 
@@ -35,14 +35,14 @@ pub fn isolated_disk_path(disk_dir: &Path, vm_id: &str) -> PathBuf {
 
 /// The file next to an isolated disk that records which image it was cloned from (its canonical path),
 /// so a later create can tell whether a retained disk fits its config.
-pub fn origin_path(disk: &Path) -> PathBuf {
+pub(crate) fn origin_path(disk: &Path) -> PathBuf {
     disk.with_extension("origin")
 }
 
 /// Checks that the retained disk `disk` (it exists) can serve a VM booting the image `src`: made from
 /// the same image (when its origin is recorded) and of the same size. The error says which and how to
 /// start fresh; nothing is changed either way.
-pub fn check_retained(vm_id: &str, src: &Path, disk: &Path) -> Result<()> {
+pub(crate) fn check_retained(vm_id: &str, src: &Path, disk: &Path) -> Result<()> {
     let discard = format!(
         "discard it with `smolvm cleanup --retained-disks {vm_id}` (or create with \
          --discard-retained-disk) to start from a fresh copy of the image"
@@ -84,7 +84,7 @@ pub fn check_retained(vm_id: &str, src: &Path, disk: &Path) -> Result<()> {
 
 /// Interrupted clones of `vm_id`'s disk in `disk_dir` (`<vm_id>.tmp-<pid>`). Ids have no dots, so
 /// the prefix names exactly this VM.
-pub fn temp_clones(disk_dir: &Path, vm_id: &str) -> Vec<PathBuf> {
+pub(crate) fn temp_clones(disk_dir: &Path, vm_id: &str) -> Vec<PathBuf> {
     let prefix = format!("{vm_id}.tmp-");
     let Ok(entries) = fs::read_dir(disk_dir) else {
         return Vec::new();
@@ -101,7 +101,7 @@ pub fn temp_clones(disk_dir: &Path, vm_id: &str) -> Vec<PathBuf> {
 }
 
 /// Removes a disk and its origin record (the record first: a disk without one is still usable).
-pub fn remove_disk(disk: &Path) {
+pub(crate) fn remove_disk(disk: &Path) {
     let _ = fs::remove_file(origin_path(disk));
     let _ = fs::remove_file(disk);
 }
@@ -109,7 +109,7 @@ pub fn remove_disk(disk: &Path) {
 /// Produces the isolated disk of a VM: reuses `dst` if it exists (a retained disk; the caller checked
 /// it with [`check_retained`] or removed it), else clones `src` atomically (temp file + rename, so a
 /// crash never leaves a torn disk under the name) and records its origin.
-pub fn prepare_isolated(src: &Path, dst: &Path) -> Result<CloneMethod> {
+pub(crate) fn prepare_isolated(src: &Path, dst: &Path) -> Result<CloneMethod> {
     if dst.is_file() {
         return Ok(CloneMethod::Reused);
     }

@@ -33,9 +33,9 @@ use crate::snapshot::{SnapshotError, SnapshotRecord};
 use crate::state::{RunningVmm, VmRecord};
 
 /// Bytes of host entropy handed to each restored guest.
-pub const IDENTITY_ENTROPY_BYTES: usize = 64;
+pub(super) const IDENTITY_ENTROPY_BYTES: usize = 64;
 /// Most VMs one `fork` call makes.
-pub const MAX_FORKS: usize = 64;
+pub(super) const MAX_FORKS: usize = 64;
 
 impl SmolVmManager {
     /// Starts a new VM from snapshot `name` (spec extension: `create_from_snapshot`): id `vm_id` (or a
@@ -95,8 +95,10 @@ impl SmolVmManager {
         Ok(made)
     }
 
-    /// The restore, returning the agent connection that applied the identity (reused by the facade).
-    pub(crate) fn restore_inner(
+    /// The restore, returning the agent connection that applied the identity (reused by the facade
+    /// and the `smolvm-bench` crate; not a stable API).
+    #[doc(hidden)]
+    pub fn restore_inner(
         &self,
         name: &str,
         vm_id: Option<&str>,

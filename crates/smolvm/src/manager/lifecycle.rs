@@ -123,8 +123,10 @@ impl SmolVmManager {
         self.start_inner(vm_id, boot_timeout).map(|(info, _)| info)
     }
 
-    /// Start, returning the agent connection that saw the guest become ready (reused by the facade).
-    pub(crate) fn start_inner(
+    /// Start, returning the agent connection that saw the guest become ready (reused by the facade
+    /// and the `smolvm-bench` crate; not a stable API).
+    #[doc(hidden)]
+    pub fn start_inner(
         &self,
         vm_id: &str,
         boot_timeout: Duration,

@@ -9,9 +9,9 @@
 //!   removes it (the spec: stop "cleans up port forwarding rules") and `start` makes it again. Leases (IP,
 //!   TAP name, MAC, SSH port) stay with the VM until `delete`, so a restarted VM keeps its address.
 
-pub mod cmdline;
-pub mod disk;
-pub mod lock;
+pub(crate) mod cmdline;
+pub(crate) mod disk;
+pub(crate) mod lock;
 
 mod cleanup;
 mod cleanup_plan;
@@ -32,8 +32,8 @@ pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
 pub use egress::{DomainRefresh, EgressStatus};
-pub use net::net_attachment;
-pub use template::{templates_enabled_by_env, TEMPLATES_ENV, TEMPLATE_PREFIX};
+pub(crate) use net::net_attachment;
+pub use template::templates_enabled_by_env;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -171,8 +171,10 @@ impl SmolVmManager {
         }
     }
 
-    /// The backend implementation for a VM.
-    pub(crate) fn backend_impl(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
+    /// The backend implementation for a VM (the `smolvm-bench` crate asks it for socket paths; not a
+    /// stable API).
+    #[doc(hidden)]
+    pub fn backend_impl(&self, kind: BackendKind) -> Result<Box<dyn Backend>> {
         Ok(match kind {
             BackendKind::Qemu => Box::new(QemuBackend::from_host(&self.host)?),
             BackendKind::Firecracker => {
@@ -239,10 +241,6 @@ impl SmolVmManager {
     pub fn last_error(&self, vm_id: &str) -> Result<Option<String>> {
         Ok(self.record(vm_id)?.last_error)
     }
-
-    /// Releases what this manager holds (the database connection stays valid until drop; calling `close`
-    /// twice is fine). Kept for the spec's API; Rust also releases everything on drop.
-    pub fn close(&self) {}
 
     pub(crate) fn state(&self) -> Result<MutexGuard<'_, StateStore>> {
         // A panic while holding the store cannot leave SQLite inconsistent (transactions roll back), so a

@@ -59,7 +59,7 @@ const DROPBEAR_MARKERS: [&str; 2] = ["/usr/sbin/dropbear", "/etc/dropbear"];
 const OPENSSH_MARKERS: [&str; 2] = ["/usr/sbin/sshd", "/etc/ssh/sshd_config"];
 
 /// The NIC a backend attaches for `net` (the launch spec's `net` field).
-pub fn net_attachment(net: &NetworkConfig) -> NetAttachment {
+pub(crate) fn net_attachment(net: &NetworkConfig) -> NetAttachment {
     match net.mode {
         NetworkMode::Tap => NetAttachment::Tap {
             tap: net.tap_device.clone(),

@@ -10,17 +10,17 @@ use super::disk;
 use crate::error::{Error, Result};
 
 /// True if `path` is a qcow2 overlay made by [`overlay`].
-pub fn is_overlay(path: &Path) -> bool {
+pub(super) fn is_overlay(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "qcow2")
 }
 
 /// The overlay disk path of a VM made from a snapshot.
-pub fn overlay_path(disk_dir: &Path, vm_id: &str) -> PathBuf {
+pub(super) fn overlay_path(disk_dir: &Path, vm_id: &str) -> PathBuf {
     disk_dir.join(format!("{vm_id}.qcow2"))
 }
 
 /// Copies the disk `src` (raw, or a qcow2 overlay) to the raw image `dst`.
-pub fn capture(src: &Path, dst: &Path) -> Result<()> {
+pub(super) fn capture(src: &Path, dst: &Path) -> Result<()> {
     if is_overlay(src) {
         // -U: QEMU holds the image open (paused); reading it while it is flushed and still is safe.
         let args = [
@@ -42,7 +42,7 @@ pub fn capture(src: &Path, dst: &Path) -> Result<()> {
 
 /// Makes `dst` a qcow2 overlay on the raw image `backing` (which must stay in place while `dst` is
 /// used).
-pub fn overlay(backing: &Path, dst: &Path) -> Result<()> {
+pub(super) fn overlay(backing: &Path, dst: &Path) -> Result<()> {
     let args = [
         "create",
         "-q",

@@ -27,9 +27,9 @@ use crate::info::{NetworkMode, VmInfo, VmState};
 use crate::state::VmRecord;
 
 /// Prefix of template names.
-pub const TEMPLATE_PREFIX: &str = "tpl-";
+pub(crate) const TEMPLATE_PREFIX: &str = "tpl-";
 /// Environment variable that turns templates off (`off`, `0`, `false`, `no`).
-pub const TEMPLATES_ENV: &str = "SMOLVM_TEMPLATES";
+pub(crate) const TEMPLATES_ENV: &str = "SMOLVM_TEMPLATES";
 
 /// False when `SMOLVM_TEMPLATES` says off.
 pub fn templates_enabled_by_env() -> bool {

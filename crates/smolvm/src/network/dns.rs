@@ -10,13 +10,13 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 /// How long one server gets to answer.
-pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// TTL used for a name that has no address (NXDOMAIN / no A record): ask again after this long.
-pub const NEGATIVE_TTL: u32 = 30;
+pub(crate) const NEGATIVE_TTL: u32 = 30;
 
 /// Why a name could not be resolved.
 #[derive(Debug, thiserror::Error)]
-pub enum DnsError {
+pub(crate) enum DnsError {
     /// No server is configured.
     #[error("no name server to ask (no reachable nameserver in the host's resolv.conf)")]
     NoServer,
@@ -45,15 +45,15 @@ pub enum DnsError {
 
 /// The addresses of a name and how long they may be used (seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// A records (may be empty: the name has none).
-    pub addrs: Vec<Ipv4Addr>,
+    pub(crate) addrs: Vec<Ipv4Addr>,
     /// Smallest TTL in the answer ([`NEGATIVE_TTL`] when there is no address).
-    pub ttl: u32,
+    pub(crate) ttl: u32,
 }
 
 /// Resolves `name` (already validated) at the first of `servers` that answers.
-pub fn resolve_a(name: &str, servers: &[SocketAddr]) -> Result<Resolved, DnsError> {
+pub(crate) fn resolve_a(name: &str, servers: &[SocketAddr]) -> Result<Resolved, DnsError> {
     if servers.is_empty() {
         return Err(DnsError::NoServer);
     }
@@ -109,7 +109,7 @@ fn query_id() -> u16 {
 }
 
 /// A standard query (recursion desired) for the A records of `name`.
-pub fn encode_query(id: u16, name: &str) -> Vec<u8> {
+pub(crate) fn encode_query(id: u16, name: &str) -> Vec<u8> {
     let mut q = Vec::with_capacity(name.len() + 18);
     q.extend_from_slice(&id.to_be_bytes());
     q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -123,7 +123,7 @@ pub fn encode_query(id: u16, name: &str) -> Vec<u8> {
 
 /// Parses a response to query `id`: `None` if it is not one (wrong id, not a response, malformed),
 /// `Some(Err(rcode))` for a server error, else the A records with the smallest TTL.
-pub fn parse_answer(id: u16, msg: &[u8]) -> Option<Result<Resolved, u8>> {
+pub(crate) fn parse_answer(id: u16, msg: &[u8]) -> Option<Result<Resolved, u8>> {
     if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id || msg[2] & 0x80 == 0 {
         return None;
     }

@@ -28,19 +28,19 @@ use super::vm_tag;
 use crate::info::NetworkConfig;
 
 /// Prefix of the per-VM egress chain; the rest is the VM id.
-pub const CHAIN_PREFIX: &str = "eg_";
+pub(crate) const CHAIN_PREFIX: &str = "eg_";
 /// Seconds an element outlives its TTL, so a refresh that runs a little late does not cut traffic.
-pub const TIMEOUT_GRACE_SECS: u32 = 30;
+pub(crate) const TIMEOUT_GRACE_SECS: u32 = 30;
 /// Shortest refresh interval: a TTL of 0 or 1 must not make smolvm resolve in a tight loop.
-pub const MIN_TTL_SECS: u32 = 5;
+pub(crate) const MIN_TTL_SECS: u32 = 5;
 
 /// The VM's egress chain name.
-pub fn chain(vm_id: &str) -> String {
+pub(crate) fn chain(vm_id: &str) -> String {
     format!("{CHAIN_PREFIX}{vm_id}")
 }
 
 /// The VM id of an egress chain name, if it is one.
-pub fn chain_vm_id(chain: &str) -> Option<&str> {
+pub(crate) fn chain_vm_id(chain: &str) -> Option<&str> {
     chain
         .strip_prefix(CHAIN_PREFIX)
         .filter(|id| crate::config::validate_vm_id(id).is_ok())
@@ -69,7 +69,7 @@ impl EgressPlan {
 }
 
 /// The rule in `guest_egress` that sends the VM's traffic to its policy.
-pub fn dispatch_rule(vm_id: &str, net: &NetworkConfig, policy: &NetworkPolicy) -> String {
+pub(crate) fn dispatch_rule(vm_id: &str, net: &NetworkConfig, policy: &NetworkPolicy) -> String {
     let verdict = if policy.is_open() {
         "accept".to_string()
     } else {
@@ -84,7 +84,7 @@ pub fn dispatch_rule(vm_id: &str, net: &NetworkConfig, policy: &NetworkPolicy) -
 }
 
 /// Creates or refills the VM's chain, sets and counter for a non-open plan; empty for open.
-pub fn objects_script(vm_id: &str, plan: &EgressPlan) -> String {
+pub(crate) fn objects_script(vm_id: &str, plan: &EgressPlan) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let mut s = String::new();
     let allow = match &plan.policy {
@@ -144,7 +144,7 @@ pub fn objects_script(vm_id: &str, plan: &EgressPlan) -> String {
 
 /// Removes the VM's egress chain, sets and counter (absent ones are fine: each is added before it is
 /// deleted). The rule jumping to the chain must be deleted earlier in the same transaction.
-pub fn remove_objects_script(vm_id: &str) -> String {
+pub(crate) fn remove_objects_script(vm_id: &str) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let (ch, nets, doms, dns, ctr) = names(vm_id);
     let mut s = String::new();
@@ -167,7 +167,7 @@ pub fn remove_objects_script(vm_id: &str) -> String {
 /// Changes the policy of a VM whose network is set up: deletes its current `guest_egress` rules
 /// (`current`, by handle), then writes the new dispatch rule and objects (or removes the objects when
 /// the new policy is open and `had_chain`). One transaction.
-pub fn update_script(
+pub(crate) fn update_script(
     vm_id: &str,
     net: &NetworkConfig,
     plan: &EgressPlan,
@@ -193,7 +193,7 @@ pub fn update_script(
 }
 
 /// Refills only the domain set (re-resolution); one transaction, so no moment without addresses.
-pub fn refresh_domains_script(vm_id: &str, domain_addrs: &[(Ipv4Addr, u32)]) -> String {
+pub(crate) fn refresh_domains_script(vm_id: &str, domain_addrs: &[(Ipv4Addr, u32)]) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let (_, _, doms, _, _) = names(vm_id);
     let mut s = format!("flush set {t} {doms}\n");
@@ -209,12 +209,12 @@ pub fn refresh_domains_script(vm_id: &str, domain_addrs: &[(Ipv4Addr, u32)]) -> 
 }
 
 /// The element timeout for a TTL: the refresh interval plus grace.
-pub fn element_timeout(ttl: u32) -> u32 {
+pub(crate) fn element_timeout(ttl: u32) -> u32 {
     ttl.max(MIN_TTL_SECS).saturating_add(TIMEOUT_GRACE_SECS)
 }
 
 /// Parses `nft -j list counter inet smolvm egc_<id>`: (packets, bytes).
-pub fn parse_counter(json: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_counter(json: &str) -> Option<(u64, u64)> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     v.get("nftables")?.as_array()?.iter().find_map(|item| {
         let c = item.get("counter")?;
@@ -223,7 +223,7 @@ pub fn parse_counter(json: &str) -> Option<(u64, u64)> {
 }
 
 /// The counter's name of a VM.
-pub fn counter_name(vm_id: &str) -> String {
+pub(crate) fn counter_name(vm_id: &str) -> String {
     names(vm_id).4
 }
 

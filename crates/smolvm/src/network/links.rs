@@ -6,7 +6,7 @@ use crate::info::NetworkConfig;
 
 /// One network interface from `ip -j -d link show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkInfo {
+pub(super) struct LinkInfo {
     /// Interface name.
     pub name: String,
     /// Link alias (smolvm puts `smolvm:<vm_id>` there).
@@ -16,7 +16,7 @@ pub struct LinkInfo {
 }
 
 /// Parses `ip -j -d link show`. Empty output is no links.
-pub fn parse_links(json: &str) -> Result<Vec<LinkInfo>, serde_json::Error> {
+pub(super) fn parse_links(json: &str) -> Result<Vec<LinkInfo>, serde_json::Error> {
     if json.trim().is_empty() {
         return Ok(Vec::new());
     }
@@ -47,12 +47,12 @@ fn argv(words: &[&str]) -> Vec<String> {
 }
 
 /// `ip -j -d link show`.
-pub fn list_links() -> Vec<String> {
+pub(super) fn list_links() -> Vec<String> {
     argv(&["-j", "-d", "link", "show"])
 }
 
 /// `ip tuntap add dev <tap> mode tap user <uid>`: the owner lets a VMM without CAP_NET_ADMIN attach.
-pub fn add_tap(tap: &str, owner_uid: u32) -> Vec<String> {
+pub(super) fn add_tap(tap: &str, owner_uid: u32) -> Vec<String> {
     argv(&[
         "tuntap",
         "add",
@@ -66,12 +66,12 @@ pub fn add_tap(tap: &str, owner_uid: u32) -> Vec<String> {
 }
 
 /// `ip link set dev <tap> alias <tag> up`.
-pub fn tag_and_up(tap: &str, tag: &str) -> Vec<String> {
+pub(super) fn tag_and_up(tap: &str, tag: &str) -> Vec<String> {
     argv(&["link", "set", "dev", tap, "alias", tag, "up"])
 }
 
 /// `ip addr replace <gateway>/32 dev <tap>`: the shared gateway address, idempotent.
-pub fn gateway_addr(net: &NetworkConfig) -> Vec<String> {
+pub(super) fn gateway_addr(net: &NetworkConfig) -> Vec<String> {
     argv(&[
         "addr",
         "replace",
@@ -82,7 +82,7 @@ pub fn gateway_addr(net: &NetworkConfig) -> Vec<String> {
 }
 
 /// `ip route replace <guest>/32 dev <tap> src <gateway>`, idempotent.
-pub fn guest_route(net: &NetworkConfig) -> Vec<String> {
+pub(super) fn guest_route(net: &NetworkConfig) -> Vec<String> {
     argv(&[
         "route",
         "replace",
@@ -95,7 +95,7 @@ pub fn guest_route(net: &NetworkConfig) -> Vec<String> {
 }
 
 /// `ip link del dev <name>`.
-pub fn delete_link(name: &str) -> Vec<String> {
+pub(super) fn delete_link(name: &str) -> Vec<String> {
     argv(&["link", "del", "dev", name])
 }
 

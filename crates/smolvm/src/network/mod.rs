@@ -23,67 +23,50 @@
 //! networking instead: see [`choose_network_mode`].
 
 mod commands;
-pub mod dns;
-pub mod egress;
+pub(crate) mod dns;
+pub(crate) mod egress;
 mod error;
 mod firewall;
 mod host;
 mod links;
 mod mode;
-pub mod nft;
-pub mod policy;
-pub mod resolv;
+pub(crate) mod nft;
+pub(crate) mod policy;
+#[cfg(test)]
+mod recording;
+pub(crate) mod resolv;
 
-pub use commands::{
-    find_program, Call, NetCapabilities, NetCommands, RecordingCommands, SystemCommands,
-};
+pub use commands::find_program;
 pub use egress::EgressPlan;
 pub use error::NetworkError;
-pub use firewall::{ForwardDropChain, ForwardDropManager};
-pub use host::{CleanupReport, HostNetwork, OrphanRule, OrphanTap};
-pub use mode::{choose_network_mode, NetworkMode};
+pub use firewall::ForwardDropManager;
+pub(crate) use host::CleanupReport;
+pub use host::HostNetwork;
+pub(crate) use mode::{choose_network_mode, NetworkMode};
 pub use policy::{AllowList, Cidr, NetworkPolicy};
-
-use std::net::Ipv4Addr;
-
-use crate::info::NetworkConfig;
+#[cfg(test)]
+pub(crate) use recording::RecordingCommands;
 
 /// Prefix of every TAP device smolvm creates. The static nft rules match `smv-*`.
-pub const TAP_PREFIX: &str = "smv-";
+pub(crate) const TAP_PREFIX: &str = "smv-";
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
-pub const MAX_IFNAME_LEN: usize = 15;
+pub(crate) const MAX_IFNAME_LEN: usize = 15;
 /// Prefix of the tags on smolvm's link aliases and nft rule comments: `smolvm:<vm_id>`.
-pub const TAG_PREFIX: &str = "smolvm:";
+pub(crate) const TAG_PREFIX: &str = "smolvm:";
 
 /// The tag smolvm puts on the TAP alias and every per-VM nft rule of `vm_id`.
-pub fn vm_tag(vm_id: &str) -> String {
+pub(crate) fn vm_tag(vm_id: &str) -> String {
     format!("{TAG_PREFIX}{vm_id}")
 }
 
 /// The VM id of a tag made by [`vm_tag`], if `tag` is one.
-pub fn parse_vm_tag(tag: &str) -> Option<&str> {
+pub(crate) fn parse_vm_tag(tag: &str) -> Option<&str> {
     tag.strip_prefix(TAG_PREFIX).filter(|id| valid_vm_id(id))
-}
-
-/// Kernel command-line parameters that tell the guest agent its address and gateway:
-/// `smolvm.ip=<ip>/<prefix> smolvm.gw=<gateway>`.
-pub fn kernel_network_args(net: &NetworkConfig) -> String {
-    format!(
-        "smolvm.ip={}/{} smolvm.gw={}",
-        net.guest_ip,
-        netmask_prefix(net.netmask),
-        net.gateway_ip
-    )
-}
-
-/// The prefix length of a netmask (counts the leading one bits).
-pub fn netmask_prefix(mask: Ipv4Addr) -> u32 {
-    u32::from(mask).leading_ones()
 }
 
 /// Checks that `name` is a TAP name smolvm may own: `smv-` followed by letters, digits or `-`, at most
 /// 15 characters. Only such names are matched by the static rules and considered by cleanup.
-pub fn validate_tap_name(name: &str) -> Result<(), NetworkError> {
+pub(crate) fn validate_tap_name(name: &str) -> Result<(), NetworkError> {
     let reason = if !name.starts_with(TAP_PREFIX) || name.len() == TAP_PREFIX.len() {
         Some(format!(
             "must start with {TAP_PREFIX:?} followed by a suffix"
@@ -129,28 +112,6 @@ fn check_vm_id(id: &str) -> Result<(), NetworkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn net() -> NetworkConfig {
-        NetworkConfig {
-            guest_ip: Ipv4Addr::new(172, 16, 0, 5),
-            gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
-            netmask: Ipv4Addr::new(255, 255, 0, 0),
-            tap_device: "smv-5".into(),
-            guest_mac: "02:00:ac:10:00:05".into(),
-            ssh_host_port: Some(2222),
-            mode: Default::default(),
-        }
-    }
-
-    #[test]
-    fn kernel_args_carry_prefix_and_gateway() {
-        assert_eq!(
-            kernel_network_args(&net()),
-            "smolvm.ip=172.16.0.5/16 smolvm.gw=172.16.0.1"
-        );
-        assert_eq!(netmask_prefix(Ipv4Addr::new(255, 255, 255, 255)), 32);
-        assert_eq!(netmask_prefix(Ipv4Addr::new(0, 0, 0, 0)), 0);
-    }
 
     #[test]
     fn tap_names_are_checked() {

@@ -3,12 +3,12 @@
 use super::commands::NetCapabilities;
 use super::NetworkError;
 use crate::config::BackendKind;
-pub use crate::info::NetworkMode;
+pub(crate) use crate::info::NetworkMode;
 
 /// Decides the network mode of a VM. `requested: None` means automatic: TAP when this process may
 /// create TAP devices and `nft` and `ip` exist, else (QEMU only) user-mode networking. An explicit
 /// request is honoured or refused with the reason; it never silently changes.
-pub fn choose_network_mode(
+pub(crate) fn choose_network_mode(
     requested: Option<NetworkMode>,
     backend: BackendKind,
     caps: &NetCapabilities,

@@ -33,21 +33,18 @@ use serde_json::Value;
 use super::commands::NetCommands;
 use super::egress;
 use super::policy::NetworkPolicy;
-use super::{netmask_prefix, vm_tag, NetworkError, TAP_PREFIX};
+use super::{vm_tag, NetworkError, TAP_PREFIX};
 use crate::info::NetworkConfig;
 
 /// Family of smolvm's table.
-pub const FAMILY: &str = "inet";
+pub(crate) const FAMILY: &str = "inet";
 /// Name of smolvm's table.
-pub const TABLE: &str = "smolvm";
+pub(crate) const TABLE: &str = "smolvm";
 /// Comment on the accept rules smolvm adds to another firewall's forward chain.
-pub const FOREIGN_TAG: &str = "smolvm";
-
-/// Chains holding per-VM rules (removal only looks there, cleanup looks everywhere in the table).
-pub const PER_VM_CHAINS: [&str; 3] = ["guest_egress", "nat_output", "nat_postrouting"];
+pub(crate) const FOREIGN_TAG: &str = "smolvm";
 
 /// Creates the table and its chains if missing and (re)writes the static rules, atomically.
-pub fn base_script() -> String {
+pub(crate) fn base_script() -> String {
     let t = format!("{FAMILY} {TABLE}");
     let any = format!("\"{TAP_PREFIX}*\"");
     let mut s = String::new();
@@ -93,12 +90,17 @@ pub fn base_script() -> String {
 
 /// The per-VM rules of `vm_id` under the open egress policy. Names must be validated by the caller
 /// (TAP name, VM id).
-pub fn vm_rules_script(vm_id: &str, net: &NetworkConfig) -> String {
+#[cfg(test)]
+pub(crate) fn vm_rules_script(vm_id: &str, net: &NetworkConfig) -> String {
     vm_rules_script_with(vm_id, net, &NetworkPolicy::Open)
 }
 
 /// The per-VM rules of `vm_id`; its traffic to the uplink goes through `policy` (see [`egress`]).
-pub fn vm_rules_script_with(vm_id: &str, net: &NetworkConfig, policy: &NetworkPolicy) -> String {
+pub(crate) fn vm_rules_script_with(
+    vm_id: &str,
+    net: &NetworkConfig,
+    policy: &NetworkPolicy,
+) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let tag = vm_tag(vm_id);
     let tap = &net.tap_device;
@@ -124,7 +126,7 @@ pub fn vm_rules_script_with(vm_id: &str, net: &NetworkConfig, policy: &NetworkPo
 }
 
 /// Deletes the given rules by handle.
-pub fn delete_script(rules: &[RuleInfo]) -> String {
+pub(crate) fn delete_script(rules: &[RuleInfo]) -> String {
     rules
         .iter()
         .map(|r| {
@@ -138,14 +140,15 @@ pub fn delete_script(rules: &[RuleInfo]) -> String {
 
 /// The whole setup transaction of one VM under the open policy: base, removal of its stale rules, its
 /// rules.
-pub fn setup_script(vm_id: &str, net: &NetworkConfig, stale: &[RuleInfo]) -> String {
+#[cfg(test)]
+pub(crate) fn setup_script(vm_id: &str, net: &NetworkConfig, stale: &[RuleInfo]) -> String {
     setup_script_with(vm_id, net, stale, &egress::EgressPlan::open(), false)
 }
 
 /// The whole setup transaction of one VM: base, removal of its stale rules, its egress objects (or
 /// their removal when the policy is open and `had_chain`: a change made while the VM was down), its
 /// rules.
-pub fn setup_script_with(
+pub(crate) fn setup_script_with(
     vm_id: &str,
     net: &NetworkConfig,
     stale: &[RuleInfo],
@@ -173,7 +176,7 @@ pub fn setup_script_with(
 /// Accept rules for guest traffic in another firewall's forward chain, as an `nft -j -f -` document.
 /// JSON because other tables' names are not ours to validate: a chain may be named like an nft keyword
 /// (`fwd`), which the text syntax cannot express, and JSON needs no quoting.
-pub fn foreign_accept_json(family: &str, table: &str, chain: &str) -> String {
+pub(crate) fn foreign_accept_json(family: &str, table: &str, chain: &str) -> String {
     let any = format!("{TAP_PREFIX}*");
     let rule = |expr: Value| {
         serde_json::json!({"insert": {"rule": {
@@ -194,7 +197,7 @@ pub fn foreign_accept_json(family: &str, table: &str, chain: &str) -> String {
 }
 
 /// Deletes rules by handle, as an `nft -j -f -` document (any table and chain names).
-pub fn delete_json(rules: &[RuleInfo]) -> String {
+pub(crate) fn delete_json(rules: &[RuleInfo]) -> String {
     let cmds: Vec<Value> = rules
         .iter()
         .map(|r| {
@@ -206,15 +209,8 @@ pub fn delete_json(rules: &[RuleInfo]) -> String {
     serde_json::json!({ "nftables": cmds }).to_string()
 }
 
-/// Human-readable subnet of a VM network (`172.16.0.0/16`).
-pub fn subnet(net: &NetworkConfig) -> String {
-    let mask = u32::from(net.netmask);
-    let base = std::net::Ipv4Addr::from(u32::from(net.guest_ip) & mask);
-    format!("{base}/{}", netmask_prefix(net.netmask))
-}
-
 /// Runs `nft -j list ruleset` and parses it.
-pub fn list_ruleset(cmds: &dyn NetCommands) -> Result<Ruleset, NetworkError> {
+pub(crate) fn list_ruleset(cmds: &dyn NetCommands) -> Result<Ruleset, NetworkError> {
     let args = ["-j", "list", "ruleset"].map(str::to_string);
     let out = cmds.run("nft", &args, None)?;
     Ruleset::parse(&out).map_err(|source| NetworkError::Parse {
@@ -224,7 +220,7 @@ pub fn list_ruleset(cmds: &dyn NetCommands) -> Result<Ruleset, NetworkError> {
 }
 
 /// Feeds `script` to `nft -f -` (one atomic transaction). An empty script is not run.
-pub fn apply(cmds: &dyn NetCommands, script: &str) -> Result<(), NetworkError> {
+pub(crate) fn apply(cmds: &dyn NetCommands, script: &str) -> Result<(), NetworkError> {
     if script.is_empty() {
         return Ok(());
     }
@@ -233,14 +229,14 @@ pub fn apply(cmds: &dyn NetCommands, script: &str) -> Result<(), NetworkError> {
 }
 
 /// Feeds a JSON document to `nft -j -f -` (one atomic transaction).
-pub fn apply_json(cmds: &dyn NetCommands, doc: &str) -> Result<(), NetworkError> {
+pub(crate) fn apply_json(cmds: &dyn NetCommands, doc: &str) -> Result<(), NetworkError> {
     let args = ["-j", "-f", "-"].map(str::to_string);
     cmds.run("nft", &args, Some(doc)).map(drop)
 }
 
 /// A base chain or regular chain from a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainInfo {
+pub(crate) struct ChainInfo {
     /// Family (`ip`, `inet`, ...).
     pub family: String,
     /// Table name.
@@ -255,7 +251,7 @@ pub struct ChainInfo {
 
 /// A rule from a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleInfo {
+pub(crate) struct RuleInfo {
     /// Family.
     pub family: String,
     /// Table.
@@ -272,7 +268,7 @@ pub struct RuleInfo {
 
 /// Chains and rules of an `nft -j list ...` output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ruleset {
+pub(crate) struct Ruleset {
     /// Tables as (family, name).
     pub tables: Vec<(String, String)>,
     /// All chains.
@@ -283,7 +279,7 @@ pub struct Ruleset {
 
 impl Ruleset {
     /// Parses `nft -j list ruleset` (or `list table ...`). Empty output is an empty ruleset.
-    pub fn parse(json: &str) -> Result<Ruleset, serde_json::Error> {
+    pub(crate) fn parse(json: &str) -> Result<Ruleset, serde_json::Error> {
         if json.trim().is_empty() {
             return Ok(Ruleset::default());
         }
@@ -316,19 +312,19 @@ impl Ruleset {
     }
 
     /// True if smolvm's table exists.
-    pub fn has_smolvm_table(&self) -> bool {
+    pub(crate) fn has_smolvm_table(&self) -> bool {
         self.tables.iter().any(|(f, n)| f == FAMILY && n == TABLE)
     }
 
     /// Rules in smolvm's table.
-    pub fn smolvm_rules(&self) -> impl Iterator<Item = &RuleInfo> {
+    pub(crate) fn smolvm_rules(&self) -> impl Iterator<Item = &RuleInfo> {
         self.rules
             .iter()
             .filter(|r| r.family == FAMILY && r.table == TABLE)
     }
 
     /// True if the egress chain of `vm_id` exists (its policy is not open).
-    pub fn has_egress_chain(&self, vm_id: &str) -> bool {
+    pub(crate) fn has_egress_chain(&self, vm_id: &str) -> bool {
         let name = egress::chain(vm_id);
         self.chains
             .iter()
@@ -336,7 +332,7 @@ impl Ruleset {
     }
 
     /// Rules in smolvm's table tagged for `vm_id`.
-    pub fn vm_rules(&self, vm_id: &str) -> Vec<RuleInfo> {
+    pub(crate) fn vm_rules(&self, vm_id: &str) -> Vec<RuleInfo> {
         let tag = vm_tag(vm_id);
         self.smolvm_rules()
             .filter(|r| r.comment.as_deref() == Some(tag.as_str()))

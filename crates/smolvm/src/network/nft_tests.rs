@@ -99,11 +99,6 @@ fn foreign_accepts_are_exact_json() {
     );
 }
 
-#[test]
-fn subnet_is_derived_from_the_netmask() {
-    assert_eq!(subnet(&net(5, None)), "172.16.0.0/16");
-}
-
 /// Real `nft -j list ruleset` output of nftables 1.0.6 (trimmed to what the parser looks at).
 pub(crate) const LISTING: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
  {"table": {"family": "ip", "name": "filter", "handle": 2}},

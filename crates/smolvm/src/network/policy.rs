@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 
 /// Field name used in validation errors.
-pub const FIELD: &str = "network_policy";
+pub(crate) const FIELD: &str = "network_policy";
 /// Most entries an allow-list may hold in each list (keeps nft scripts and resolution bounded).
-pub const MAX_ENTRIES: usize = 256;
+pub(crate) const MAX_ENTRIES: usize = 256;
 
 /// An IPv4 network in CIDR notation; a bare address is a `/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -80,7 +80,7 @@ impl fmt::Display for Cidr {
 
 /// Checks a domain name: 1-253 characters, dot-separated labels of 1-63 letters, digits and `-` (not at
 /// a label's ends), at least two labels, not an IP address. Returns it lowercased without a final dot.
-pub fn validate_domain(name: &str) -> Result<String, String> {
+pub(crate) fn validate_domain(name: &str) -> Result<String, String> {
     let d = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     let label_ok = |l: &str| {
         !l.is_empty()

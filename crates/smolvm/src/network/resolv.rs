@@ -14,15 +14,15 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// The host's resolver configuration.
-pub const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
+pub(crate) const HOST_RESOLV_CONF: &str = "/etc/resolv.conf";
 /// systemd-resolved's list of its upstream servers (used when the host's file names only its stub).
-pub const RESOLVED_UPSTREAM_CONF: &str = "/run/systemd/resolve/resolv.conf";
+pub(crate) const RESOLVED_UPSTREAM_CONF: &str = "/run/systemd/resolve/resolv.conf";
 /// At most this many servers (the C library's resolver reads no more than three).
-pub const MAX_SERVERS: usize = 3;
+pub(crate) const MAX_SERVERS: usize = 3;
 
 /// IPv4 `nameserver` entries of a resolv.conf text that a guest can reach (not loopback, not
 /// unspecified), in order, without duplicates, at most [`MAX_SERVERS`].
-pub fn guest_reachable_servers(text: &str) -> Vec<Ipv4Addr> {
+pub(crate) fn guest_reachable_servers(text: &str) -> Vec<Ipv4Addr> {
     let mut out: Vec<Ipv4Addr> = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -42,7 +42,7 @@ pub fn guest_reachable_servers(text: &str) -> Vec<Ipv4Addr> {
 }
 
 /// The servers of the first of `files` that names a reachable one (unreadable files are skipped).
-pub fn servers_from(files: &[&Path]) -> Vec<Ipv4Addr> {
+pub(crate) fn servers_from(files: &[&Path]) -> Vec<Ipv4Addr> {
     files
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
@@ -52,7 +52,7 @@ pub fn servers_from(files: &[&Path]) -> Vec<Ipv4Addr> {
 }
 
 /// The host's upstream name servers for TAP guests (see the module docs).
-pub fn host_upstream_servers() -> Vec<Ipv4Addr> {
+pub(crate) fn host_upstream_servers() -> Vec<Ipv4Addr> {
     servers_from(&[
         Path::new(HOST_RESOLV_CONF),
         Path::new(RESOLVED_UPSTREAM_CONF),

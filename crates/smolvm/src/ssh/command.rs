@@ -9,7 +9,7 @@ use super::SshError;
 use crate::info::{NetworkConfig, NetworkMode};
 
 /// Default `ConnectTimeout` of smolvm's own SSH connections.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where and how smolvm connects over SSH.
 #[derive(Debug, Clone, PartialEq, Eq)]

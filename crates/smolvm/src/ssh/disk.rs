@@ -11,7 +11,7 @@ use std::path::Path;
 use super::{io_err, path_str, run_tool, SshError};
 
 /// Installs a host key file into the guest filesystem at `guest_path`, mode 0600, owned by root.
-pub fn install_host_key_into_disk(
+pub(crate) fn install_host_key_into_disk(
     disk_image: &Path,
     key_file: &Path,
     guest_path: &str,
@@ -22,7 +22,7 @@ pub fn install_host_key_into_disk(
 /// Installs `src` into the ext4 image at `guest_path` (absolute; letters, digits, `.`, `_`, `-`),
 /// owned by root with permission bits `mode`. Missing parent directories are created. An existing
 /// file is replaced (removed, then written).
-pub fn install_file_into_disk(
+pub(crate) fn install_file_into_disk(
     disk_image: &Path,
     src: &Path,
     guest_path: &str,
@@ -69,7 +69,10 @@ pub fn install_file_into_disk(
 
 /// Which of `guest_paths` exist in the ext4 image (one `debugfs` run; order kept). Used to see which SSH
 /// server an image carries before installing host keys for it.
-pub fn paths_in_disk(disk_image: &Path, guest_paths: &[&str]) -> Result<Vec<bool>, SshError> {
+pub(crate) fn paths_in_disk(
+    disk_image: &Path,
+    guest_paths: &[&str],
+) -> Result<Vec<bool>, SshError> {
     for p in guest_paths {
         check_guest_path(p)?;
     }
@@ -101,7 +104,7 @@ fn parse_stat_sections(stdout: &str, n: usize) -> Vec<bool> {
 }
 
 /// The content of `guest_path` in the ext4 image, `None` if it does not exist.
-pub fn read_file_from_disk(
+pub(crate) fn read_file_from_disk(
     disk_image: &Path,
     guest_path: &str,
 ) -> Result<Option<Vec<u8>>, SshError> {

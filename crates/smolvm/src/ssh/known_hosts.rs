@@ -24,7 +24,10 @@ pub fn known_hosts_patterns(net: &NetworkConfig) -> Vec<String> {
 }
 
 /// The known_hosts line for `patterns` and a public key line (its comment is dropped).
-pub fn known_hosts_line(patterns: &[String], public_key_line: &str) -> Result<String, SshError> {
+pub(crate) fn known_hosts_line(
+    patterns: &[String],
+    public_key_line: &str,
+) -> Result<String, SshError> {
     let (kind, key) = key_fields(public_key_line).ok_or_else(|| SshError::Invalid {
         what: "public key",
         value: public_key_line.to_string(),

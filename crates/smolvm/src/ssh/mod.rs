@@ -13,13 +13,14 @@ mod known_hosts;
 pub(crate) mod quote;
 mod wait;
 
-pub use command::{get_ssh_commands, ssh_argv, SshTarget, DEFAULT_CONNECT_TIMEOUT};
-pub use disk::{
+pub use command::{get_ssh_commands, ssh_argv, SshTarget};
+pub(crate) use disk::{
     install_file_into_disk, install_host_key_into_disk, paths_in_disk, read_file_from_disk,
 };
-pub use keys::{ensure_client_key, ensure_host_key, ClientKey, HostKey, HostKeyFormat};
-pub use known_hosts::{known_hosts_line, known_hosts_patterns, write_known_hosts};
-pub use wait::{run_ssh, wait_for_ssh, SshOutput};
+pub use keys::{ensure_client_key, ensure_host_key, HostKeyFormat};
+pub(crate) use keys::{ClientKey, HostKey};
+pub use known_hosts::{known_hosts_patterns, write_known_hosts};
+pub use wait::{run_ssh, wait_for_ssh};
 
 use std::path::{Path, PathBuf};
 

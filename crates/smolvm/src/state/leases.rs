@@ -15,23 +15,23 @@ use crate::state::forwards::Protocol;
 use crate::state::StateStore;
 
 /// The guest network, 172.16.0.0/16.
-pub const GUEST_NETWORK: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 0);
+pub(crate) const GUEST_NETWORK: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 0);
 /// Netmask of the guest network.
-pub const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 0, 0);
+pub(crate) const GUEST_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 0, 0);
 /// The host side of every guest's link; never handed out to a guest.
-pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
+pub(crate) const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
 /// Prefix of TAP device names; the rest is the lease's host number, so names stay within 15 bytes.
-pub const TAP_PREFIX: &str = "smv-";
+pub(crate) const TAP_PREFIX: &str = "smv-";
 
 /// Guest address of every user-mode VM: QEMU's default `dhcpstart` in its default `10.0.2.0/24`. Each
 /// user-mode VM has a private network inside its own QEMU, so they never collide.
-pub const USER_GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+pub(crate) const USER_GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 /// Gateway of QEMU's user-mode network (QEMU's default host address, `net` + 2).
-pub const USER_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub(crate) const USER_GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 /// Netmask of QEMU's user-mode network.
-pub const USER_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
+pub(crate) const USER_NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
 /// DNS server of QEMU's user-mode network (QEMU's default, `net` + 3; it relays to the host's resolver).
-pub const USER_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+pub(crate) const USER_DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 
 /// One VM's network lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,13 +120,13 @@ impl RawLease {
 
 /// The TAP device name for `guest_ip`: the prefix and its host number in the guest network
 /// (`smv-2` for 172.16.0.2, at most `smv-65534`: 9 bytes, well within Linux's 15).
-pub fn tap_name(guest_ip: Ipv4Addr) -> String {
+pub(crate) fn tap_name(guest_ip: Ipv4Addr) -> String {
     format!("{TAP_PREFIX}{}", host_number(guest_ip))
 }
 
 /// The guest MAC for `guest_ip`: locally administered unicast (`02:`), then `00`, then the four IP
 /// octets, so it is unique exactly when the IP is.
-pub fn mac_for(guest_ip: Ipv4Addr) -> String {
+pub(crate) fn mac_for(guest_ip: Ipv4Addr) -> String {
     let [a, b, c, d] = guest_ip.octets();
     format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }

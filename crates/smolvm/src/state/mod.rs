@@ -14,26 +14,26 @@ mod schema;
 mod snapshots;
 mod vms;
 
+#[cfg(test)]
+mod tests;
+
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use error::StateError;
-pub use forwards::{PortForward, PortForwardRequest, Protocol};
-pub use leases::{
-    mac_for, tap_name, Lease, GATEWAY_IP, GUEST_NETMASK, GUEST_NETWORK, TAP_PREFIX, USER_DNS_IP,
-    USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
-};
-pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};
-pub use vms::{RunningVmm, VmRecord};
+pub(crate) use error::StateError;
+pub(crate) use leases::USER_DNS_IP;
+#[cfg(test)]
+pub(crate) use leases::USER_GUEST_IP;
+pub(crate) use schema::BUSY_TIMEOUT;
+pub use vms::RunningVmm;
+pub(crate) use vms::VmRecord;
 
 use error::Fail;
 
-/// Name of the database file inside the data directory.
-pub const DB_FILE_NAME: &str = "smolvm.db";
 /// Default range of host ports for SSH forwards and allocated port forwards.
-pub const DEFAULT_SSH_PORT_RANGE: RangeInclusive<u16> = 42000..=42999;
+pub(crate) const DEFAULT_SSH_PORT_RANGE: RangeInclusive<u16> = 42000..=42999;
 
 /// Tunables of a [`StateStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,13 +11,13 @@ use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use crate::state::error::{Fail, StateError};
 
 /// How long a connection waits for another process's write transaction before giving up.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forward migrations; entry `i` upgrades version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Version 1: VMs, their network leases and their host port forwards. STRICT tables so that a value of
 /// the wrong type is refused on write instead of being found on read.

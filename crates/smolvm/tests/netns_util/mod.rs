@@ -25,7 +25,7 @@ pub fn e2e(test: &str, tools: &[&str]) -> bool {
     assert_eq!(unsafe { libc::geteuid() }, 0, "{test}: needs root");
     for t in tools {
         assert!(
-            smolvm::network::find_program(t).is_some(),
+            smolvm::internals::network::find_program(t).is_some(),
             "{test}: prerequisite `{t}` is not installed"
         );
     }

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use smolvm::manager::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkChoice};
 
 use super::netns_util::{e2e, Entered, Netns};
 use super::vm_util::{self, TestEnv};

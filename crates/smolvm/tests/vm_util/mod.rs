@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use smolvm::image::{GuestImage, ImageBuilder, ImageOptions};
-use smolvm::manager::SmolVmManager;
+use smolvm::SmolVmManager;
 use smolvm::{BackendKind, VmConfigSpec};
+use smolvm::{GuestImage, ImageBuilder, ImageOptions};
 
 /// The default image, built once per test process.
 pub fn image() -> &'static GuestImage {
@@ -120,7 +120,7 @@ pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let alive = smolvm::process::proc_stat(pid).is_some_and(|s| s.state != 'Z');
+        let alive = smolvm::internals::process::proc_stat(pid).is_some_and(|s| s.state != 'Z');
         if alive && String::from_utf8_lossy(&cmd).contains(&needle) {
             out.push(pid);
         }

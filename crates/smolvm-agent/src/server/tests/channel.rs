@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use smolvm::exec::{AgentClient, ExecRequest};
+use smolvm::{AgentClient, ExecRequest};
 use smolvm_protocol::{
     with_sync, Command, Decoder, ExecStart, Frame, FrameType, Hello, Ready, Request,
 };
@@ -137,7 +137,7 @@ fn repeated_hellos_are_answered_once() {
         raw.frame_within(Duration::from_millis(300)).is_none(),
         "a repeated hello was answered (or the command ended)"
     );
-    assert!(smolvm::process::proc_stat(pid).is_some_and(|s| s.state != 'Z'));
+    assert!(smolvm::internals::process::proc_stat(pid).is_some_and(|s| s.state != 'Z'));
     raw.send(&Request::Cancel, 5);
     assert_eq!(raw.frame().request_id, 5);
     assert!(wait_dead(pid));

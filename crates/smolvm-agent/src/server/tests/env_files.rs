@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
-use smolvm::exec::{ExecError, ExecRequest};
+use smolvm::{ExecError, ExecRequest};
 
 use super::{harness, path_str};
 

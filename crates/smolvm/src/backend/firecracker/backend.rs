@@ -21,18 +21,18 @@ use crate::config::BackendKind;
 use crate::process::{spawn_detached, ProcessIdentity};
 
 /// The guest vsock port the smolvm agent listens on.
-pub const AGENT_VSOCK_PORT: u32 = 52;
+pub(crate) const AGENT_VSOCK_PORT: u32 = 52;
 /// The guest's vsock context id (0-2 are reserved; each Firecracker process has its own vsock device,
 /// so every guest can use the same one).
-pub const GUEST_CID: u32 = 3;
+pub(crate) const GUEST_CID: u32 = 3;
 /// Drive id of the root disk.
-pub const ROOT_DRIVE_ID: &str = "rootfs";
+pub(crate) const ROOT_DRIVE_ID: &str = "rootfs";
 /// Interface id of the guest's network interface.
-pub const NET_IFACE_ID: &str = "eth0";
+pub(crate) const NET_IFACE_ID: &str = "eth0";
 /// How long [`Backend::launch`] waits for the API socket to accept connections.
-pub const SOCKET_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const SOCKET_WAIT: Duration = Duration::from_secs(5);
 /// Longest Unix socket path: `sun_path` holds 108 bytes including the terminating NUL.
-pub const SUN_PATH_MAX: usize = 107;
+pub(crate) const SUN_PATH_MAX: usize = 107;
 
 /// Limit for the shutdown request (the VMM may be busy, but it must not block a stop for long).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,14 +41,14 @@ const LOG_TAIL_LINES: usize = 20;
 
 /// Firecracker as a [`Backend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FirecrackerBackend {
+pub(crate) struct FirecrackerBackend {
     /// The `firecracker` binary.
     pub binary: PathBuf,
 }
 
 impl FirecrackerBackend {
     /// A backend running `binary`.
-    pub fn new(binary: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(binary: impl Into<PathBuf>) -> Self {
         FirecrackerBackend {
             binary: binary.into(),
         }
@@ -56,7 +56,7 @@ impl FirecrackerBackend {
 
     /// The command line that starts the VMM for `spec`: the API socket, plus `--id` so Firecracker's
     /// log lines name the VM when the id fits Firecracker's rule (1-64 alphanumerics and hyphens).
-    pub fn command(&self, spec: &LaunchSpec) -> Command {
+    pub(crate) fn command(&self, spec: &LaunchSpec) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--api-sock").arg(&spec.control_socket);
         let id = spec.vm_id.as_bytes();
@@ -193,7 +193,7 @@ impl Backend for FirecrackerBackend {
 /// `/machine-config`, `/boot-source`, `/drives/rootfs`, `/network-interfaces/eth0` (TAP only), `/vsock`,
 /// `/serial` (console to `spec.console_log`; skipped with a warning by releases without it), and
 /// `PUT /actions` `InstanceStart`. Stops at the first failure.
-pub fn configure(
+pub(crate) fn configure(
     client: &mut ApiClient,
     spec: &LaunchSpec,
     logger: Option<&Logger>,
@@ -313,7 +313,7 @@ fn check_socket_path(path: &Path) -> Result<(), FirecrackerError> {
 
 /// Removes a VM's API socket and vsock socket (both created by Firecracker, which does not remove
 /// them when it is killed). Missing files are fine.
-pub fn remove_sockets(
+pub(crate) fn remove_sockets(
     control_socket: &Path,
     agent: &AgentEndpoint,
 ) -> Result<(), FirecrackerError> {

@@ -6,10 +6,8 @@
 mod wire;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-use serde::de::DeserializeOwned;
 
 use super::api::ApiRequest;
 use super::FirecrackerError;
@@ -17,7 +15,7 @@ use wire::{exchange, Conn, Ctx, Failure};
 
 /// Default limit for one request (send plus complete response). `InstanceStart` loads the kernel
 /// synchronously, so this is generous.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest response head (status line plus headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -54,7 +52,7 @@ impl fmt::Display for Method {
 
 /// A complete HTTP response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     /// Status code.
     pub status: u16,
     /// Header names (as sent) and values, in order.
@@ -64,23 +62,15 @@ pub struct Response {
 }
 
 impl Response {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     /// True for 2xx statuses.
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
 }
 
 /// A blocking client for one Firecracker API socket. Keeps one connection open between requests.
 #[derive(Debug)]
-pub struct ApiClient {
+pub(crate) struct ApiClient {
     socket: PathBuf,
     timeout: Duration,
     conn: Option<Conn>,
@@ -88,7 +78,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client for the API socket at `socket`, with [`DEFAULT_TIMEOUT`]. Connects lazily.
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(socket: impl Into<PathBuf>) -> Self {
         ApiClient {
             socket: socket.into(),
             timeout: DEFAULT_TIMEOUT,
@@ -97,18 +87,16 @@ impl ApiClient {
     }
 
     /// Sets the limit for each request (sending it and reading the whole response).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+    pub(crate) fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// The API socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// Sends a typed request and expects a 2xx answer.
-    pub fn send<R: ApiRequest>(&mut self, request: &R) -> Result<Response, FirecrackerError> {
+    pub(crate) fn send<R: ApiRequest>(
+        &mut self,
+        request: &R,
+    ) -> Result<Response, FirecrackerError> {
         let path = request.path();
         let body = serde_json::to_vec(request).map_err(|source| FirecrackerError::Encode {
             method: R::METHOD,
@@ -119,7 +107,11 @@ impl ApiClient {
     }
 
     /// GETs `path` and decodes the JSON answer.
-    pub fn get_json<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, FirecrackerError> {
+    #[cfg(test)]
+    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+    ) -> Result<T, FirecrackerError> {
         let resp = self.call(Method::Get, path, None)?;
         serde_json::from_slice(&resp.body).map_err(|source| FirecrackerError::Decode {
             method: Method::Get,
@@ -130,7 +122,7 @@ impl ApiClient {
 
     /// Sends a request and maps a non-2xx answer to [`FirecrackerError::Api`] with the API's
     /// `fault_message`.
-    pub fn call(
+    pub(crate) fn call(
         &mut self,
         method: Method,
         path: &str,
@@ -153,7 +145,7 @@ impl ApiClient {
     /// A kept-alive connection that the server has closed in the meantime shows up as a failed write or
     /// as end-of-stream before any response byte; then the request is sent once more on a new
     /// connection (the server cannot have acted on it).
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         method: Method,
         path: &str,

@@ -5,11 +5,10 @@
 //! Firecracker cannot boot guests on machines without usable KVM, so this module's correctness rests on
 //! an exact reading of the API and on tests against a fake API server.
 
-pub mod api;
+pub(crate) mod api;
 mod backend;
-pub mod http;
-pub mod snapshot;
-mod vsock_handshake;
+pub(crate) mod http;
+pub(crate) mod snapshot;
 
 #[cfg(test)]
 mod tests;
@@ -17,12 +16,8 @@ mod tests;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use backend::{
-    configure, remove_sockets, FirecrackerBackend, AGENT_VSOCK_PORT, GUEST_CID, NET_IFACE_ID,
-    ROOT_DRIVE_ID, SOCKET_WAIT, SUN_PATH_MAX,
-};
-pub use http::{ApiClient, Method, Response};
-pub use vsock_handshake::{connect_vsock, VsockHandshakeError};
+pub(crate) use backend::{FirecrackerBackend, NET_IFACE_ID, SUN_PATH_MAX};
+pub(crate) use http::{ApiClient, Method};
 
 /// Errors of the Firecracker backend.
 #[derive(Debug, thiserror::Error)]

@@ -13,17 +13,17 @@ use super::{ApiClient, FirecrackerError, NET_IFACE_ID};
 use crate::backend::{LaunchSpec, NetAttachment};
 
 /// Guest memory file of a snapshot directory.
-pub const MEMORY_FILE: &str = "memory";
+pub(crate) const MEMORY_FILE: &str = "memory";
 /// MicroVM state file of a snapshot directory.
-pub const STATE_FILE: &str = "vmstate";
+pub(crate) const STATE_FILE: &str = "vmstate";
 
 /// Pauses or resumes the microVM.
-pub fn set_state(client: &mut ApiClient, state: VmRunState) -> Result<(), FirecrackerError> {
+pub(crate) fn set_state(client: &mut ApiClient, state: VmRunState) -> Result<(), FirecrackerError> {
     client.send(&Vm::new(state)).map(drop)
 }
 
 /// The create request for `dir`.
-pub fn create_params(dir: &Path) -> SnapshotCreateParams {
+pub(crate) fn create_params(dir: &Path) -> SnapshotCreateParams {
     SnapshotCreateParams {
         mem_file_path: path_string(&dir.join(MEMORY_FILE)),
         snapshot_path: path_string(&dir.join(STATE_FILE)),
@@ -32,12 +32,12 @@ pub fn create_params(dir: &Path) -> SnapshotCreateParams {
 }
 
 /// Writes a full snapshot of the paused microVM into `dir`.
-pub fn create(client: &mut ApiClient, dir: &Path) -> Result<(), FirecrackerError> {
+pub(crate) fn create(client: &mut ApiClient, dir: &Path) -> Result<(), FirecrackerError> {
     client.send(&create_params(dir)).map(drop)
 }
 
 /// The load request restoring `dir` with `spec`'s TAP device and vsock socket, resuming the guest.
-pub fn load_params(spec: &LaunchSpec, dir: &Path) -> SnapshotLoadParams {
+pub(crate) fn load_params(spec: &LaunchSpec, dir: &Path) -> SnapshotLoadParams {
     let network_overrides = match &spec.net {
         Some(NetAttachment::Tap { tap, .. }) => vec![NetworkOverride {
             iface_id: NET_IFACE_ID.to_string(),
@@ -62,12 +62,16 @@ pub fn load_params(spec: &LaunchSpec, dir: &Path) -> SnapshotLoadParams {
 }
 
 /// Loads `dir` into a fresh Firecracker process and resumes the guest.
-pub fn load(client: &mut ApiClient, spec: &LaunchSpec, dir: &Path) -> Result<(), FirecrackerError> {
+pub(crate) fn load(
+    client: &mut ApiClient,
+    spec: &LaunchSpec,
+    dir: &Path,
+) -> Result<(), FirecrackerError> {
     client.send(&load_params(spec, dir)).map(drop)
 }
 
 /// The snapshot's files in `dir`, for size accounting and checks.
-pub fn files(dir: &Path) -> [PathBuf; 2] {
+pub(crate) fn files(dir: &Path) -> [PathBuf; 2] {
     [dir.join(MEMORY_FILE), dir.join(STATE_FILE)]
 }
 

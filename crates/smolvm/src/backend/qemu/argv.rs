@@ -23,11 +23,11 @@ use super::Accel;
 use crate::backend::{LaunchSpec, NetAttachment};
 
 /// The name of the guest's virtio-serial port for the agent (`/sys/class/virtio-ports/*/name`).
-pub const AGENT_PORT_NAME: &str = "org.smolvm.agent";
+pub(crate) const AGENT_PORT_NAME: &str = "org.smolvm.agent";
 
 /// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
 /// backing file is the snapshot's disk), `raw` for everything else.
-pub fn disk_format(disk: &Path) -> &'static str {
+pub(crate) fn disk_format(disk: &Path) -> &'static str {
     if disk.extension().is_some_and(|e| e == "qcow2") {
         "qcow2"
     } else {

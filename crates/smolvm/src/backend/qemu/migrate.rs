@@ -21,16 +21,16 @@ use crate::backend::LaunchSpec;
 use crate::process::{spawn_detached, ProcessIdentity};
 
 /// Name of the migration stream inside a snapshot directory.
-pub const MIGRATION_FILE: &str = "vm.migration";
+pub(crate) const MIGRATION_FILE: &str = "vm.migration";
 /// Migration capabilities used for saving and restoring (identical on both sides).
-pub const CAPABILITIES: &[&str] = &["mapped-ram"];
+pub(crate) const CAPABILITIES: &[&str] = &["mapped-ram"];
 /// How long a save or a load may take (hundreds of MB to a local file take about a second).
-pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pause between `query-migrate` polls.
 const POLL: Duration = Duration::from_millis(10);
 
 /// The `migrate-set-capabilities` arguments.
-pub fn capability_args() -> Value {
+pub(crate) fn capability_args() -> Value {
     let caps: Vec<Value> = CAPABILITIES
         .iter()
         .map(|c| json!({ "capability": c, "state": true }))
@@ -40,7 +40,7 @@ pub fn capability_args() -> Value {
 
 /// The `file:` URI of the migration stream in `dir`. QEMU reads `,offset=` options after the path, so a
 /// path with a comma is refused rather than misread.
-pub fn file_uri(dir: &Path) -> Result<String, QmpError> {
+pub(crate) fn file_uri(dir: &Path) -> Result<String, QmpError> {
     let path = dir.join(MIGRATION_FILE);
     let s = path
         .to_str()
@@ -54,17 +54,17 @@ pub fn file_uri(dir: &Path) -> Result<String, QmpError> {
 }
 
 /// Pauses the VM (`stop`).
-pub fn stop(qmp: &mut QmpClient) -> Result<(), QmpError> {
+pub(crate) fn stop(qmp: &mut QmpClient) -> Result<(), QmpError> {
     qmp.execute("stop", None).map(drop)
 }
 
 /// Resumes the VM (`cont`).
-pub fn cont(qmp: &mut QmpClient) -> Result<(), QmpError> {
+pub(crate) fn cont(qmp: &mut QmpClient) -> Result<(), QmpError> {
     qmp.execute("cont", None).map(drop)
 }
 
 /// Saves a paused VM into `dir`: capabilities, `migrate`, wait for completion.
-pub fn save(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), QmpError> {
+pub(crate) fn save(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), QmpError> {
     let uri = file_uri(dir)?;
     qmp.execute("migrate-set-capabilities", Some(capability_args()))?;
     qmp.execute("migrate", Some(json!({ "uri": uri })))?;
@@ -72,7 +72,7 @@ pub fn save(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), Qm
 }
 
 /// Loads `dir` into a QEMU started with `-incoming defer`, then lets the guest run.
-pub fn load(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), QmpError> {
+pub(crate) fn load(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), QmpError> {
     let uri = file_uri(dir)?;
     qmp.execute("migrate-set-capabilities", Some(capability_args()))?;
     qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
@@ -175,7 +175,7 @@ pub(super) fn restore(
 }
 
 /// The boot argv plus `-incoming defer`.
-pub fn restore_argv(backend: &QemuBackend, spec: &LaunchSpec) -> Vec<OsString> {
+pub(crate) fn restore_argv(backend: &QemuBackend, spec: &LaunchSpec) -> Vec<OsString> {
     let mut argv = backend.argv(spec);
     argv.push("-incoming".into());
     argv.push("defer".into());
@@ -183,7 +183,7 @@ pub fn restore_argv(backend: &QemuBackend, spec: &LaunchSpec) -> Vec<OsString> {
 }
 
 /// Where the migration stream of a snapshot directory is.
-pub fn migration_file(dir: &Path) -> PathBuf {
+pub(crate) fn migration_file(dir: &Path) -> PathBuf {
     dir.join(MIGRATION_FILE)
 }
 

@@ -4,10 +4,10 @@
 //! (the agent's virtio-serial port). QEMU serves one QMP client at a time: hold a [`qmp::QmpClient`]
 //! only for the duration of an operation.
 
-pub mod argv;
+pub(crate) mod argv;
 mod launch;
-pub mod migrate;
-pub mod qmp;
+pub(crate) mod migrate;
+pub(crate) mod qmp;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -20,15 +20,15 @@ use crate::config::BackendKind;
 use crate::host::HostCapabilities;
 use crate::process::ProcessIdentity;
 
-pub use argv::{build_argv, AGENT_PORT_NAME};
-pub use qmp::{QmpClient, QmpError, QmpStatus};
+pub use argv::build_argv;
+pub(crate) use qmp::{QmpClient, QmpError, QmpStatus};
 
 /// Longest Unix socket path the kernel accepts (`sun_path` is 108 bytes including the NUL).
-pub const SUN_PATH_MAX: usize = 107;
+pub(crate) const SUN_PATH_MAX: usize = 107;
 /// How long QEMU may take to open its QMP socket after being started.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per read/write limit of QMP operations.
-pub const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,10 +47,10 @@ pub enum Accel {
 }
 
 /// Environment variable overriding [`TCG_TB_SIZE_MIB`] (`0` = QEMU's own default).
-pub const TCG_TB_SIZE_ENV: &str = "SMOLVM_TCG_TB_MIB";
+pub(crate) const TCG_TB_SIZE_ENV: &str = "SMOLVM_TCG_TB_MIB";
 /// The translation cache smolvm gives TCG guests, chosen by measurement (README, Performance): smaller
 /// caches cost boot and exec time through retranslation, larger ones only cost host memory.
-pub const TCG_TB_SIZE_MIB: u32 = 32;
+pub(crate) const TCG_TB_SIZE_MIB: u32 = 32;
 
 /// The translation-cache size for new TCG VMs: `SMOLVM_TCG_TB_MIB` if set and valid, else the default.
 fn tcg_tb_size() -> Option<u32> {
@@ -176,7 +176,7 @@ impl From<QemuError> for crate::Error {
 }
 
 /// Refuses socket paths longer than [`SUN_PATH_MAX`] bytes.
-pub fn check_socket_path(path: &Path) -> Result<(), QemuError> {
+pub(crate) fn check_socket_path(path: &Path) -> Result<(), QemuError> {
     let len = path.as_os_str().len();
     if len > SUN_PATH_MAX {
         return Err(QemuError::SocketPathTooLong {
@@ -230,14 +230,7 @@ impl QemuBackend {
         })
     }
 
-    /// Removes a VM's sockets (after QEMU exited; QEMU does not always remove them itself). Missing
-    /// sockets are fine; a non-socket at a socket path is refused.
-    pub fn remove_sockets(&self, socket_dir: &Path, vm_id: &str) -> Result<(), QemuError> {
-        launch::remove_socket(&self.control_socket(socket_dir, vm_id))?;
-        launch::remove_socket(self.agent_endpoint(socket_dir, vm_id).path())
-    }
-
-    /// The VM's run state.
+    /// The VM's run state (QMP `query-status`; the snapshot E2E test checks a paused VMM with it).
     pub fn query_status(&self, control_socket: &Path) -> Result<QmpStatus, QemuError> {
         self.qmp(control_socket)?
             .query_status()
@@ -261,16 +254,6 @@ impl QemuBackend {
             }
             .into()
         })
-    }
-
-    /// Makes QEMU exit at once (no guest shutdown).
-    pub fn quit(&self, control_socket: &Path) -> Result<(), QemuError> {
-        self.qmp(control_socket)?
-            .quit()
-            .map_err(|source| QemuError::Qmp {
-                socket: control_socket.to_path_buf(),
-                source,
-            })
     }
 }
 

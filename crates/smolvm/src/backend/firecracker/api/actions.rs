@@ -8,14 +8,14 @@ use crate::backend::firecracker::http::Method;
 /// A synchronous action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InstanceActionInfo {
+pub(crate) struct InstanceActionInfo {
     /// Which action.
     pub action_type: ActionType,
 }
 
 /// The `action_type` enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ActionType {
+pub(crate) enum ActionType {
     /// Flush the metrics file.
     FlushMetrics,
     /// Boot the configured microVM.
@@ -27,7 +27,7 @@ pub enum ActionType {
 
 impl InstanceActionInfo {
     /// An action of type `action_type`.
-    pub fn new(action_type: ActionType) -> Self {
+    pub(crate) fn new(action_type: ActionType) -> Self {
         InstanceActionInfo { action_type }
     }
 }

@@ -10,7 +10,7 @@ use crate::backend::firecracker::http::Method;
 /// The guest kernel, its initrd and command line. Pre-boot only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BootSource {
+pub(crate) struct BootSource {
     /// Host path of the kernel: an uncompressed ELF vmlinux on x86_64.
     pub kernel_image_path: PathBuf,
     /// Host path of the initrd, if any.

@@ -10,7 +10,7 @@ use crate::backend::firecracker::http::Method;
 /// A virtio-block drive (or a vhost-user-block one when `socket` is set). Pre-boot only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Drive {
+pub(crate) struct Drive {
     /// Drive id; also the path parameter.
     pub drive_id: String,
     /// Backing file on the host (required for virtio-block).
@@ -40,7 +40,7 @@ pub struct Drive {
 
 impl Drive {
     /// A virtio-block drive backed by `path_on_host`.
-    pub fn virtio_block(
+    pub(crate) fn virtio_block(
         drive_id: impl Into<String>,
         path_on_host: impl Into<PathBuf>,
         is_root_device: bool,
@@ -62,7 +62,7 @@ impl Drive {
 
 /// The `cache_type` enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CacheType {
+pub(crate) enum CacheType {
     /// Flushes are ignored (default).
     Unsafe,
     /// Flushes reach the host file.
@@ -71,7 +71,7 @@ pub enum CacheType {
 
 /// The `io_engine` enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IoEngine {
+pub(crate) enum IoEngine {
     /// Blocking I/O (default).
     Sync,
     /// io_uring (host kernels newer than 5.10.51).

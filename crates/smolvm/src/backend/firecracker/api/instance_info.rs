@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// What `GET /` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceInfo {
+pub(crate) struct InstanceInfo {
     /// Application name.
     pub app_name: String,
     /// Instance id (`--id`).
@@ -18,7 +18,7 @@ pub struct InstanceInfo {
 
 /// What `GET /version` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FirecrackerVersion {
+pub(crate) struct FirecrackerVersion {
     /// Firecracker version.
     pub firecracker_version: String,
 }

@@ -10,7 +10,7 @@ use crate::backend::firecracker::http::Method;
 /// Firecracker's own log. Without it, Firecracker logs to its standard output.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Logger {
+pub(crate) struct Logger {
     /// Level (case-insensitive on Firecracker's side).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<LogLevel>,
@@ -30,7 +30,7 @@ pub struct Logger {
 
 /// The `level` enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     /// Errors only.
     Error,
     /// Warnings and errors.

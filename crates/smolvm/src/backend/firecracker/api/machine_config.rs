@@ -9,7 +9,7 @@ use crate::backend::firecracker::http::Method;
 /// defaults (no SMT, no dirty page tracking, no huge pages).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MachineConfiguration {
+pub(crate) struct MachineConfiguration {
     /// Number of vCPUs: 1 to 32 (1 or even with SMT).
     pub vcpu_count: u32,
     /// Guest memory in MiB.
@@ -27,7 +27,7 @@ pub struct MachineConfiguration {
 
 /// The `huge_pages` enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HugePages {
+pub(crate) enum HugePages {
     /// Normal pages.
     None,
     /// 2 MiB hugetlbfs pages (`mem_size_mib` must be even).

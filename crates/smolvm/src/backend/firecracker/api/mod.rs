@@ -5,6 +5,7 @@
 mod actions;
 mod boot_source;
 mod drive;
+#[cfg(test)]
 mod instance_info;
 mod logger;
 mod machine_config;
@@ -15,26 +16,34 @@ mod snapshot;
 mod vm_state;
 mod vsock;
 
-pub use actions::{ActionType, InstanceActionInfo};
-pub use boot_source::BootSource;
-pub use drive::{CacheType, Drive, IoEngine};
-pub use instance_info::{FirecrackerVersion, InstanceInfo};
-pub use logger::{LogLevel, Logger};
-pub use machine_config::{HugePages, MachineConfiguration};
-pub use network_interface::NetworkInterface;
-pub use rate_limiter::{RateLimiter, TokenBucket};
-pub use serial::SerialDevice;
-pub use snapshot::{
+pub(crate) use actions::{ActionType, InstanceActionInfo};
+pub(crate) use boot_source::BootSource;
+pub(crate) use drive::Drive;
+pub(crate) use logger::Logger;
+pub(crate) use machine_config::MachineConfiguration;
+pub(crate) use network_interface::NetworkInterface;
+pub(crate) use rate_limiter::{RateLimiter, TokenBucket};
+pub(crate) use serial::SerialDevice;
+pub(crate) use snapshot::{
     MemoryBackend, MemoryBackendType, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
     SnapshotType, VsockOverride,
 };
-pub use vm_state::{Vm, VmRunState};
-pub use vsock::Vsock;
+pub(crate) use vm_state::{Vm, VmRunState};
+pub(crate) use vsock::Vsock;
+// Parts of the API smolvm does not send, kept for the schema tests that check every body.
+#[cfg(test)]
+pub(crate) use drive::{CacheType, IoEngine};
+#[cfg(test)]
+pub(crate) use instance_info::{FirecrackerVersion, InstanceInfo};
+#[cfg(test)]
+pub(crate) use logger::LogLevel;
+#[cfg(test)]
+pub(crate) use machine_config::HugePages;
 
 use super::http::Method;
 
 /// A request body together with where it is sent.
-pub trait ApiRequest: serde::Serialize {
+pub(crate) trait ApiRequest: serde::Serialize {
     /// The HTTP method.
     const METHOD: Method;
     /// The request path, with path parameters (drive or interface id) filled in.

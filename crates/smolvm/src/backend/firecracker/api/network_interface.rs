@@ -8,7 +8,7 @@ use crate::backend::firecracker::http::Method;
 /// A virtio-net interface backed by a host TAP device. Pre-boot only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkInterface {
+pub(crate) struct NetworkInterface {
     /// Interface id; also the path parameter.
     pub iface_id: String,
     /// Host TAP device name.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Independent bandwidth and operations limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     /// Bytes as tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandwidth: Option<TokenBucket>,
@@ -17,7 +17,7 @@ pub struct RateLimiter {
 /// A token bucket: `size` tokens refilled over `refill_time` milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     /// Bucket capacity.
     pub size: u64,
     /// Initial burst on top of `size`.

@@ -11,7 +11,7 @@ use crate::backend::firecracker::http::Method;
 /// output, mixed with its own log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SerialDevice {
+pub(crate) struct SerialDevice {
     /// File or named pipe for the console output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_out_path: Option<PathBuf>,

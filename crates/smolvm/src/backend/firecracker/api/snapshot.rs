@@ -9,7 +9,7 @@ use crate::backend::firecracker::http::Method;
 
 /// Full or diff snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SnapshotType {
+pub(crate) enum SnapshotType {
     /// All guest memory.
     Full,
     /// Only memory dirtied since the previous snapshot (needs dirty page tracking).
@@ -19,7 +19,7 @@ pub enum SnapshotType {
 /// Body of `PUT /snapshot/create`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SnapshotCreateParams {
+pub(crate) struct SnapshotCreateParams {
     /// Where the guest memory is written.
     pub mem_file_path: String,
     /// Where the microVM (device) state is written.
@@ -39,7 +39,7 @@ impl ApiRequest for SnapshotCreateParams {
 /// Where restored guest memory comes from (definition `MemoryBackend`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MemoryBackend {
+pub(crate) struct MemoryBackend {
     /// `File` (mapped privately, copy-on-write) or `Uffd` (a userfaultfd handler's socket).
     pub backend_type: MemoryBackendType,
     /// The memory file, or the handler's socket.
@@ -48,7 +48,7 @@ pub struct MemoryBackend {
 
 /// The `backend_type` enum of `MemoryBackend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MemoryBackendType {
+pub(crate) enum MemoryBackendType {
     /// A memory file written by `/snapshot/create`.
     File,
     /// A userfaultfd page-fault handler.
@@ -58,7 +58,7 @@ pub enum MemoryBackendType {
 /// Changes the TAP device behind an interface at restore (definition `NetworkOverride`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkOverride {
+pub(crate) struct NetworkOverride {
     /// The interface id in the snapshot (`eth0`).
     pub iface_id: String,
     /// The new VM's TAP device.
@@ -68,7 +68,7 @@ pub struct NetworkOverride {
 /// Changes the vsock device's Unix socket at restore (definition `VsockOverride`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VsockOverride {
+pub(crate) struct VsockOverride {
     /// The new VM's vsock socket.
     pub uds_path: String,
 }
@@ -76,7 +76,7 @@ pub struct VsockOverride {
 /// Body of `PUT /snapshot/load`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SnapshotLoadParams {
+pub(crate) struct SnapshotLoadParams {
     /// The microVM state file.
     pub snapshot_path: String,
     /// The guest memory (smolvm never sends the deprecated `mem_file_path`).

@@ -8,14 +8,14 @@ use crate::backend::firecracker::http::Method;
 /// The desired run state of the microVM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Vm {
+pub(crate) struct Vm {
     /// `Paused` or `Resumed`.
     pub state: VmRunState,
 }
 
 /// The `state` enum of `Vm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum VmRunState {
+pub(crate) enum VmRunState {
     /// Stop the vCPUs (needed before a snapshot).
     Paused,
     /// Run the vCPUs again.
@@ -24,7 +24,7 @@ pub enum VmRunState {
 
 impl Vm {
     /// A request for `state`.
-    pub fn new(state: VmRunState) -> Self {
+    pub(crate) fn new(state: VmRunState) -> Self {
         Vm { state }
     }
 }

@@ -11,7 +11,7 @@ use crate::backend::firecracker::http::Method;
 /// connect there and send `CONNECT <port>\n`. Pre-boot only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Vsock {
+pub(crate) struct Vsock {
     /// The guest's context id (at least 3).
     pub guest_cid: u32,
     /// Unix socket Firecracker creates and listens on.

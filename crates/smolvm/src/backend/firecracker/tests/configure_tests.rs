@@ -8,11 +8,12 @@ use serde_json::json;
 use super::fake_server::{FakeServer, Recorded, Reply};
 use super::schema::Schema;
 use crate::backend::firecracker::api::{LogLevel, Logger};
-use crate::backend::firecracker::{configure, ApiClient, FirecrackerError, Method};
+use crate::backend::firecracker::backend::configure;
+use crate::backend::firecracker::{ApiClient, FirecrackerError, Method};
 use crate::backend::{AgentEndpoint, LaunchSpec, NetAttachment};
 
 /// A spec with every path under `dir`; no initrd, no network, read-write disk.
-pub fn base_spec(dir: &Path) -> LaunchSpec {
+pub(super) fn base_spec(dir: &Path) -> LaunchSpec {
     LaunchSpec {
         vm_id: "vm-1".into(),
         vcpu_count: 2,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
-pub struct Recorded {
+pub(super) struct Recorded {
     /// Index of the connection (0 for the first accepted one).
     pub conn: usize,
     pub method: String,
@@ -21,7 +21,7 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -29,7 +29,7 @@ impl Recorded {
     }
 
     /// The body as JSON (`null` when empty).
-    pub fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         if self.body.is_empty() {
             return serde_json::Value::Null;
         }
@@ -38,7 +38,7 @@ impl Recorded {
 }
 
 /// What to answer.
-pub enum Reply {
+pub(super) enum Reply {
     /// Write these bytes and keep reading requests on the connection.
     Raw(Vec<u8>),
     /// Write these bytes one at a time (exercises partial reads).
@@ -51,14 +51,14 @@ pub enum Reply {
 
 impl Reply {
     /// Firecracker's answer to a successful PUT.
-    pub fn no_content() -> Reply {
+    pub(super) fn no_content() -> Reply {
         Reply::Raw(
             b"HTTP/1.1 204 \r\nServer: Firecracker API\r\nConnection: keep-alive\r\n\r\n".to_vec(),
         )
     }
 
     /// A JSON answer with a Content-Length.
-    pub fn json(status: u16, value: &serde_json::Value) -> Reply {
+    pub(super) fn json(status: u16, value: &serde_json::Value) -> Reply {
         let body = value.to_string();
         Reply::Raw(
             format!(
@@ -71,7 +71,7 @@ impl Reply {
     }
 
     /// Firecracker's error answer.
-    pub fn fault(status: u16, message: &str) -> Reply {
+    pub(super) fn fault(status: u16, message: &str) -> Reply {
         Reply::json(status, &serde_json::json!({ "fault_message": message }))
     }
 }
@@ -79,7 +79,7 @@ impl Reply {
 type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
 
 /// The running server; stops when dropped.
-pub struct FakeServer {
+pub(super) struct FakeServer {
     pub socket: PathBuf,
     requests: Arc<Mutex<Vec<Recorded>>>,
     stop: Arc<AtomicBool>,
@@ -89,7 +89,9 @@ pub struct FakeServer {
 
 impl FakeServer {
     /// A server on a fresh temporary socket.
-    pub fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> FakeServer {
+    pub(super) fn start(
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> FakeServer {
         let dir = tempfile::tempdir().unwrap();
         let mut server = FakeServer::start_at(&dir.path().join("api.sock"), handler);
         server._dir = Some(dir);
@@ -97,12 +99,12 @@ impl FakeServer {
     }
 
     /// A server that answers 204 to everything.
-    pub fn accepting() -> FakeServer {
+    pub(super) fn accepting() -> FakeServer {
         FakeServer::start(|_| Reply::no_content())
     }
 
     /// A server on `socket`.
-    pub fn start_at(
+    pub(super) fn start_at(
         socket: &Path,
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> FakeServer {
@@ -133,12 +135,12 @@ impl FakeServer {
     }
 
     /// Everything received so far.
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(super) fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
 
     /// `(method, path)` of everything received so far.
-    pub fn sequence(&self) -> Vec<(String, String)> {
+    pub(super) fn sequence(&self) -> Vec<(String, String)> {
         self.requests()
             .into_iter()
             .map(|r| (r.method, r.path))

@@ -11,4 +11,3 @@ mod process_tests;
 mod real_binary;
 mod schema;
 mod snapshot_tests;
-mod vsock_tests;

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use super::configure_tests::base_spec;
 use super::fake_server::{FakeServer, Reply};
-use crate::backend::firecracker::{
-    remove_sockets, FirecrackerBackend, FirecrackerError, SOCKET_WAIT,
-};
+use crate::backend::firecracker::backend::{remove_sockets, SOCKET_WAIT};
+use crate::backend::firecracker::{FirecrackerBackend, FirecrackerError};
 use crate::backend::{Backend, BackendError, LaunchSpec, NetAttachment};
 use crate::process::ProcessIdentity;
 

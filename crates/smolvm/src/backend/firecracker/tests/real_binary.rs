@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use super::configure_tests::base_spec;
 use crate::backend::firecracker::api::InstanceInfo;
-use crate::backend::firecracker::{remove_sockets, ApiClient, FirecrackerBackend};
+use crate::backend::firecracker::backend::remove_sockets;
+use crate::backend::firecracker::{ApiClient, FirecrackerBackend};
 use crate::backend::Backend;
 
 fn firecracker_binary() -> Option<PathBuf> {

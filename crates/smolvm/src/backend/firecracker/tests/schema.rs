@@ -7,14 +7,14 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
 /// The fixture, relative to the crate.
-pub const FIXTURE: &str = "tests/fixtures/firecracker-api-v1.16.1.yaml";
+pub(super) const FIXTURE: &str = "tests/fixtures/firecracker-api-v1.16.1.yaml";
 
-pub struct Schema {
+pub(super) struct Schema {
     doc: Yaml,
 }
 
 impl Schema {
-    pub fn load() -> Schema {
+    pub(super) fn load() -> Schema {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -24,14 +24,19 @@ impl Schema {
     }
 
     /// The definition named `name`.
-    pub fn definition(&self, name: &str) -> &Yaml {
+    pub(super) fn definition(&self, name: &str) -> &Yaml {
         let d = &self.doc["definitions"][name];
         assert!(!d.is_null(), "no definition {name}");
         d
     }
 
     /// Validates a request; returns the name of the body's definition.
-    pub fn check_request(&self, method: &str, path: &str, body: &Json) -> Result<String, String> {
+    pub(super) fn check_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Json,
+    ) -> Result<String, String> {
         let operation = self.operation(method, path)?;
         let params = operation["parameters"]
             .as_sequence()
@@ -53,7 +58,7 @@ impl Schema {
     }
 
     /// Checks `value` against the definition `name`.
-    pub fn check_definition(&self, name: &str, value: &Json) -> Result<(), String> {
+    pub(super) fn check_definition(&self, name: &str, value: &Json) -> Result<(), String> {
         self.check_value(self.definition(name), value, name)
     }
 
@@ -144,7 +149,7 @@ impl Schema {
     }
 
     /// The enum values of a property (`definition.property`) or of a definition itself.
-    pub fn enum_values(&self, definition: &str, property: Option<&str>) -> Vec<String> {
+    pub(super) fn enum_values(&self, definition: &str, property: Option<&str>) -> Vec<String> {
         let mut node = self.definition(definition);
         if let Some(p) = property {
             node = &node["properties"][p];

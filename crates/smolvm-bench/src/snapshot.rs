@@ -11,17 +11,17 @@ use super::run::{checkpoint, Ctx};
 use super::stats::ms;
 use super::vm::{cold_start, VmGuard};
 use super::BenchError;
-use crate::exec::AgentClient;
-use crate::manager::SmolVmManager;
+use smolvm::AgentClient;
+use smolvm::SmolVmManager;
 
 /// Target: start-from-snapshot -> first command at most this fraction of a cold start.
-pub const FROM_SNAPSHOT_FRACTION: f64 = 0.1;
+pub(super) const FROM_SNAPSHOT_FRACTION: f64 = 0.1;
 /// Target: a fork into [`FORKS`] VMs (all answering) under this fraction of one cold start.
-pub const FORK_FRACTION: f64 = 0.5;
+pub(super) const FORK_FRACTION: f64 = 0.5;
 /// Target: resume under this many ms.
-pub const RESUME_LIMIT_MS: f64 = 50.0;
+pub(super) const RESUME_LIMIT_MS: f64 = 50.0;
 /// VMs of the fork measurement.
-pub const FORKS: usize = 4;
+pub(super) const FORKS: usize = 4;
 /// Pause/resume pairs measured.
 const PAUSE_PAIRS: usize = 20;
 /// Name of the benchmark's snapshot.
@@ -45,7 +45,7 @@ impl Drop for SnapshotGuard {
 }
 
 /// The section.
-pub fn snapshot(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn snapshot(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let m = &ctx.manager;
     let n = ctx.iterations.clamp(1, 5);
     let mut snap_guard = SnapshotGuard {

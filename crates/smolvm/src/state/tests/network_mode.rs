@@ -4,11 +4,11 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use smolvm::info::NetworkMode;
-use smolvm::state::{
-    StateStore, StoreOptions, SCHEMA_VERSION, USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK,
-};
-use smolvm::{BackendKind, VmConfig};
+use crate::state::leases::{USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK};
+use crate::state::schema::SCHEMA_VERSION;
+use crate::state::{StateStore, StoreOptions};
+use crate::NetworkMode;
+use crate::{BackendKind, VmConfig};
 
 struct Env {
     dir: tempfile::TempDir,

@@ -11,24 +11,24 @@ use super::run::{checkpoint, Ctx};
 use super::stats::{ms, Summary};
 use super::vm::{cold_start as one_cold_start, ColdSample, VmGuard};
 use super::BenchError;
-use crate::backend::qemu::{build_argv, QemuBackend};
-use crate::backend::{Backend, LaunchSpec};
-use crate::manager::cmdline::kernel_cmdline;
-use crate::manager::disk;
-use crate::VmConfig;
+use smolvm::internals::backend::qemu::{build_argv, QemuBackend};
+use smolvm::internals::backend::{Backend, LaunchSpec};
+use smolvm::internals::disk;
+use smolvm::internals::kernel_cmdline;
+use smolvm::VmConfig;
 
 /// Name of the row with the cold-start totals (the parallel section compares against its median).
-pub const TOTAL_ROW: &str = "cold start total (create -> first command output)";
+pub(super) const TOTAL_ROW: &str = "cold start total (create -> first command output)";
 const BASELINE_ROW: &str = "baseline: raw VMM spawn -> agent Ready";
 /// Target: cold start within this factor of the raw VMM.
-pub const COLD_START_FACTOR: f64 = 1.15;
+pub(super) const COLD_START_FACTOR: f64 = 1.15;
 /// Target: 4 parallel cold starts within this factor of one.
-pub const PARALLEL_FACTOR: f64 = 2.0;
+pub(super) const PARALLEL_FACTOR: f64 = 2.0;
 /// VMs started at once in the parallel section.
-pub const PARALLEL_VMS: usize = 4;
+pub(super) const PARALLEL_VMS: usize = 4;
 
 /// The cold-start section.
-pub fn cold_start(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn cold_start(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let n = ctx.iterations;
     let mut cold: Vec<ColdSample> = Vec::new();
     let mut base: Vec<BaselineSample> = Vec::new();
@@ -274,7 +274,7 @@ fn manager_like_spec(ctx: &Ctx, q: &QemuBackend, config: &VmConfig) -> LaunchSpe
         mem_size_mib: config.mem_size_mib(),
         kernel: config.kernel_path().to_path_buf(),
         initrd: config.initrd_path().map(|p| p.to_path_buf()),
-        kernel_cmdline: kernel_cmdline(config.boot_args(), id, None),
+        kernel_cmdline: kernel_cmdline(config.boot_args(), id),
         disk: disk::isolated_disk_path(m.disk_dir(), id),
         disk_read_only: false,
         net: None,
@@ -340,7 +340,7 @@ fn baseline_once(
             .map_err(|e| BenchError::step(format!("baseline {i}: clone disk"), e))?;
         let clone = t.elapsed();
         let mut spec = respec(template, q, &id, &dir, &dir, &disk_path);
-        spec.kernel_cmdline = kernel_cmdline(config.boot_args(), &id, None);
+        spec.kernel_cmdline = kernel_cmdline(config.boot_args(), &id);
         let sample = run_baseline(q, &spec, ctx.boot_timeout)?;
         Ok((sample, clone))
     })();
@@ -349,7 +349,11 @@ fn baseline_once(
 }
 
 /// The parallel section: rounds of 4 simultaneous cold starts.
-pub fn parallel(ctx: &Ctx, single: Option<f64>, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn parallel(
+    ctx: &Ctx,
+    single: Option<f64>,
+    rep: &mut SectionReport,
+) -> Result<(), BenchError> {
     let single = match single {
         Some(s) => s,
         None => {

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use smolvm::process::ProcessIdentity;
-use smolvm::snapshot::{MachineShape, SnapshotRecord};
-use smolvm::state::{RunningVmm, StateStore};
-use smolvm::{BackendKind, VmConfig, VmState};
+use crate::process::ProcessIdentity;
+use crate::snapshot::{MachineShape, SnapshotRecord};
+use crate::state::{RunningVmm, StateStore};
+use crate::{BackendKind, VmConfig, VmState};
 
 struct Env {
     dir: tempfile::TempDir,

@@ -13,7 +13,7 @@ pub enum BenchError {
         step: String,
         /// The cause.
         #[source]
-        source: Box<crate::Error>,
+        source: Box<smolvm::Error>,
     },
     /// A filesystem or process operation of the benchmark itself failed.
     #[error("{action} {}", path.display())]
@@ -67,7 +67,7 @@ pub enum BenchError {
 
 impl BenchError {
     /// Wraps a smolvm error with the step that failed.
-    pub fn step(step: impl Into<String>, e: impl Into<crate::Error>) -> BenchError {
+    pub fn step(step: impl Into<String>, e: impl Into<smolvm::Error>) -> BenchError {
         BenchError::Step {
             step: step.into(),
             source: Box::new(e.into()),
@@ -88,20 +88,20 @@ impl BenchError {
     }
 }
 
-impl From<BenchError> for crate::Error {
+impl From<BenchError> for smolvm::Error {
     fn from(e: BenchError) -> Self {
         match e {
             BenchError::Io {
                 action,
                 path,
                 source,
-            } => crate::Error::Io {
+            } => smolvm::Error::Io {
                 action,
                 path,
                 source,
             },
             // A VM that failed under the benchmark is a backend-level failure; the chain keeps the cause.
-            other => crate::Error::Backend(Box::new(other)),
+            other => smolvm::Error::Backend(Box::new(other)),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `smolvm::bench::run` end to end against real QEMU (TCG here): the benchmark runs, reports every
+//! `smolvm_bench::run` end to end against real QEMU (TCG here): the benchmark runs, reports every
 //! figure it promises, and leaves no VM, VMM process or file behind. No timing is asserted: the figures
 //! are the benchmark's business, this only checks that it works. Needs `SMOLVM_E2E=1` (skips otherwise);
 //! builds the default image on first use (under `target/tmp`). The exec section's SSH measurement runs
@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use smolvm::bench::{self, BenchOptions, Section};
+use smolvm_bench::{self as bench, BenchOptions, Section};
 
 fn e2e() -> bool {
     if std::env::var("SMOLVM_E2E").as_deref() != Ok("1") {
@@ -98,7 +98,7 @@ fn one_iteration_reports_every_figure_and_cleans_up() {
     assert_eq!(json["machine"]["accelerator"], report.machine.accelerator);
 
     // Nothing left: no VM rows, no disks, no VMM running on our sockets.
-    let m = smolvm::manager::SmolVmManager::new(
+    let m = smolvm::SmolVmManager::new(
         Some(&data.path().join("d")),
         Some(&data.path().join("s")),
         None,

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use smolvm::info::NetworkMode;
-use smolvm::state::{Lease, StateStore, StoreOptions};
-use smolvm::{BackendKind, VmConfig};
+use crate::state::leases::Lease;
+use crate::state::{StateStore, StoreOptions};
+use crate::NetworkMode;
+use crate::{BackendKind, VmConfig};
 
 /// Set in a child process: the database to write to.
 const CHILD_DB: &str = "SMOLVM_STATE_TEST_CHILD_DB";
@@ -112,7 +113,7 @@ fn several_processes_never_share_a_lease() {
                 .args([
                     "--ignored",
                     "--exact",
-                    "multiprocess_child",
+                    "state::tests::concurrency::multiprocess_child",
                     "--nocapture",
                     "--test-threads=1",
                 ])

@@ -10,26 +10,27 @@ use super::run::{checkpoint, Ctx};
 use super::stats::ms;
 use super::vm::{cold_start, VmGuard};
 use super::BenchError;
-use crate::exec::ExecRequest;
-use crate::manager::{disk, CreateOptions, NetworkChoice};
+use smolvm::internals::disk;
+use smolvm::ExecRequest;
+use smolvm::{CreateOptions, NetworkChoice};
 
 /// Target: create + delete without boot under this many ms.
-pub const LIFECYCLE_LIMIT_MS: f64 = 50.0;
+pub(super) const LIFECYCLE_LIMIT_MS: f64 = 50.0;
 /// Target: warm agent exec p50 under this many ms.
-pub const EXEC_LIMIT_MS: f64 = 2.0;
+pub(super) const EXEC_LIMIT_MS: f64 = 2.0;
 /// Target: VMM resident memory under guest memory plus this many MiB.
-pub const VMM_OVERHEAD_MIB: f64 = 64.0;
+pub(super) const VMM_OVERHEAD_MIB: f64 = 64.0;
 /// Calls per warm-exec measurement (the 200).
-pub const EXEC_CALLS: usize = 200;
+pub(super) const EXEC_CALLS: usize = 200;
 /// Untimed calls before each warm-exec measurement.
 const EXEC_WARMUP: usize = 20;
 /// VMs of the concurrent-memory measurement.
-pub const CONCURRENT_VMS: usize = 8;
+pub(super) const CONCURRENT_VMS: usize = 8;
 /// Guest sizes of the per-VM memory measurement.
-pub const GUEST_SIZES_MIB: [u32; 2] = [128, 512];
+pub(super) const GUEST_SIZES_MIB: [u32; 2] = [128, 512];
 
 /// Create and delete of VMs that are never started.
-pub fn lifecycle(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn lifecycle(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let n = ctx.iterations * 5;
     let warmup = 2;
     let (mut create, mut delete, mut both) = (Vec::new(), Vec::new(), Vec::new());
@@ -97,7 +98,7 @@ fn clone_alone(ctx: &Ctx) -> Result<Row, BenchError> {
 }
 
 /// Warm exec latency through the agent (and, when possible, SSH).
-pub fn exec(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn exec(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let config = ctx.config("bench-exec", None)?;
     let (_, guard) = cold_start(&ctx.manager, &config, ctx.boot_timeout)?;
     let client = guard.agent("warm exec")?;
@@ -152,7 +153,7 @@ pub fn exec(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
 
 /// How long the guest itself takes to fork, exec and reap busybox `true` (the binary the agent's `true`
 /// resolves to), from a shell loop inside the guest: what the agent cannot go below.
-fn guest_spawn_row(client: &crate::exec::AgentClient) -> Result<Row, BenchError> {
+fn guest_spawn_row(client: &smolvm::AgentClient) -> Result<Row, BenchError> {
     const LOOP: u32 = 20;
     let script = format!("i=0; while [ $i -lt {LOOP} ]; do /bin/busybox true; i=$((i+1)); done");
     let mut samples = Vec::new();
@@ -200,7 +201,7 @@ fn timed(f: impl Fn() -> Result<(), BenchError>) -> Result<Vec<f64>, BenchError>
 }
 
 /// VMM memory per VM for each guest size, and for 8 VMs at once.
-pub fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
+pub(super) fn memory(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchError> {
     let rounds = ctx.iterations.min(3);
     for size in GUEST_SIZES_MIB {
         let (mut rss, mut pss, mut ram, mut other, mut anon) =

@@ -9,9 +9,9 @@ use smolvm_protocol::Ready;
 use super::baseline::since;
 use super::watch::CreationWatch;
 use super::BenchError;
-use crate::exec::AgentClient;
-use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager};
-use crate::VmConfig;
+use smolvm::AgentClient;
+use smolvm::VmConfig;
+use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
 
 /// Deletes its VM when dropped.
 #[derive(Debug)]
@@ -45,9 +45,9 @@ impl VmGuard {
         self.client.as_ref().ok_or_else(|| {
             BenchError::step(
                 step,
-                crate::Error::InvalidState {
+                smolvm::Error::InvalidState {
                     vm_id: self.vm_id.clone(),
-                    status: crate::VmState::Running,
+                    status: smolvm::VmState::Running,
                     operation: "run commands (start returned no agent connection: the image lacks init=/init)",
                 },
             )

@@ -3,9 +3,10 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use smolvm::info::NetworkMode;
-use smolvm::state::{PortForwardRequest, Protocol, StateError, StateStore, StoreOptions};
-use smolvm::{BackendKind, VmConfig};
+use crate::state::forwards::{PortForwardRequest, Protocol};
+use crate::state::{StateError, StateStore, StoreOptions};
+use crate::NetworkMode;
+use crate::{BackendKind, VmConfig};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -156,14 +157,14 @@ fn bad_forward_requests_are_refused() {
     let err = s
         .add_port_forward("ghost", &req([127, 0, 0, 1], None, 80))
         .unwrap_err();
-    assert!(matches!(smolvm::Error::from(err), smolvm::Error::VmNotFound(id) if id == "ghost"));
+    assert!(matches!(crate::Error::from(err), crate::Error::VmNotFound(id) if id == "ghost"));
     create(&mut s, &env, "a");
     for bad in [
         req([127, 0, 0, 1], None, 0),
         req([127, 0, 0, 1], Some(0), 80),
     ] {
         let err = s.add_port_forward("a", &bad).unwrap_err();
-        assert_eq!(smolvm::Error::from(err).kind(), "validation");
+        assert_eq!(crate::Error::from(err).kind(), "validation");
     }
     assert!(s.list_port_forwards(None).unwrap().is_empty());
     assert_eq!("udp".parse::<Protocol>().unwrap(), Protocol::Udp);

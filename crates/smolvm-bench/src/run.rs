@@ -9,10 +9,10 @@ use super::machine::Machine;
 use super::report::{BenchReport, ImageFiles, Section, SectionReport, Settings, REPORT_SCHEMA};
 use super::workdir::WorkDir;
 use super::{coldstart, sections, BenchError};
-use crate::backend::qemu::QemuBackend;
-use crate::config::BackendKind;
-use crate::manager::SmolVmManager;
-use crate::VmConfig;
+use smolvm::internals::backend::qemu::QemuBackend;
+use smolvm::BackendKind;
+use smolvm::SmolVmManager;
+use smolvm::VmConfig;
 
 /// Default cold-start iterations.
 pub const DEFAULT_ITERATIONS: usize = 10;
@@ -150,7 +150,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// The template with `vm_id` and optionally another memory size.
-    pub fn config(&self, vm_id: &str, mem_mib: Option<u32>) -> Result<VmConfig, BenchError> {
+    pub(crate) fn config(&self, vm_id: &str, mem_mib: Option<u32>) -> Result<VmConfig, BenchError> {
         self.template
             .with(|s| {
                 s.vm_id = Some(vm_id.to_string());
@@ -162,7 +162,7 @@ impl Ctx {
             .map_err(|e| BenchError::step(format!("config of {vm_id}"), e))
     }
 
-    pub fn say(&self, msg: &str) {
+    pub(crate) fn say(&self, msg: &str) {
         self.progress.say(msg);
     }
 }
@@ -305,7 +305,7 @@ fn image_dir(opts: &BenchOptions) -> Result<PathBuf, BenchError> {
         return Ok(d.clone());
     }
     // smolvm's default data dir: the image is built once and shared with normal use.
-    crate::dirs::Dirs::resolve(None, None)
+    smolvm::Dirs::resolve(None, None)
         .map(|d| d.data_dir)
         .map_err(|e| BenchError::step("resolve the default data directory", e))
 }

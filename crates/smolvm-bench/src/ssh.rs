@@ -13,11 +13,11 @@ use super::sections::EXEC_CALLS;
 use super::stats::ms;
 use super::vm::VmGuard;
 use super::BenchError;
-use crate::facade::DEFAULT_SSH_USER;
-use crate::manager::{CreateOptions, NetworkChoice};
+use smolvm::DEFAULT_SSH_USER;
+use smolvm::{CreateOptions, NetworkChoice};
 
 /// Name of the SSH row.
-pub const SSH_ROW: &str = "SSH exec `true` (one ssh process per call)";
+pub(super) const SSH_ROW: &str = "SSH exec `true` (one ssh process per call)";
 /// Untimed SSH calls first.
 const SSH_WARMUP: usize = 5;
 /// How long the guest's SSH server may take to let us in after the agent is ready.
@@ -26,7 +26,7 @@ const SSH_WAIT: Duration = Duration::from_secs(60);
 const SSH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The SSH row: samples, or "not measured" with the reason.
-pub fn ssh_exec_row(ctx: &Ctx) -> Result<Row, BenchError> {
+pub(super) fn ssh_exec_row(ctx: &Ctx) -> Result<Row, BenchError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(Row::not_measured(
@@ -76,7 +76,7 @@ fn measure(ctx: &Ctx) -> Result<Vec<f64>, BenchError> {
         .map_err(|e| BenchError::step(step("SSH target"), e))?;
     let argv = ["true".to_string()];
     let call = || -> Result<(), BenchError> {
-        let out = crate::ssh::run_ssh(&target, &argv, Some(SSH_CALL_TIMEOUT))
+        let out = smolvm::internals::ssh::run_ssh(&target, &argv, Some(SSH_CALL_TIMEOUT))
             .map_err(|e| BenchError::step(step("ssh true"), e))?;
         if out.exit_code != 0 {
             return Err(BenchError::CommandFailed {

@@ -14,10 +14,10 @@ use smolvm_protocol::Ready;
 
 use super::watch::CreationWatch;
 use super::BenchError;
-use crate::backend::qemu::{build_argv, QemuBackend};
-use crate::backend::{Backend, LaunchSpec};
-use crate::exec::{AgentClient, ExecError};
-use crate::process::{spawn_detached, ProcessIdentity};
+use smolvm::internals::backend::qemu::{build_argv, QemuBackend};
+use smolvm::internals::backend::{Backend, LaunchSpec};
+use smolvm::internals::process::{spawn_detached, ProcessIdentity};
+use smolvm::{AgentClient, ExecError};
 
 /// Pause between attempts to connect to the agent socket; the same as the agent client's, so both sides
 /// of the comparison discover the socket equally fast.
@@ -183,8 +183,8 @@ pub fn respec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::qemu::Accel;
-    use crate::backend::AgentEndpoint;
+    use smolvm::internals::backend::qemu::Accel;
+    use smolvm::internals::backend::AgentEndpoint;
     use smolvm_protocol::{with_sync, Decoder, Frame, FrameType, Hello};
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;

@@ -4,17 +4,17 @@
 
 use std::path::Path;
 
-use crate::config::BackendKind;
-use crate::image::{ImageBuilder, ImageOptions};
-use crate::VmConfig;
+use smolvm::BackendKind;
+use smolvm::VmConfig;
+use smolvm::{ImageBuilder, ImageOptions};
 
 /// The config for `backend` of the image `name` (`None`: the default image, built if needed) from the
 /// image cache under `data_dir`.
-pub fn image_config(
+pub(super) fn image_config(
     data_dir: &Path,
     name: Option<&str>,
     backend: BackendKind,
-) -> crate::Result<VmConfig> {
+) -> smolvm::Result<VmConfig> {
     let builder = ImageBuilder::new(data_dir);
     let image = match name {
         Some(n) => builder.get(n)?,

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::HostCapabilities;
+use smolvm::HostCapabilities;
 
 /// Where and when the figures were taken.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,10 +6,12 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use smolvm::info::NetworkMode;
-use smolvm::process::ProcessIdentity;
-use smolvm::state::{RunningVmm, StateError, StateStore, StoreOptions, GATEWAY_IP, SCHEMA_VERSION};
-use smolvm::{BackendKind, VmConfig, VmState};
+use crate::process::ProcessIdentity;
+use crate::state::leases::GATEWAY_IP;
+use crate::state::schema::SCHEMA_VERSION;
+use crate::state::{RunningVmm, StateError, StateStore, StoreOptions};
+use crate::NetworkMode;
+use crate::{BackendKind, VmConfig, VmState};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -165,7 +167,7 @@ fn reports_a_garbage_file_and_leaves_it_alone() {
     assert!(std::error::Error::source(&err).is_some());
     assert_eq!(std::fs::read(env.db()).unwrap(), garbage);
     // Through the public error type it is a state error that keeps the cause.
-    let public: smolvm::Error = err.into();
+    let public: crate::Error = err.into();
     assert_eq!(public.kind(), "state");
 }
 
@@ -283,13 +285,13 @@ fn unknown_and_duplicate_ids_map_to_public_kinds() {
         )
         .unwrap_err();
     assert!(matches!(&err, StateError::VmAlreadyExists(id) if id == "dup"));
-    assert!(matches!(smolvm::Error::from(err), smolvm::Error::VmAlreadyExists(id) if id == "dup"));
+    assert!(matches!(crate::Error::from(err), crate::Error::VmAlreadyExists(id) if id == "dup"));
     // The refused create leased nothing.
     assert_eq!(s.list_leases().unwrap().len(), 1);
     assert_eq!(s.get_vm("dup").unwrap().unwrap(), first);
 
     let err = s.set_status("ghost", VmState::Stopped, None).unwrap_err();
-    assert!(matches!(smolvm::Error::from(err), smolvm::Error::VmNotFound(id) if id == "ghost"));
+    assert!(matches!(crate::Error::from(err), crate::Error::VmNotFound(id) if id == "ghost"));
     assert!(matches!(
         s.set_disk_path("ghost", None),
         Err(StateError::VmNotFound(_))
