@@ -11,7 +11,7 @@ Public names: :class:`SmolVM`, :class:`SmolVMManager`, :class:`VMConfig`, :class
 
 from .build import SSH_BOOT_ARGS, ImageBuilder
 from .exceptions import SmolVMError
-from .types import HostLimits, NetworkConfig, VMConfig, VMInfo, VMState
+from .types import HostLimits, NetworkAllowList, NetworkConfig, VMConfig, VMInfo, VMState
 from .vm import CommandResult, SmolVM, SmolVMManager
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "VMInfo",
     "VMState",
     "NetworkConfig",
+    "NetworkAllowList",
     "CommandResult",
     "ImageBuilder",
     "SSH_BOOT_ARGS",

@@ -8,11 +8,12 @@ both test suites so the two cannot disagree.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -21,9 +22,10 @@ from pydantic import (
     StrictBool,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
-__all__ = ["VMState", "VMConfig", "VMInfo", "NetworkConfig", "DEFAULT_BOOT_ARGS"]
+__all__ = ["VMState", "VMConfig", "VMInfo", "NetworkConfig", "NetworkAllowList", "DEFAULT_BOOT_ARGS"]
 
 #: Default kernel command line (spec: ``boot_args`` default).
 DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
@@ -31,6 +33,71 @@ DEFAULT_BOOT_ARGS = "console=ttyS0 reboot=k panic=1 pci=off"
 _VM_ID = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}[a-z0-9]|[a-z0-9])$")
 _ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _BACKENDS = ("firecracker", "qemu", "auto")
+
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_MAX_ENTRIES = 256
+
+
+class NetworkAllowList(BaseModel):
+    """An egress allow-list (smolvm extension, the ``network_policy`` of :class:`VMConfig`): the guest
+    may reach these CIDRs/addresses and the current addresses of these domains (resolved by smolvm on
+    the host, re-resolved on their TTL), on these TCP/UDP ports (none = every port). Same rules as
+    the Rust library: entries are normalised, sorted and deduplicated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cidrs: List[str] = Field(default_factory=list, max_length=_MAX_ENTRIES)
+    domains: List[str] = Field(default_factory=list, max_length=_MAX_ENTRIES)
+    ports: List[int] = Field(default_factory=list, max_length=_MAX_ENTRIES)
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidr_rule(cls, v: List[str]) -> List[str]:
+        nets = set()
+        for c in v:
+            try:
+                nets.add(ipaddress.IPv4Network(c, strict=True))
+            except ValueError as e:
+                raise ValueError(f"{c!r} is not an IPv4 address or CIDR without host bits: {e}") from None
+        return [str(n.network_address) if n.prefixlen == 32 else str(n) for n in sorted(nets)]
+
+    @field_validator("domains")
+    @classmethod
+    def _domain_rule(cls, v: List[str]) -> List[str]:
+        out = set()
+        for name in v:
+            d = name[:-1] if name.endswith(".") else name
+            d = d.lower()
+            labels = d.split(".")
+            ok = 0 < len(d) <= 253 and len(labels) >= 2 and all(_LABEL.match(lab) for lab in labels)
+            if not ok:
+                raise ValueError(f"{name!r} is not a domain name (two or more labels of letters, digits and '-')")
+            try:
+                ipaddress.IPv4Address(d)
+                raise ValueError(f"{name!r} is an address: list it as a CIDR")
+            except ipaddress.AddressValueError:
+                pass
+            out.add(d)
+        return sorted(out)
+
+    @field_validator("ports")
+    @classmethod
+    def _port_rule(cls, v: List[int]) -> List[int]:
+        for p in v:
+            if not 1 <= p <= 65535:
+                raise ValueError(f"port {p} is not a destination port (1-65535)")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "NetworkAllowList":
+        if not self.cidrs and not self.domains:
+            raise ValueError('an allow-list needs at least one CIDR or domain (use "none" to allow nothing)')
+        return self
+
+
+#: An egress policy: ``"open"`` (everything), ``"none"`` (nothing beyond the gateway) or an allow-list.
+NetworkPolicy = Union[Literal["open", "none"], NetworkAllowList]
 
 
 def _generate_vm_id() -> str:
@@ -101,6 +168,10 @@ class VMConfig(BaseModel):
     )
     env_vars: Dict[str, str] = Field(default_factory=dict, description="Guest environment variables.")
     host_limits: Optional[HostLimits] = Field(default=None, description="Host limits of the VMM (smolvm extension).")
+    network_policy: NetworkPolicy = Field(
+        default="open",
+        description='Egress policy (smolvm extension): "open", "none" or a NetworkAllowList (TAP networking).',
+    )
 
     @field_validator("vm_id", mode="before")
     @classmethod

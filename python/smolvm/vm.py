@@ -25,7 +25,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from . import _native
-from .types import VMConfig, VMInfo, VMState
+from pydantic import TypeAdapter
+
+from .types import NetworkPolicy, VMConfig, VMInfo, VMState
+
+_POLICY: TypeAdapter = TypeAdapter(NetworkPolicy)
 
 __all__ = ["SmolVM", "SmolVMManager", "CommandResult"]
 
@@ -259,6 +263,25 @@ class SmolVM:
         return self._native.can_run_commands()
 
     # -- environment and files (through the guest agent) -----------------------------------------
+
+    def set_network_policy(self, policy: "NetworkPolicy | dict") -> "SmolVM":
+        """Replaces the VM's egress policy: ``"open"``, ``"none"`` or an allow-list
+        (:class:`NetworkAllowList` or a dict with ``cidrs``, ``domains``, ``ports``). In force when this
+        returns for a running VM, else at its next start. Returns self."""
+        checked = _POLICY.validate_python(policy)
+        self._info = VMInfo._from_native(self._native.set_network_policy(_POLICY.dump_json(checked).decode()))
+        return self
+
+    def network_policy_status(self) -> Dict[str, Any]:
+        """The policy and how many packets it dropped: ``{"vm_id", "policy", "active",
+        "dropped_packets", "dropped_bytes"}``."""
+        return json.loads(self._native.network_policy_status())
+
+    def refresh_network_policy(self) -> Dict[str, Any]:
+        """Re-resolves the allow-listed domains now (smolvm's resolver) and updates the rules; returns
+        ``{"domains", "failures", "next_refresh"}``. Call again after ``next_refresh``: domain addresses
+        expire shortly after their TTL when nothing refreshes them."""
+        return json.loads(self._native.refresh_network_policy())
 
     def set_env_vars(self, env_vars: Dict[str, str], *, merge: bool = True) -> List[str]:
         """Persists environment variables in the guest (``/etc/profile.d/smolvm_env.sh``); with

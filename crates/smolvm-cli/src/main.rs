@@ -67,6 +67,8 @@ enum Command {
     Exec(cmd::exec::ExecArgs),
     /// Set, unset or list a VM's persisted environment variables.
     Env(cmd::env::EnvArgs),
+    /// Set or show a VM's egress policy, or re-resolve its allow-listed domains.
+    Policy(cmd::policy::PolicyCmd),
     /// Copy a file between this host and a VM: `smolvm cp SRC DST`, one side as ID:/guest/path.
     Cp(cmd::cp::CpArgs),
     /// Mark running VMs whose VMM died as error; restart channel owners that died.
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(&cli, a),
         Command::Exec(a) => cmd::exec::exec(&cli, a),
         Command::Env(a) => cmd::env::run(&cli, a),
+        Command::Policy(a) => cmd::policy::run(&cli, a),
         Command::Cp(a) => cmd::cp::cp(&cli, a),
         Command::Reconcile(a) => cmd::vm::reconcile(&cli, a),
         Command::Ssh(a) => cmd::ssh::ssh(&cli, a),

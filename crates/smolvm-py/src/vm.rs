@@ -412,6 +412,28 @@ impl Vm {
         self.with(py, |vm| Ok(vm.data_dir().to_path_buf()))
     }
 
+    /// Replaces the VM's egress policy (JSON: `"open"`, `"none"` or an allow-list object); returns the
+    /// new VmInfo as JSON.
+    fn set_network_policy(&self, py: Python<'_>, policy_json: &str) -> PyResult<String> {
+        let policy: smolvm::NetworkPolicy = serde_json::from_str(policy_json).map_err(|e| {
+            to_py(smolvm::ValidationError::new("network_policy", e.to_string()).into())
+        })?;
+        let info = self.with_mut(py, |vm| Ok(vm.set_network_policy(policy)?.info().clone()))?;
+        to_json(&info)
+    }
+
+    /// The egress policy and its drop counter, as JSON.
+    fn network_policy_status(&self, py: Python<'_>) -> PyResult<String> {
+        let status = self.with(py, |vm| vm.network_policy_status())?;
+        to_json(&status)
+    }
+
+    /// Re-resolves the policy's domains now; the outcome as JSON.
+    fn refresh_network_policy(&self, py: Python<'_>) -> PyResult<String> {
+        let r = self.with(py, |vm| vm.refresh_network_policy())?;
+        to_json(&r)
+    }
+
     /// Sets persisted guest environment variables.
     fn set_env_vars(
         &self,

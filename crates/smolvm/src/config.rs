@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::NetworkPolicy;
 use crate::types::ValidationError;
 
 #[path = "config_limits.rs"]
@@ -162,6 +163,10 @@ pub struct VmConfigSpec {
     /// Host limits of the VM's VMM (cgroup); `None`: the defaults, where the host allows a group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_limits: Option<HostLimits>,
+    /// What the guest may reach beyond its gateway (smolvm extension; TAP networking only for anything
+    /// but `open`). Changeable while the VM runs: `SmolVmManager::set_network_policy`.
+    #[serde(default, skip_serializing_if = "NetworkPolicy::is_open")]
+    pub network_policy: NetworkPolicy,
 }
 
 fn backend_choice<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BackendKind>, D::Error> {
@@ -198,6 +203,7 @@ impl VmConfigSpec {
             env_vars: BTreeMap::new(),
             disk_size_mib: None,
             host_limits: None,
+            network_policy: NetworkPolicy::Open,
         }
     }
 
@@ -252,6 +258,11 @@ impl VmConfigSpec {
         self
     }
 
+    /// Sets `network_policy`.
+    pub fn network_policy(mut self, policy: NetworkPolicy) -> Self {
+        self.network_policy = policy;
+        self
+    }
     /// Adds one environment variable.
     pub fn env_var(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env_vars.insert(key.into(), value.into());
@@ -316,6 +327,7 @@ impl VmConfigSpec {
         if let Some(l) = &self.host_limits {
             l.validate(self.mem_size_mib)?;
         }
+        let network_policy = self.network_policy.validated()?;
         Ok(VmConfig {
             vm_id,
             vcpu_count: self.vcpu_count,
@@ -330,6 +342,7 @@ impl VmConfigSpec {
             env_vars: self.env_vars,
             disk_size_mib: self.disk_size_mib,
             host_limits: self.host_limits,
+            network_policy,
         })
     }
 
@@ -360,6 +373,7 @@ pub struct VmConfig {
     env_vars: BTreeMap<String, String>,
     disk_size_mib: Option<u64>,
     host_limits: Option<HostLimits>,
+    network_policy: NetworkPolicy,
 }
 
 impl TryFrom<VmConfigSpec> for VmConfig {
@@ -385,6 +399,7 @@ impl From<VmConfig> for VmConfigSpec {
             env_vars: c.env_vars,
             disk_size_mib: c.disk_size_mib,
             host_limits: c.host_limits,
+            network_policy: c.network_policy,
         }
     }
 }
@@ -461,6 +476,16 @@ impl VmConfig {
     /// Environment variables injected at start.
     pub fn env_vars(&self) -> &BTreeMap<String, String> {
         &self.env_vars
+    }
+    /// The egress policy the VM was created with or last given.
+    pub fn network_policy(&self) -> &NetworkPolicy {
+        &self.network_policy
+    }
+    /// This config with another egress policy (validated).
+    pub fn with_network_policy(&self, policy: NetworkPolicy) -> Result<VmConfig, ValidationError> {
+        let mut c = self.clone();
+        c.network_policy = policy.validated()?;
+        Ok(c)
     }
 
     /// True when the guest boots smolvm's agent: its boot args hand over to the agent as PID 1

@@ -179,6 +179,9 @@ fn auto_config(manager: &SmolVmManager, b: &SmolVmBuilder) -> Result<VmConfig> {
     Ok(apply(spec).build()?)
 }
 
+#[path = "facade_egress.rs"]
+mod egress;
+
 #[path = "facade_snapshot.rs"]
 mod snapshot;
 

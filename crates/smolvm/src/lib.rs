@@ -59,10 +59,11 @@ pub use image::{
 pub use info::{NetworkConfig, NetworkMode, VmInfo};
 pub use manager::{
     templates_enabled_by_env, BackendFactory, CleanupFailure, CleanupOptions, CleanupReport,
-    CleanupScope, CreateOptions, ManagerBuilder, NetworkChoice, OrphanProcess, RetainedDisk,
-    SmolVmManager, SystemBackends, DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
+    CleanupScope, CreateOptions, DomainRefresh, EgressStatus, ManagerBuilder, NetworkChoice,
+    OrphanProcess, RetainedDisk, SmolVmManager, SystemBackends, DEFAULT_BOOT_TIMEOUT_SECS,
+    DEFAULT_STOP_TIMEOUT_SECS,
 };
-pub use network::NetworkError;
+pub use network::{AllowList, Cidr, NetworkError, NetworkPolicy};
 /// Wire types of the host-guest protocol that appear in the exec API (streamed commands, error kinds).
 pub use smolvm_protocol::{Command as AgentCommand, ErrorKind as AgentErrorKind};
 pub use snapshot::{SnapshotError, SnapshotInfo};
@@ -86,7 +87,7 @@ pub mod internals {
     pub mod network {
         pub use crate::host::tools::find_program;
         pub use crate::network::{
-            ForwardDropManager, HostNetwork, NetCapabilities, NetCommands, NetworkError,
+            EgressPlan, ForwardDropManager, HostNetwork, NetCapabilities, NetCommands, NetworkError,
         };
     }
     /// Backends (the QEMU backend test and the benchmark's raw-VMM floor).

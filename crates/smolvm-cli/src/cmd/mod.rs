@@ -10,6 +10,7 @@ pub mod env;
 pub mod exec;
 pub mod image;
 pub mod list;
+pub mod policy;
 pub mod run;
 pub mod snapshot;
 pub mod ssh;

@@ -80,6 +80,9 @@ pub struct CreateArgs {
     /// Network attachment.
     #[arg(long, value_enum, default_value_t)]
     pub network: NetworkChoice,
+    /// Egress policy (TAP networking only for anything but open).
+    #[command(flatten)]
+    pub policy: super::policy::PolicyArgs,
 }
 
 impl CreateArgs {
@@ -91,6 +94,7 @@ impl CreateArgs {
         spec.disk_mode = self.disk_mode;
         spec.retain_disk_on_delete = self.retain_disk;
         spec.disk_size_mib = self.disk_size;
+        spec.network_policy = self.policy.policy()?.unwrap_or_default();
         let limits = smolvm::HostLimits {
             cpu_quota_percent: self.cpu_quota,
             cpu_weight: self.cpu_weight,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::cmdline::{kernel_cmdline, GuestNet};
 use super::disk;
+use super::egress;
 use super::{CreateOptions, Created, SmolVmManager};
 use crate::backend::{remove_socket, LaunchSpec};
 use crate::config::{DiskMode, VmConfig};
@@ -42,6 +43,7 @@ impl SmolVmManager {
         let backend = self.resolve(config.backend())?;
         let vm_id = config.vm_id();
         let mode = self.network_mode_for(opts.network, backend)?;
+        egress::check_mode_for(mode, config.network_policy())?;
         let lock = self.lock(vm_id)?;
         // Checked first: the disk of an existing VM is not a retained one and must not be touched.
         if self.state()?.get_vm(vm_id)?.is_some() {

@@ -17,6 +17,7 @@ mod builder;
 mod cgroups;
 mod cleanup;
 mod cleanup_plan;
+mod egress;
 mod net;
 mod procscan;
 
@@ -43,6 +44,7 @@ pub use builder::{BackendFactory, ManagerBuilder, SystemBackends};
 pub use cleanup::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
+pub use egress::{DomainRefresh, EgressStatus};
 pub(crate) use net::net_attachment;
 pub use template::templates_enabled_by_env;
 

@@ -108,7 +108,11 @@ impl SmolVmManager {
             return Ok(());
         };
         match net.mode {
-            NetworkMode::Tap => self.host_network().setup_vm(&rec.info.vm_id, net)?,
+            NetworkMode::Tap => {
+                let vm_id = &rec.info.vm_id;
+                let plan = self.egress_plan(vm_id, rec.info.config.network_policy());
+                self.host_network().setup_vm_with(vm_id, net, &plan)?
+            }
             NetworkMode::User => {
                 if let Some(port) = net.ssh_host_port {
                     if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {

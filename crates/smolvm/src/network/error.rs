@@ -32,6 +32,14 @@ pub enum NetworkError {
         owner: String,
     },
 
+    /// An egress policy change for a VM whose host network is not set up (stopped, or removed behind
+    /// smolvm's back).
+    #[error("VM {vm_id:?} has no host network rules to change (stopped?); its policy applies at the next start")]
+    NotSetUp {
+        /// The VM.
+        vm_id: String,
+    },
+
     /// The SSH host port is already in use.
     #[error(
         "port 127.0.0.1:{port} is already in use ({holder}): choose another port or stop its user"

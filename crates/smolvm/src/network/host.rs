@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::commands::{NetCapabilities, NetCommands, SystemCommands};
+use super::egress::{self, EgressPlan};
 use super::firewall::{self, ForwardDropChain};
 use super::links::{self, LinkInfo};
 use super::nft::{self, Ruleset};
@@ -93,6 +94,16 @@ impl HostNetwork {
     /// Creates the TAP, gateway address, route, sysctls and nft rules of one VM. Idempotent: running
     /// it again repairs what is missing. On failure, what this call created is removed again.
     pub fn setup_vm(&self, vm_id: &str, net: &NetworkConfig) -> Result<(), NetworkError> {
+        self.setup_vm_with(vm_id, net, &EgressPlan::open())
+    }
+
+    /// [`setup_vm`](Self::setup_vm) with the VM's egress policy `plan` in the same nft transaction.
+    pub fn setup_vm_with(
+        &self,
+        vm_id: &str,
+        net: &NetworkConfig,
+        plan: &EgressPlan,
+    ) -> Result<(), NetworkError> {
         check_vm_id(vm_id)?;
         validate_tap_name(&net.tap_device)?;
         self.capabilities().check_tap()?;
@@ -116,7 +127,7 @@ impl HostNetwork {
                 true
             }
         };
-        match self.configure(vm_id, net, &ruleset) {
+        match self.configure(vm_id, net, &ruleset, plan) {
             Ok(()) => Ok(()),
             Err(e) if created => match self.ip(links::delete_link(tap)) {
                 Ok(_) => Err(e),
@@ -140,6 +151,7 @@ impl HostNetwork {
         vm_id: &str,
         net: &NetworkConfig,
         ruleset: &Ruleset,
+        plan: &EgressPlan,
     ) -> Result<(), NetworkError> {
         let tap = net.tap_device.as_str();
         self.ip(links::tag_and_up(tap, &vm_tag(vm_id)))?;
@@ -164,8 +176,72 @@ impl HostNetwork {
         firewall::ensure_accepts(&*self.cmds, &drops, ruleset)?;
         nft::apply(
             &*self.cmds,
-            &nft::setup_script(vm_id, net, &ruleset.vm_rules(vm_id)),
+            &nft::setup_script_with(
+                vm_id,
+                net,
+                &ruleset.vm_rules(vm_id),
+                plan,
+                ruleset.has_egress_chain(vm_id),
+            ),
         )
+    }
+
+    /// Replaces the egress policy of a VM whose network is set up, in one nft transaction (on failure
+    /// the old policy stays in force). A VM without rules (stopped) is refused: its policy is applied
+    /// by the next [`setup_vm_with`](Self::setup_vm_with).
+    pub fn set_egress(
+        &self,
+        vm_id: &str,
+        net: &NetworkConfig,
+        plan: &EgressPlan,
+    ) -> Result<(), NetworkError> {
+        check_vm_id(vm_id)?;
+        validate_tap_name(&net.tap_device)?;
+        self.capabilities().check_tap()?;
+        let ruleset = nft::list_ruleset(&*self.cmds)?;
+        let current = ruleset.vm_rules(vm_id);
+        if !current.iter().any(|r| r.chain == "guest_egress") {
+            return Err(NetworkError::NotSetUp {
+                vm_id: vm_id.to_string(),
+            });
+        }
+        let script =
+            egress::update_script(vm_id, net, plan, &current, ruleset.has_egress_chain(vm_id));
+        nft::apply(&*self.cmds, &script)
+    }
+
+    /// Replaces the addresses of a VM's allow-listed domains (after re-resolving them).
+    pub fn refresh_domains(
+        &self,
+        vm_id: &str,
+        domain_addrs: &[(std::net::Ipv4Addr, u32)],
+    ) -> Result<(), NetworkError> {
+        check_vm_id(vm_id)?;
+        self.capabilities().check_tap()?;
+        nft::apply(
+            &*self.cmds,
+            &egress::refresh_domains_script(vm_id, domain_addrs),
+        )
+    }
+
+    /// Packets and bytes the VM's policy dropped since its network was set up; `None` when the VM has
+    /// no egress counter (open policy, or no network set up).
+    pub fn egress_drops(&self, vm_id: &str) -> Result<Option<(u64, u64)>, NetworkError> {
+        check_vm_id(vm_id)?;
+        self.capabilities().check_tap()?;
+        if !nft::list_ruleset(&*self.cmds)?.has_egress_chain(vm_id) {
+            return Ok(None);
+        }
+        let args = [
+            "-j".to_string(),
+            "list".into(),
+            "counter".into(),
+            nft::FAMILY.into(),
+            nft::TABLE.into(),
+            egress::counter_name(vm_id),
+        ];
+        let out = self.cmds.run("nft", &args, None)?;
+        Ok(egress::parse_counter(&out))
     }
 
     fn check_port(&self, ruleset: &Ruleset, tag: &str, port: u16) -> Result<(), NetworkError> {
@@ -197,7 +273,11 @@ impl HostNetwork {
         validate_tap_name(&net.tap_device)?;
         self.capabilities().check_tap()?;
         let ruleset = nft::list_ruleset(&*self.cmds)?;
-        nft::apply(&*self.cmds, &nft::delete_script(&ruleset.vm_rules(vm_id)))?;
+        let mut script = nft::delete_script(&ruleset.vm_rules(vm_id));
+        if ruleset.has_egress_chain(vm_id) {
+            script.push_str(&egress::remove_objects_script(vm_id));
+        }
+        nft::apply(&*self.cmds, &script)?;
         let tag = vm_tag(vm_id);
         if let Some(l) = self.links()?.into_iter().find(|l| l.name == net.tap_device) {
             let ours = l.alias.as_deref() == Some(tag.as_str())
@@ -297,8 +377,27 @@ impl HostNetwork {
                 });
             }
         }
+        let orphan_chains: Vec<String> = ruleset
+            .chains
+            .iter()
+            .filter(|c| c.family == nft::FAMILY && c.table == nft::TABLE)
+            .filter_map(|c| egress::chain_vm_id(&c.name))
+            .filter(|id| unknown(id))
+            .map(str::to_string)
+            .collect();
+        for id in &orphan_chains {
+            report.rules.push(OrphanRule {
+                vm_id: id.clone(),
+                chain: egress::chain(id),
+                handle: 0,
+            });
+        }
         if !dry_run {
-            nft::apply(&*self.cmds, &nft::delete_script(&orphan_rules))?;
+            let mut script = nft::delete_script(&orphan_rules);
+            for id in &orphan_chains {
+                script.push_str(&egress::remove_objects_script(id));
+            }
+            nft::apply(&*self.cmds, &script)?;
             for t in &report.taps {
                 self.delete_link(&t.name)?;
             }
@@ -343,3 +442,7 @@ fn describe_owner(l: &LinkInfo) -> String {
 #[cfg(test)]
 #[path = "host_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "host_egress_tests.rs"]
+mod egress_tests;

@@ -10,6 +10,8 @@
 //! * nftables table `inet smolvm` (see [`nft`]): guest -> uplink allowed and masqueraded, guest <-> guest
 //!   dropped, guest -> host only for established traffic, `127.0.0.1:<ssh_host_port>` -> `<guest>:22`.
 //!   Per-VM rules carry the comment `smolvm:<vm_id>`; adding and removing them is idempotent.
+//! * A VM whose egress policy ([`policy`]) is not `open` gets its own chain, sets and drop counter
+//!   ([`egress`]); its allow-listed domains are resolved by smolvm's resolver ([`dns`]).
 //!
 //! # Lifetime
 //! The TAP and rules live from create to delete: [`HostNetwork::setup_vm`] is idempotent, so calling it
@@ -21,22 +23,27 @@
 //! networking instead: see [`choose_network_mode`].
 
 mod commands;
+pub(crate) mod dns;
+pub(crate) mod egress;
 mod error;
 mod firewall;
 mod host;
 mod links;
 mod mode;
 pub(crate) mod nft;
+pub(crate) mod policy;
 #[cfg(test)]
 mod recording;
 pub(crate) mod resolv;
 
 pub use commands::{NetCapabilities, NetCommands};
+pub use egress::EgressPlan;
 pub use error::NetworkError;
 pub use firewall::ForwardDropManager;
 pub(crate) use host::CleanupReport;
 pub use host::HostNetwork;
 pub(crate) use mode::{choose_network_mode, NetworkMode};
+pub use policy::{AllowList, Cidr, NetworkPolicy};
 #[cfg(test)]
 pub(crate) use recording::RecordingCommands;
 

@@ -4,7 +4,9 @@
 //! table inet smolvm {
 //!   chain forward         filter/forward  prio 0:  guest<->guest drop; into guests only established;
 //!                                                  guests -> jump guest_egress; anything else from a TAP drop
-//!   chain guest_egress    (regular)                per VM: iifname <tap> ip saddr <guest> accept
+//!   chain guest_egress    (regular)                per VM: iifname <tap> ip saddr <guest> accept (policy
+//!                                                  open) or jump eg_<id> (none / allow-list)
+//!   chain eg_<id>, sets egn_/egd_/egs_<id>, counter egc_<id>: the VM's egress policy (see [`egress`])
 //!   chain input           filter/input    prio 0:  from TAPs only established/related, else drop
 //!   chain nat_output      nat/output      prio -100: per VM: 127.0.0.1:<port> -> dnat <guest>:22
 //!   chain nat_postrouting nat/postrouting prio 100:  per VM: masquerade to the uplink; snat the forwarded
@@ -29,6 +31,8 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::commands::NetCommands;
+use super::egress;
+use super::policy::NetworkPolicy;
 use super::{vm_tag, NetworkError, TAP_PREFIX};
 use crate::info::NetworkConfig;
 
@@ -84,18 +88,25 @@ pub(crate) fn base_script() -> String {
     s
 }
 
-/// The per-VM rules of `vm_id`. Names must be validated by the caller (TAP name, VM id).
+/// The per-VM rules of `vm_id` under the open egress policy. Names must be validated by the caller
+/// (TAP name, VM id).
+#[cfg(test)]
 pub(crate) fn vm_rules_script(vm_id: &str, net: &NetworkConfig) -> String {
+    vm_rules_script_with(vm_id, net, &NetworkPolicy::Open)
+}
+
+/// The per-VM rules of `vm_id`; its traffic to the uplink goes through `policy` (see [`egress`]).
+pub(crate) fn vm_rules_script_with(
+    vm_id: &str,
+    net: &NetworkConfig,
+    policy: &NetworkPolicy,
+) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let tag = vm_tag(vm_id);
     let tap = &net.tap_device;
     let guest = net.guest_ip;
-    let mut s = String::new();
+    let mut s = egress::dispatch_rule(vm_id, net, policy);
     // Writing to a String cannot fail.
-    let _ = writeln!(
-        s,
-        "add rule {t} guest_egress iifname \"{tap}\" ip saddr {guest} accept comment \"{tag}\""
-    );
     let _ = writeln!(
         s,
         "add rule {t} nat_postrouting ip saddr {guest} oifname != \"{TAP_PREFIX}*\" masquerade comment \"{tag}\""
@@ -127,13 +138,38 @@ pub(crate) fn delete_script(rules: &[RuleInfo]) -> String {
         .collect()
 }
 
-/// The whole setup transaction of one VM: base, removal of its stale rules, its rules.
+/// The whole setup transaction of one VM under the open policy: base, removal of its stale rules, its
+/// rules.
+#[cfg(test)]
 pub(crate) fn setup_script(vm_id: &str, net: &NetworkConfig, stale: &[RuleInfo]) -> String {
+    setup_script_with(vm_id, net, stale, &egress::EgressPlan::open(), false)
+}
+
+/// The whole setup transaction of one VM: base, removal of its stale rules, its egress objects (or
+/// their removal when the policy is open and `had_chain`: a change made while the VM was down), its
+/// rules.
+pub(crate) fn setup_script_with(
+    vm_id: &str,
+    net: &NetworkConfig,
+    stale: &[RuleInfo],
+    plan: &egress::EgressPlan,
+    had_chain: bool,
+) -> String {
+    let objects = if plan.policy.is_open() {
+        if had_chain {
+            egress::remove_objects_script(vm_id)
+        } else {
+            String::new()
+        }
+    } else {
+        egress::objects_script(vm_id, plan)
+    };
     format!(
-        "{}{}{}",
+        "{}{}{}{}",
         base_script(),
         delete_script(stale),
-        vm_rules_script(vm_id, net)
+        objects,
+        vm_rules_script_with(vm_id, net, &plan.policy)
     )
 }
 
@@ -285,6 +321,14 @@ impl Ruleset {
         self.rules
             .iter()
             .filter(|r| r.family == FAMILY && r.table == TABLE)
+    }
+
+    /// True if the egress chain of `vm_id` exists (its policy is not open).
+    pub(crate) fn has_egress_chain(&self, vm_id: &str) -> bool {
+        let name = egress::chain(vm_id);
+        self.chains
+            .iter()
+            .any(|c| c.family == FAMILY && c.table == TABLE && c.name == name)
     }
 
     /// Rules in smolvm's table tagged for `vm_id`.

@@ -200,6 +200,24 @@ impl StateStore {
         })
     }
 
+    /// Replaces the VM's stored config (same id): used for the settings that may change after create,
+    /// such as the egress policy.
+    pub fn set_config(&mut self, config: &VmConfig) -> Result<VmRecord, StateError> {
+        let id = config.vm_id();
+        let json = serde_json::to_string(config).map_err(|source| StateError::Encode {
+            vm_id: id.to_string(),
+            source,
+        })?;
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE vms SET config = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, json, now_ms()],
+            )?;
+            found(n, id)?;
+            load(tx, id)
+        })
+    }
+
     /// Deletes the VM's row; its leases and forwards go with it (ON DELETE CASCADE), which releases
     /// them for reuse. Returns whether a row was deleted.
     pub fn delete_vm(&mut self, id: &str) -> Result<bool, StateError> {
