@@ -259,7 +259,8 @@ done
 while read -r l; do leaks+=("link $l"); done < <(ip -o link show | awk -F': ' '{print $2}' | sort | comm -13 "$WORK/links.before" -)
 diff -q <(nft list ruleset) "$WORK/nft.before" >/dev/null || leaks+=("nft ruleset differs: $(diff <(nft list ruleset) "$WORK/nft.before" | grep -c '^[<>]') lines")
 # The manager's own SSH key pair and the database itself are not per-VM state.
-for f in $(find "$DATA" "$SOCK" \( -type f -o -type s -o -type p \) ! -name 'smolvm.db*' ! -path "$DATA/ssh/*" 2>/dev/null); do
+# data/ssh (the client key) and data/bin (the embedded channel-owner binary, by digest) are caches, not per-VM files.
+for f in $(find "$DATA" "$SOCK" \( -type f -o -type s -o -type p \) ! -name 'smolvm.db*' ! -path "$DATA/ssh/*" ! -path "$DATA/bin/*" 2>/dev/null); do
     leaks+=("file $f")
 done
 for table in vms leases port_forwards snapshots snapshot_users; do
