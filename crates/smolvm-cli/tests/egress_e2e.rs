@@ -10,16 +10,18 @@
 //!
 //! Run with `SMOLVM_E2E=1` as root.
 
+mod cli_netns;
 #[path = "../../smolvm/tests/netns_util/mod.rs"]
 mod netns_util;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cli_netns::{Dirs, NsResolvConf};
 use netns_util::{e2e, enter_ns, ChildGuard, Netns, Server};
 
 /// The world's DNS server (also the uplink's next hop).
@@ -37,48 +39,16 @@ const NAME: &str = "svc.egress.test";
 const TTL: u32 = 5;
 const VM: &str = "egress-e2e";
 
-/// Private data and socket directories for the CLI.
-struct Dirs(tempfile::TempDir);
+/// A CLI command inside `ns` that must succeed; its stdout.
+trait CliOk {
+    fn ok(&self, ns: &Netns, args: &[&str]) -> String;
+}
 
-impl Dirs {
-    fn cmd(&self, ns: Option<&Netns>, args: &[&str]) -> Command {
-        let bin = env!("CARGO_BIN_EXE_smolvm");
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, bin]);
-                c
-            }
-            None => Command::new(bin),
-        };
-        cmd.arg("--data-dir")
-            .arg(self.0.path().join("data"))
-            .arg("--socket-dir")
-            .arg(self.0.path().join("s"))
-            .args(args)
-            .env_remove("SMOLVM_BACKEND")
-            .env_remove("SMOLVM_DATA_DIR")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn smolvm(&self, ns: Option<&Netns>, args: &[&str]) -> Output {
-        self.cmd(ns, args).output().unwrap()
-    }
-
+impl CliOk for Dirs {
     fn ok(&self, ns: &Netns, args: &[&str]) -> String {
         let out = self.smolvm(Some(ns), args);
         assert!(out.status.success(), "smolvm {args:?}: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-/// `/etc/netns/<ns>/resolv.conf` naming the world's DNS server; removed on drop.
-struct NsResolvConf(PathBuf);
-
-impl Drop for NsResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -210,12 +180,7 @@ fn allow_lists_none_and_open_are_enforced_on_a_running_vm() {
     if !e2e("egress", &["ip", "nft", "qemu-system-x86_64", "mkfs.ext4"]) {
         return;
     }
-    let d = Dirs(
-        tempfile::Builder::new()
-            .prefix("smve")
-            .tempdir_in("/tmp")
-            .unwrap(),
-    );
+    let d = Dirs::new("smve");
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolvm-images");
     std::fs::create_dir_all(&cache).unwrap();
     std::fs::create_dir_all(d.0.path().join("data")).unwrap();
@@ -224,14 +189,7 @@ fn allow_lists_none_and_open_are_enforced_on_a_running_vm() {
     assert!(out.status.success(), "smolvm image build: {out:?}");
 
     let (host, world) = namespaces();
-    let conf_dir = Path::new("/etc/netns").join(&host.name);
-    std::fs::create_dir_all(&conf_dir).unwrap();
-    std::fs::write(
-        conf_dir.join("resolv.conf"),
-        format!("nameserver {DNS_IP}\n"),
-    )
-    .unwrap();
-    let _conf = NsResolvConf(conf_dir);
+    let _conf = NsResolvConf::new(&host, &format!("nameserver {DNS_IP}\n"));
     let fixture = Arc::new(Mutex::new(FIRST.parse::<Ipv4Addr>().unwrap()));
     let _dns = dns_server(&world, fixture.clone());
     let sock = |a: &str, p: u16| SocketAddr::new(a.parse().unwrap(), p);

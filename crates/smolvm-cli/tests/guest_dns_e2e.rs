@@ -10,17 +10,18 @@
 //!
 //! Run with `SMOLVM_E2E=1` as root.
 
+mod cli_netns;
 #[path = "../../smolvm/tests/netns_util/mod.rs"]
 mod netns_util;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cli_netns::{Dirs, NsResolvConf};
 use netns_util::{e2e, enter_ns, Netns};
 
 /// The "internet": the DNS and HTTP server's address, in the world namespace.
@@ -31,65 +32,6 @@ const UPLINK_IP: &str = "10.99.0.1";
 const NAME: &str = "page.smolvm.test";
 /// What the HTTP server answers.
 const PAGE: &str = "hello from inside the test namespace";
-
-/// Private data and socket directories for the CLI (under /tmp: socket paths must stay short).
-struct Dirs(tempfile::TempDir);
-
-impl Dirs {
-    fn new() -> Dirs {
-        Dirs(
-            tempfile::Builder::new()
-                .prefix("smvd")
-                .tempdir_in("/tmp")
-                .unwrap(),
-        )
-    }
-
-    /// `smolvm --data-dir .. --socket-dir .. args...`, inside `ns` when given.
-    fn smolvm(&self, ns: Option<&Netns>, args: &[&str]) -> Output {
-        let bin = env!("CARGO_BIN_EXE_smolvm");
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, bin]);
-                c
-            }
-            None => Command::new(bin),
-        };
-        cmd.arg("--data-dir")
-            .arg(self.0.path().join("data"))
-            .arg("--socket-dir")
-            .arg(self.0.path().join("s"))
-            .args(args)
-            .env_remove("SMOLVM_BACKEND")
-            .env_remove("SMOLVM_DATA_DIR")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-}
-
-/// `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` mounts over `/etc/resolv.conf`; removed on drop.
-struct NsResolvConf(PathBuf);
-
-impl NsResolvConf {
-    fn new(ns: &Netns, server: Ipv4Addr) -> NsResolvConf {
-        let dir = Path::new("/etc/netns").join(&ns.name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!("nameserver 127.0.0.53\nnameserver {server}\n"),
-        )
-        .unwrap();
-        NsResolvConf(dir)
-    }
-}
-
-impl Drop for NsResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Background servers in a namespace, stopped on drop.
 struct Servers {
@@ -323,7 +265,7 @@ fn guests_fetch_a_page_by_name_in_tap_and_user_mode_and_fail_cleanly_offline() {
     ) {
         return;
     }
-    let d = Dirs::new();
+    let d = Dirs::new("smvd");
     // Share the library tests' image cache; build (or find) the image outside the namespaces, where
     // the distribution mirror is reachable.
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolvm-images");
@@ -335,7 +277,10 @@ fn guests_fetch_a_page_by_name_in_tap_and_user_mode_and_fail_cleanly_offline() {
 
     let (host, world) = namespaces();
     // The host's resolver list starts with a loopback stub a TAP guest cannot reach: smolvm skips it.
-    let _resolv = NsResolvConf::new(&host, WORLD_IP);
+    let _resolv = NsResolvConf::new(
+        &host,
+        &format!("nameserver 127.0.0.53\nnameserver {WORLD_IP}\n"),
+    );
     let _servers = start_servers(&host, &world);
     let vms = [
         ("dns-tap", "tap"),

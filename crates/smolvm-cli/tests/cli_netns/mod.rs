@@ -1,0 +1,68 @@
+//! What the CLI tests that run `smolvm` inside a test network namespace share: private data and socket
+//! directories, the command line that runs the CLI there, and the namespace's resolv.conf.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::netns_util::Netns;
+
+/// Private data and socket directories for the CLI (under /tmp: socket paths must stay short).
+pub struct Dirs(pub tempfile::TempDir);
+
+impl Dirs {
+    /// Fresh directories named `<prefix>...` under /tmp.
+    pub fn new(prefix: &str) -> Dirs {
+        Dirs(
+            tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in("/tmp")
+                .unwrap(),
+        )
+    }
+
+    /// `smolvm --data-dir .. --socket-dir .. args...`, inside `ns` when given.
+    pub fn cmd(&self, ns: Option<&Netns>, args: &[&str]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_smolvm");
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("--data-dir")
+            .arg(self.0.path().join("data"))
+            .arg("--socket-dir")
+            .arg(self.0.path().join("s"))
+            .args(args)
+            .env_remove("SMOLVM_BACKEND")
+            .env_remove("SMOLVM_DATA_DIR")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs [`cmd`](Self::cmd) to completion.
+    pub fn smolvm(&self, ns: Option<&Netns>, args: &[&str]) -> Output {
+        self.cmd(ns, args).output().unwrap()
+    }
+}
+
+/// `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` mounts over `/etc/resolv.conf`; removed on drop.
+pub struct NsResolvConf(PathBuf);
+
+impl NsResolvConf {
+    /// Writes `text` as the namespace's resolv.conf.
+    pub fn new(ns: &Netns, text: &str) -> NsResolvConf {
+        let dir = Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), text).unwrap();
+        NsResolvConf(dir)
+    }
+}
+
+impl Drop for NsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
