@@ -1,7 +1,7 @@
 //! Stage 2: PID 1 on the root disk.
 //!
-//! PID 1 sets the guest up single-threaded (mounts, host name, network, authorised key, SSH server),
-//! then forks the *agent process*, which serves the host channel with as many threads as it likes.
+//! PID 1 sets the guest up single-threaded (mounts, host name, network, authorised key, SSH server, a
+//! shell warm-up running alongside: [`crate::warmup`]), then forks the *agent process*, which serves the host channel with as many threads as it likes.
 //! PID 1 itself only waits for signals: it reaps every zombie (`waitpid(-1)`), restarts the agent process
 //! or the SSH server if they die, and powers off on request.
 //!
@@ -65,6 +65,9 @@ pub fn run(mut stages: Stages) -> ! {
     };
     setup::make_root_writable(params.read_only);
     stages.mark("mounts_done");
+    // Runs on another vCPU (or in the gaps) while PID 1 sets up the rest; waited for before `Ready`.
+    let warm_started = Instant::now();
+    let warmup = crate::warmup::start(&crate::server::Config::default().shell);
 
     for w in &params.warnings {
         crate::log(w);
@@ -94,6 +97,11 @@ pub fn run(mut stages: Stages) -> ! {
             stages.mark("sshd_listening");
         } else {
             crate::log("the SSH server is not listening on port 22: continuing without it");
+        }
+    }
+    if let Some(pid) = warmup {
+        if crate::warmup::finish(pid, warm_started, crate::warmup::WARMUP_LIMIT) {
+            stages.mark("shell_warm");
         }
     }
 

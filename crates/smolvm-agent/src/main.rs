@@ -28,6 +28,7 @@ mod setup;
 mod stage1;
 mod stages;
 mod sys;
+mod warmup;
 mod wget;
 
 /// Prints one line to the console (stderr of PID 1 is /dev/console).

@@ -251,6 +251,8 @@ fn boots_to_ready_reconnects_and_powers_off() {
         "mounts_done",
         "sshd_started",
         "sshd_listening",
+        // The login-shell warm-up (agent's warmup module) finished before Ready.
+        "shell_warm",
         "ready",
     ] {
         assert!(

@@ -17,7 +17,7 @@ pub(crate) const KERNEL_ENV: &str = "SMOLVM_KERNEL";
 /// Environment variable: the modules directory (`lib/modules/<release>`) of [`KERNEL_ENV`]'s kernel.
 pub(crate) const KERNEL_MODULES_ENV: &str = "SMOLVM_KERNEL_MODULES";
 /// Bumped whenever the image layout or contents change for the same inputs.
-const IMAGE_FORMAT: u32 = 2; // 2: `/usr/bin/wget` is the agent's front end
+const IMAGE_FORMAT: u32 = 3; // 2: `/usr/bin/wget` is the agent's front end; 3: /etc/profile without `$(id -u)`
 
 /// What to build.
 #[derive(Clone, PartialEq, Eq)]

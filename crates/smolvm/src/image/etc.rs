@@ -44,7 +44,9 @@ pub(super) fn files(
                 "# where smolvm writes the VM's environment variables (smolvm_env.sh).\n",
                 "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
                 "umask 022\n",
-                "if [ \"$(id -u)\" = 0 ]; then PS1='\\h:\\w# '; else PS1='\\h:\\w$ '; fi\n",
+                // `\$` is `#` for root, `$` otherwise: no `$(id -u)`, whose fork and exec every login
+                // shell (each `run()`) paid.
+                "PS1='\\h:\\w\\$ '\n",
                 // Debian's static busybox segfaults on `wget -T` and its shell runs applets without
                 // looking at PATH, so login shells (`smolvm exec` shell strings, `smolvm ssh`) reach
                 // the agent's front end at /usr/bin/wget through a function, which wins over applets.
