@@ -59,8 +59,7 @@ impl ImageBuilder {
     /// kernel was set explicitly (`SMOLVM_KERNEL`, another package) always builds the default image with
     /// that kernel.
     pub fn auto_image(&self, choice: AutoKernel) -> Result<GuestImage, ImageError> {
-        let default_kernel = matches!(self.kernel_source(),
-            KernelSource::Package(p) if p == super::DEFAULT_KERNEL_PACKAGE);
+        let default_kernel = self.has_default_kernel();
         let minimal = self.clone().with_minimal_kernel();
         let use_minimal = default_kernel
             && match choice {
@@ -77,6 +76,12 @@ impl ImageBuilder {
             name: name.to_string(),
             ..ImageOptions::default()
         })
+    }
+
+    /// True if this builder's kernel is Debian's default package (not one chosen explicitly).
+    pub(super) fn has_default_kernel(&self) -> bool {
+        matches!(self.kernel_source(),
+            KernelSource::Package(p) if p == super::DEFAULT_KERNEL_PACKAGE)
     }
 
     /// True if this builder's (minimal) kernel is already in the prepared-kernel cache. Identifying it

@@ -104,6 +104,14 @@ struct AptMemo {
     resolved: ResolvedPackage,
 }
 
+/// How the prepared-kernel key of smolvm's minimal kernel starts (`minimal_<version>_<hash>`).
+const MINIMAL_KEY_PREFIX: &str = "minimal_";
+
+/// True if `key` (an image's `kernel_key`) names a prepared minimal kernel.
+pub(super) fn is_minimal_key(key: &str) -> bool {
+    key.starts_with(MINIMAL_KEY_PREFIX)
+}
+
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -170,7 +178,7 @@ pub(super) fn identify(source: &KernelSource, memo_dir: &Path) -> Result<KernelI
                 .finish()[..12];
             Ok(KernelId {
                 description: format!("smolvm minimal kernel from {} {version}", resolved.package),
-                key: sanitize(&format!("minimal_{version}_{short}")),
+                key: sanitize(&format!("{MINIMAL_KEY_PREFIX}{version}_{short}")),
                 identity,
                 resolved: Some(resolved),
             })

@@ -9,6 +9,7 @@ use super::auto::AutoKernel;
 use super::builder::{validate_name, ImageBuilder, ImageOptions};
 use super::cache;
 use super::error::ImageError;
+use super::kcache;
 use super::{GuestImage, ImageSource, DEFAULT_IMAGE_NAME};
 
 impl ImageBuilder {
@@ -32,7 +33,9 @@ impl ImageBuilder {
                     Err(ImageError::NotFound(name.to_string()))
                 }
             }
-            Ok(_) => self.build(&ImageOptions {
+            // Refreshed with the kernel it was built with: `smolvm create --image minimal` must not
+            // turn the minimal-kernel image into a Debian-kernel one.
+            Ok(img) => self.refresh_builder(&img).build(&ImageOptions {
                 name: name.to_string(),
                 ..ImageOptions::default()
             }),
@@ -40,6 +43,18 @@ impl ImageBuilder {
                 self.build(&ImageOptions::default())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// The builder that refreshes the default-kind image `img`: this one, switched to the minimal kernel
+    /// when `img` was built with it and this builder's kernel is the default package (an explicitly
+    /// chosen kernel, `SMOLVM_KERNEL`, still wins, as in [`ImageBuilder::auto_image`]).
+    fn refresh_builder(&self, img: &GuestImage) -> ImageBuilder {
+        let minimal = img.kernel_key().is_some_and(|k| kcache::is_minimal_key(&k));
+        if minimal && self.has_default_kernel() {
+            self.clone().with_minimal_kernel()
+        } else {
+            self.clone()
         }
     }
 
@@ -99,6 +114,7 @@ pub(crate) fn uses_image(img: &GuestImage, path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::kcache::KernelSource;
 
     fn fake_image(b: &ImageBuilder, name: &str, source: ImageSource) {
         let dir = b.images_dir().join(name);
@@ -181,5 +197,32 @@ mod tests {
             b.image_for_vm(Some("../x")),
             Err(ImageError::InvalidOption { .. })
         ));
+    }
+
+    #[test]
+    fn a_minimal_kernel_image_is_refreshed_with_the_minimal_kernel() {
+        let t = tempfile::tempdir().unwrap();
+        let b = ImageBuilder::new(t.path());
+        fake_image(&b, "minimal", ImageSource::Default);
+        fake_image(&b, "plain", ImageSource::Default);
+        // image.json names the prepared kernel it was made from.
+        let meta = b.images_dir().join("minimal").join("image.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+        v["kernel_key"] = "minimal_6.1.192-3_e72f83e754a5".into();
+        fs::write(&meta, serde_json::to_vec(&v).unwrap()).unwrap();
+
+        let minimal = b.get("minimal").unwrap();
+        assert!(matches!(
+            b.refresh_builder(&minimal).kernel_source(),
+            KernelSource::Minimal(_)
+        ));
+        let plain = b.get("plain").unwrap();
+        assert_eq!(b.refresh_builder(&plain).kernel_source(), b.kernel_source());
+        // A kernel chosen explicitly wins over the image's.
+        let local = ImageBuilder::new(t.path()).with_kernel("/boot/vmlinuz-x", None);
+        assert_eq!(
+            local.refresh_builder(&minimal).kernel_source(),
+            local.kernel_source()
+        );
     }
 }
