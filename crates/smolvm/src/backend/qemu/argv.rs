@@ -10,6 +10,13 @@
 //!   memory (about 128 MiB of RSS for a 128 MiB guest); see `TCG_TB_SIZE_MIB`.
 //! * `tsc_early_khz=<host kHz>` appended under TCG: the guest TSC runs at the host rate, and telling the
 //!   kernel avoids a calibration that hangs about one boot in ten under load.
+//! * `lpj=<tsc kHz * 1000 / 250>` appended under TCG: the boot CPU takes its delay-loop rate from the
+//!   known TSC rate, but every other vCPU calibrates its own against jiffies (measured: "calibrate_delay_
+//!   direct() failed", then the slow converging loop, 100-150 ms of a 2-vCPU boot; and a vCPU spinning
+//!   there forever when the boot CPU's tick has stopped). A preset value skips it on every vCPU. It
+//!   assumes the kernel's HZ is 250 (smolvm's kernels); another HZ scales `udelay` by 250/HZ, which
+//!   under TCG, where every device is emulated and needs no settle time, only changes how long the
+//!   guest spins.
 //! * `tsc=reliable` appended under TCG: the guest TSC is the host's (constant, shared by every vCPU),
 //!   but microvm has no HPET or ACPI PM timer, so the kernel's clocksource watchdog checks it against
 //!   jiffies, which lose ticks when the host is busy. The watchdog then calls the TSC unstable and
@@ -141,7 +148,10 @@ pub(crate) fn build_argv_for(
     let mut cmdline = spec.kernel_cmdline.clone();
     if let Accel::Tcg { tsc_khz, .. } = accel {
         if let Some(khz) = tsc_khz {
-            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+            cmdline.push_str(&format!(
+                " tsc_early_khz={khz} lpj={}",
+                loops_per_jiffy(khz)
+            ));
         }
         cmdline.push_str(" tsc=reliable");
     }
@@ -230,6 +240,16 @@ pub(crate) fn build_argv_for(
     a.push_all(&["-mon", "chardev=qmp,mode=control"]);
     a.push_all(&["-sandbox", SANDBOX]);
     a.0
+}
+
+/// The tick rate assumed for `lpj=`: smolvm's kernels (Debian's cloud kernel and the minimal kernel,
+/// whose fragment keeps Kconfig's default) run at 250 Hz.
+const GUEST_HZ: u64 = 250;
+
+/// `lpj=` for a guest whose TSC runs at `tsc_khz`: loops per jiffy of the TSC delay loop, as the kernel
+/// computes it from a known TSC rate on the boot CPU.
+fn loops_per_jiffy(tsc_khz: u64) -> u64 {
+    tsc_khz * 1000 / GUEST_HZ
 }
 
 /// Guest RAM to give QEMU. With exactly 2048 MiB and an initramfs, QEMU 10's microvm resets the guest

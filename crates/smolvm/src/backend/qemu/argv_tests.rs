@@ -155,7 +155,7 @@ fn tcg_with_tap_readonly_disk_and_initrd() {
                 "-initrd",
                 "/img/initrd.cpio",
                 "-append",
-                "console=ttyS0 reboot=k panic=1 pci=off tsc_early_khz=2445426 tsc=reliable",
+                "console=ttyS0 reboot=k panic=1 pci=off tsc_early_khz=2445426 lpj=9781704 tsc=reliable",
                 "-drive",
                 "id=root,format=raw,if=none,file=/data/disks/vm-1234abcd.ext4,readonly=on",
                 "-device",
