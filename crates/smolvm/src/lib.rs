@@ -31,7 +31,6 @@ mod ssh;
 mod state;
 #[cfg(test)]
 mod test_tools;
-mod tool;
 mod types;
 
 /// Largest size of a VM's `console.log` before it moves to `console.log.1` (the console takes at most
@@ -48,7 +47,7 @@ pub use exec::{
     AgentClient, CommandResult, ExecError, ExecRequest, Stream as ExecStream, MAX_OUTPUT_LEN,
 };
 pub use facade::{SmolVm, SmolVmBuilder, DEFAULT_SSH_USER};
-pub use host::{Accelerator, HostCapabilities, ToolInfo};
+pub use host::{Accelerator, HostCapabilities, ToolError, ToolInfo};
 pub use image::{
     runtime_of_rootfs, AutoKernel, DebianOptions, GuestImage, ImageBuilder, ImageError,
     ImageOptions, ImageSource, ImportOptions, ImportSource, Preset, Progress as ImageProgress,

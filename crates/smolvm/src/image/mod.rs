@@ -46,7 +46,6 @@ mod progress;
 mod resize;
 mod rootfs;
 mod source;
-mod tools;
 mod userland;
 
 use std::path::{Path, PathBuf};
