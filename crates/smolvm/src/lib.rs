@@ -94,7 +94,7 @@ pub mod internals {
         pub use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttachment};
         /// The QEMU backend.
         pub mod qemu {
-            pub use crate::backend::qemu::{build_argv, Accel, QemuBackend, QemuError};
+            pub use crate::backend::qemu::{build_argv, QemuAccel, QemuBackend, QemuError};
         }
     }
     /// SSH helpers (the SSH E2E test).

@@ -9,7 +9,7 @@ mod vm_util;
 use std::time::Duration;
 
 use scene_util::{no_net, Scene};
-use smolvm::internals::backend::qemu::{Accel, QemuBackend};
+use smolvm::internals::backend::qemu::{QemuAccel, QemuBackend};
 use smolvm::SnapshotError;
 use smolvm::{BackendKind, Error, VmState};
 use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
@@ -32,16 +32,10 @@ impl Scene {
 
 fn qmp_status(m: &SmolVmManager, id: &str) -> String {
     let sock = m.get(id).unwrap().socket_path.unwrap();
-    QemuBackend::new(
-        "qemu-system-x86_64",
-        Accel::Tcg {
-            tsc_khz: None,
-            tb_size_mib: None,
-        },
-    )
-    .query_status(&sock)
-    .unwrap()
-    .status
+    QemuBackend::new("qemu-system-x86_64", QemuAccel::tcg(None, None))
+        .query_status(&sock)
+        .unwrap()
+        .status
 }
 
 #[test]
