@@ -58,8 +58,8 @@ pub use image::{
 pub use info::{NetworkConfig, NetworkMode, VmInfo};
 pub use manager::{
     templates_enabled_by_env, BackendFactory, CleanupFailure, CleanupOptions, CleanupReport,
-    CleanupScope, CreateOptions, DomainRefresh, EgressStatus, ManagerBuilder, NetworkChoice,
-    OrphanProcess, RetainedDisk, SmolVmManager, SystemBackends, DEFAULT_BOOT_TIMEOUT_SECS,
+    CleanupScope, CreateOptions, DomainRefresh, EgressStatus, ManagerBuilder, OrphanProcess,
+    RetainedDisk, SmolVmManager, SystemBackends, DEFAULT_BOOT_TIMEOUT_SECS,
     DEFAULT_STOP_TIMEOUT_SECS,
 };
 pub use network::{AllowList, Cidr, NetworkError, NetworkPolicy};

@@ -383,7 +383,7 @@ fn start_refuses_a_control_socket_held_by_another_store() {
     m.create_with(
         &config,
         &smolvm::CreateOptions {
-            network: smolvm::NetworkChoice::None,
+            network: smolvm::NetworkMode::None,
             ..Default::default()
         },
     )

@@ -20,7 +20,7 @@ fn net() -> NetworkConfig {
         tap_device: "smv-2".into(),
         guest_mac: "02:00:ac:10:00:02".into(),
         ssh_host_port: None,
-        mode: Default::default(),
+        mode: smolvm::NetworkMode::Tap,
     }
 }
 

@@ -18,7 +18,7 @@ fn net(n: u8, port: Option<u16>) -> NetworkConfig {
         tap_device: format!("smv-{n}"),
         guest_mac: format!("02:00:ac:10:00:{n:02x}"),
         ssh_host_port: port,
-        mode: Default::default(),
+        mode: smolvm::NetworkMode::Tap,
     }
 }
 

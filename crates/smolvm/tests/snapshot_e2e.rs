@@ -12,7 +12,7 @@ use scene_util::{no_net, Scene};
 use smolvm::internals::backend::qemu::{QemuAccel, QemuBackend};
 use smolvm::SnapshotError;
 use smolvm::{BackendKind, Error, VmState};
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CreateOptions, NetworkMode, SmolVmManager};
 use vm_util::{processes_mentioning, spec, TestEnv};
 
 const BOOT: Duration = Duration::from_secs(60);
@@ -106,7 +106,7 @@ fn pause_resume_then_stop_and_delete_a_paused_vm() {
 
 fn tap() -> CreateOptions {
     CreateOptions {
-        network: NetworkChoice::Tap,
+        network: NetworkMode::Tap,
         ..CreateOptions::default()
     }
 }
@@ -429,7 +429,7 @@ fn vms_start_from_a_template_made_on_first_use() {
             .config(spec.build().unwrap())
             .data_dir(env.data_dir())
             .socket_dir(env.socket_dir())
-            .network(NetworkChoice::None)
+            .network(NetworkMode::None)
             .templates(templates)
             .build()
             .unwrap()

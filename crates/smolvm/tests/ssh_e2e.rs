@@ -72,7 +72,7 @@ fn ssh_through_forward_and_private_ip_with_pinned_host_key() {
         tap_device: "smv-2".into(),
         guest_mac: "02:00:ac:10:00:02".into(),
         ssh_host_port: Some(2202),
-        mode: Default::default(),
+        mode: smolvm::NetworkMode::Tap,
     };
     let hn = HostNetwork::system();
     hn.setup_vm("vm-a", &net).unwrap();

@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use smolvm::{
-    CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS,
-    DEFAULT_STOP_TIMEOUT_SECS,
+    CreateOptions, NetworkMode, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
 };
 use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo, VmState};
 
@@ -79,7 +78,7 @@ pub struct CreateArgs {
     pub env: Vec<String>,
     /// Network attachment.
     #[arg(long, value_enum, default_value_t)]
-    pub network: NetworkChoice,
+    pub network: NetworkMode,
     /// Egress policy (TAP networking only for anything but open).
     #[command(flatten)]
     pub policy: super::policy::PolicyArgs,

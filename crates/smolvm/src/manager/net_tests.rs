@@ -262,7 +262,7 @@ fn vms_without_network_have_no_ssh() {
     ));
     assert_eq!(
         env.m
-            .network_mode_for(NetworkChoice::None, BackendKind::Qemu)
+            .network_mode_for(NetworkMode::None, BackendKind::Qemu)
             .unwrap(),
         None
     );

@@ -82,7 +82,7 @@ mod tests {
             tap_device: "smv-5".into(),
             guest_mac: "02:00:00:00:00:05".into(),
             ssh_host_port: port,
-            mode: Default::default(),
+            mode: NetworkMode::Tap,
         }
     }
 

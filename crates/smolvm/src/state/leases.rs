@@ -100,9 +100,7 @@ impl RawLease {
             .ssh_host_port
             .map(|p| u16::try_from(p).map_err(|e| StateError::bad_row(vm_id, "ssh_host_port", e)))
             .transpose()?;
-        let mode: NetworkMode = self
-            .mode
-            .parse()
+        let mode = NetworkMode::parse_configured(&self.mode)
             .map_err(|e| StateError::bad_row(vm_id, "mode", e))?;
         Ok(NetworkConfig {
             guest_ip: ip("guest_ip", &self.guest_ip)?,
@@ -150,7 +148,8 @@ pub(crate) fn allocate(
     probe_ports: bool,
 ) -> Result<NetworkConfig, Fail> {
     let net = match mode {
-        NetworkMode::Tap => {
+        // Auto and None are requests: a configured network is TAP or user mode.
+        NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => {
             let guest_ip = free_guest_ip(conn)?;
             NetworkConfig {
                 guest_ip,
