@@ -63,6 +63,11 @@ pub struct CreateArgs {
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel")]
     pub boot_args: Option<String>,
+    /// The --rootfs does not run smolvm's agent, even if --boot-args say `init=/init` (an image with an
+    /// `/init` of its own): smolvm then never waits for or talks to an agent (no exec, stop by ACPI/kill).
+    /// Default: the agent runs when the boot args hand over to it with `init=/init`.
+    #[arg(long, requires = "kernel")]
+    pub no_agent: bool,
     /// Disk mode: isolated (own copy) or shared (boot the image read-only).
     #[arg(long, value_enum, default_value_t)]
     pub disk_mode: DiskMode,
@@ -130,6 +135,9 @@ impl CreateArgs {
                 s.initrd_path = self.initrd.clone();
                 if let Some(a) = &self.boot_args {
                     s.boot_args = a.clone();
+                }
+                if self.no_agent {
+                    s.agent = Some(false);
                 }
                 s.backend = Some(m.resolve(backend_choice(cli))?);
                 s

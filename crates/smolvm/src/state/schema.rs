@@ -14,7 +14,7 @@ use crate::state::error::{Fail, StateError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forward migrations; entry `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes and understands.
 pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -133,6 +133,12 @@ CREATE TABLE snapshot_users (
 ) STRICT;
 CREATE INDEX snapshot_users_snapshot ON snapshot_users (snapshot);
 ";
+
+/// Version 4: stored configs (`vms.config`, `snapshots.config`) carry `agent`, whether the guest runs
+/// smolvm's agent, explicitly. No table changes: a config without the key derives it from its boot
+/// args as every earlier version did; the version bump keeps older smolvm builds (which refuse unknown
+/// config keys) from reading configs that have it.
+const V4: &str = "SELECT 1;";
 
 /// Opens (creating if missing) and prepares the database at `path`.
 ///

@@ -108,6 +108,30 @@ fn stored_config_loads_after_its_files_are_gone() {
 }
 
 #[test]
+fn the_agent_choice_is_stored_with_the_vm() {
+    let env = Env::new();
+    let own_init = VmConfig::builder(&env.kernel, &env.rootfs)
+        .vm_id("own-init")
+        .boot_args("console=ttyS0 init=/init")
+        .agent(false)
+        .build()
+        .unwrap();
+    env.store()
+        .create_vm(&own_init, BackendKind::Qemu, None)
+        .unwrap();
+    let rec = env.store().get_vm("own-init").unwrap().unwrap();
+    assert!(!rec.info.config.boots_agent());
+    let raw: String = rusqlite::Connection::open(env.db())
+        .unwrap()
+        .query_row("SELECT config FROM vms WHERE id = 'own-init'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(stored["agent"], false, "{raw}");
+}
+
+#[test]
 fn migrates_an_empty_v0_file() {
     let env = Env::new();
     std::fs::write(env.db(), b"").unwrap();
