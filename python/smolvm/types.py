@@ -287,7 +287,8 @@ class NetworkConfig(BaseModel):
 
     ``mode`` is a smolvm extension: ``"tap"`` (a host TAP device; the guest is reachable at
     ``guest_ip``) or ``"user"`` (QEMU user networking, no privileges; reach SSH via
-    ``ssh_host_port`` on 127.0.0.1).
+    ``ssh_host_port`` on 127.0.0.1). ``tap_device`` keeps the spec's ``str``: ``""`` in user mode,
+    which has no TAP (the Rust library and the state store say ``None``/NULL).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -299,6 +300,11 @@ class NetworkConfig(BaseModel):
     guest_mac: str
     ssh_host_port: Optional[int] = None
     mode: Literal["tap", "user"] = "tap"
+
+    @field_validator("tap_device", mode="before")
+    @classmethod
+    def _no_tap_is_empty(cls, v: Any) -> Any:
+        return "" if v is None else v
 
 
 class VMInfo(BaseModel):

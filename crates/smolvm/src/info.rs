@@ -80,6 +80,11 @@ impl FromStr for NetworkMode {
     }
 }
 
+/// `""` (how "no TAP" was written before it was an `Option`) as `None`.
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
+}
+
 /// The mode of network rows serialised before the mode existed.
 fn tap_mode() -> NetworkMode {
     NetworkMode::Tap
@@ -94,8 +99,10 @@ pub struct NetworkConfig {
     pub gateway_ip: Ipv4Addr,
     /// Netmask of the guest network, dotted quad.
     pub netmask: Ipv4Addr,
-    /// Host TAP device name (at most 15 characters); empty in user mode, which has no TAP.
-    pub tap_device: String,
+    /// Host TAP device name (at most 15 characters); `None` in user mode, which has no TAP. (Python
+    /// keeps the spec's `str` and shows `""` for none.) Older JSON with `""` reads as `None`.
+    #[serde(deserialize_with = "empty_as_none")]
+    pub tap_device: Option<String>,
     /// Guest MAC address, `xx:xx:xx:xx:xx:xx`, locally administered.
     pub guest_mac: String,
     /// Host port on 127.0.0.1 forwarded to the guest's SSH port, when reserved.
@@ -120,6 +127,14 @@ pub struct VmInfo {
     pub pid: Option<u32>,
     /// The VMM's control socket (Firecracker API socket or QEMU QMP socket) while it runs.
     pub socket_path: Option<PathBuf>,
+}
+
+impl NetworkConfig {
+    /// The TAP device name, `""` when there is none (user mode). For the TAP-mode code paths, which
+    /// check the name with `network::validate_tap_name` first, so `""` never reaches a tool.
+    pub(crate) fn tap_name(&self) -> &str {
+        self.tap_device.as_deref().unwrap_or("")
+    }
 }
 
 impl VmInfo {

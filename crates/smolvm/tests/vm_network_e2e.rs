@@ -217,7 +217,8 @@ fn tap_guests_answer_pasted_ssh_commands_and_cannot_reach_each_other() {
     env.m.stop("net-a", Duration::from_secs(10)).unwrap();
     let links = sh(&["ip", "link", "show"]);
     assert!(
-        !links.contains(&na.tap_device) && links.contains(&nb.tap_device),
+        !links.contains(na.tap_device.as_deref().unwrap())
+            && links.contains(nb.tap_device.as_deref().unwrap()),
         "{links}"
     );
     assert!(!sh(&["nft", "list", "ruleset"]).contains("smolvm:net-a"));
@@ -256,7 +257,7 @@ fn user_mode_guest_is_reached_through_its_loopback_forward() {
     let info = env.create("net-u", NetworkMode::User);
     let net = info.network.clone().unwrap();
     assert_eq!(net.mode, NetworkMode::User);
-    assert_eq!(net.tap_device, "");
+    assert_eq!(net.tap_device, None);
     env.boot("net-u");
     let cmds = env
         .m

@@ -86,7 +86,7 @@ mod tests {
             guest_ip: Ipv4Addr::new(172, 16, 0, 2),
             gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
             netmask: Ipv4Addr::new(255, 255, 0, 0),
-            tap_device: "smv-2".into(),
+            tap_device: Some("smv-2".into()),
             guest_mac: "02:00:00:00:00:02".into(),
             ssh_host_port: Some(42000),
             mode: NetworkMode::Tap,
@@ -116,7 +116,7 @@ mod tests {
             guest_ip: Ipv4Addr::new(10, 0, 2, 15),
             gateway_ip: Ipv4Addr::new(10, 0, 2, 2),
             netmask: Ipv4Addr::new(255, 255, 255, 0),
-            tap_device: String::new(),
+            tap_device: None,
             mode: NetworkMode::User,
             ..net
         };

@@ -63,7 +63,7 @@ pub(crate) fn net_attachment(net: &NetworkConfig) -> NetAttachment {
     match net.mode {
         // Auto and None are requests: a configured network is TAP or user mode.
         NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => NetAttachment::Tap {
-            tap: net.tap_device.clone(),
+            tap: net.tap_name().to_string(),
             mac: net.guest_mac.clone(),
         },
         NetworkMode::User => NetAttachment::User {

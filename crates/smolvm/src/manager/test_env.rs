@@ -146,7 +146,7 @@ impl Env {
     }
 
     pub(crate) fn tap_of(&self, id: &str) -> String {
-        self.m.get(id).unwrap().network.unwrap().tap_device
+        self.m.get(id).unwrap().network.unwrap().tap_device.unwrap()
     }
 }
 
