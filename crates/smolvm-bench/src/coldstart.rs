@@ -20,8 +20,11 @@ use smolvm::VmConfig;
 /// Name of the row with the cold-start totals (the parallel section compares against its median).
 pub(super) const TOTAL_ROW: &str = "cold start total (create -> first command output)";
 const BASELINE_ROW: &str = "baseline: raw VMM spawn -> agent Ready";
-/// Target: cold start within this factor of the raw VMM.
-pub(super) const COLD_START_FACTOR: f64 = 1.15;
+/// Target: cold start within this factor of the raw VMM (issue 17: 1.1, before 1.15).
+pub(super) const COLD_START_FACTOR: f64 = 1.1;
+/// Target: cold start to the first command's output within this many milliseconds (issue 17, set for
+/// the minimal kernel under TCG on the development machines).
+pub(super) const COLD_START_LIMIT_MS: f64 = 1200.0;
 /// Target: 4 parallel cold starts within this factor of one.
 pub(super) const PARALLEL_FACTOR: f64 = 2.0;
 /// VMs started at once in the parallel section.
@@ -125,8 +128,20 @@ fn cold_rows(rep: &mut SectionReport, cold: &[ColdSample]) {
         Unit::Ms,
         col(&|s| s.first_command),
     ));
-    rep.rows
-        .push(Row::samples(TOTAL_ROW, Unit::Ms, col(&|s| s.total)));
+    let total = Row::samples(TOTAL_ROW, Unit::Ms, col(&|s| s.total));
+    let total = match &total.stats {
+        Some(st) => {
+            let check = TargetCheck::at_most(
+                "cold start to first command <= 1.2 s",
+                "median",
+                COLD_START_LIMIT_MS,
+                st.median,
+            );
+            total.with_target(check)
+        }
+        None => total,
+    };
+    rep.rows.push(total);
     if cold.iter().all(|s| s.vmm_cpu_at_ready.is_some()) {
         rep.rows.push(
             Row::samples(
@@ -207,7 +222,7 @@ fn baseline_rows(
     rep.rows.push(
         Row::value("cold start / baseline (medians)", Unit::Ratio, ratio).with_target(
             TargetCheck::at_most(
-                "cold start <= 1.15 x raw VMM",
+                "cold start <= 1.1 x raw VMM",
                 "median / median",
                 COLD_START_FACTOR,
                 ratio,

@@ -170,7 +170,7 @@ impl Row {
 /// A target from the issue, checked against a measured figure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetCheck {
-    /// The target in words, e.g. `cold start <= 1.15 x raw VMM`.
+    /// The target in words, e.g. `cold start <= 1.1 x raw VMM`.
     pub target: String,
     /// Which figure is compared, e.g. `median`.
     pub compares: String,
