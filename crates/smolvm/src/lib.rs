@@ -20,6 +20,8 @@ mod dirs;
 mod error;
 mod exec;
 mod facade;
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod image;
 mod info;

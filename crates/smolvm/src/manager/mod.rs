@@ -25,7 +25,7 @@ mod channel;
 mod fork;
 mod images;
 mod lifecycle;
-mod liveness;
+pub(crate) mod liveness;
 mod pause;
 mod snapshot;
 mod snapshot_disk;
