@@ -4,7 +4,12 @@
 # runs each for N minutes, one after the other (one fuzzer at a time: it takes a whole core), starting
 # from the committed seed corpus `fuzz/corpus/<target>`.
 #
-#   scripts/fuzz.sh [--minutes N] [TARGET...]      targets: frames resync greeting mux agent console
+#   scripts/fuzz.sh [--minutes N] [--update-corpus] [TARGET...]
+#                                     targets: frames resync greeting mux agent console (default: all)
+#
+# --update-corpus: afterwards, minimise each target's queue (afl-cmin) and add the smallest inputs it
+# keeps (at most 1 KiB each) to fuzz/corpus/<target>, named by content hash, until that directory holds
+# 64 files or 32 KiB: a small seed corpus to commit.
 #
 # Exit status: 0 when no target found a crash or a hang; 1 otherwise (the inputs are listed: replay one
 # with `target/afl/release/<target> < <file>`, then add it as a regression test); 2 on usage or setup
@@ -15,12 +20,14 @@ set -uo pipefail
 
 ALL="frames resync greeting mux agent console"
 MINUTES=5
+UPDATE=0
 TARGETS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --minutes) MINUTES="${2:-}"; shift 2 || break ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        -*) echo "usage: $0 [--minutes N] [TARGET...]" >&2; exit 2 ;;
+        --update-corpus) UPDATE=1; shift ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "usage: $0 [--minutes N] [--update-corpus] [TARGET...]" >&2; exit 2 ;;
         *) TARGETS+=("$1"); shift ;;
     esac
 done
@@ -50,6 +57,35 @@ export AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINIT
 # Rust's panic hook prints; AFL++ sees the abort that afl::fuzz! turns every panic into.
 export AFL_SUPPRESS_OUTPUT=1
 
+# Minimises the queue of target $1 (output dir $2) and adds small new inputs to its seed corpus.
+update_corpus() {
+    local t="$1" out="$2" corpus="$ROOT/fuzz/corpus/$1" f h used files
+    rm -rf "$out/cmin"
+    # The shell afl-cmin (the Python one that `cargo afl cmin` runs records no coverage from these
+    # persistent-mode targets), from the AFL++ that `cargo afl config --build` made.
+    local bin cmin
+    bin=$(find "${XDG_DATA_HOME:-$HOME/.local/share}/afl.rs" -path '*/afl/bin/afl-cmin.bash' | sort | tail -n 1)
+    cmin="${bin:-afl-cmin.bash}"
+    if ! AFL_PATH="$(dirname "$cmin")" "$cmin" -i "$out/default/queue" -o "$out/cmin" -t 5000 \
+        -- "$CARGO_TARGET_DIR/release/$t" >"$out/cmin.log" 2>&1; then
+        echo "$t: afl-cmin failed; see $out/cmin.log" >&2
+        return
+    fi
+    used=$(du -cb "$corpus"/* | tail -n 1 | cut -f1)
+    files=$(find "$corpus" -type f | wc -l)
+    # Smallest first: many small inputs cover more per byte than a few large ones.
+    while IFS= read -r f; do
+        [ "$(stat -c %s "$f")" -le 1024 ] || continue
+        h=$(sha1sum "$f" | cut -c1-16)
+        [ -e "$corpus/$h" ] && continue
+        used=$((used + $(stat -c %s "$f")))
+        files=$((files + 1))
+        [ "$used" -le 32768 ] && [ "$files" -le 64 ] || break
+        cp "$f" "$corpus/$h"
+    done < <(find "$out/cmin" -type f -printf '%s %p\n' | sort -n | cut -d' ' -f2-)
+    echo "  corpus $t: $(ls "$corpus" | wc -l) files, $(du -sb "$corpus" | cut -f1) bytes"
+}
+
 stat_of() { sed -n "s/^$1 *: *//p" "$2"; }
 status=0
 printf '%-9s %10s %9s %7s %13s %7s %5s\n' target execs "execs/s" corpus edges crashes hangs
@@ -78,5 +114,6 @@ for t in "${TARGETS[@]}"; do
         status=1
         find "$out/default/crashes" "$out/default/hangs" -type f -name 'id:*' | sed 's/^/  finding: /'
     fi
+    [ "$UPDATE" = 1 ] && update_corpus "$t" "$out"
 done
 exit $status

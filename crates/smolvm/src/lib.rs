@@ -20,8 +20,7 @@ mod dirs;
 mod error;
 mod exec;
 mod facade;
-#[doc(hidden)]
-pub mod fuzzing;
+mod fuzzing;
 mod host;
 mod image;
 mod info;
@@ -109,6 +108,10 @@ pub mod internals {
     /// Snapshot records as stored (state store tests).
     pub mod snapshot {
         pub use crate::snapshot::{MachineShape, SnapshotRecord};
+    }
+    /// Entry points of the fuzz targets (`fuzz/`) and the seeded `hostile_guest_input` tests.
+    pub mod fuzzing {
+        pub use crate::fuzzing::{agent_replies, console};
     }
     /// The channel owner switch (the benchmark starts a VM without an owner for its comparison).
     pub mod channel {

@@ -1,11 +1,11 @@
-//! Seeded randomized runs of the fuzz entry points of this crate (`smolvm::fuzzing`): the agent client
+//! Seeded randomized runs of the fuzz entry points of this crate (`smolvm::internals::fuzzing`): the agent client
 //! against hostile replies and the console keeper plus log tail readers against random console output,
 //! plus a replay of the fuzzers' committed corpora (`fuzz/corpus/{agent,console}`), so CI runs the same
 //! code the coverage-guided fuzzers run. Deterministic seeds: a failure reproduces.
 
 use std::path::Path;
 
-use smolvm::fuzzing::{agent_replies, console};
+use smolvm::internals::fuzzing::{agent_replies, console};
 use smolvm_protocol::fuzzing::PLACEHOLDER_ID;
 use smolvm_protocol::{Done, EnvVars, ExitStatus, Frame, FrameType, Reply};
 

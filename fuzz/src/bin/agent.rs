@@ -3,6 +3,6 @@
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        smolvm::fuzzing::agent_replies(data);
+        smolvm::internals::fuzzing::agent_replies(data);
     });
 }

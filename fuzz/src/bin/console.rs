@@ -3,6 +3,6 @@
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {
-        smolvm::fuzzing::console(data);
+        smolvm::internals::fuzzing::console(data);
     });
 }
