@@ -76,16 +76,7 @@ impl ConsolePipe {
     /// Lets the VMM started by `cmd` inherit the write end (only that child: it stays close-on-exec in
     /// this process).
     pub(crate) fn pass_to(&self, cmd: &mut Command) {
-        let fd = self.write.as_raw_fd();
-        // SAFETY: fcntl is async-signal-safe and touches only the child's copy of the fd.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        inherit_fd(cmd, self.write.as_raw_fd());
     }
 
     /// Forks the keeper that copies the pipe into `log` (capped at `cap` bytes per file) and closes this
@@ -116,6 +107,20 @@ impl ConsolePipe {
                 unsafe { libc::waitpid(pid, &mut status, 0) };
             })?;
         Ok(pid as u32)
+    }
+}
+
+/// Lets the child started by `cmd` inherit `fd` under the same number (only that child: the
+/// descriptor stays close-on-exec in this process). `fd` must stay open until the child is spawned.
+pub(crate) fn inherit_fd(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: fcntl is async-signal-safe and touches only the child's copy of the fd.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

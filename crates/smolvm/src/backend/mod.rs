@@ -117,6 +117,9 @@ pub struct LaunchSpec {
     /// `cgroup.procs` files of the VM's host cgroup(s) (see [`crate::cgroup`]) that the VMM enters
     /// before it execs, so it never runs guest code unbounded. Empty: no group.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The unprivileged user the VMM switches to once it has opened its files and devices, before
+    /// the guest runs (see [`crate::vmm_user`]). `None`: it runs as the caller.
+    pub run_as: Option<crate::vmm_user::VmmUser>,
 }
 
 impl LaunchSpec {
@@ -319,6 +322,7 @@ mod owner_tests {
             vmm_log: "/v".into(),
             store: Some("/data/a".into()),
             cgroup_procs: Vec::new(),
+            run_as: None,
         };
         let mut cmd = std::process::Command::new("qemu-system-x86_64");
         spec.mark_owner(&mut cmd);

@@ -65,6 +65,7 @@ pub struct ManagerBuilder {
     network: Option<HostNetwork>,
     lock_wait: Option<Duration>,
     channel_owner: Option<bool>,
+    vmm_user: Option<bool>,
 }
 
 impl ManagerBuilder {
@@ -119,10 +120,23 @@ impl ManagerBuilder {
         self
     }
 
+    /// Whether the VMM of each VM drops root for the VM's own user when smolvm runs as root (default:
+    /// yes, unless `SMOLVM_VMM_USER=off`; see [`crate::vmm_user`]). Off runs VMMs as root, e.g. to
+    /// debug one.
+    pub fn vmm_user(mut self, enabled: bool) -> Self {
+        self.vmm_user = Some(enabled);
+        self
+    }
+
     /// Resolves the directories, opens the state store and probes the host (unless given).
     pub fn build(self) -> Result<SmolVmManager> {
         let dirs = Dirs::resolve(self.data_dir.as_deref(), self.socket_dir.as_deref())?;
-        let state = StateStore::open(&dirs.db_path())?;
+        // Each store leases VMM user ids from its own slot of the reserved range.
+        let opts = crate::state::StoreOptions {
+            vmm_ids: crate::vmm_user::range_for_store(&crate::dirs::store_tag(&dirs.store)),
+            ..Default::default()
+        };
+        let state = StateStore::open_with(&dirs.db_path(), opts)?;
         Ok(SmolVmManager {
             dirs,
             backend_choice: self.backend,
@@ -134,6 +148,9 @@ impl ManagerBuilder {
             channel_owner: self
                 .channel_owner
                 .unwrap_or_else(crate::channel::owner_enabled),
+            vmm_user: self
+                .vmm_user
+                .unwrap_or_else(crate::vmm_user::enabled_by_env),
         })
     }
 }

@@ -288,6 +288,7 @@ impl SmolVmManager {
                 disk::shared_disk_read_only(),
             ),
         };
+        let run_as = self.prepare_vmm_user(rec, config.disk_mode(), &disk)?;
         Ok(LaunchSpec {
             vm_id: id.clone(),
             vcpu_count: config.vcpu_count(),
@@ -316,6 +317,7 @@ impl SmolVmManager {
             console_log: self.console_log(id),
             vmm_log: self.vmm_log(id),
             store: Some(self.dirs.store.clone()),
+            run_as,
             cgroup_procs: self.prepare_cgroup(rec)?,
         })
     }

@@ -26,6 +26,9 @@
 //!   smolvm asks of QEMU needs them: no `-daemonize` (smolvm detaches QEMU itself), no helper scripts
 //!   (`script=no`, the TAP device already exists), snapshots migrate to a `file:` URI (no `exec:`).
 //!   Measured with QEMU 10.0.2 under TCG: boot, exec, pause/resume, snapshot, restore and fork all work.
+//! * `-run-with user=UID:GID` when the spec names a VMM user ([`crate::vmm_user`]): QEMU drops root
+//!   after opening its files and devices and before the guest runs; the sandbox then allows the
+//!   set*id calls QEMU itself makes for that ([`SANDBOX_DROPPING_ROOT`]).
 //! * Paths go into `key=value` option strings, where a comma separates options: commas in paths are
 //!   doubled (QEMU's escape), so no path can inject options.
 
@@ -43,6 +46,14 @@ pub(crate) use smolvm_protocol::AGENT_PORT_NAME;
 /// smolvm does not use).
 pub(crate) const SANDBOX: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The sandbox of a QEMU that switches user (`-run-with user=`): QEMU installs its seccomp filter
+/// before it drops root, so `elevateprivileges=deny` would kill it at its own `setgid` ("Bad system
+/// call", checked with QEMU 10.0.2). Allowing the set*id calls gives the dropped process nothing:
+/// after `setuid` from root to another id it holds no capabilities, so it can only "change" to the
+/// ids it already has, and `spawn=deny` still stops it from executing a setuid binary.
+pub(crate) const SANDBOX_DROPPING_ROOT: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
 
 /// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
 /// backing file is the snapshot's disk), `raw` for everything else.
@@ -228,7 +239,15 @@ pub(crate) fn build_argv_for(
     a.push("-chardev");
     a.push(qmp);
     a.push_all(&["-mon", "chardev=qmp,mode=control"]);
-    a.push_all(&["-sandbox", SANDBOX]);
+    match spec.run_as {
+        // QEMU opens every file, socket and device above as the caller, then switches to the VM's
+        // own user before the guest runs (`-runas` is deprecated in favour of this).
+        Some(user) => {
+            a.push_all(&["-sandbox", SANDBOX_DROPPING_ROOT, "-run-with"]);
+            a.push(format!("user={}:{}", user.uid, user.gid));
+        }
+        None => a.push_all(&["-sandbox", SANDBOX]),
+    }
     a.0
 }
 

@@ -21,6 +21,7 @@ fn spec() -> LaunchSpec {
         vmm_log: PathBuf::from("/data/vms/vm-1234abcd/vmm.log"),
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
     }
 }
 
@@ -315,4 +316,44 @@ fn the_entry_is_detected_from_the_elf_magic() {
     s.kernel = elf;
     let argv = strings(build_argv(Path::new("q"), &s, Accel::Kvm));
     assert_eq!(argv[4], "microvm,acpi=on,pic=off");
+}
+
+#[test]
+fn a_vmm_user_makes_qemu_drop_root_with_a_sandbox_that_lets_it() {
+    let spec = LaunchSpec {
+        run_as: Some(crate::vmm_user::VmmUser {
+            uid: 1879048197,
+            gid: 1879048198,
+        }),
+        ..spec()
+    };
+    let argv = strings(build_argv(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &spec,
+        Accel::Kvm,
+    ));
+    let without = strings(build_argv(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &self::spec(),
+        Accel::Kvm,
+    ));
+    // Everything up to the sandbox is the same; the end differs exactly so.
+    let n = without.len() - 2;
+    assert_eq!(argv[..n], without[..n]);
+    assert_eq!(
+        argv[n..],
+        [
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
+            "-run-with",
+            "user=1879048197:1879048198",
+        ]
+    );
+    assert_eq!(
+        without[n..],
+        [
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]
+    );
 }

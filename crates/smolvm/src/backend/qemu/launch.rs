@@ -31,7 +31,7 @@ pub(super) fn launch(
     let log_offset = fs::metadata(&spec.vmm_log).map(|m| m.len()).unwrap_or(0);
 
     let argv_for = |spec: &LaunchSpec| backend.argv(spec);
-    let identity = spawn_with_console(backend, spec, argv_for, "starting QEMU")?;
+    let identity = spawn_with_console(backend, spec, argv_for, &[], "starting QEMU")?;
 
     match wait_for_qmp(&identity, spec, log_offset) {
         Ok(()) => Ok(identity),
@@ -49,11 +49,13 @@ pub(super) fn launch(
 
 /// Spawns QEMU (detached, marked with its store) with its serial console going through a
 /// [`ConsolePipe`] to a keeper that caps the log on disk. `argv_for` builds the argv from a spec whose
-/// console path is the pipe. If the keeper cannot start, QEMU is killed again.
+/// console path is the pipe. `inherit` are further (close-on-exec) descriptors of this process that
+/// QEMU inherits under the same numbers. If the keeper cannot start, QEMU is killed again.
 pub(super) fn spawn_with_console(
     backend: &QemuBackend,
     spec: &LaunchSpec,
     argv_for: impl Fn(&LaunchSpec) -> Vec<std::ffi::OsString>,
+    inherit: &[std::os::fd::RawFd],
     what: &str,
 ) -> Result<ProcessIdentity, QemuError> {
     let spawn_err = |source| QemuError::Spawn {
@@ -69,6 +71,9 @@ pub(super) fn spawn_with_console(
     cmd.args(&argv[1..]);
     spec.mark_owner(&mut cmd);
     console.pass_to(&mut cmd);
+    for &fd in inherit {
+        crate::backend::console_keeper::inherit_fd(&mut cmd, fd);
+    }
     let identity = spawn_detached(cmd, &spec.vmm_log).map_err(spawn_err)?;
     if let Err(e) = console.start_keeper(&spec.console_log, CONSOLE_LOG_MAX) {
         identity.kill();

@@ -7,6 +7,11 @@
 //! restoring QEMU exits ("Capability mapped-ram is off, but received capability is on"), so they are a
 //! constant here. `mapped-ram` (QEMU >= 9.0) writes each RAM page at a fixed offset of a sparse file:
 //! the file is the guest's size in apparent bytes but allocates only the pages the guest touched.
+//!
+//! The restoring QEMU does not open the snapshot by path: smolvm opens it read-only and QEMU inherits
+//! the descriptor into an fd set (`-add-fd`), loaded as `file:/dev/fdset/N`. A QEMU that has dropped
+//! root (see [`crate::vmm_user`]) can thus load a snapshot it has no permission to open, several
+//! restores of one snapshot under different users run at once, and the file stays root's alone.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,12 @@ pub(crate) const MIGRATION_FILE: &str = "vm.migration";
 pub(crate) const CAPABILITIES: &[&str] = &["mapped-ram"];
 /// How long a save or a load may take (hundreds of MB to a local file take about a second).
 pub(crate) const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// The fd set the restoring QEMU finds the snapshot's migration stream in.
+pub(crate) const MIGRATION_FDSET: u32 = 1;
+/// The URI a restoring QEMU loads: the descriptor in [`MIGRATION_FDSET`].
+pub(crate) fn fdset_uri() -> String {
+    format!("file:/dev/fdset/{MIGRATION_FDSET}")
+}
 /// Pause between `query-migrate` polls.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -71,9 +82,9 @@ pub(crate) fn save(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result
     wait_completed(qmp, timeout, "saving")
 }
 
-/// Loads `dir` into a QEMU started with `-incoming defer`, then lets the guest run.
-pub(crate) fn load(qmp: &mut QmpClient, dir: &Path, timeout: Duration) -> Result<(), QmpError> {
-    let uri = file_uri(dir)?;
+/// Loads the stream at `uri` (see [`fdset_uri`]) into a QEMU started with `-incoming defer`, then
+/// lets the guest run.
+pub(crate) fn load(qmp: &mut QmpClient, uri: &str, timeout: Duration) -> Result<(), QmpError> {
     qmp.execute("migrate-set-capabilities", Some(capability_args()))?;
     qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))?;
     wait_completed(qmp, timeout, "loading")?;
@@ -138,17 +149,29 @@ pub(super) fn restore(
     let log_offset = std::fs::metadata(&spec.vmm_log)
         .map(|m| m.len())
         .unwrap_or(0);
+    let stream = migration_file(dir);
+    // Close-on-exec here; only QEMU's copy is made inheritable (between its fork and exec).
+    let fd = std::fs::File::open(&stream)
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|source| QemuError::Snapshot {
+            path: stream.clone(),
+            source,
+        })?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let identity = super::launch::spawn_with_console(
         backend,
         spec,
-        |s| restore_argv(backend, s),
+        |s| restore_argv(backend, s, raw),
+        &[raw],
         "restoring QEMU",
     )?;
+    // QEMU holds its own copy from here on.
+    drop(fd);
     let t0 = std::time::Instant::now();
     let result = super::launch::wait_for_qmp(&identity, spec, log_offset).and_then(|()| {
         tracing::debug!(vm_id = %spec.vm_id, ms = t0.elapsed().as_millis() as u64, "QMP up");
         let mut qmp = backend.qmp(&spec.control_socket)?;
-        load(&mut qmp, dir, MIGRATION_TIMEOUT).map_err(|source| QemuError::Qmp {
+        load(&mut qmp, &fdset_uri(), MIGRATION_TIMEOUT).map_err(|source| QemuError::Qmp {
             socket: spec.control_socket.clone(),
             source,
         })
@@ -172,9 +195,16 @@ pub(super) fn restore(
     }
 }
 
-/// The boot argv plus `-incoming defer`.
-pub(crate) fn restore_argv(backend: &QemuBackend, spec: &LaunchSpec) -> Vec<OsString> {
+/// The boot argv plus the inherited migration stream `fd` in [`MIGRATION_FDSET`] and
+/// `-incoming defer`.
+pub(crate) fn restore_argv(
+    backend: &QemuBackend,
+    spec: &LaunchSpec,
+    fd: std::os::fd::RawFd,
+) -> Vec<OsString> {
     let mut argv = backend.argv(spec);
+    argv.push("-add-fd".into());
+    argv.push(format!("fd={fd},set={MIGRATION_FDSET}").into());
     argv.push("-incoming".into());
     argv.push("defer".into());
     argv

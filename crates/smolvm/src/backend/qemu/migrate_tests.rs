@@ -162,8 +162,7 @@ fn load_sets_capabilities_loads_and_continues_a_paused_guest() {
         _ => ok(),
     });
     let mut q = QmpClient::connect(&f.path, QMP_TIMEOUT).unwrap();
-    let dir = PathBuf::from("/snap/s1");
-    super::load(&mut q, &dir, Duration::from_secs(5)).unwrap();
+    super::load(&mut q, &super::fdset_uri(), Duration::from_secs(5)).unwrap();
     let log = f.log.lock().unwrap().clone();
     let cmds: Vec<&str> = log.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(
@@ -176,15 +175,16 @@ fn load_sets_capabilities_loads_and_continues_a_paused_guest() {
             "cont"
         ]
     );
-    assert_eq!(log[1].1, json!({"uri": "file:/snap/s1/vm.migration"}));
+    assert_eq!(log[1].1, json!({"uri": "file:/dev/fdset/1"}));
 }
 
 #[test]
-fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
+fn restore_argv_is_the_boot_argv_plus_the_stream_fd_and_incoming_defer() {
     let dir = tempfile::tempdir().unwrap();
     let spec = crate::backend::LaunchSpec {
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
         vm_id: "f1".into(),
         vcpu_count: 2,
         mem_size_mib: 512,
@@ -201,9 +201,12 @@ fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
     };
     let b = backend();
     let boot = b.argv(&spec);
-    let restore = super::restore_argv(&b, &spec);
+    let restore = super::restore_argv(&b, &spec, 9);
     assert_eq!(&restore[..boot.len()], &boot[..]);
-    assert_eq!(&restore[boot.len()..], ["-incoming", "defer"]);
+    assert_eq!(
+        &restore[boot.len()..],
+        ["-add-fd", "fd=9,set=1", "-incoming", "defer"]
+    );
 }
 
 #[test]
@@ -212,6 +215,7 @@ fn a_qcow2_overlay_is_attached_as_qcow2() {
     let mut spec = crate::backend::LaunchSpec {
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
         vm_id: "f1".into(),
         vcpu_count: 1,
         mem_size_mib: 256,

@@ -135,6 +135,15 @@ pub enum QemuError {
         #[source]
         source: Box<QemuError>,
     },
+    /// A snapshot's migration stream could not be opened for a restore.
+    #[error("cannot open the snapshot's migration stream {}", path.display())]
+    Snapshot {
+        /// The stream file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A QMP operation failed.
     #[error("QMP on {}", socket.display())]
     Qmp {
