@@ -104,6 +104,17 @@ pub(crate) fn give_file(file: &Path, user: VmmUser) -> io::Result<()> {
     std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
 }
 
+/// Gives `file` back to root alone (0600): a VM's retained disk once its VM (and user lease) is gone.
+pub(crate) fn take_back_file(file: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(file) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    chown(file, 0, 0)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
+
 /// Lends the directory `dir` to `user` (mode 0700) so that its VMM can write a snapshot into it.
 pub(crate) fn lend_dir(dir: &Path, user: VmmUser) -> io::Result<()> {
     chown(dir, user.uid, user.gid)?;
@@ -158,6 +169,11 @@ mod tests {
             (m.uid(), m.gid(), m.mode() & 0o777),
             (user.uid, user.gid, 0o600)
         );
+
+        take_back_file(&disk).unwrap();
+        let m = std::fs::metadata(&disk).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (0, 0, 0o600));
+        take_back_file(&d.path().join("gone")).unwrap();
 
         let snap = d.path().join("snap");
         std::fs::create_dir(&snap).unwrap();

@@ -439,6 +439,14 @@ impl SmolVmManager {
                 .clone()
                 .unwrap_or_else(|| disk::isolated_disk_path(self.disk_dir(), &rec.info.vm_id));
             disk::remove_disk(&disk);
+        } else if config.disk_mode() == DiskMode::Isolated && crate::vmm_user::is_root() {
+            // A retained disk outlives the VM's VMM user, whose id the next VM may get: it goes back
+            // to root, and the VM that reuses it gets it handed over again at start.
+            if let Some(disk) = &rec.disk_path {
+                if let Err(e) = crate::vmm_user::take_back_file(disk) {
+                    tracing::warn!(vm = %rec.info.vm_id, error = %e, "could not give the retained disk back to root");
+                }
+            }
         }
         for tmp in disk::temp_clones(self.disk_dir(), &rec.info.vm_id) {
             let _ = fs::remove_file(tmp);
