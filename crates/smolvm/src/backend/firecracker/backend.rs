@@ -15,6 +15,7 @@ use super::api::{
 };
 use super::http::ApiClient;
 use super::FirecrackerError;
+use crate::backend::console_keeper::{ConsolePipe, CONSOLE_LOG_MAX};
 use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttachment};
 use crate::config::BackendKind;
 use crate::process::{spawn_detached, ProcessIdentity};
@@ -86,24 +87,30 @@ impl FirecrackerBackend {
         // Everything that can be checked without side effects is checked before anything is created.
         preflight(spec)?;
         remove_sockets(&spec.control_socket, &spec.agent)?;
-        // Older releases open serial_out_path without creating it; a fresh file per boot also keeps
-        // Firecracker (which writes from offset 0) from interleaving with an old console log.
-        File::create(&spec.console_log).map_err(|source| FirecrackerError::File {
-            action: "create console log",
-            path: spec.console_log.clone(),
+        // The guest's serial console goes into a pipe that Firecracker inherits (`serial_out_path`
+        // is the pipe's `/dev/fd` path) and a keeper copies it into the console log with a size cap,
+        // as under QEMU (see `console_keeper`): a guest printing forever cannot fill the disk.
+        let spawn_err = |source| FirecrackerError::Spawn {
+            binary: self.binary.display().to_string(),
             source,
-        })?;
-        let identity = spawn_detached(self.command(spec), &spec.vmm_log).map_err(|source| {
-            FirecrackerError::Spawn {
-                binary: self.binary.display().to_string(),
-                source,
-            }
-        })?;
+        };
+        let console = ConsolePipe::new().map_err(spawn_err)?;
+        let piped = LaunchSpec {
+            console_log: console.vmm_path(),
+            ..spec.clone()
+        };
+        let mut cmd = self.command(spec);
+        console.pass_to(&mut cmd);
+        let identity = spawn_detached(cmd, &spec.vmm_log).map_err(spawn_err)?;
+        if let Err(e) = console.start_keeper(&spec.console_log, CONSOLE_LOG_MAX) {
+            identity.kill();
+            return Err(spawn_err(e));
+        }
         let result = wait_for_socket(&spec.control_socket, &identity, socket_wait).and_then(|()| {
             let mut client = ApiClient::new(&spec.control_socket);
             match restore_from {
-                None => configure(&mut client, spec, None),
-                Some(dir) => super::snapshot::load(&mut client, spec, dir),
+                None => configure(&mut client, &piped, None),
+                Some(dir) => super::snapshot::load(&mut client, &piped, dir),
             }
         });
         match result {
