@@ -79,6 +79,22 @@ impl ConsolePipe {
         inherit_fd(cmd, self.write.as_raw_fd());
     }
 
+    /// Makes the write end the standard output of the VMM started by `cmd` (for a VMM that keeps no
+    /// other inherited descriptor: Firecracker under its jailer). Runs after the command's own stdio
+    /// setup, so it replaces whatever stdout that set.
+    pub(crate) fn as_stdout(&self, cmd: &mut Command) {
+        let fd = self.write.as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe and touches only the child's descriptors.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 1) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
     /// Forks the keeper that copies the pipe into `log` (capped at `cap` bytes per file) and closes this
     /// process' ends, so the keeper sees end-of-file once the VMM is gone. Call after the VMM was
     /// spawned. Returns the keeper's pid (a thread here reaps it).

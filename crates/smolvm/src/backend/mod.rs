@@ -227,6 +227,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The control socket path for a VM.
     fn control_socket(&self, socket_dir: &Path, vm_id: &str) -> PathBuf;
+
+    /// Removes what the backend keeps for `vm_id` beyond its VMM process and sockets (Firecracker's
+    /// jail). Call once the VMM is gone; absent is fine.
+    fn release(&self, vm_id: &str) -> Result<(), BackendError> {
+        let _ = vm_id;
+        Ok(())
+    }
 }
 
 /// Errors of the VMM backends.

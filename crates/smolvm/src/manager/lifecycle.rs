@@ -201,6 +201,7 @@ impl SmolVmManager {
             Err(e) => {
                 process.kill();
                 remove_sockets(&spec);
+                release_backend(backend, vm_id);
                 self.remove_cgroup(vm_id);
                 return Err(e);
             }
@@ -214,6 +215,7 @@ impl SmolVmManager {
             process.kill();
             self.close_channel(rec);
             remove_sockets(&spec);
+            release_backend(backend, vm_id);
             self.remove_cgroup(vm_id);
             return Err(e.into());
         }
@@ -238,6 +240,7 @@ impl SmolVmManager {
                     process.kill();
                     self.close_channel(rec);
                     remove_sockets(&spec);
+                    release_backend(backend, vm_id);
                     self.remove_cgroup(vm_id);
                     let why = format!("boot did not complete: {e}");
                     self.state()?
@@ -374,8 +377,11 @@ impl SmolVmManager {
         Ok(())
     }
 
+    /// Removes the VM's sockets and what else its backend keeps beyond the VMM (Firecracker's jail).
+    /// Call once the VMM is gone.
     fn remove_vm_sockets(&self, rec: &VmRecord) {
         if let Ok(backend) = self.backend_impl(rec.backend) {
+            release_backend(backend.as_ref(), &rec.info.vm_id);
             let control = backend.control_socket(self.socket_dir(), &rec.info.vm_id);
             // In a socket dir shared with another store, these may be its live VM's sockets.
             if self.check_socket_unclaimed(&control).is_err() {
@@ -456,6 +462,13 @@ impl SmolVmManager {
         let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
         self.remove_vm_sockets(rec);
         self.remove_cgroup(&rec.info.vm_id);
+    }
+}
+
+/// [`Backend::release`](crate::backend::Backend::release), logged on failure (`cleanup` retries).
+fn release_backend(backend: &dyn crate::backend::Backend, vm_id: &str) {
+    if let Err(e) = backend.release(vm_id) {
+        tracing::warn!(vm = %vm_id, error = %e, "could not remove what the backend keeps for the VM (its jail)");
     }
 }
 

@@ -313,3 +313,30 @@ fn an_operation_behind_a_stuck_one_gives_up_naming_the_holder() {
     e.m.delete("vm-a").unwrap();
     e.assert_gone("vm-a");
 }
+
+#[test]
+fn the_backend_releases_its_per_vm_state_whenever_the_vmm_is_gone() {
+    let e = Env::new();
+    let released = || e.vmm.state().released.clone();
+    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+        .unwrap();
+    e.m.start("vm-a", BOOT).unwrap();
+    assert_eq!(released(), Vec::<String>::new(), "nothing while it runs");
+    e.m.stop("vm-a", STOP).unwrap();
+    assert_eq!(released(), ["vm-a"], "a stop releases it");
+    e.m.start("vm-a", BOOT).unwrap();
+    e.m.delete("vm-a").unwrap();
+    assert_eq!(released().last().map(String::as_str), Some("vm-a"));
+    let after_delete = released().len();
+    assert!(after_delete >= 2, "{:?}", released());
+
+    // A boot that fails after the VMM started (the agent never answers) releases it too.
+    e.create("vm-b", DiskMode::Isolated, NetworkChoice::None)
+        .unwrap();
+    e.vmm.state().guest = Guest::Hangs;
+    e.m.start("vm-b", Duration::from_millis(800)).unwrap_err();
+    assert_eq!(released()[after_delete..], ["vm-b"]);
+    e.vmm.state().guest = Guest::Ready;
+    e.m.delete("vm-b").unwrap();
+    e.assert_gone("vm-b");
+}

@@ -38,6 +38,8 @@ fn fake_firecracker_process() {
         return;
     };
     let dir = PathBuf::from(dir);
+    let jail_root = std::env::var_os("FAKE_FC_ROOT").map(PathBuf::from);
+    let jailed = jail_root.is_some();
     let mode = fs::read_to_string(dir.join("mode")).unwrap_or_default();
     let mode = mode.trim().to_string();
     fs::write(dir.join("pid"), std::process::id().to_string()).unwrap();
@@ -104,9 +106,18 @@ fn fake_firecracker_process() {
         if r.path == "/actions" && body["action_type"] == "InstanceStart" {
             started.store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        if r.path == "/actions" && body["action_type"] == "InstanceStart" && jailed {
+            // A jailed VMM's serial console is its stdout.
+            println!("fake guest console: booted");
+        }
         if r.path == "/vsock" {
-            // Like Firecracker, create the vsock's host socket.
+            // Like Firecracker, create the vsock's host socket (inside its jail when jailed).
             let uds = body["uds_path"].as_str().unwrap();
+            let uds = match &jail_root {
+                Some(root) => format!("{}{uds}", root.to_string_lossy()),
+                None => uds.to_string(),
+            };
+            let uds = uds.as_str();
             vsock_listeners
                 .lock()
                 .unwrap()
