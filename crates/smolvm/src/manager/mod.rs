@@ -24,6 +24,7 @@ mod procscan;
 mod channel;
 mod fork;
 mod images;
+mod jails;
 mod lifecycle;
 mod liveness;
 mod pause;
