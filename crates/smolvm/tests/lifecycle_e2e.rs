@@ -325,6 +325,12 @@ fn each_vmm_runs_as_its_own_unprivileged_user() {
         let pid = m.start(id, BOOT).unwrap().pid.unwrap();
         let (uid, gid, groups) = process_ids(pid);
         assert_ne!(uid, 0, "{id}: the VMM still runs as root");
+        // Exactly the user the manager leased to this VM.
+        assert_eq!(
+            m.vmm_user(id).unwrap(),
+            Some(smolvm::VmmUser { uid, gid: uid }),
+            "{id}"
+        );
         assert!(
             (0x7000_0000..0x7FFE_0000).contains(&uid),
             "{id}: uid {uid} outside the reserved range"
@@ -373,6 +379,7 @@ fn each_vmm_runs_as_its_own_unprivileged_user() {
         .unwrap();
     let pid = root_manager.start("user-root", BOOT).unwrap().pid.unwrap();
     assert_eq!(process_ids(pid).0, 0);
+    assert_eq!(root_manager.vmm_user("user-root").unwrap(), None);
 
     drop(handles);
     for id in ["user-a", "user-b", "user-root"] {

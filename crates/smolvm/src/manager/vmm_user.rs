@@ -34,6 +34,17 @@ impl SmolVmManager {
         Ok(Some(user))
     }
 
+    /// The user `vm_id`'s VMM runs (or will run) as: its leased id when this manager drops root for
+    /// VMMs (it runs as root with VMM users on), else `None` (the VMM runs as the caller). A VM from
+    /// before VMM users were leased reports `None` until its next start.
+    pub fn vmm_user(&self, vm_id: &str) -> Result<Option<VmmUser>> {
+        let rec = self.record(vm_id)?;
+        if !self.vmm_user || !vmm_user::is_root() {
+            return Ok(None);
+        }
+        Ok(rec.vmm_id.map(VmmUser::from_id))
+    }
+
     /// The user the running VMM of `rec` actually runs as, if not root: the one a snapshot directory
     /// is lent to while the VMM writes into it. Read from the process rather than the settings, so a
     /// VM started by a process with the drop switched off (or on) is handled as it runs.
