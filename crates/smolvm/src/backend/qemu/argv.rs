@@ -99,12 +99,53 @@ pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: QemuAccel) -> Vec<OsS
     build_argv_for(binary, spec, accel, KernelEntry::detect(&spec.kernel))
 }
 
+/// The fd set a QEMU that drops root finds its writable root disk in.
+pub(crate) const DISK_FDSET: u32 = 3;
+
+/// Descriptors of the root disk that QEMU inherits instead of opening a path: read-write and
+/// read-only, because QEMU reopens the disk with the other access mode around a migration
+/// (inactivate/activate) and picks the matching descriptor of the set. A QEMU that has dropped root
+/// may not be able to reach the disk's path at all (root's home is 0700).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiskFds {
+    /// Opened read-write.
+    pub rw: std::os::fd::RawFd,
+    /// Opened read-only.
+    pub ro: std::os::fd::RawFd,
+}
+
+/// [`build_argv`] with the root disk given as `disk_fds` (in [`DISK_FDSET`]) when there are some.
+pub(crate) fn build_argv_with_disk(
+    binary: &Path,
+    spec: &LaunchSpec,
+    accel: QemuAccel,
+    disk_fds: Option<DiskFds>,
+) -> Vec<OsString> {
+    build_argv_full(
+        binary,
+        spec,
+        accel,
+        KernelEntry::detect(&spec.kernel),
+        disk_fds,
+    )
+}
+
 /// The complete argv (program first) that boots `spec` with `accel`, entering the kernel as `entry`.
 pub(crate) fn build_argv_for(
     binary: &Path,
     spec: &LaunchSpec,
     accel: QemuAccel,
     entry: KernelEntry,
+) -> Vec<OsString> {
+    build_argv_full(binary, spec, accel, entry, None)
+}
+
+fn build_argv_full(
+    binary: &Path,
+    spec: &LaunchSpec,
+    accel: QemuAccel,
+    entry: KernelEntry,
+    disk_fds: Option<DiskFds>,
 ) -> Vec<OsString> {
     let mut a = Argv(vec![binary.as_os_str().to_owned()]);
     a.push("-name");
@@ -161,14 +202,24 @@ pub(crate) fn build_argv_for(
     a.push(cmdline);
 
     // Root disk.
-    let mut drive = opt(
-        if disk_format(&spec.disk) == "qcow2" {
-            "id=root,format=qcow2,if=none,file="
-        } else {
-            "id=root,format=raw,if=none,file="
-        },
-        &spec.disk,
-    );
+    let prefix = if disk_format(&spec.disk) == "qcow2" {
+        "id=root,format=qcow2,if=none,file="
+    } else {
+        "id=root,format=raw,if=none,file="
+    };
+    let mut drive = match disk_fds {
+        Some(fds) => {
+            for fd in [fds.rw, fds.ro] {
+                a.push("-add-fd");
+                a.push(format!("fd={fd},set={DISK_FDSET}"));
+            }
+            // QEMU's image locks are per open file: with the disk reopened on the set's other
+            // descriptor it would conflict with itself ("Failed to get write lock"). The disk is this
+            // VM's own file and the VM lock already keeps a second VMM off it.
+            OsString::from(format!("{prefix}/dev/fdset/{DISK_FDSET},file.locking=off"))
+        }
+        None => opt(prefix, &spec.disk),
+    };
     drive.push(if spec.disk_read_only {
         ",readonly=on"
     } else {

@@ -341,3 +341,36 @@ fn a_vmm_user_makes_qemu_drop_root_with_a_sandbox_that_lets_it() {
         ]
     );
 }
+
+#[test]
+fn a_dropping_qemu_gets_its_writable_disk_as_an_fd_set() {
+    let spec = spec();
+    let fds = super::DiskFds { rw: 11, ro: 12 };
+    let argv = strings(super::build_argv_with_disk(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &spec,
+        QemuAccel::KVM,
+        Some(fds),
+    ));
+    let plain = strings(build_argv(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &spec,
+        QemuAccel::KVM,
+    ));
+    let at = plain.iter().position(|a| a == "-drive").unwrap();
+    // Both descriptors go into one set right before the drive, which names the set, not the path.
+    assert_eq!(argv[..at], plain[..at]);
+    assert_eq!(
+        argv[at..at + 6],
+        [
+            "-add-fd",
+            "fd=11,set=3",
+            "-add-fd",
+            "fd=12,set=3",
+            "-drive",
+            "id=root,format=raw,if=none,file=/dev/fdset/3,file.locking=off,discard=unmap",
+        ]
+    );
+    assert_eq!(argv[at + 6..], plain[at + 2..]);
+    assert!(!argv.iter().any(|a| a.contains("vm-1234abcd.ext4")));
+}

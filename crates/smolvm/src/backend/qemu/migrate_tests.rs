@@ -111,13 +111,19 @@ fn save_sets_capabilities_migrates_to_the_file_and_polls() {
     let log = f.log.lock().unwrap().clone();
     assert_eq!(log[0].0, "migrate-set-capabilities");
     assert_eq!(log[0].1, capability_args_for_test());
-    assert_eq!(log[1].0, "migrate");
-    assert_eq!(
-        log[1].1,
-        json!({"uri": format!("file:{}/vm.migration", dir.path().display())})
-    );
-    assert_eq!(log[2].0, "query-migrate");
-    assert_eq!(log.len(), 3);
+    // The stream file is made by smolvm (root's, 0600) and handed over as a descriptor.
+    assert_eq!(log[1], ("add-fd".to_string(), json!({"fdset-id": 2})));
+    assert_eq!(log[2].0, "migrate");
+    assert_eq!(log[2].1, json!({"uri": "file:/dev/fdset/2"}));
+    assert_eq!(log[3].0, "query-migrate");
+    assert_eq!(log[4], ("remove-fd".to_string(), json!({"fdset-id": 2})));
+    assert_eq!(log.len(), 5);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("vm.migration"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 fn capability_args_for_test() -> Value {
@@ -127,7 +133,7 @@ fn capability_args_for_test() -> Value {
 #[test]
 fn a_failed_migration_reports_qemus_reason() {
     let f = fake(|cmd, _, n| match (cmd, n) {
-        ("query-migrate", 3) => json!({"return": {"status": "active"}}),
+        ("query-migrate", 4) => json!({"return": {"status": "active"}}),
         ("query-migrate", _) => {
             json!({"return": {"status": "failed", "error-desc": "No space left on device"}})
         }
@@ -141,9 +147,11 @@ fn a_failed_migration_reports_qemus_reason() {
         commands(&f),
         [
             "migrate-set-capabilities",
+            "add-fd",
             "migrate",
             "query-migrate",
-            "query-migrate"
+            "query-migrate",
+            "remove-fd"
         ]
     );
 }
@@ -195,7 +203,7 @@ fn restore_argv_is_the_boot_argv_plus_the_stream_fd_and_incoming_defer() {
     };
     let b = backend();
     let boot = b.argv(&spec);
-    let restore = super::restore_argv(&b, &spec, 9);
+    let restore = super::restore_argv(&b, &spec, 9, None);
     assert_eq!(&restore[..boot.len()], &boot[..]);
     assert_eq!(
         &restore[boot.len()..],
