@@ -307,6 +307,9 @@ fn each_vmm_runs_as_its_own_unprivileged_user() {
     };
     let env = &scene.env;
     let m = &env.manager;
+    // Like root's home: the VMM users cannot even reach the data directory by path.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     // Root is what the drop is for; the E2E suite runs as root.
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the E2E suite runs as root");
@@ -360,6 +363,23 @@ fn each_vmm_runs_as_its_own_unprivileged_user() {
         .unwrap();
     std::io::Read::read_exact(&mut conn, &mut banner).unwrap();
     assert_eq!(&banner, b"SSH-");
+
+    // Snapshot and restore through dropped VMMs: the source goes on, the copy gets a user of its own.
+    m.snapshot("user-b", "snap-b").unwrap();
+    assert_eq!(handles[1].run("echo after").unwrap().stdout, "after\n");
+    let c = m
+        .create_from_snapshot("snap-b", Some("user-c"), BOOT)
+        .unwrap();
+    let (uid_c, _, _) = process_ids(c.pid.unwrap());
+    assert!(
+        uid_c != 0 && uid_c != users[0].1 && uid_c != users[1].1,
+        "{uid_c}"
+    );
+    let vc = env.reconnect("user-c");
+    assert_eq!(vc.run("hostname").unwrap().stdout, "user-c\n");
+    drop(vc);
+    m.delete("user-c").unwrap();
+    m.delete_snapshot("snap-b").unwrap();
 
     // A restart keeps the VM's user.
     m.stop("user-b", Duration::from_secs(10)).unwrap();
