@@ -33,6 +33,7 @@ mod state;
 #[cfg(test)]
 mod test_tools;
 mod types;
+mod vmm_user;
 
 /// Largest size of a VM's `console.log` before it moves to `console.log.1` (the console takes at most
 /// twice this on disk).
@@ -70,6 +71,7 @@ pub use snapshot::{SnapshotError, SnapshotInfo};
 pub use ssh::{ssh_argv, SshError, SshTarget};
 pub use state::StateError;
 pub use types::{ValidationError, VmState};
+pub use vmm_user::{VmmUser, VMM_USER_ENV};
 
 /// Internals the sibling crates (CLI, benchmark) and the integration tests reach into. Hidden from
 /// the docs and not a stable API: anything here may change without notice.
