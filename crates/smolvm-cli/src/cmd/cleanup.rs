@@ -92,6 +92,7 @@ fn render(r: &CleanupReport) -> String {
         ("socket", &r.sockets),
         ("interrupted disk clone", &r.temp_files),
         ("VM directory", &r.vm_dirs),
+        ("Firecracker jail", &r.jails),
     ] {
         out.extend(
             paths
