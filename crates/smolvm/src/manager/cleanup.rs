@@ -16,7 +16,13 @@
 //! * lock files `data_dir/locks/<id>.lock` of ids without a row (removed safely, see
 //!   [`super::lock`]);
 //! * disks `<disk_dir>/<id>.ext4` without a row: these are retained disks (`retain_disk_on_delete`) and
-//!   are only listed, unless [`CleanupOptions::remove_retained_disks`].
+//!   are only listed, unless [`CleanupOptions::remove_retained_disks`];
+//! * disk overlays `<disk_dir>/<id>.qcow2` without a row (a VM made from a snapshot or template whose
+//!   create or delete was killed): never retained, removed.
+//!
+//! Then, store-wide, snapshot directories `data_dir/snapshots/<name>` without a row and interrupted
+//! snapshot captures `.<name>.tmp-*` (see [`super::cleanup_snapshots`]), while no snapshot is being
+//! taken.
 //!
 //! Then host networking: TAPs and nft rules tagged for VMs that neither have a row here nor a live VMM
 //! process anywhere on the host ([`HostNetwork::cleanup_orphans`]). Tags do not name the data
@@ -117,6 +123,10 @@ pub struct CleanupReport {
     pub temp_files: Vec<PathBuf>,
     /// VM directories without a row removed.
     pub vm_dirs: Vec<PathBuf>,
+    /// Disk overlays (`<id>.qcow2`) of VMs without a row removed.
+    pub overlays: Vec<PathBuf>,
+    /// Snapshot directories without a row, and interrupted snapshot captures, removed.
+    pub snapshot_dirs: Vec<PathBuf>,
     /// Disks without a row (listed; removed only when asked).
     pub retained_disks: Vec<RetainedDisk>,
     /// VM cgroups removed (their VM has no row or no live VMM).
@@ -139,6 +149,8 @@ impl CleanupReport {
             && self.sockets.is_empty()
             && self.temp_files.is_empty()
             && self.vm_dirs.is_empty()
+            && self.overlays.is_empty()
+            && self.snapshot_dirs.is_empty()
             && self.retained_disks.iter().all(|d| !d.removed)
             && self.network.as_ref().is_none_or(NetworkCleanup::is_empty)
             && self.failures.is_empty()
@@ -150,6 +162,7 @@ impl CleanupReport {
 struct Files {
     sockets: BTreeMap<String, Vec<PathBuf>>,
     disks: BTreeMap<String, PathBuf>,
+    overlays: BTreeMap<String, PathBuf>,
     temp_files: BTreeMap<String, Vec<PathBuf>>,
     vm_dirs: BTreeMap<String, PathBuf>,
     /// Ids with a lock file (left by an older smolvm, or by a crash during delete).
@@ -178,6 +191,7 @@ impl SmolVmManager {
         ids.extend(self.own_vmms(&all_vmms).map(|p| p.vm_id.clone()));
         ids.extend(files.sockets.keys().cloned());
         ids.extend(files.disks.keys().cloned());
+        ids.extend(files.overlays.keys().cloned());
         ids.extend(files.temp_files.keys().cloned());
         ids.extend(files.vm_dirs.keys().cloned());
         ids.extend(files.locks.iter().cloned());
@@ -226,6 +240,10 @@ impl SmolVmManager {
             }
             report.deleted_vms.push(id);
         }
+        // Snapshots belong to the store, not to one VM.
+        if !matches!(opts.scope, CleanupScope::Vm(_)) {
+            self.cleanup_snapshot_dirs(opts.dry_run, &mut report);
+        }
         self.cleanup_network(opts, &all_vmms, &mut report);
         match self.leaked_cgroups(opts.dry_run, true) {
             Ok(ids) => report.cgroups = ids,
@@ -264,6 +282,7 @@ impl SmolVmManager {
             }),
             sockets: existing(files.sockets.get(id).cloned().unwrap_or_default()),
             disk: files.disks.get(id).filter(|p| p.exists()).cloned(),
+            overlay: files.overlays.get(id).filter(|p| p.exists()).cloned(),
             temp_files: existing(files.temp_files.get(id).cloned().unwrap_or_default()),
             vm_dir: files.vm_dirs.get(id).filter(|p| p.exists()).cloned(),
         })
@@ -312,6 +331,11 @@ impl SmolVmManager {
             Action::RemoveVmDir(p) => {
                 if remove(&p, dry_run, true, report) {
                     report.vm_dirs.push(p);
+                }
+            }
+            Action::RemoveOverlay(p) => {
+                if remove(&p, dry_run, false, report) {
+                    report.overlays.push(p);
                 }
             }
             Action::RetainedDisk { path, remove: rm } => {
@@ -390,6 +414,11 @@ impl SmolVmManager {
                 .filter(|i| validate_vm_id(i).is_ok())
             {
                 f.disks.insert(id.to_string(), path);
+            } else if let Some(id) = name
+                .strip_suffix(".qcow2")
+                .filter(|i| validate_vm_id(i).is_ok())
+            {
+                f.overlays.insert(id.to_string(), path);
             } else if let Some((id, _)) = name.split_once(".tmp-") {
                 // Ids have no dots, so the first one ends the id; a name without a valid id is still
                 // an interrupted clone, handled under the lock of the (invalid) id, which nothing uses.
@@ -417,7 +446,7 @@ impl SmolVmManager {
 }
 
 impl CleanupReport {
-    fn fail(&mut self, item: String, e: &dyn std::error::Error) {
+    pub(super) fn fail(&mut self, item: String, e: &dyn std::error::Error) {
         let mut error = e.to_string();
         let mut cause = e.source();
         while let Some(c) = cause {
@@ -449,7 +478,7 @@ fn existing(paths: Vec<PathBuf>) -> Vec<PathBuf> {
 
 /// Removes a file (or a directory tree); a path that vanished meanwhile counts as removed. Returns
 /// false (after recording the failure) if it could not be removed.
-fn remove(path: &Path, dry_run: bool, dir: bool, report: &mut CleanupReport) -> bool {
+pub(super) fn remove(path: &Path, dry_run: bool, dir: bool, report: &mut CleanupReport) -> bool {
     if dry_run {
         return true;
     }

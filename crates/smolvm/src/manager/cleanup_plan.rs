@@ -33,6 +33,8 @@ pub(crate) struct VmFacts {
     pub sockets: Vec<PathBuf>,
     /// `<disk_dir>/<id>.ext4`, if it exists.
     pub disk: Option<PathBuf>,
+    /// `<disk_dir>/<id>.qcow2` (the overlay of a VM made from a snapshot or template), if it exists.
+    pub overlay: Option<PathBuf>,
     /// Interrupted disk clones `<disk_dir>/<id>.tmp-*`.
     pub temp_files: Vec<PathBuf>,
     /// `<data_dir>/vms/<id>`, if it exists.
@@ -67,6 +69,9 @@ pub(crate) enum Action {
     },
     /// Remove the VM directory (logs, keys) of a VM without a row.
     RemoveVmDir(PathBuf),
+    /// Remove the disk overlay of a VM without a row (never retained: VMs made from a snapshot or
+    /// template do not keep their disk).
+    RemoveOverlay(PathBuf),
 }
 
 /// Decides what to do about one VM. `delete_dead`: delete VMs whose VMM died or that are in `error`
@@ -117,6 +122,9 @@ pub(crate) fn decide(facts: &VmFacts, delete_dead: bool, remove_retained: bool) 
                 remove: remove_retained,
             });
         }
+        if let Some(d) = &facts.overlay {
+            actions.push(Action::RemoveOverlay(d.clone()));
+        }
         if let Some(d) = &facts.vm_dir {
             actions.push(Action::RemoveVmDir(d.clone()));
         }
@@ -154,6 +162,7 @@ mod tests {
         VmFacts {
             sockets: vec!["/s/vm.qmp".into(), "/s/vm.agent".into()],
             disk: Some("/d/vm.ext4".into()),
+            overlay: Some("/d/vm.qcow2".into()),
             temp_files: vec!["/d/vm.tmp-77".into()],
             vm_dir: Some("/data/vms/vm".into()),
             ..VmFacts::default()
@@ -194,6 +203,8 @@ mod tests {
         assert_eq!(kills(&a), [7]);
         assert!(a.contains(&Action::RemoveSocket("/s/vm.qmp".into())));
         assert!(a.contains(&Action::RemoveVmDir("/data/vms/vm".into())));
+        // An overlay is never a retained disk: it goes even without `remove_retained`.
+        assert!(a.contains(&Action::RemoveOverlay("/d/vm.qcow2".into())));
         assert!(a.contains(&Action::RetainedDisk {
             path: "/d/vm.ext4".into(),
             remove: false
@@ -229,9 +240,10 @@ mod tests {
         assert_eq!(a[0], Action::MarkError);
         assert!(a.contains(&Action::RemoveSocket("/s/vm.agent".into())));
         // The disk and VM directory belong to the row: never touched here.
-        assert!(!a
-            .iter()
-            .any(|x| matches!(x, Action::RetainedDisk { .. } | Action::RemoveVmDir(_))));
+        assert!(!a.iter().any(|x| matches!(
+            x,
+            Action::RetainedDisk { .. } | Action::RemoveVmDir(_) | Action::RemoveOverlay(_)
+        )));
         let a = decide(&facts, true, false);
         assert_eq!(a[0], Action::Delete);
         assert!(!a.contains(&Action::MarkError));

@@ -28,6 +28,7 @@ mod lifecycle;
 mod liveness;
 mod pause;
 mod snapshot;
+mod snapshot_dirs;
 mod snapshot_disk;
 mod template;
 
