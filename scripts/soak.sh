@@ -113,7 +113,7 @@ BOOT_ARGS="$(jq -r .boot_args "$IMAGE/image.json")"
 KERNEL="$(jq -r .kernel "$IMAGE/image.json")" INITRD="$(jq -r .initrd "$IMAGE/image.json")"
 ROOTFS="$(jq -r .rootfs "$IMAGE/image.json")"
 # The minimal-kernel image boots its root disk directly: no initrd.
-[ "$(jq -r '.needs_initrd // true' "$IMAGE/image.json")" = false ] && INITRD=""
+[ "$(jq -r .needs_initrd "$IMAGE/image.json")" = false ] && INITRD=""
 DEADLINE=$(( $(date +%s) + MINUTES * 60 ))
 export SMOLVM_TEMPLATES=off
 
