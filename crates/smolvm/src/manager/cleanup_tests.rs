@@ -102,10 +102,10 @@ fn overlays_of_vms_without_a_row_go_and_those_of_known_vms_stay() {
             ..CleanupOptions::default()
         })
         .unwrap();
-    assert_eq!(dry.overlays, [ghost.clone()]);
+    assert_eq!(dry.overlays, std::slice::from_ref(&ghost));
     assert!(ghost.exists());
     let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
-    assert_eq!(report.overlays, [ghost.clone()]);
+    assert_eq!(report.overlays, std::slice::from_ref(&ghost));
     assert!(!ghost.exists());
     assert!(e.m.disk_dir().join("vm-a.qcow2").exists(), "vm-a has a row");
     // Its delete takes the overlay with it, even one it never recorded (killed before that).
