@@ -35,6 +35,38 @@ _ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _BACKENDS = ("firecracker", "qemu", "auto")
 
 
+#: The ``init=`` value that hands the guest over to smolvm's agent as PID 1.
+_AGENT_INIT = "/init"
+
+
+def _boots_agent(boot_args: str) -> bool:
+    """True when ``boot_args`` hand over to smolvm's agent (``init=/init``), tokenised as the kernel
+    and the Rust library do (``smolvm_protocol::boot::tokens``): double quotes group, ``--`` ends the
+    kernel's part, the last ``init=`` wins."""
+    tokens: List[str] = []
+    cur, have, in_quotes = "", False, False
+    for c in boot_args:
+        if c == '"':
+            in_quotes, have = not in_quotes, True
+        elif c.isspace() and not in_quotes:
+            if have and cur == "--":
+                break
+            if have:
+                tokens.append(cur)
+            cur, have = "", False
+        else:
+            cur, have = cur + c, True
+    else:
+        if have and cur != "--":
+            tokens.append(cur)
+    init = None
+    for tok in tokens:
+        key, _, value = tok.partition("=")
+        if key == "init":
+            init = value
+    return init == _AGENT_INIT
+
+
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_ENTRIES = 256
 
@@ -157,6 +189,12 @@ class VMConfig(BaseModel):
     rootfs_path: Path = Field(description="Root filesystem image; must exist as a file.")
     initrd_path: Optional[Path] = Field(default=None, description="Optional initramfs (smolvm extension).")
     boot_args: str = Field(default=DEFAULT_BOOT_ARGS, description="Kernel command line.")
+    agent: Optional[StrictBool] = Field(
+        default=None,
+        validate_default=True,
+        description="The guest runs smolvm's agent (smolvm extension). None: derived from boot_args "
+        "(init=/init); True needs that hand-over; False for an image with an /init of its own.",
+    )
     backend: Optional[str] = Field(default=None, description='"firecracker", "qemu", "auto" or None (auto).')
     disk_mode: Literal["isolated", "shared"] = Field(default="isolated", description="Disk lifecycle mode.")
     retain_disk_on_delete: StrictBool = Field(default=False, description="Keep an isolated disk after delete.")
@@ -199,6 +237,22 @@ class VMConfig(BaseModel):
             raise ValueError(f"{v} is not a regular file")
         return v
 
+    @field_validator("agent")
+    @classmethod
+    def _agent_rule(cls, v: Optional[bool], info: ValidationInfo) -> Optional[bool]:
+        boot_args = info.data.get("boot_args")
+        if boot_args is None:
+            return v  # boot_args itself is invalid and reported
+        runs = _boots_agent(boot_args)
+        if v is None:
+            return runs
+        if v and not runs:
+            raise ValueError(
+                f"the guest cannot run smolvm's agent: boot_args must hand over to it with "
+                f"init={_AGENT_INIT} (got {boot_args!r}); set agent to False for an image without the agent"
+            )
+        return v
+
     @field_validator("backend")
     @classmethod
     def _backend_rule(cls, v: Optional[str]) -> Optional[str]:
@@ -233,7 +287,8 @@ class NetworkConfig(BaseModel):
 
     ``mode`` is a smolvm extension: ``"tap"`` (a host TAP device; the guest is reachable at
     ``guest_ip``) or ``"user"`` (QEMU user networking, no privileges; reach SSH via
-    ``ssh_host_port`` on 127.0.0.1).
+    ``ssh_host_port`` on 127.0.0.1). ``tap_device`` keeps the spec's ``str``: ``""`` in user mode,
+    which has no TAP (the Rust library and the state store say ``None``/NULL).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -245,6 +300,11 @@ class NetworkConfig(BaseModel):
     guest_mac: str
     ssh_host_port: Optional[int] = None
     mode: Literal["tap", "user"] = "tap"
+
+    @field_validator("tap_device", mode="before")
+    @classmethod
+    def _no_tap_is_empty(cls, v: Any) -> Any:
+        return "" if v is None else v
 
 
 class VMInfo(BaseModel):

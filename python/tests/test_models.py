@@ -172,3 +172,12 @@ def test_the_package_ships_type_information():
     assert (pkg / "py.typed").is_file()
     assert (pkg / "_native.pyi").is_file()
 
+
+
+def test_a_network_without_tap_reads_as_an_empty_tap_device():
+    # The Rust library says None (user mode has no TAP); the spec's NetworkConfig.tap_device is a str.
+    net = NetworkConfig.model_validate_json(
+        '{"guest_ip": "10.0.2.15", "gateway_ip": "10.0.2.2", "netmask": "255.255.255.0", '
+        '"tap_device": null, "guest_mac": "02:00:0a:00:02:0f", "ssh_host_port": 42000, "mode": "user"}'
+    )
+    assert net.tap_device == "" and net.mode == "user"

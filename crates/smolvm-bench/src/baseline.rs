@@ -183,7 +183,7 @@ pub fn respec(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smolvm::internals::backend::qemu::Accel;
+    use smolvm::internals::backend::qemu::QemuAccel;
     use smolvm::internals::backend::AgentEndpoint;
     use smolvm_protocol::{with_sync, Decoder, Frame, FrameType, Hello};
     use std::io::Write;
@@ -241,13 +241,7 @@ mod tests {
         let fake = dir.path().join("fake-qemu");
         std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let be = QemuBackend::new(
-            &fake,
-            Accel::Tcg {
-                tsc_khz: None,
-                tb_size_mib: None,
-            },
-        );
+        let be = QemuBackend::new(&fake, QemuAccel::tcg(None, None));
         // run_baseline removes stale sockets first, which would remove our listener: call the inner
         // steps instead.
         let mut cmd = Command::new(&fake);
@@ -264,13 +258,7 @@ mod tests {
     fn early_exit_is_reported_with_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let s = spec(dir.path());
-        let be = QemuBackend::new(
-            "/bin/false",
-            Accel::Tcg {
-                tsc_khz: None,
-                tb_size_mib: None,
-            },
-        );
+        let be = QemuBackend::new("/bin/false", QemuAccel::tcg(None, None));
         std::fs::write(dir.path().join("d"), b"").unwrap();
         let err = run_baseline(&be, &s, Duration::from_secs(5)).unwrap_err();
         assert!(matches!(err, BenchError::BaselineExited { .. }), "{err}");

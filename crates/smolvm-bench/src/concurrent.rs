@@ -13,7 +13,7 @@ use super::run::{checkpoint, Ctx};
 use super::stats::ms;
 use super::vm::VmGuard;
 use super::BenchError;
-use smolvm::{BackendKind, CreateOptions, NetworkChoice};
+use smolvm::{BackendKind, CreateOptions, NetworkMode};
 
 /// Processes started together.
 pub(crate) const PROCESSES: usize = 8;
@@ -63,7 +63,7 @@ fn measure(
     let m = &ctx.manager;
     let config = ctx.config(vm_id, None)?;
     let opts = CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     };
     m.create_with(&config, &opts)

@@ -12,7 +12,7 @@ use super::vm::{cold_start, VmGuard};
 use super::BenchError;
 use smolvm::internals::disk;
 use smolvm::ExecRequest;
-use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkMode};
 
 /// Target: create + delete without boot under this many ms.
 pub(super) const LIFECYCLE_LIMIT_MS: f64 = 50.0;
@@ -35,7 +35,7 @@ pub(super) fn lifecycle(ctx: &Ctx, rep: &mut SectionReport) -> Result<(), BenchE
     let warmup = 2;
     let (mut create, mut delete, mut both) = (Vec::new(), Vec::new(), Vec::new());
     let opts = CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     };
     for i in 0..n + warmup {

@@ -14,7 +14,7 @@ use super::stats::ms;
 use super::vm::VmGuard;
 use super::BenchError;
 use smolvm::DEFAULT_SSH_USER;
-use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkMode};
 
 /// Name of the SSH row.
 pub(super) const SSH_ROW: &str = "SSH exec `true` (one ssh process per call)";
@@ -56,7 +56,7 @@ fn measure(ctx: &Ctx) -> Result<Vec<f64>, BenchError> {
     let config = ctx.config("bench-ssh", None)?;
     let step = |s: &str| format!("SSH exec: {s}");
     let opts = CreateOptions {
-        network: NetworkChoice::Tap,
+        network: NetworkMode::Tap,
         ..CreateOptions::default()
     };
     ctx.manager

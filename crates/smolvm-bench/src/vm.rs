@@ -11,7 +11,7 @@ use super::watch::CreationWatch;
 use super::BenchError;
 use smolvm::AgentClient;
 use smolvm::VmConfig;
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CreateOptions, NetworkMode, SmolVmManager};
 
 /// Deletes its VM when dropped.
 #[derive(Debug)]
@@ -129,7 +129,7 @@ pub fn cold_start(
 
     let t0 = Instant::now();
     let opts = CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     };
     let created = manager.create_with(config, &opts);

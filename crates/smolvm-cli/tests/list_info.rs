@@ -215,6 +215,52 @@ fn invalid_config_names_the_field_and_creates_nothing() {
 }
 
 #[test]
+fn the_agent_choice_is_recorded_and_needs_the_hand_over() {
+    if !qemu_or_skip() {
+        return;
+    }
+    let env = Env::new();
+    let (k, r) = (env.path("vmlinux"), env.path("rootfs.ext4"));
+    let base = [
+        "create",
+        "--kernel",
+        &k,
+        "--rootfs",
+        &r,
+        "--network",
+        "none",
+        "--json",
+    ];
+    let agent_of = |id: &str, extra: &[&str]| {
+        let mut all = base.to_vec();
+        all.extend(["--id", id]);
+        all.extend(extra);
+        let o = env.smolvm(&all);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["config"]["agent"].clone()
+    };
+    // Derived from the boot args when not given, and recorded explicitly with the VM.
+    assert_eq!(agent_of("plain", &[]), false);
+    assert_eq!(
+        agent_of("agent", &["--boot-args", "console=ttyS0 init=/init"]),
+        true
+    );
+    // An image with an /init of its own.
+    assert_eq!(
+        agent_of("own-init", &["--boot-args", "init=/init", "--no-agent"]),
+        false
+    );
+    let o = env.smolvm(&["info", "own-init", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["config"]["agent"], false);
+    // --no-agent is for your own kernel and rootfs only.
+    let o = env.smolvm(&["create", "--no-agent", "--network", "none"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--kernel"), "{}", stderr(&o));
+}
+
+#[test]
 fn corrupt_database_is_reported_and_left_alone() {
     let env = Env::new();
     std::fs::create_dir_all(env.dir.path().join("data")).unwrap();

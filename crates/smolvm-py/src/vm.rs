@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use smolvm::NetworkChoice;
+use smolvm::NetworkMode;
 use smolvm::{BackendKind, SmolVm, VmConfig, VmConfigSpec};
 
 use crate::errors::{to_py, IntoPy};
@@ -36,12 +36,12 @@ pub fn parse_backend(backend: Option<&str>) -> PyResult<Option<BackendKind>> {
 }
 
 /// Parses a network choice (`auto`, `tap`, `user`, `none`).
-pub fn parse_network(network: &str) -> PyResult<NetworkChoice> {
+pub fn parse_network(network: &str) -> PyResult<NetworkMode> {
     Ok(match network {
-        "auto" => NetworkChoice::Auto,
-        "tap" => NetworkChoice::Tap,
-        "user" => NetworkChoice::User,
-        "none" => NetworkChoice::None,
+        "auto" => NetworkMode::Auto,
+        "tap" => NetworkMode::Tap,
+        "user" => NetworkMode::User,
+        "none" => NetworkMode::None,
         other => {
             return Err(to_py(
                 smolvm::ValidationError::new(

@@ -144,6 +144,12 @@ pub struct VmConfigSpec {
     /// Kernel command line.
     #[serde(default = "default_boot_args")]
     pub boot_args: String,
+    /// The guest runs smolvm's agent as PID 1, so the manager talks to it (exec, files, graceful stop)
+    /// (smolvm extension). `None`: derived from `boot_args` (`init=/init` hands over to the agent), the
+    /// default for a hand-written config; auto-configuration sets it from the image record. `true`
+    /// needs boot args whose `init=` runs the agent; `false` suits an image with an `/init` of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<bool>,
     /// Backend override; `None` means auto-detect. Deserialises `"auto"` as `None`, as the spec allows.
     #[serde(default, deserialize_with = "backend_choice")]
     pub backend: Option<BackendKind>,
@@ -197,6 +203,7 @@ impl VmConfigSpec {
             initrd_path: None,
             rootfs_path: rootfs_path.into(),
             boot_args: DEFAULT_BOOT_ARGS.to_string(),
+            agent: None,
             backend: None,
             disk_mode: DiskMode::Isolated,
             retain_disk_on_delete: false,
@@ -230,6 +237,11 @@ impl VmConfigSpec {
     /// Sets `boot_args`.
     pub fn boot_args(mut self, args: impl Into<String>) -> Self {
         self.boot_args = args.into();
+        self
+    }
+    /// Sets `agent` (whether the guest runs smolvm's agent; unset: derived from `boot_args`).
+    pub fn agent(mut self, runs_agent: bool) -> Self {
+        self.agent = Some(runs_agent);
         self
     }
     /// Sets `backend` (`None` = auto).
@@ -328,6 +340,18 @@ impl VmConfigSpec {
             l.validate(self.mem_size_mib)?;
         }
         let network_policy = self.network_policy.validated()?;
+        let init_runs_agent = smolvm_protocol::BootParams::parse(&self.boot_args).runs_agent();
+        let agent = self.agent.unwrap_or(init_runs_agent);
+        if agent && !init_runs_agent {
+            return Err(ValidationError::new(
+                "agent",
+                format!(
+                    "the guest cannot run smolvm's agent: boot_args must hand over to it with                      init={} (got {:?}); set agent to false for an image without the agent",
+                    smolvm_protocol::boot::AGENT_INIT,
+                    self.boot_args
+                ),
+            ));
+        }
         Ok(VmConfig {
             vm_id,
             vcpu_count: self.vcpu_count,
@@ -336,6 +360,7 @@ impl VmConfigSpec {
             initrd_path: self.initrd_path,
             rootfs_path: self.rootfs_path,
             boot_args: self.boot_args,
+            agent,
             backend: self.backend,
             disk_mode: self.disk_mode,
             retain_disk_on_delete: self.retain_disk_on_delete,
@@ -367,6 +392,8 @@ pub struct VmConfig {
     initrd_path: Option<PathBuf>,
     rootfs_path: PathBuf,
     boot_args: String,
+    /// Resolved: the explicit choice, else derived from `boot_args` (stored explicitly from then on).
+    agent: bool,
     backend: Option<BackendKind>,
     disk_mode: DiskMode,
     retain_disk_on_delete: bool,
@@ -393,6 +420,7 @@ impl From<VmConfig> for VmConfigSpec {
             initrd_path: c.initrd_path,
             rootfs_path: c.rootfs_path,
             boot_args: c.boot_args,
+            agent: Some(c.agent),
             backend: c.backend,
             disk_mode: c.disk_mode,
             retain_disk_on_delete: c.retain_disk_on_delete,
@@ -488,11 +516,12 @@ impl VmConfig {
         Ok(c)
     }
 
-    /// True when the guest boots smolvm's agent: its boot args hand over to the agent as PID 1
-    /// (`init=/init`, [`smolvm_protocol::boot::AGENT_INIT`]), parsed as the kernel and the agent parse
-    /// them. Images built by smolvm run it so, and the spec ties `init=/init` to SSH-capable images.
+    /// True when the guest boots smolvm's agent, so the manager talks to it: the config's explicit
+    /// `agent` (auto-configuration copies the image's `has_agent`), else what its boot args say
+    /// (`init=/init`, [`smolvm_protocol::boot::AGENT_INIT`], parsed as the kernel and the agent parse
+    /// them), resolved when the config was built.
     pub fn boots_agent(&self) -> bool {
-        smolvm_protocol::BootParams::parse(&self.boot_args).runs_agent()
+        self.agent
     }
 }
 

@@ -231,6 +231,36 @@ fn boots_agent_follows_init_in_boot_args() {
 }
 
 #[test]
+fn agent_is_explicit_stored_and_validated() {
+    let f = files();
+    // Derived once, then stored explicitly: the serialised config says it, and a reload keeps it.
+    let c = spec(&f)
+        .boot_args("console=ttyS0 init=/init")
+        .build()
+        .unwrap();
+    let json = serde_json::to_value(&c).unwrap();
+    assert_eq!(json["agent"], true);
+    assert_eq!(c.to_spec().agent, Some(true));
+    // An image with an /init of its own: explicit false wins over init=/init.
+    let own = spec(&f)
+        .boot_args("init=/init")
+        .agent(false)
+        .build()
+        .unwrap();
+    assert!(!own.boots_agent());
+    assert_eq!(serde_json::to_value(&own).unwrap()["agent"], false);
+    // Explicit true without the hand-over is refused, naming the field.
+    let e = spec(&f).agent(true).build().unwrap_err();
+    assert_eq!(e.field, "agent");
+    assert!(e.to_string().contains("init=/init"), "{e}");
+    // A stored config written before the field existed (no "agent" key) derives it as before.
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("agent");
+    let back: VmConfig = serde_json::from_value(old).unwrap();
+    assert!(back.boots_agent());
+}
+
+#[test]
 fn disk_size_is_bounded_needs_an_isolated_disk_and_is_not_stored_when_unset() {
     let f = files();
     assert_eq!(

@@ -21,8 +21,9 @@ use std::time::Duration;
 use crate::config::{BackendKind, VmConfig};
 use crate::error::{Error, Result};
 use crate::exec::{AgentClient, CommandResult, ExecError, DEFAULT_RUN_TIMEOUT};
+use crate::info::NetworkMode;
 use crate::info::{VmInfo, VmState};
-use crate::manager::{CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
+use crate::manager::{CreateOptions, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS};
 
 /// Default graceful stop timeout of the facade, seconds (spec: `SmolVM.stop(timeout=3.0)`).
 pub(crate) const FACADE_STOP_TIMEOUT_SECS: f64 = 3.0;
@@ -43,7 +44,7 @@ pub struct SmolVmBuilder {
     data_dir: Option<PathBuf>,
     socket_dir: Option<PathBuf>,
     backend: Option<BackendKind>,
-    network: NetworkChoice,
+    network: NetworkMode,
     templates: Option<bool>,
     manager: Option<Arc<SmolVmManager>>,
 }
@@ -96,7 +97,7 @@ impl SmolVmBuilder {
         self
     }
     /// Network attachment.
-    pub fn network(mut self, choice: NetworkChoice) -> Self {
+    pub fn network(mut self, choice: NetworkMode) -> Self {
         self.network = choice;
         self
     }

@@ -6,16 +6,17 @@ use std::time::Duration;
 use super::SmolVm;
 use crate::config::DiskMode;
 use crate::error::Error;
+use crate::info::NetworkMode;
 use crate::info::VmState;
 use crate::manager::fakes::Guest;
 use crate::manager::test_env::{have_ssh_keygen, Env, BOOT};
-use crate::manager::{CleanupOptions, CleanupScope, NetworkChoice};
+use crate::manager::{CleanupOptions, CleanupScope};
 
 fn owned(e: &Env, id: &str) -> SmolVm {
     SmolVm::builder()
         .manager(e.m.clone())
         .config(e.config(id, DiskMode::Isolated))
-        .network(NetworkChoice::None)
+        .network(NetworkMode::None)
         .build()
         .unwrap()
 }
@@ -88,7 +89,7 @@ fn a_failing_delete_on_drop_leaves_an_error_vm_that_cleanup_removes() {
     let mut vm = SmolVm::builder()
         .manager(e.m.clone())
         .config(e.config("vm-a", DiskMode::Shared))
-        .network(NetworkChoice::Tap)
+        .network(NetworkMode::Tap)
         .build()
         .unwrap();
     vm.start_with_timeout(BOOT).unwrap();

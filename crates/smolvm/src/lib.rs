@@ -31,7 +31,6 @@ mod ssh;
 mod state;
 #[cfg(test)]
 mod test_tools;
-mod tool;
 mod types;
 
 /// Largest size of a VM's `console.log` before it moves to `console.log.1` (the console takes at most
@@ -48,7 +47,7 @@ pub use exec::{
     AgentClient, CommandResult, ExecError, ExecRequest, Stream as ExecStream, MAX_OUTPUT_LEN,
 };
 pub use facade::{SmolVm, SmolVmBuilder, DEFAULT_SSH_USER};
-pub use host::{Accelerator, HostCapabilities, ToolInfo};
+pub use host::{Accelerator, HostCapabilities, ToolError, ToolInfo};
 pub use image::{
     runtime_of_rootfs, AutoKernel, DebianOptions, GuestImage, ImageBuilder, ImageError,
     ImageOptions, ImageSource, ImportOptions, ImportSource, Preset, Progress as ImageProgress,
@@ -59,8 +58,8 @@ pub use image::{
 pub use info::{NetworkConfig, NetworkMode, VmInfo};
 pub use manager::{
     templates_enabled_by_env, BackendFactory, CleanupFailure, CleanupOptions, CleanupReport,
-    CleanupScope, CreateOptions, DomainRefresh, EgressStatus, ManagerBuilder, NetworkChoice,
-    OrphanProcess, RetainedDisk, SmolVmManager, SystemBackends, DEFAULT_BOOT_TIMEOUT_SECS,
+    CleanupScope, CreateOptions, DomainRefresh, EgressStatus, ManagerBuilder, OrphanProcess,
+    RetainedDisk, SmolVmManager, SystemBackends, DEFAULT_BOOT_TIMEOUT_SECS,
     DEFAULT_STOP_TIMEOUT_SECS,
 };
 pub use network::{AllowList, Cidr, NetworkError, NetworkPolicy};
@@ -95,7 +94,7 @@ pub mod internals {
         pub use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttachment};
         /// The QEMU backend.
         pub mod qemu {
-            pub use crate::backend::qemu::{build_argv, Accel, QemuBackend, QemuError};
+            pub use crate::backend::qemu::{build_argv, QemuAccel, QemuBackend, QemuError};
         }
     }
     /// SSH helpers (the SSH E2E test).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use netns_util::e2e;
 use smolvm::ExecRequest;
 use smolvm::SmolVm;
-use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkMode};
 use smolvm_protocol::{with_sync, FrameType, Hello, Request};
 use vm_util::{spec, TestEnv};
 
@@ -111,7 +111,7 @@ fn many_hosts_one_after_another_and_hosts_killed_mid_command() {
     let m = &env.manager;
     let id = "chan-1";
     let none = CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     };
     m.create_with(&spec(id).build().unwrap(), &none).unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use netns_util::e2e;
 use smolvm::internals::process::ProcessIdentity;
-use smolvm::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CleanupOptions, CleanupScope, CreateOptions, NetworkMode, SmolVmManager};
 use smolvm::{SmolVm, VmState};
 use vm_util::{spec, TestEnv};
 
@@ -109,7 +109,7 @@ fn processes_and_threads_share_one_vm_through_its_channel_owner() {
     let m = &env.manager;
     let id = "own-1";
     let none = CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     };
     m.create_with(&spec(id).build().unwrap(), &none).unwrap();

@@ -50,7 +50,7 @@ fn tap_net(n: u8) -> NetworkConfig {
         guest_ip: Ipv4Addr::new(172, 16, 0, n),
         gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
         netmask: Ipv4Addr::new(255, 255, 0, 0),
-        tap_device: format!("smv-{n}"),
+        tap_device: Some(format!("smv-{n}")),
         guest_mac: format!("02:00:ac:10:00:{n:02x}"),
         ssh_host_port: None,
         mode: NetworkMode::Tap,
@@ -383,7 +383,7 @@ fn start_refuses_a_control_socket_held_by_another_store() {
     m.create_with(
         &config,
         &smolvm::CreateOptions {
-            network: smolvm::NetworkChoice::None,
+            network: smolvm::NetworkMode::None,
             ..Default::default()
         },
     )

@@ -5,7 +5,7 @@
 use std::fs;
 
 use smolvm::{BackendKind, DiskMode, VmConfig};
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CreateOptions, NetworkMode, SmolVmManager};
 
 #[test]
 fn a_create_failing_after_the_disk_copy_leaves_no_disk() {
@@ -29,7 +29,7 @@ fn a_create_failing_after_the_disk_copy_leaves_no_disk() {
         .unwrap();
     // User-mode networking: the SSH key is prepared, no TAP or nft rule is made.
     let opts = CreateOptions {
-        network: NetworkChoice::User,
+        network: NetworkMode::User,
         ..CreateOptions::default()
     };
     let err = m.create_with(&config, &opts).unwrap_err();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use netns_util::{e2e, Entered, Netns};
 use smolvm::BackendKind;
-use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkMode};
 use smolvm::{
     DebianOptions, GuestImage, ImageBuilder, ImageProgress as Progress, ImageSource, Preset,
 };
@@ -93,7 +93,7 @@ fn python_preset_boots_and_runs_python_and_pip() {
         .create_with(
             &config,
             &CreateOptions {
-                network: NetworkChoice::None,
+                network: NetworkMode::None,
                 ..CreateOptions::default()
             },
         )

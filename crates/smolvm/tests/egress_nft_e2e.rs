@@ -17,10 +17,10 @@ fn net() -> NetworkConfig {
         guest_ip: Ipv4Addr::new(172, 16, 0, 2),
         gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
         netmask: Ipv4Addr::new(255, 255, 0, 0),
-        tap_device: "smv-2".into(),
+        tap_device: Some("smv-2".into()),
         guest_mac: "02:00:ac:10:00:02".into(),
         ssh_host_port: None,
-        mode: Default::default(),
+        mode: smolvm::NetworkMode::Tap,
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use netns_util::{e2e, Netns};
 use smolvm::internals::process::ProcessIdentity;
 use smolvm::{BackendKind, Error, VmState};
-use smolvm::{CleanupOptions, CleanupScope, CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CleanupOptions, CleanupScope, CreateOptions, NetworkMode, SmolVmManager};
 use vm_util::{processes_mentioning, spec, TestEnv};
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -46,7 +46,7 @@ enum Fault {
 
 fn no_net() -> CreateOptions {
     CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     }
 }

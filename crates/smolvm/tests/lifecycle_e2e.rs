@@ -9,7 +9,7 @@ mod vm_util;
 use std::time::Duration;
 
 use scene_util::{no_net, Scene};
-use smolvm::NetworkChoice;
+use smolvm::NetworkMode;
 use smolvm::{DiskMode, Error, SmolVm, VmState};
 use vm_util::{processes_mentioning, spec};
 
@@ -204,7 +204,7 @@ fn owned_facade_deletes_on_drop_and_reconnected_one_only_stops() {
             .config(spec("own-1").build().unwrap())
             .data_dir(env.data_dir())
             .socket_dir(env.socket_dir())
-            .network(NetworkChoice::None)
+            .network(NetworkMode::None)
             .build()
             .unwrap();
         assert_eq!(vm.status(), VmState::Created);

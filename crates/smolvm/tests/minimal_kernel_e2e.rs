@@ -13,7 +13,7 @@ use std::time::Duration;
 use netns_util::{e2e, Netns};
 use smolvm::{AutoKernel, GuestImage, ImageBuilder, ImageOptions, AUTO_MINIMAL_IMAGE_NAME};
 use smolvm::{BackendKind, SmolVm, VmState};
-use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkMode};
 use vm_util::TestEnv;
 
 const BOOT: Duration = Duration::from_secs(60);
@@ -73,7 +73,7 @@ fn minimal_kernel_boots_without_initramfs_through_the_lifecycle() {
         .build()
         .unwrap();
     let none = CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     };
     m.create_with(&config, &none).unwrap();
@@ -166,7 +166,7 @@ fn auto_configuration_boots_the_minimal_kernel_once_it_is_compiled() {
     let mut vm = SmolVm::builder()
         .data_dir(env.data_dir())
         .socket_dir(env.socket_dir())
-        .network(NetworkChoice::None)
+        .network(NetworkMode::None)
         .mem_size_mib(256)
         .build()
         .unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use netns_util::{e2e, Entered, Netns};
 use smolvm::BackendKind;
-use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkMode};
 use smolvm::{ImageBuilder, ImageError, ImageProgress as Progress, ImportOptions, ImportSource};
 use vm_util::TestEnv;
 
@@ -173,7 +173,7 @@ fn layout_imports_boots_and_applies_layers_env_and_workdir() {
         .create_with(
             &config,
             &CreateOptions {
-                network: NetworkChoice::None,
+                network: NetworkMode::None,
                 ..CreateOptions::default()
             },
         )
@@ -379,7 +379,7 @@ fn pull_from_a_loopback_registry_boots_and_refused_auth_fails_clearly() {
         .create_with(
             &config,
             &CreateOptions {
-                network: NetworkChoice::None,
+                network: NetworkMode::None,
                 ..CreateOptions::default()
             },
         )

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use smolvm::internals::backend::qemu::{Accel, QemuBackend, QemuError};
+use smolvm::internals::backend::qemu::{QemuAccel, QemuBackend, QemuError};
 use smolvm::internals::backend::{Backend, BackendError, LaunchSpec, NetAttachment};
 use smolvm::HostCapabilities;
 
@@ -29,10 +29,7 @@ fn backend() -> Option<QemuBackend> {
     );
     Some(QemuBackend::new(
         q.path.clone(),
-        Accel::Tcg {
-            tsc_khz: caps.tsc_khz,
-            tb_size_mib: Some(32),
-        },
+        QemuAccel::tcg(caps.tsc_khz, Some(32)),
     ))
 }
 

@@ -9,7 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use smolvm::{BackendKind, DiskMode, Error, VmConfig};
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CreateOptions, NetworkMode, SmolVmManager};
 
 /// Where this test writes the "guest's" bytes in the disk.
 const MARK_AT: u64 = 1 << 20;
@@ -66,7 +66,7 @@ impl Env {
 
 fn opts(discard: bool) -> CreateOptions {
     CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         discard_retained_disk: discard,
     }
 }

@@ -9,10 +9,10 @@ mod vm_util;
 use std::time::Duration;
 
 use scene_util::{no_net, Scene};
-use smolvm::internals::backend::qemu::{Accel, QemuBackend};
+use smolvm::internals::backend::qemu::{QemuAccel, QemuBackend};
 use smolvm::SnapshotError;
 use smolvm::{BackendKind, Error, VmState};
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CreateOptions, NetworkMode, SmolVmManager};
 use vm_util::{processes_mentioning, spec, TestEnv};
 
 const BOOT: Duration = Duration::from_secs(60);
@@ -32,16 +32,10 @@ impl Scene {
 
 fn qmp_status(m: &SmolVmManager, id: &str) -> String {
     let sock = m.get(id).unwrap().socket_path.unwrap();
-    QemuBackend::new(
-        "qemu-system-x86_64",
-        Accel::Tcg {
-            tsc_khz: None,
-            tb_size_mib: None,
-        },
-    )
-    .query_status(&sock)
-    .unwrap()
-    .status
+    QemuBackend::new("qemu-system-x86_64", QemuAccel::tcg(None, None))
+        .query_status(&sock)
+        .unwrap()
+        .status
 }
 
 #[test]
@@ -112,7 +106,7 @@ fn pause_resume_then_stop_and_delete_a_paused_vm() {
 
 fn tap() -> CreateOptions {
     CreateOptions {
-        network: NetworkChoice::Tap,
+        network: NetworkMode::Tap,
         ..CreateOptions::default()
     }
 }
@@ -435,7 +429,7 @@ fn vms_start_from_a_template_made_on_first_use() {
             .config(spec.build().unwrap())
             .data_dir(env.data_dir())
             .socket_dir(env.socket_dir())
-            .network(NetworkChoice::None)
+            .network(NetworkMode::None)
             .templates(templates)
             .build()
             .unwrap()

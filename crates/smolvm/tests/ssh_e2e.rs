@@ -69,10 +69,10 @@ fn ssh_through_forward_and_private_ip_with_pinned_host_key() {
         guest_ip: Ipv4Addr::new(172, 16, 0, 2),
         gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
         netmask: Ipv4Addr::new(255, 255, 0, 0),
-        tap_device: "smv-2".into(),
+        tap_device: Some("smv-2".into()),
         guest_mac: "02:00:ac:10:00:02".into(),
         ssh_host_port: Some(2202),
-        mode: Default::default(),
+        mode: smolvm::NetworkMode::Tap,
     };
     let hn = HostNetwork::system();
     hn.setup_vm("vm-a", &net).unwrap();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use netns_util::{e2e, sh, Netns};
 use smolvm::NetworkMode;
 use smolvm::{BackendKind, VmConfig, VmInfo};
-use smolvm::{CreateOptions, NetworkChoice, SmolVmManager};
+use smolvm::{CreateOptions, SmolVmManager};
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -51,7 +51,7 @@ impl Env {
         }
     }
 
-    fn create(&self, id: &str, network: NetworkChoice) -> VmInfo {
+    fn create(&self, id: &str, network: NetworkMode) -> VmInfo {
         let config = VmConfig::builder(self.image.join("vmlinuz"), self.image.join("rootfs.ext4"))
             .vm_id(id)
             .initrd_path(self.image.join("initrd.img"))
@@ -164,8 +164,8 @@ fn tap_guests_answer_pasted_ssh_commands_and_cannot_reach_each_other() {
     let ns = Netns::new();
     let _in = ns.enter();
     let env = Env::new(image, boot_args);
-    let a = env.create("net-a", NetworkChoice::Tap);
-    let b = env.create("net-b", NetworkChoice::Tap);
+    let a = env.create("net-a", NetworkMode::Tap);
+    let b = env.create("net-b", NetworkMode::Tap);
     let (na, nb) = (a.network.clone().unwrap(), b.network.clone().unwrap());
     assert_eq!(na.mode, NetworkMode::Tap);
     // net-a is reached with no wait at all: `start` returns at the agent's Ready, which the agent sends
@@ -217,7 +217,8 @@ fn tap_guests_answer_pasted_ssh_commands_and_cannot_reach_each_other() {
     env.m.stop("net-a", Duration::from_secs(10)).unwrap();
     let links = sh(&["ip", "link", "show"]);
     assert!(
-        !links.contains(&na.tap_device) && links.contains(&nb.tap_device),
+        !links.contains(na.tap_device.as_deref().unwrap())
+            && links.contains(nb.tap_device.as_deref().unwrap()),
         "{links}"
     );
     assert!(!sh(&["nft", "list", "ruleset"]).contains("smolvm:net-a"));
@@ -253,10 +254,10 @@ fn user_mode_guest_is_reached_through_its_loopback_forward() {
     let ns = Netns::new();
     let _in = ns.enter();
     let env = Env::new(image, boot_args);
-    let info = env.create("net-u", NetworkChoice::User);
+    let info = env.create("net-u", NetworkMode::User);
     let net = info.network.clone().unwrap();
     assert_eq!(net.mode, NetworkMode::User);
-    assert_eq!(net.tap_device, "");
+    assert_eq!(net.tap_device, None);
     env.boot("net-u");
     let cmds = env
         .m

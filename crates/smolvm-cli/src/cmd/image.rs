@@ -248,7 +248,7 @@ pub fn run(cli: &Cli, cmd: &ImageCommand) -> anyhow::Result<ExitCode> {
                 let t = Instant::now();
                 let made = m.build_template(
                     &config,
-                    smolvm::NetworkChoice::Auto,
+                    smolvm::NetworkMode::Auto,
                     std::time::Duration::from_secs(120),
                 )?;
                 match made {

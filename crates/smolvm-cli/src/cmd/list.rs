@@ -108,7 +108,11 @@ pub fn info(cli: &Cli, args: &InfoArgs) -> anyhow::Result<ExitCode> {
         Some(n) => {
             println!(
                 "network:      {} gw {} mask {} tap {} mac {}",
-                n.guest_ip, n.gateway_ip, n.netmask, n.tap_device, n.guest_mac
+                n.guest_ip,
+                n.gateway_ip,
+                n.netmask,
+                n.tap_device.as_deref().unwrap_or("none"),
+                n.guest_mac
             );
             if let Some(p) = n.ssh_host_port {
                 println!("ssh:          127.0.0.1:{p}");

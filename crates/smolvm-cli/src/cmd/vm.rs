@@ -7,8 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use smolvm::{
-    CreateOptions, NetworkChoice, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS,
-    DEFAULT_STOP_TIMEOUT_SECS,
+    CreateOptions, NetworkMode, SmolVmManager, DEFAULT_BOOT_TIMEOUT_SECS, DEFAULT_STOP_TIMEOUT_SECS,
 };
 use smolvm::{DiskMode, VmConfig, VmConfigSpec, VmInfo, VmState};
 
@@ -64,6 +63,11 @@ pub struct CreateArgs {
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel")]
     pub boot_args: Option<String>,
+    /// The --rootfs does not run smolvm's agent, even if --boot-args say `init=/init` (an image with an
+    /// `/init` of its own): smolvm then never waits for or talks to an agent (no exec, stop by ACPI/kill).
+    /// Default: the agent runs when the boot args hand over to it with `init=/init`.
+    #[arg(long, requires = "kernel")]
+    pub no_agent: bool,
     /// Disk mode: isolated (own copy) or shared (boot the image read-only).
     #[arg(long, value_enum, default_value_t)]
     pub disk_mode: DiskMode,
@@ -79,7 +83,7 @@ pub struct CreateArgs {
     pub env: Vec<String>,
     /// Network attachment.
     #[arg(long, value_enum, default_value_t)]
-    pub network: NetworkChoice,
+    pub network: NetworkMode,
     /// Egress policy (TAP networking only for anything but open).
     #[command(flatten)]
     pub policy: super::policy::PolicyArgs,
@@ -131,6 +135,9 @@ impl CreateArgs {
                 s.initrd_path = self.initrd.clone();
                 if let Some(a) = &self.boot_args {
                     s.boot_args = a.clone();
+                }
+                if self.no_agent {
+                    s.agent = Some(false);
                 }
                 s.backend = Some(m.resolve(backend_choice(cli))?);
                 s

@@ -18,8 +18,8 @@ use serde::Serialize;
 use crate::config::BackendKind;
 
 pub(crate) use kvm::KvmStatus;
-pub use tools::ToolInfo;
 pub(crate) use tools::Tools;
+pub use tools::{ToolError, ToolInfo};
 
 /// How QEMU would execute guest code on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

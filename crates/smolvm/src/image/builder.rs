@@ -11,6 +11,7 @@ use super::progress::{Progress, Reporter};
 use super::SSH_BOOT_ARGS;
 use super::{agent, assemble, deb, etc, rootfs, GuestImage};
 use super::{INITRD_FILE, KERNEL_FILE, META_FILE, ROOTFS_FILE, VMLINUX_FILE};
+use crate::host::ToolError;
 
 /// Environment variable: use this bzImage instead of the distribution kernel.
 pub(crate) const KERNEL_ENV: &str = "SMOLVM_KERNEL";
@@ -396,11 +397,12 @@ impl Inputs {
         kernel_identity: &str,
     ) -> Result<Inputs, ImageError> {
         if !b.busybox.is_file() {
-            return Err(ImageError::ToolMissing {
-                tool: "busybox",
+            return Err(ToolError::Missing {
+                program: "busybox".into(),
                 package: "busybox-static",
                 hint: " (the guest's userland is copied from the host's /bin/busybox)",
-            });
+            }
+            .into());
         }
         let applets = rootfs::busybox_applets(&b.busybox)?;
         let ssh_files = rootfs::dropbear_files(&b.dropbear)?;

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::ImageError;
-use super::tools;
+use crate::host::{tools, ToolError};
 
 /// The default kernel package: a metapackage depending on the current `linux-image-<abi>-cloud-amd64`.
 pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -77,32 +77,22 @@ pub(super) fn parse_show(requested: &str, text: &str) -> Option<ResolvedPackage>
 pub(super) fn resolve(requested: &str) -> Result<ResolvedPackage, ImageError> {
     let apt_cache =
         crate::host::tools::find_program("apt-cache").ok_or(ImageError::NoPackageManager)?;
-    let out = tools::run(Command::new(apt_cache).args(["show", "--no-all-versions", requested]))
-        .map_err(|e| with_hint(e, "run `apt-get update` (as root) so apt knows the package"))?;
+    let out = tools::output(
+        Command::new(apt_cache).args(["show", "--no-all-versions", requested]),
+        None,
+    )
+    .map_err(|e| e.with_hint("run `apt-get update` (as root) so apt knows the package"))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_show(requested, &text).ok_or_else(|| ImageError::Command {
-        command: format!("apt-cache show --no-all-versions {requested}"),
-        status: "no Version field".into(),
-        stderr: "apt returned no usable package record".into(),
-        hint: "; run `apt-get update` (as root)".into(),
+    parse_show(requested, &text).ok_or_else(|| {
+        ToolError::Failed {
+            program: "apt-cache".into(),
+            args: vec!["show".into(), "--no-all-versions".into(), requested.into()],
+            status: "no Version field".into(),
+            stderr: "apt returned no usable package record".into(),
+            hint: "; run `apt-get update` (as root)".into(),
+        }
+        .into()
     })
-}
-
-fn with_hint(e: ImageError, hint: &str) -> ImageError {
-    match e {
-        ImageError::Command {
-            command,
-            status,
-            stderr,
-            hint: h,
-        } if h.is_empty() => ImageError::Command {
-            command,
-            status,
-            stderr,
-            hint: format!("; {hint}"),
-        },
-        other => other,
-    }
 }
 
 /// Downloads the package into `dir` with `apt-get download` and returns the `.deb`.
@@ -113,16 +103,14 @@ pub(super) fn download(pkg: &ResolvedPackage, dir: &Path) -> Result<PathBuf, Ima
         Some(v) => format!("{}={v}", pkg.package),
         None => pkg.package.clone(),
     };
-    tools::run(
+    tools::output(
         Command::new(apt_get)
             .args(["download", "-q", &spec])
             .current_dir(dir),
+        None,
     )
     .map_err(|e| {
-        with_hint(
-            e,
-            "check that the Debian mirror is reachable and run `apt-get update` (as root)",
-        )
+        e.with_hint("check that the Debian mirror is reachable and run `apt-get update` (as root)")
     })?;
     let prefix = format!("{}_", pkg.package);
     let entries = std::fs::read_dir(dir).map_err(|e| ImageError::io("read directory", dir, e))?;
@@ -143,7 +131,7 @@ pub(super) fn download(pkg: &ResolvedPackage, dir: &Path) -> Result<PathBuf, Ima
 /// Reads a field of the package's control file (`dpkg-deb -f`), e.g. `Version`.
 pub(super) fn control_field(deb: &Path, field: &str) -> Result<String, ImageError> {
     let dpkg = tools::require("dpkg-deb", "dpkg")?;
-    let out = tools::run(Command::new(dpkg).arg("-f").arg(deb).arg(field))?;
+    let out = tools::output(Command::new(dpkg).arg("-f").arg(deb).arg(field), None)?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -190,7 +178,7 @@ pub(super) fn extract(deb: &Path, dest: &Path) -> Result<(), ImageError> {
     std::fs::create_dir_all(dest).map_err(|e| ImageError::io("create directory", dest, e))?;
     match crate::host::tools::find_program("dpkg-deb") {
         Some(dpkg) => {
-            tools::run(Command::new(dpkg).arg("-x").arg(deb).arg(dest))?;
+            tools::output(Command::new(dpkg).arg("-x").arg(deb).arg(dest), None)?;
             Ok(())
         }
         None => extract_with_tar(deb, dest),
@@ -231,7 +219,7 @@ pub(super) fn extract_with_tar(deb: &Path, dest: &Path) -> Result<(), ImageError
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| ImageError::Spawn {
+        .map_err(|source| ToolError::Spawn {
             program: "tar".into(),
             source,
         })?;
@@ -243,12 +231,14 @@ pub(super) fn extract_with_tar(deb: &Path, dest: &Path) -> Result<(), ImageError
     };
     let out = child
         .wait_with_output()
-        .map_err(|source| ImageError::Spawn {
+        .map_err(|source| ToolError::Spawn {
             program: "tar".into(),
             source,
         })?;
     if !out.status.success() {
-        return Err(tools::command_error(&cmd, &out));
+        return Err(
+            ToolError::failed(&cmd, &out.status, &String::from_utf8_lossy(&out.stderr)).into(),
+        );
     }
     copied.map_err(|e| ImageError::io("unpack", deb, e))
 }

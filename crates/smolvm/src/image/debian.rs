@@ -25,8 +25,9 @@ use super::builder::{validate_name, ImageBuilder};
 use super::cache::{self, Fingerprint};
 use super::error::ImageError;
 use super::progress::{Progress, Reporter};
-use super::{agent, kcache, mirror, rootfs, tools, userland};
+use super::{agent, kcache, mirror, rootfs, userland};
 use super::{GuestImage, ImageSource, ROOTFS_FILE, SSH_BOOT_ARGS};
+use crate::host::{tools, ToolError};
 
 /// Suite built when none is given.
 pub const DEFAULT_SUITE: &str = "bookworm";
@@ -349,7 +350,7 @@ fn run_mmdebstrap(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| ImageError::Spawn {
+        .map_err(|source| ToolError::Spawn {
             program: program.display().to_string(),
             source,
         })?;
@@ -365,30 +366,23 @@ fn run_mmdebstrap(
             tail.push_back(line);
         }
     }
-    let status = child.wait().map_err(|source| ImageError::Spawn {
+    let status = child.wait().map_err(|source| ToolError::Spawn {
         program: program.display().to_string(),
         source,
     })?;
     if status.success() {
         return Ok(());
     }
-    let text: Vec<String> = tail.into_iter().filter(|l| !l.trim().is_empty()).collect();
-    let text = text.join(" | ");
-    let hint = if text.contains("Unable to locate package")
+    let text = Vec::from(tail).join("\n");
+    let err = ToolError::failed(&cmd, &status, &text);
+    Err(if text.contains("Unable to locate package")
         || text.contains("has no installation candidate")
     {
-        "; check the package names (apt-cache policy NAME) and the suite".to_string()
-    } else if text.contains("No space left") {
-        "; the disk is full: free some space or use another --data-dir".to_string()
+        err.with_hint("check the package names (apt-cache policy NAME) and the suite")
     } else {
-        String::new()
-    };
-    Err(ImageError::Command {
-        command: tools::describe(&cmd),
-        status: status.to_string(),
-        stderr: text,
-        hint,
-    })
+        err
+    }
+    .into())
 }
 
 #[cfg(test)]

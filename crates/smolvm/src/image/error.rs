@@ -16,16 +16,9 @@ pub enum ImageError {
         reason: String,
     },
 
-    /// A host tool the build needs is not installed.
-    #[error("`{tool}` not found in PATH: install the `{package}` package{hint}")]
-    ToolMissing {
-        /// The program.
-        tool: &'static str,
-        /// The Debian package that provides it.
-        package: &'static str,
-        /// Extra advice (starts with "; ") or empty.
-        hint: &'static str,
-    },
+    /// A host tool the build needs is missing, could not be run, or failed.
+    #[error(transparent)]
+    Tool(#[from] crate::host::ToolError),
 
     /// No apt on this host, so the distribution kernel cannot be fetched.
     #[error(
@@ -35,29 +28,6 @@ pub enum ImageError {
          virtio-blk, virtio-net, virtio-console and vsock, built in or as modules"
     )]
     NoPackageManager,
-
-    /// An external program could not be started.
-    #[error("cannot run `{program}`")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// An external program failed.
-    #[error("`{command}` failed ({status}): {stderr}{hint}")]
-    Command {
-        /// The command line, for the reader (argv joined by spaces).
-        command: String,
-        /// Exit status.
-        status: String,
-        /// The tail of its error output.
-        stderr: String,
-        /// Extra advice (starts with "; ") or empty.
-        hint: String,
-    },
 
     /// A file operation failed.
     #[error("{action} {}", path.display())]

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use super::elf::{Elf, EM_X86_64};
 use super::error::ImageError;
-use super::{lz4, tools};
+use super::lz4;
+use crate::host::tools;
 
 /// Largest vmlinux we accept (a decompression bomb guard; real ones are 30-80 MiB).
 const MAX_VMLINUX: usize = 1 << 30;

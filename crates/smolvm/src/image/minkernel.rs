@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::deb::{self, ResolvedPackage};
 use super::error::ImageError;
 use super::progress::Reporter;
-use super::tools;
+use crate::host::{tools, ToolError};
 
 /// The config fragment applied on top of `tinyconfig`.
 pub(super) const FRAGMENT: &str = include_str!("kernel-config/minimal.config");
@@ -76,11 +76,12 @@ pub(super) fn check_tools() -> Result<(), ImageError> {
     // objtool, which x86_64 kernels need, is built against libelf.
     if !Path::new("/usr/include/libelf.h").is_file() && !Path::new("/usr/include/gelf.h").is_file()
     {
-        return Err(ImageError::ToolMissing {
-            tool: "libelf.h",
+        return Err(ToolError::Missing {
+            program: "libelf.h".into(),
             package: "libelf-dev",
             hint: " (the kernel's objtool is built against libelf)",
-        });
+        }
+        .into());
     }
     Ok(())
 }
@@ -114,13 +115,14 @@ pub(super) fn build(
     let tarball = find_tarball(&x.join("usr/src"), &deb_path)?;
     let src = work.join("src");
     mkdir(&src)?;
-    tools::run(
+    tools::output(
         Command::new("tar")
             .arg("-xf")
             .arg(&tarball)
             .arg("-C")
             .arg(&src)
             .arg("--strip-components=1"),
+        None,
     )?;
     let _ = fs::remove_dir_all(&x);
 
@@ -130,7 +132,7 @@ pub(super) fn build(
     let fragment = work.join("smolvm.config");
     fs::write(&fragment, FRAGMENT).map_err(|e| ImageError::io("write", &fragment, e))?;
     make(&src, &out, &["tinyconfig"])?;
-    tools::run(
+    tools::output(
         Command::new("sh")
             .arg(src.join("scripts/kconfig/merge_config.sh"))
             .arg("-m")
@@ -139,6 +141,7 @@ pub(super) fn build(
             .arg(out.join(".config"))
             .arg(&fragment)
             .current_dir(&src),
+        None,
     )?;
     make(&src, &out, &["olddefconfig"])?;
     let config_path = out.join(".config");
@@ -170,13 +173,14 @@ pub(super) fn build(
 
 /// `make -C src O=out <args>`.
 fn make(src: &Path, out: &Path, args: &[&str]) -> Result<std::process::Output, ImageError> {
-    tools::run(
+    Ok(tools::output(
         Command::new("make")
             .arg("-C")
             .arg(src)
             .arg(format!("O={}", out.display()))
             .args(args),
-    )
+        None,
+    )?)
 }
 
 /// `make bzImage` (which makes `vmlinux` first) on every core, reporting how many files are compiled.
@@ -194,7 +198,7 @@ fn compile(src: &Path, out: &Path, report: &Reporter) -> Result<(), ImageError> 
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|source| ImageError::Spawn {
+    let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
         program: "make".into(),
         source,
     })?;
@@ -222,18 +226,13 @@ fn compile(src: &Path, out: &Path, report: &Reporter) -> Result<(), ImageError> 
             }
         }
     }
-    let status = child.wait().map_err(|source| ImageError::Spawn {
+    let status = child.wait().map_err(|source| ToolError::Spawn {
         program: "make".into(),
         source,
     })?;
     let tail = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
     if !status.success() {
-        return Err(ImageError::Command {
-            command: format!("make -C {} bzImage", src.display()),
-            status: status.to_string(),
-            stderr: tail,
-            hint: String::new(),
-        });
+        return Err(ToolError::failed(&cmd, &status, &tail).into());
     }
     Ok(())
 }

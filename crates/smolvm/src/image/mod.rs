@@ -46,7 +46,6 @@ mod progress;
 mod resize;
 mod rootfs;
 mod source;
-mod tools;
 mod userland;
 
 use std::path::{Path, PathBuf};
@@ -148,6 +147,7 @@ impl GuestImage {
     pub fn vm_config(&self, backend: BackendKind) -> VmConfigSpec {
         let mut spec = VmConfigSpec::new(self.kernel_for(backend), &self.rootfs)
             .boot_args(self.boot_args.clone())
+            .agent(self.has_agent)
             .backend(Some(backend));
         if self.needs_initrd {
             spec = spec.initrd_path(&self.initrd);

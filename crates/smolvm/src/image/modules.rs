@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::elf::Elf;
 use super::error::ImageError;
-use super::tools;
+use crate::host::tools;
 
 /// A driver the guest wants: module name, load condition, and whether the image is useless without it.
 #[derive(Debug, Clone, Copy)]
@@ -156,9 +156,9 @@ fn read_module(path: &Path) -> Result<Vec<u8>, ImageError> {
     let data = std::fs::read(path).map_err(|e| ImageError::io("read module", path, e))?;
     let name = path.to_string_lossy();
     if name.ends_with(".xz") {
-        tools::filter(&["xz", "-dc"], "xz-utils", &data)
+        Ok(tools::filter(&["xz", "-dc"], "xz-utils", &data)?)
     } else if name.ends_with(".zst") {
-        tools::filter(&["zstd", "-dcq"], "zstd", &data)
+        Ok(tools::filter(&["zstd", "-dcq"], "zstd", &data)?)
     } else if name.ends_with(".gz") {
         use std::io::Read;
         let mut out = Vec::new();

@@ -19,8 +19,9 @@ use super::cache::{self, Fingerprint};
 use super::error::ImageError;
 use super::oci_config::{self, RuntimeConfig};
 use super::progress::{Progress, Reporter};
-use super::{agent, kcache, rootfs, tools, userland};
+use super::{agent, kcache, rootfs, userland};
 use super::{GuestImage, ImageSource, ROOTFS_FILE};
+use crate::host::tools;
 
 /// Bumped whenever the image layout or contents change for the same inputs.
 const OCI_FORMAT: u32 = 1;
@@ -95,7 +96,7 @@ fn detect(path: &Path) -> Result<Kind, ImageError> {
         };
     }
     let tar = tools::require("tar", "tar")?;
-    let out = tools::run(Command::new(tar).arg("-tf").arg(path))
+    let out = tools::output(Command::new(tar).arg("-tf").arg(path), None)
         .map_err(|e| import_err(path, &format!("not a readable tar archive ({e})")))?;
     Ok(classify_tar(&String::from_utf8_lossy(&out.stdout)))
 }
@@ -226,17 +227,21 @@ impl ImageBuilder {
             let runtime = if let (Some(skopeo), Some(umoci)) = (&skopeo, &umoci) {
                 let work = ctx.dir.join("oci");
                 report.step(format!("reading {what}"));
-                tools::run(Command::new(skopeo).args(skopeo_args(&src_ref, &work, opts)))
-                    .map_err(|e| import_err(&what, &e.to_string()))?;
+                tools::output(
+                    Command::new(skopeo).args(skopeo_args(&src_ref, &work, opts)),
+                    None,
+                )
+                .map_err(|e| import_err(&what, &e.to_string()))?;
                 let rc = oci_config::read(&work)?;
                 report.step("applying the layers");
                 let mut image_ref = work.as_os_str().to_owned();
                 image_ref.push(format!(":{WORK_TAG}"));
-                tools::run(
+                tools::output(
                     Command::new(umoci)
                         .args(["raw", "unpack", "--image"])
                         .arg(&image_ref)
                         .arg(&staging),
+                    None,
                 )
                 .map_err(|e| import_err(&what, &e.to_string()))?;
                 std::fs::remove_dir_all(&work).map_err(|e| ImageError::io("remove", &work, e))?;
@@ -294,10 +299,11 @@ fn staging_had_dropbear(rootfs: &Path) -> bool {
     let Some(debugfs) = crate::host::tools::find_program("debugfs") else {
         return false;
     };
-    tools::run(
+    tools::output(
         Command::new(debugfs)
             .args(["-R", "stat /usr/sbin/dropbear"])
             .arg(rootfs),
+        None,
     )
     .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Inode:"))
 }
@@ -306,7 +312,7 @@ fn staging_had_dropbear(rootfs: &Path) -> bool {
 fn unpack_rootfs_tar(tarball: &Path, staging: &Path) -> Result<(), ImageError> {
     std::fs::create_dir_all(staging).map_err(|e| ImageError::io("create directory", staging, e))?;
     let tar = tools::require("tar", "tar")?;
-    tools::run(
+    tools::output(
         Command::new(tar)
             .args([
                 "--numeric-owner",
@@ -318,6 +324,7 @@ fn unpack_rootfs_tar(tarball: &Path, staging: &Path) -> Result<(), ImageError> {
             .arg(tarball)
             .arg("-C")
             .arg(staging),
+        None,
     )
     .map_err(|e| import_err(tarball, &e.to_string()))
     .map(drop)

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::error::ImageError;
-use super::tools;
+use crate::host::tools;
 
 /// Grows the ext4 image `disk` to `size_mib` and resizes its filesystem to fill it. Returns false (and
 /// changes nothing) when the disk is already that large or larger: disks are never shrunk.
@@ -30,13 +30,13 @@ pub(crate) fn grow_rootfs(disk: &Path, size_mib: u64) -> Result<bool, ImageError
     drop(f);
     // -f: the disk is a fresh copy of an image that was never mounted, so resize2fs's "run e2fsck
     // first" check (meant for filesystems used since their last check) only costs time here.
-    let res = tools::run(Command::new(resize2fs).arg("-f").arg(disk));
+    let res = tools::output(Command::new(resize2fs).arg("-f").arg(disk), None);
     if let Err(e) = res {
         // Leave the disk as it was: a grown file with an old-sized filesystem would hide the failure.
         if let Ok(f) = OpenOptions::new().write(true).open(disk) {
             let _ = f.set_len(have);
         }
-        return Err(e);
+        return Err(e.into());
     }
     Ok(true)
 }

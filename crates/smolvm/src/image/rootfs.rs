@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::error::ImageError;
-use super::tools;
+use crate::host::{tools, ToolError};
 
 /// Where busybox comes from on the host (package `busybox-static`).
 pub(super) const HOST_BUSYBOX: &str = "/bin/busybox";
@@ -72,15 +72,16 @@ const DIRS: &[(&str, u32)] = &[
 /// Files the SSH server needs from the host: the binary and its shared libraries (guest path, host path).
 pub(super) fn dropbear_files(dropbear: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
     if !dropbear.is_file() {
-        return Err(ImageError::ToolMissing {
-            tool: "dropbear",
+        return Err(ToolError::Missing {
+            program: "dropbear".into(),
             package: "dropbear-bin",
             hint: " (the guest's SSH server is copied from the host)",
-        });
+        }
+        .into());
     }
     let mut out = vec![(GUEST_DROPBEAR.to_string(), dropbear.to_path_buf())];
     let ldd = tools::require("ldd", "libc-bin")?;
-    let o = tools::run(Command::new(ldd).arg(dropbear))?;
+    let o = tools::output(Command::new(ldd).arg(dropbear), None)?;
     for lib in parse_ldd(&String::from_utf8_lossy(&o.stdout)) {
         let guest = lib.to_string_lossy().trim_start_matches('/').to_string();
         out.push((guest, lib));
@@ -105,7 +106,7 @@ pub(super) fn parse_ldd(text: &str) -> Vec<PathBuf> {
 
 /// Applet paths of a busybox binary (`busybox --list-full`: `bin/sh`, `usr/bin/awk`, ...).
 pub(super) fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
-    let o = tools::run(Command::new(busybox).arg("--list-full"))?;
+    let o = tools::output(Command::new(busybox).arg("--list-full"), None)?;
     Ok(String::from_utf8_lossy(&o.stdout)
         .lines()
         .map(str::trim)
@@ -187,7 +188,7 @@ pub(super) fn make_ext4(staging: &Path, dest: &Path, size_mib: u64) -> Result<()
     f.set_len(size_mib << 20)
         .map_err(|e| ImageError::io("size", dest, e))?;
     drop(f);
-    tools::run(
+    tools::output(
         Command::new(mkfs)
             .args(["-q", "-F", "-L", "smolvm-root", "-m", "0"])
             // Inode tables are initialised now (sparse writes, instant) rather than lazily by every
@@ -200,6 +201,7 @@ pub(super) fn make_ext4(staging: &Path, dest: &Path, size_mib: u64) -> Result<()
             .arg("-d")
             .arg(staging)
             .arg(dest),
+        None,
     )?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -236,15 +238,17 @@ fn chown_to_root(staging: &Path, dest: &Path) -> Result<(), ImageError> {
     let script = chown_script(staging)?;
     let script_path = dest.with_extension("debugfs");
     fs::write(&script_path, script).map_err(|e| ImageError::io("write", &script_path, e))?;
-    let res = tools::run(
+    let res = tools::output(
         Command::new(debugfs)
             .arg("-w")
             .arg("-f")
             .arg(&script_path)
             .arg(dest),
+        None,
     );
     let _ = fs::remove_file(&script_path);
-    res.map(drop)
+    res?;
+    Ok(())
 }
 
 #[cfg(test)]

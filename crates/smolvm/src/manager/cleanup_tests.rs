@@ -2,7 +2,7 @@
 //! changes nothing.
 
 use super::test_env::{have_ssh_keygen, names, Env, BOOT};
-use super::{CleanupOptions, CleanupScope, NetworkChoice};
+use super::{CleanupOptions, CleanupScope, NetworkMode};
 use crate::config::DiskMode;
 use crate::info::VmState;
 
@@ -25,7 +25,7 @@ fn the_tap_of_a_vm_without_a_row_goes_and_that_of_a_known_vm_stays() {
         return;
     }
     let e = Env::new();
-    e.create("vm-a", DiskMode::Shared, NetworkChoice::Tap)
+    e.create("vm-a", DiskMode::Shared, NetworkMode::Tap)
         .unwrap();
     let tap = e.tap_of("vm-a");
     e.net.respond(
@@ -52,7 +52,7 @@ fn the_tap_of_a_vm_without_a_row_goes_and_that_of_a_known_vm_stays() {
 #[test]
 fn a_dry_run_reports_and_changes_nothing() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     e.m.start("vm-a", BOOT).unwrap();
     // A crash's leftovers: a half-made clone of another VM, a VMM that died.

@@ -28,7 +28,10 @@ impl GuestNet {
     /// upstream servers (read now, see [`crate::network::resolv`]).
     pub(crate) fn from_network(net: &NetworkConfig) -> GuestNet {
         let host_dns = match net.mode {
-            NetworkMode::Tap => crate::network::resolv::host_upstream_servers(),
+            // Auto and None are requests: a configured network is TAP or user mode.
+            NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => {
+                crate::network::resolv::host_upstream_servers()
+            }
             NetworkMode::User => Vec::new(),
         };
         GuestNet::with_host_dns(net, host_dns)
@@ -43,7 +46,8 @@ impl GuestNet {
             gateway: net.gateway_ip,
             dns: match net.mode {
                 NetworkMode::User => vec![crate::state::USER_DNS_IP],
-                NetworkMode::Tap => host_dns,
+                // Auto and None are requests: a configured network is TAP or user mode.
+                NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => host_dns,
             },
         }
     }
@@ -82,10 +86,10 @@ mod tests {
             guest_ip: Ipv4Addr::new(172, 16, 0, 2),
             gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
             netmask: Ipv4Addr::new(255, 255, 0, 0),
-            tap_device: "smv-2".into(),
+            tap_device: Some("smv-2".into()),
             guest_mac: "02:00:00:00:00:02".into(),
             ssh_host_port: Some(42000),
-            mode: Default::default(),
+            mode: NetworkMode::Tap,
         };
         assert_eq!(
             kernel_cmdline(
@@ -112,7 +116,7 @@ mod tests {
             guest_ip: Ipv4Addr::new(10, 0, 2, 15),
             gateway_ip: Ipv4Addr::new(10, 0, 2, 2),
             netmask: Ipv4Addr::new(255, 255, 255, 0),
-            tap_device: String::new(),
+            tap_device: None,
             mode: NetworkMode::User,
             ..net
         };

@@ -21,7 +21,7 @@ use smolvm_protocol::{Identity, NetIdentity};
 use super::cmdline::GuestNet;
 use super::snapshot::mtime_ns;
 use super::snapshot_disk;
-use super::{NetworkChoice, SmolVmManager};
+use super::{NetworkMode, SmolVmManager};
 use crate::backend::firecracker::snapshot as fc_snapshot;
 use crate::backend::qemu::migrate;
 use crate::config::BackendKind;
@@ -119,7 +119,7 @@ impl SmolVmManager {
             .map_err(fail("find the snapshot's VMM"))?;
         self.check_restorable(&snap, kind)?;
         let mode = if snap.machine.network {
-            self.network_mode_for(NetworkChoice::Auto, kind)?
+            self.network_mode_for(NetworkMode::Auto, kind)?
         } else {
             None
         };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::fakes::Guest;
 use super::test_env::{chain, have_ssh_keygen, names, Env, BOOT, STOP};
-use super::{CleanupOptions, CleanupScope, NetworkChoice};
+use super::{CleanupOptions, CleanupScope, NetworkMode};
 use crate::config::{BackendKind, DiskMode};
 use crate::error::Error;
 use crate::info::VmState;
@@ -15,7 +15,7 @@ use crate::info::VmState;
 #[test]
 fn the_happy_path_leaves_nothing_after_delete() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     assert_eq!(names(e.m.disk_dir()), ["vm-a.ext4", "vm-a.origin"]);
     let info = e.m.start("vm-a", BOOT).unwrap();
@@ -44,14 +44,14 @@ fn a_failing_disk_clone_leaves_nothing() {
     std::fs::remove_dir(e.m.disk_dir()).unwrap();
     std::fs::write(e.m.disk_dir(), b"").unwrap();
     let err = e
-        .create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+        .create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap_err();
     assert!(err.to_string().contains("create disk"), "{err}");
     std::fs::remove_file(e.m.disk_dir()).unwrap();
     std::fs::create_dir(e.m.disk_dir()).unwrap();
     e.assert_gone("vm-a");
     // The id is free again.
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
 }
 
@@ -66,7 +66,7 @@ fn a_failing_tap_rolls_create_back() {
         "ioctl(TUNSETIFF): Device or resource busy",
     );
     let err = e
-        .create("vm-a", DiskMode::Shared, NetworkChoice::Tap)
+        .create("vm-a", DiskMode::Shared, NetworkMode::Tap)
         .unwrap_err();
     assert!(chain(&err).contains("TUNSETIFF"), "{err:?}");
     // No rule was ever written, and no TAP exists, so none is deleted.
@@ -88,7 +88,7 @@ fn a_failing_nft_transaction_removes_the_tap_it_made() {
     e.net
         .fail_once(&["nft", "-f"], "Error: Could not process rule");
     let err = e
-        .create("vm-a", DiskMode::Shared, NetworkChoice::Tap)
+        .create("vm-a", DiskMode::Shared, NetworkMode::Tap)
         .unwrap_err();
     assert!(chain(&err).contains("Could not process rule"), "{err:?}");
     let lines = e.net.lines();
@@ -110,7 +110,7 @@ fn a_failing_vmm_launch_keeps_the_previous_state_and_removes_the_network_of_a_st
         return;
     }
     let e = Env::new();
-    e.create("vm-a", DiskMode::Shared, NetworkChoice::Tap)
+    e.create("vm-a", DiskMode::Shared, NetworkMode::Tap)
         .unwrap();
     let tap = e.tap_of("vm-a");
     e.vmm.state().fail_launch = true;
@@ -150,7 +150,7 @@ fn a_failing_vmm_launch_keeps_the_previous_state_and_removes_the_network_of_a_st
 #[test]
 fn a_boot_timeout_kills_the_vmm_and_keeps_the_previous_state() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     e.vmm.state().guest = Guest::Hangs;
     let err = e.m.start("vm-a", Duration::from_millis(800)).unwrap_err();
@@ -178,7 +178,7 @@ fn a_boot_timeout_kills_the_vmm_and_keeps_the_previous_state() {
 #[test]
 fn stop_presses_the_power_button_when_the_agent_does_not_answer() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     e.m.start("vm-a", BOOT).unwrap();
     e.vmm.state().guest = Guest::Hangs;
@@ -194,7 +194,7 @@ fn a_failed_delete_marks_error_and_a_retry_finishes() {
         return;
     }
     let e = Env::new();
-    e.create("vm-a", DiskMode::Shared, NetworkChoice::Tap)
+    e.create("vm-a", DiskMode::Shared, NetworkMode::Tap)
         .unwrap();
     e.m.start("vm-a", BOOT).unwrap();
     e.net
@@ -260,7 +260,7 @@ fn a_create_killed_during_the_disk_clone_is_mended_by_cleanup() {
 #[test]
 fn a_start_killed_between_launch_and_record_is_mended_by_cleanup_and_start() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     // What a start killed right after the launch leaves: a VMM the row does not know.
     let rec = e.m.record("vm-a").unwrap();
@@ -289,7 +289,7 @@ fn a_start_killed_between_launch_and_record_is_mended_by_cleanup_and_start() {
 #[test]
 fn a_vmm_that_died_is_marked_error_and_deleted_by_cleanup_all() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     e.m.start("vm-a", BOOT).unwrap();
     for p in e.vmm.live_vmms() {
@@ -324,7 +324,7 @@ fn a_row_without_its_disk_is_deleted_cleanly() {
 #[test]
 fn an_operation_behind_a_stuck_one_gives_up_naming_the_holder() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     e.m.start("vm-a", BOOT).unwrap();
     let stuck = e.m.lock("vm-a").unwrap();

@@ -58,7 +58,7 @@ use crate::config::BackendKind;
 use crate::dirs::Dirs;
 use crate::error::{Error, Result};
 use crate::host::HostCapabilities;
-use crate::info::{VmInfo, VmState};
+use crate::info::{NetworkMode, VmInfo, VmState};
 use crate::network::HostNetwork;
 use crate::state::{StateStore, VmRecord};
 
@@ -67,26 +67,11 @@ pub const DEFAULT_BOOT_TIMEOUT_SECS: f64 = 30.0;
 /// Default graceful `stop` timeout of the manager, seconds (spec).
 pub const DEFAULT_STOP_TIMEOUT_SECS: f64 = 10.0;
 
-/// How a VM is connected to the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-pub enum NetworkChoice {
-    /// TAP + NAT when this process may create them, else QEMU user-mode networking.
-    #[default]
-    Auto,
-    /// A TAP device with NAT and a loopback SSH forward (needs root or CAP_NET_ADMIN).
-    Tap,
-    /// QEMU user-mode networking: no privileges, outbound NAT inside QEMU, SSH on 127.0.0.1.
-    User,
-    /// No network interface at all (`VmInfo::network` is `None`); commands still run through the agent.
-    None,
-}
-
 /// Options of [`SmolVmManager::create_with`] beyond the spec's `VmConfig`.
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
-    /// Network attachment.
-    pub network: NetworkChoice,
+    /// Network attachment: `Auto` (default), `Tap`, `User` or `None`.
+    pub network: NetworkMode,
     /// Delete a disk retained by an earlier VM with the same id (`retain_disk_on_delete`) and clone
     /// the image afresh. By default an isolated-mode create reuses such a disk, files and all.
     pub discard_retained_disk: bool,

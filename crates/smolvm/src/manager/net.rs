@@ -41,7 +41,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{NetworkChoice, SmolVmManager};
+use super::SmolVmManager;
 use crate::backend::NetAttachment;
 use crate::config::{BackendKind, DiskMode};
 use crate::error::{Error, Result};
@@ -61,8 +61,9 @@ const OPENSSH_MARKERS: [&str; 2] = ["/usr/sbin/sshd", "/etc/ssh/sshd_config"];
 /// The NIC a backend attaches for `net` (the launch spec's `net` field).
 pub(crate) fn net_attachment(net: &NetworkConfig) -> NetAttachment {
     match net.mode {
-        NetworkMode::Tap => NetAttachment::Tap {
-            tap: net.tap_device.clone(),
+        // Auto and None are requests: a configured network is TAP or user mode.
+        NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => NetAttachment::Tap {
+            tap: net.tap_name().to_string(),
             mac: net.guest_mac.clone(),
         },
         NetworkMode::User => NetAttachment::User {
@@ -75,22 +76,16 @@ pub(crate) fn net_attachment(net: &NetworkConfig) -> NetAttachment {
 
 impl SmolVmManager {
     /// The network mode of a new VM (call before `StateStore::create_vm`, pass the result to it):
-    /// `None` for [`NetworkChoice::None`]; `Auto` gives TAP when this process may create TAP devices
+    /// `None` for [`NetworkMode::None`]; `Auto` gives TAP when this process may create TAP devices
     /// and `nft`/`ip` exist, else QEMU user-mode networking (an error for Firecracker, which has none);
     /// an explicit `Tap` or `User` is honoured or refused with the reason and the fix.
     pub(crate) fn network_mode_for(
         &self,
-        choice: NetworkChoice,
+        choice: NetworkMode,
         backend: BackendKind,
     ) -> Result<Option<NetworkMode>> {
-        let requested = match choice {
-            NetworkChoice::None => return Ok(None),
-            NetworkChoice::Auto => None,
-            NetworkChoice::Tap => Some(NetworkMode::Tap),
-            NetworkChoice::User => Some(NetworkMode::User),
-        };
         let caps = self.host_network().capabilities();
-        Ok(Some(choose_network_mode(requested, backend, &caps)?))
+        Ok(choose_network_mode(choice, backend, &caps)?)
     }
 
     /// The host network layer (the real system tools unless the builder was given others).
@@ -108,7 +103,8 @@ impl SmolVmManager {
             return Ok(());
         };
         match net.mode {
-            NetworkMode::Tap => {
+            // Auto and None are requests: a configured network is TAP or user mode.
+            NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => {
                 let vm_id = &rec.info.vm_id;
                 let plan = self.egress_plan(vm_id, rec.info.config.network_policy());
                 self.host_network().setup_vm_with(vm_id, net, &plan)?
@@ -283,7 +279,10 @@ impl SmolVmManager {
         let key = self.client_key()?.private_key;
         let known = self.known_hosts_path(vm_id);
         let target = match net.mode {
-            NetworkMode::Tap => Some(SshTarget::private_ip(net, ssh_user, &key, &known)),
+            // Auto and None are requests: a configured network is TAP or user mode.
+            NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => {
+                Some(SshTarget::private_ip(net, ssh_user, &key, &known))
+            }
             NetworkMode::User => SshTarget::localhost(net, ssh_user, &key, &known),
         };
         target.ok_or_else(|| no_ssh(vm_id, "it has no forwarded SSH port"))

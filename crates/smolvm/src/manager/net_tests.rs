@@ -22,7 +22,7 @@ fn attachment_follows_the_mode() {
         guest_ip: Ipv4Addr::new(172, 16, 0, 2),
         gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
         netmask: Ipv4Addr::new(255, 255, 0, 0),
-        tap_device: "smv-2".into(),
+        tap_device: Some("smv-2".into()),
         guest_mac: "02:00:ac:10:00:02".into(),
         ssh_host_port: Some(42000),
         mode: NetworkMode::Tap,
@@ -36,7 +36,7 @@ fn attachment_follows_the_mode() {
     );
     let user = NetworkConfig {
         guest_ip: crate::state::USER_GUEST_IP,
-        tap_device: String::new(),
+        tap_device: None,
         mode: NetworkMode::User,
         ..tap
     };
@@ -262,7 +262,7 @@ fn vms_without_network_have_no_ssh() {
     ));
     assert_eq!(
         env.m
-            .network_mode_for(NetworkChoice::None, BackendKind::Qemu)
+            .network_mode_for(NetworkMode::None, BackendKind::Qemu)
             .unwrap(),
         None
     );

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use super::snapshot_dirs::SnapshotDirsLock;
 use super::SmolVmManager;
-use crate::backend::qemu::{migrate, Accel};
+use crate::backend::qemu::{migrate, QemuAccel};
 use crate::config::{BackendKind, DiskMode};
 use crate::error::{Error, Result};
 use crate::info::VmState;
@@ -216,10 +216,10 @@ impl SmolVmManager {
     /// `kvm` or `tcg`: what this host's VMM would run a restored VM with.
     pub(crate) fn accel_name(&self, backend: BackendKind) -> String {
         match backend {
-            BackendKind::Qemu => match Accel::from_host(self.host()) {
-                Accel::Kvm => "kvm".into(),
-                Accel::Tcg { .. } => "tcg".into(),
-            },
+            BackendKind::Qemu => QemuAccel::from_host(self.host())
+                .accelerator
+                .as_str()
+                .into(),
             BackendKind::Firecracker => "kvm".into(),
         }
     }

@@ -33,7 +33,7 @@ pub(super) fn capture(src: &Path, dst: &Path) -> Result<()> {
             utf8(src)?,
             utf8(dst)?,
         ];
-        crate::tool::run("qemu-img", &args, None, None).map_err(tool_err)?;
+        crate::host::tools::run("qemu-img", &args, None, None).map_err(tool_err)?;
     } else {
         disk::clone_file(src, dst)?;
     }
@@ -54,7 +54,7 @@ pub(super) fn overlay(backing: &Path, dst: &Path) -> Result<()> {
         utf8(backing)?,
         utf8(dst)?,
     ];
-    crate::tool::run("qemu-img", &args, None, None).map_err(tool_err)?;
+    crate::host::tools::run("qemu-img", &args, None, None).map_err(tool_err)?;
     Ok(())
 }
 
@@ -68,7 +68,7 @@ fn utf8(p: &Path) -> Result<&str> {
     })
 }
 
-fn tool_err(e: crate::tool::ToolError) -> Error {
+fn tool_err(e: crate::host::ToolError) -> Error {
     Error::Io {
         action: "run qemu-img on",
         path: PathBuf::from("qemu-img"),

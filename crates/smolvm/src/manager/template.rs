@@ -17,7 +17,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use super::fork::failed;
-use super::{CreateOptions, NetworkChoice, SmolVmManager};
+use super::{CreateOptions, SmolVmManager};
 use crate::backend::qemu::migrate;
 use crate::config::{BackendKind, DiskMode, VmConfig};
 use crate::error::Result;
@@ -75,11 +75,7 @@ impl SmolVmManager {
 
     /// The template name for VMs of `config` with the network `choice`; `None` for configs that cannot
     /// use templates (shared disk, no smolvm agent, Firecracker without KVM, files that cannot be read).
-    pub fn template_name(
-        &self,
-        config: &VmConfig,
-        choice: NetworkChoice,
-    ) -> Result<Option<String>> {
+    pub fn template_name(&self, config: &VmConfig, choice: NetworkMode) -> Result<Option<String>> {
         if config.disk_mode() != DiskMode::Isolated || !config.boots_agent() {
             return Ok(None);
         }
@@ -110,7 +106,8 @@ impl SmolVmManager {
         // different device state, and QEMU refuses to load one into the other.
         put(match self.network_mode_for(choice, backend)? {
             None => "no-net",
-            Some(NetworkMode::Tap) => "net-tap",
+            // Auto and None are requests: a configured network is TAP or user mode.
+            Some(NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None) => "net-tap",
             Some(NetworkMode::User) => "net-user",
         });
         let files = [
@@ -134,11 +131,7 @@ impl SmolVmManager {
     }
 
     /// The usable template for `config`, if one was made (and this host can restore it).
-    pub fn find_template(
-        &self,
-        config: &VmConfig,
-        choice: NetworkChoice,
-    ) -> Result<Option<String>> {
+    pub fn find_template(&self, config: &VmConfig, choice: NetworkMode) -> Result<Option<String>> {
         let Some(name) = self.template_name(config, choice)? else {
             return Ok(None);
         };
@@ -263,7 +256,7 @@ impl SmolVmManager {
     pub fn build_template(
         &self,
         config: &VmConfig,
-        choice: NetworkChoice,
+        choice: NetworkMode,
         boot_timeout: std::time::Duration,
     ) -> Result<Option<String>> {
         let Some(name) = self.template_name(config, choice)? else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::fakes::FakeBackends;
-use super::{CleanupOptions, CreateOptions, NetworkChoice, SmolVmManager};
+use super::{CleanupOptions, CreateOptions, NetworkMode, SmolVmManager};
 use crate::config::{BackendKind, DiskMode, VmConfig};
 use crate::error::Error;
 use crate::host::tools::{ToolInfo, Tools};
@@ -109,7 +109,7 @@ impl Env {
         &self,
         id: &str,
         disk_mode: DiskMode,
-        network: NetworkChoice,
+        network: NetworkMode,
     ) -> crate::Result<()> {
         let opts = CreateOptions {
             network,
@@ -146,7 +146,7 @@ impl Env {
     }
 
     pub(crate) fn tap_of(&self, id: &str) -> String {
-        self.m.get(id).unwrap().network.unwrap().tap_device
+        self.m.get(id).unwrap().network.unwrap().tap_device.unwrap()
     }
 }
 

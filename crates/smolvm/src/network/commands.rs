@@ -41,9 +41,10 @@ impl NetCapabilities {
     /// Ok if TAP networking can be set up, else the first missing piece as a clear error.
     pub fn check_tap(&self) -> Result<(), NetworkError> {
         let missing = |program: &str, package| {
-            NetworkError::Tool(crate::tool::ToolError::Missing {
+            NetworkError::Tool(crate::host::ToolError::Missing {
                 program: program.to_string(),
                 package,
+                hint: "",
             })
         };
         if !self.net_admin {
@@ -91,7 +92,7 @@ fn effective_caps() -> Option<u64> {
 /// The system tools and kernel settings networking uses.
 pub trait NetCommands: Send + Sync + std::fmt::Debug {
     /// Runs `program` with `args` (argv, never a shell), feeding `stdin` if given. Returns stdout;
-    /// a non-zero exit becomes a [`crate::tool::ToolError::Failed`] carrying stderr.
+    /// a non-zero exit becomes a [`crate::host::ToolError::Failed`] carrying stderr.
     fn run(
         &self,
         program: &str,
@@ -124,7 +125,7 @@ impl NetCommands for SystemCommands {
         stdin: Option<&str>,
     ) -> Result<String, NetworkError> {
         // English messages (LC_ALL=C in the runner): is_permission() and users read them.
-        let out = crate::tool::run(program, args, None, stdin)?;
+        let out = crate::host::tools::run(program, args, None, stdin)?;
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
@@ -177,7 +178,7 @@ mod tests {
             .run("sh", &["-c".into(), "echo oops >&2; exit 3".into()], None)
             .unwrap_err();
         match err {
-            NetworkError::Tool(crate::tool::ToolError::Failed { stderr, status, .. }) => {
+            NetworkError::Tool(crate::host::ToolError::Failed { stderr, status, .. }) => {
                 assert_eq!(stderr, "oops");
                 assert!(status.contains('3'), "{status}");
             }
@@ -187,7 +188,7 @@ mod tests {
         assert!(
             matches!(
                 missing,
-                NetworkError::Tool(crate::tool::ToolError::Missing { .. })
+                NetworkError::Tool(crate::host::ToolError::Missing { .. })
             ),
             "{missing:?}"
         );

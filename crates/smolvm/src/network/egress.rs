@@ -77,7 +77,7 @@ pub(crate) fn dispatch_rule(vm_id: &str, net: &NetworkConfig, policy: &NetworkPo
     };
     format!(
         "add rule {FAMILY} {TABLE} guest_egress iifname \"{tap}\" ip saddr {guest} {verdict} comment \"{tag}\"\n",
-        tap = net.tap_device,
+        tap = net.tap_name(),
         guest = net.guest_ip,
         tag = vm_tag(vm_id)
     )

@@ -7,7 +7,7 @@ use crate::config::BackendKind;
 pub enum NetworkError {
     /// A system tool is missing, could not be run, or failed.
     #[error(transparent)]
-    Tool(#[from] crate::tool::ToolError),
+    Tool(#[from] crate::host::ToolError),
 
     /// The process may not create TAP devices or firewall rules.
     #[error(
@@ -115,7 +115,7 @@ impl NetworkError {
     pub fn is_permission(&self) -> bool {
         match self {
             NetworkError::NoPrivilege { .. } => true,
-            NetworkError::Tool(crate::tool::ToolError::Failed { stderr, .. }) => {
+            NetworkError::Tool(crate::host::ToolError::Failed { stderr, .. }) => {
                 stderr.contains("Operation not permitted") || stderr.contains("Permission denied")
             }
             _ => false,

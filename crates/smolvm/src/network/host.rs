@@ -105,10 +105,10 @@ impl HostNetwork {
         plan: &EgressPlan,
     ) -> Result<(), NetworkError> {
         check_vm_id(vm_id)?;
-        validate_tap_name(&net.tap_device)?;
+        validate_tap_name(net.tap_name())?;
         self.capabilities().check_tap()?;
         let tag = vm_tag(vm_id);
-        let tap = net.tap_device.as_str();
+        let tap = net.tap_name();
         let ruleset = nft::list_ruleset(&*self.cmds)?;
         if let Some(port) = net.ssh_host_port {
             self.check_port(&ruleset, &tag, port)?;
@@ -153,7 +153,7 @@ impl HostNetwork {
         ruleset: &Ruleset,
         plan: &EgressPlan,
     ) -> Result<(), NetworkError> {
-        let tap = net.tap_device.as_str();
+        let tap = net.tap_name();
         self.ip(links::tag_and_up(tap, &vm_tag(vm_id)))?;
         if net.ssh_host_port.is_some() {
             // Lets the replies of the DNATed SSH forward (addressed to 127.0.0.1) in on this TAP.
@@ -196,7 +196,7 @@ impl HostNetwork {
         plan: &EgressPlan,
     ) -> Result<(), NetworkError> {
         check_vm_id(vm_id)?;
-        validate_tap_name(&net.tap_device)?;
+        validate_tap_name(net.tap_name())?;
         self.capabilities().check_tap()?;
         let ruleset = nft::list_ruleset(&*self.cmds)?;
         let current = ruleset.vm_rules(vm_id);
@@ -270,7 +270,7 @@ impl HostNetwork {
     /// name that is not this VM's is left alone.
     pub fn teardown_vm(&self, vm_id: &str, net: &NetworkConfig) -> Result<(), NetworkError> {
         check_vm_id(vm_id)?;
-        validate_tap_name(&net.tap_device)?;
+        validate_tap_name(net.tap_name())?;
         self.capabilities().check_tap()?;
         let ruleset = nft::list_ruleset(&*self.cmds)?;
         let mut script = nft::delete_script(&ruleset.vm_rules(vm_id));
@@ -279,7 +279,7 @@ impl HostNetwork {
         }
         nft::apply(&*self.cmds, &script)?;
         let tag = vm_tag(vm_id);
-        if let Some(l) = self.links()?.into_iter().find(|l| l.name == net.tap_device) {
+        if let Some(l) = self.links()?.into_iter().find(|l| l.name == net.tap_name()) {
             let ours = l.alias.as_deref() == Some(tag.as_str())
                 || (l.alias.is_none() && l.kind.as_deref() == Some("tun"));
             if ours {

@@ -130,7 +130,7 @@ fn failed_rules_roll_back_the_tap_we_made() {
 fn bad_names_and_missing_privileges_fail_before_any_command() {
     let (f, h) = fake();
     let mut bad_tap = net(5, None);
-    bad_tap.tap_device = "eth0".into();
+    bad_tap.tap_device = Some("eth0".into());
     assert!(matches!(
         h.setup_vm("vm-5", &bad_tap),
         Err(NetworkError::InvalidName { .. })

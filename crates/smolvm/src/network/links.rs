@@ -77,7 +77,7 @@ pub(super) fn gateway_addr(net: &NetworkConfig) -> Vec<String> {
         "replace",
         &format!("{}/32", net.gateway_ip),
         "dev",
-        &net.tap_device,
+        net.tap_name(),
     ])
 }
 
@@ -88,7 +88,7 @@ pub(super) fn guest_route(net: &NetworkConfig) -> Vec<String> {
         "replace",
         &format!("{}/32", net.guest_ip),
         "dev",
-        &net.tap_device,
+        net.tap_name(),
         "src",
         &net.gateway_ip.to_string(),
     ])

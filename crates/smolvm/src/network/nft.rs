@@ -103,7 +103,7 @@ pub(crate) fn vm_rules_script_with(
 ) -> String {
     let t = format!("{FAMILY} {TABLE}");
     let tag = vm_tag(vm_id);
-    let tap = &net.tap_device;
+    let tap = net.tap_name();
     let guest = net.guest_ip;
     let mut s = egress::dispatch_rule(vm_id, net, policy);
     // Writing to a String cannot fail.

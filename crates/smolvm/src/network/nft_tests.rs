@@ -7,10 +7,10 @@ pub(crate) fn net(n: u8, port: Option<u16>) -> NetworkConfig {
         guest_ip: Ipv4Addr::new(172, 16, 0, n),
         gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
         netmask: Ipv4Addr::new(255, 255, 0, 0),
-        tap_device: format!("smv-{n}"),
+        tap_device: Some(format!("smv-{n}")),
         guest_mac: format!("02:00:ac:10:00:{n:02x}"),
         ssh_host_port: port,
-        mode: Default::default(),
+        mode: crate::info::NetworkMode::Tap,
     }
 }
 

@@ -179,10 +179,12 @@ impl NetCommands for RecordingCommands {
             None => Ok(String::new()),
         };
         result.map_err(|stderr| {
-            NetworkError::Tool(crate::tool::ToolError::Failed {
-                command: display_command(program, args),
+            NetworkError::Tool(crate::host::ToolError::Failed {
+                program: program.to_string(),
+                args: args.to_vec(),
                 status: "exit status: 1".into(),
                 stderr,
+                hint: String::new(),
             })
         })
     }

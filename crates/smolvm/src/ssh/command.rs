@@ -228,10 +228,10 @@ mod tests {
             guest_ip: Ipv4Addr::new(172, 16, 0, 5),
             gateway_ip: Ipv4Addr::new(172, 16, 0, 1),
             netmask: Ipv4Addr::new(255, 255, 0, 0),
-            tap_device: "smv-5".into(),
+            tap_device: Some("smv-5".into()),
             guest_mac: "02:00:00:00:00:05".into(),
             ssh_host_port: port,
-            mode: Default::default(),
+            mode: NetworkMode::Tap,
         }
     }
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 pub enum SshError {
     /// A tool is missing, could not be run, or failed.
     #[error(transparent)]
-    Tool(#[from] crate::tool::ToolError),
+    Tool(#[from] crate::host::ToolError),
 
     /// A file operation failed.
     #[error("cannot {action} {}", path.display())]
@@ -105,7 +105,7 @@ fn run_tool(
     cwd: Option<&Path>,
     stdin: Option<&str>,
 ) -> Result<Vec<u8>, SshError> {
-    Ok(crate::tool::run(program, args, cwd, stdin)?)
+    Ok(crate::host::tools::run(program, args, cwd, stdin)?)
 }
 
 fn path_str<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, SshError> {

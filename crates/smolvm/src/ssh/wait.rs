@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::command::{ssh_argv, SshTarget};
 use super::SshError;
-use crate::tool::ToolError;
+use crate::host::ToolError;
 
 /// What a command run over SSH produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,7 @@ pub fn run_ssh(
     let program = crate::host::tools::find_program(&argv[0]).ok_or_else(|| ToolError::Missing {
         program: "ssh".into(),
         package: "openssh-client",
+        hint: "",
     })?;
     let spawn_err = |source| ToolError::Spawn {
         program: "ssh".into(),
@@ -118,9 +119,11 @@ pub fn wait_for_ssh(target: &SshTarget, timeout: Duration) -> Result<(), SshErro
                 Ok(o) if o.exit_code == 0 => return Ok(()),
                 Ok(o) => {
                     last = Some(SshError::Tool(ToolError::Failed {
-                        command: format!("ssh {addr_name} true"),
+                        program: "ssh".into(),
+                        args: vec![addr_name.clone(), "true".into()],
                         status: format!("exit status: {}", o.exit_code),
                         stderr: o.stderr.trim().to_string(),
+                        hint: String::new(),
                     }))
                 }
                 Err(e @ (SshError::Tool(ToolError::Missing { .. }) | SshError::Invalid { .. })) => {

@@ -84,7 +84,7 @@ pub(crate) struct RawLease {
     pub guest_ip: String,
     pub gateway_ip: String,
     pub netmask: String,
-    pub tap_device: String,
+    pub tap_device: Option<String>,
     pub guest_mac: String,
     pub ssh_host_port: Option<i64>,
     pub mode: String,
@@ -100,9 +100,7 @@ impl RawLease {
             .ssh_host_port
             .map(|p| u16::try_from(p).map_err(|e| StateError::bad_row(vm_id, "ssh_host_port", e)))
             .transpose()?;
-        let mode: NetworkMode = self
-            .mode
-            .parse()
+        let mode = NetworkMode::parse_configured(&self.mode)
             .map_err(|e| StateError::bad_row(vm_id, "mode", e))?;
         Ok(NetworkConfig {
             guest_ip: ip("guest_ip", &self.guest_ip)?,
@@ -150,13 +148,14 @@ pub(crate) fn allocate(
     probe_ports: bool,
 ) -> Result<NetworkConfig, Fail> {
     let net = match mode {
-        NetworkMode::Tap => {
+        // Auto and None are requests: a configured network is TAP or user mode.
+        NetworkMode::Tap | NetworkMode::Auto | NetworkMode::None => {
             let guest_ip = free_guest_ip(conn)?;
             NetworkConfig {
                 guest_ip,
                 gateway_ip: GATEWAY_IP,
                 netmask: GUEST_NETMASK,
-                tap_device: tap_name(guest_ip),
+                tap_device: Some(tap_name(guest_ip)),
                 guest_mac: mac_for(guest_ip),
                 ssh_host_port: None,
                 mode,
@@ -166,7 +165,7 @@ pub(crate) fn allocate(
             guest_ip: USER_GUEST_IP,
             gateway_ip: USER_GATEWAY_IP,
             netmask: USER_NETMASK,
-            tap_device: String::new(),
+            tap_device: None,
             guest_mac: mac_for(USER_GUEST_IP),
             ssh_host_port: None,
             mode,

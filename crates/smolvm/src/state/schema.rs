@@ -14,7 +14,7 @@ use crate::state::error::{Fail, StateError};
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Forward migrations; entry `i` upgrades version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(super) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes and understands.
 pub(crate) const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -132,6 +132,37 @@ CREATE TABLE snapshot_users (
     snapshot TEXT NOT NULL REFERENCES snapshots (name)
 ) STRICT;
 CREATE INDEX snapshot_users_snapshot ON snapshot_users (snapshot);
+";
+
+/// Version 4: stored configs (`vms.config`, `snapshots.config`) carry `agent`, whether the guest runs
+/// smolvm's agent, explicitly. No table changes: a config without the key derives it from its boot
+/// args as every earlier version did; the version bump keeps older smolvm builds (which refuse unknown
+/// config keys) from reading configs that have it.
+const V4: &str = "SELECT 1;";
+
+/// Version 5: a lease without a TAP device (user mode) stores `tap_device` as NULL instead of `''`;
+/// exactly the TAP-mode leases have one. `leases` is rebuilt because SQLite cannot change a column's
+/// constraints (its partial unique indexes go with it and are made again).
+const V5: &str = "
+CREATE TABLE leases_v5 (
+    vm_id         TEXT    PRIMARY KEY NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+    mode          TEXT    NOT NULL DEFAULT 'tap' CHECK (mode IN ('tap', 'user')),
+    guest_ip      TEXT    NOT NULL,
+    gateway_ip    TEXT    NOT NULL,
+    netmask       TEXT    NOT NULL,
+    tap_device    TEXT    CHECK ((mode = 'tap') = (tap_device IS NOT NULL)
+                                 AND length(tap_device) BETWEEN 1 AND 15),
+    guest_mac     TEXT    NOT NULL,
+    ssh_host_port INTEGER UNIQUE CHECK (ssh_host_port BETWEEN 1 AND 65535)
+) STRICT;
+INSERT INTO leases_v5 (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac, ssh_host_port)
+    SELECT vm_id, mode, guest_ip, gateway_ip, netmask, NULLIF(tap_device, ''), guest_mac, ssh_host_port
+    FROM leases;
+DROP TABLE leases;
+ALTER TABLE leases_v5 RENAME TO leases;
+CREATE UNIQUE INDEX leases_tap_guest_ip ON leases (guest_ip) WHERE mode = 'tap';
+CREATE UNIQUE INDEX leases_tap_device ON leases (tap_device) WHERE mode = 'tap';
+CREATE UNIQUE INDEX leases_tap_guest_mac ON leases (guest_mac) WHERE mode = 'tap';
 ";
 
 /// Opens (creating if missing) and prepares the database at `path`.

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use smolvm::{CreateOptions, NetworkChoice};
+use smolvm::{CreateOptions, NetworkMode};
 
 use super::netns_util::{e2e, Entered, Netns};
 use super::vm_util::{self, TestEnv};
@@ -38,7 +38,7 @@ impl Scene {
 /// Create options for a VM without networking.
 pub fn no_net() -> CreateOptions {
     CreateOptions {
-        network: NetworkChoice::None,
+        network: NetworkMode::None,
         ..CreateOptions::default()
     }
 }

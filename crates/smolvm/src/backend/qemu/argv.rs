@@ -33,8 +33,9 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use super::Accel;
+use super::QemuAccel;
 use crate::backend::{LaunchSpec, NetAttachment};
+use crate::host::Accelerator;
 
 /// The name of the guest's virtio-serial port for the agent (shared with the agent).
 pub(crate) use smolvm_protocol::AGENT_PORT_NAME;
@@ -83,7 +84,7 @@ impl KernelEntry {
 
 /// The complete argv (program first) that boots `spec` with `accel`, the kernel entry detected from
 /// the kernel file.
-pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsString> {
+pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: QemuAccel) -> Vec<OsString> {
     build_argv_for(binary, spec, accel, KernelEntry::detect(&spec.kernel))
 }
 
@@ -91,7 +92,7 @@ pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: Accel) -> Vec<OsStrin
 pub(crate) fn build_argv_for(
     binary: &Path,
     spec: &LaunchSpec,
-    accel: Accel,
+    accel: QemuAccel,
     entry: KernelEntry,
 ) -> Vec<OsString> {
     let mut a = Argv(vec![binary.as_os_str().to_owned()]);
@@ -102,17 +103,17 @@ pub(crate) fn build_argv_for(
         KernelEntry::BzImage => "",
         KernelEntry::Pvh => ",pic=off",
     };
-    match accel {
-        Accel::Kvm => {
+    match accel.accelerator {
+        Accelerator::Kvm => {
             a.push("-M");
             a.push(format!("microvm,acpi=on{pic}"));
             a.push_all(&["-accel", "kvm", "-cpu", "host"]);
         }
-        Accel::Tcg { tb_size_mib, .. } => {
+        Accelerator::Tcg => {
             a.push("-M");
             a.push(format!("microvm,acpi=on,pit=on{pic}"));
             a.push("-accel");
-            a.push(match tb_size_mib {
+            a.push(match accel.tb_size_mib {
                 Some(mib) => format!("tcg,tb-size={mib}"),
                 None => "tcg".to_string(),
             });
@@ -139,8 +140,8 @@ pub(crate) fn build_argv_for(
         a.push(initrd.as_os_str());
     }
     let mut cmdline = spec.kernel_cmdline.clone();
-    if let Accel::Tcg { tsc_khz, .. } = accel {
-        if let Some(khz) = tsc_khz {
+    if accel.accelerator == Accelerator::Tcg {
+        if let Some(khz) = accel.tsc_khz {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
         cmdline.push_str(" tsc=reliable");

@@ -71,7 +71,7 @@ fn kvm_without_network() {
     let argv = strings(build_argv(
         Path::new("/usr/bin/qemu-system-x86_64"),
         &spec(),
-        Accel::Kvm,
+        QemuAccel::KVM,
     ));
     assert_eq!(
         argv,
@@ -123,10 +123,7 @@ fn tcg_with_tap_readonly_disk_and_initrd() {
     let argv = strings(build_argv(
         Path::new("qemu-system-x86_64"),
         &s,
-        Accel::Tcg {
-            tsc_khz: Some(2_445_426),
-            tb_size_mib: Some(32),
-        },
+        QemuAccel::tcg(Some(2_445_426), Some(32)),
     ));
     assert_eq!(
         argv,
@@ -182,10 +179,7 @@ fn tcg_with_user_network_and_unknown_tsc() {
     let argv = strings(build_argv(
         Path::new("qemu-system-x86_64"),
         &s,
-        Accel::Tcg {
-            tsc_khz: None,
-            tb_size_mib: None,
-        },
+        QemuAccel::tcg(None, None),
     ));
     // Without a known TSC frequency only the watchdog exemption is appended.
     let append = argv.iter().position(|a| a == "-append").unwrap();
@@ -211,7 +205,7 @@ fn tcg_with_user_network_and_unknown_tsc() {
         guest_ip: Ipv4Addr::new(172, 16, 5, 2),
         ssh_host_port: None,
     });
-    let argv = strings(build_argv(Path::new("q"), &s, Accel::Kvm));
+    let argv = strings(build_argv(Path::new("q"), &s, QemuAccel::KVM));
     assert!(argv.contains(&"user,id=net0,net=172.16.5.0/24,dhcpstart=172.16.5.2".to_string()));
 }
 
@@ -220,7 +214,7 @@ fn commas_in_paths_cannot_inject_options() {
     let mut s = spec();
     s.disk = PathBuf::from("/d/a,readonly=off,b.img");
     s.control_socket = PathBuf::from("/s/x,server=off");
-    let argv = strings(build_argv(Path::new("q"), &s, Accel::Kvm));
+    let argv = strings(build_argv(Path::new("q"), &s, QemuAccel::KVM));
     assert!(argv.contains(
         &"id=root,format=raw,if=none,file=/d/a,,readonly=off,,b.img,discard=unmap".to_string()
     ));
@@ -232,7 +226,7 @@ fn non_utf8_paths_pass_through() {
     use std::os::unix::ffi::OsStrExt;
     let mut s = spec();
     s.kernel = PathBuf::from(OsStr::from_bytes(b"/k/\xff"));
-    let argv = build_argv(Path::new("q"), &s, Accel::Kvm);
+    let argv = build_argv(Path::new("q"), &s, QemuAccel::KVM);
     let k = argv.iter().position(|a| a == "-kernel").unwrap();
     assert_eq!(argv[k + 1].as_bytes(), b"/k/\xff");
 }
@@ -244,14 +238,7 @@ fn two_gib_with_an_initrd_gets_one_mib_more() {
         let mut s = spec();
         s.mem_size_mib = mem;
         s.initrd = initrd.then(|| PathBuf::from("/img/initrd"));
-        let a = strings(build_argv(
-            Path::new("q"),
-            &s,
-            Accel::Tcg {
-                tsc_khz: None,
-                tb_size_mib: None,
-            },
-        ));
+        let a = strings(build_argv(Path::new("q"), &s, QemuAccel::tcg(None, None)));
         a[a.iter().position(|x| x == "-m").unwrap() + 1].clone()
     };
     assert_eq!(argv_mem(2048, true), "2049M");
@@ -263,10 +250,7 @@ fn two_gib_with_an_initrd_gets_one_mib_more() {
 fn pvh_entry_turns_the_pic_off_on_both_accelerators() {
     let mut s = spec();
     s.kernel = PathBuf::from("/img/vmlinux");
-    let tcg = Accel::Tcg {
-        tsc_khz: None,
-        tb_size_mib: Some(32),
-    };
+    let tcg = QemuAccel::tcg(None, Some(32));
     let argv = strings(build_argv_for(Path::new("q"), &s, tcg, KernelEntry::Pvh));
     assert_eq!(
         argv[3..9],
@@ -284,7 +268,7 @@ fn pvh_entry_turns_the_pic_off_on_both_accelerators() {
     let argv = strings(build_argv_for(
         Path::new("q"),
         &s,
-        Accel::Kvm,
+        QemuAccel::KVM,
         KernelEntry::Pvh,
     ));
     assert_eq!(argv[3..5], ["-M", "microvm,acpi=on,pic=off"]);
@@ -313,6 +297,6 @@ fn the_entry_is_detected_from_the_elf_magic() {
 
     let mut s = spec();
     s.kernel = elf;
-    let argv = strings(build_argv(Path::new("q"), &s, Accel::Kvm));
+    let argv = strings(build_argv(Path::new("q"), &s, QemuAccel::KVM));
     assert_eq!(argv[4], "microvm,acpi=on,pic=off");
 }

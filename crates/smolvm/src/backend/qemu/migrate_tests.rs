@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::backend::qemu::{Accel, QMP_TIMEOUT};
+use crate::backend::qemu::{QemuAccel, QMP_TIMEOUT};
 use crate::backend::Backend;
 
 const GREETING: &str =
@@ -89,13 +89,7 @@ fn commands(f: &Fake) -> Vec<String> {
 }
 
 fn backend() -> QemuBackend {
-    QemuBackend::new(
-        "/usr/bin/qemu-system-x86_64",
-        Accel::Tcg {
-            tsc_khz: None,
-            tb_size_mib: None,
-        },
-    )
+    QemuBackend::new("/usr/bin/qemu-system-x86_64", QemuAccel::tcg(None, None))
 }
 
 #[test]

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec};
 use crate::config::BackendKind;
-use crate::host::HostCapabilities;
+use crate::host::{Accelerator, HostCapabilities};
 use crate::process::ProcessIdentity;
 
 pub use argv::build_argv;
@@ -28,20 +28,16 @@ pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per read/write limit of QMP operations.
 pub(crate) const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How QEMU executes guest code.
+/// The accelerator QEMU runs a VM with (the host layer's [`Accelerator`]) and QEMU's options for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
-pub enum Accel {
-    /// Hardware virtualization (`-accel kvm -cpu host`).
-    Kvm,
-    /// Software emulation (`-accel tcg -cpu max`).
-    Tcg {
-        /// Host TSC frequency passed to the guest as `tsc_early_khz`, if known.
-        tsc_khz: Option<u64>,
-        /// Size of TCG's translation cache in MiB (`-accel tcg,tb-size=N`); `None` = QEMU's default,
-        /// which reserves far more than a small guest's code needs and shows up as VMM memory.
-        tb_size_mib: Option<u32>,
-    },
+pub struct QemuAccel {
+    /// Hardware virtualization (`-accel kvm -cpu host`) or software emulation (`-accel tcg -cpu max`).
+    pub accelerator: Accelerator,
+    /// TCG only: host TSC frequency passed to the guest as `tsc_early_khz`, if known.
+    pub tsc_khz: Option<u64>,
+    /// TCG only: size of TCG's translation cache in MiB (`-accel tcg,tb-size=N`); `None` = QEMU's
+    /// default, which reserves far more than a small guest's code needs and shows up as VMM memory.
+    pub tb_size_mib: Option<u32>,
 }
 
 /// Environment variable overriding [`TCG_TB_SIZE_MIB`] (`0` = QEMU's own default).
@@ -66,16 +62,29 @@ fn tcg_tb_size() -> Option<u32> {
     }
 }
 
-impl Accel {
-    /// KVM where it is really usable, TCG otherwise.
-    pub fn from_host(caps: &HostCapabilities) -> Accel {
-        if caps.kvm.usable {
-            Accel::Kvm
-        } else {
-            Accel::Tcg {
-                tsc_khz: caps.tsc_khz,
-                tb_size_mib: tcg_tb_size(),
-            }
+impl QemuAccel {
+    /// KVM (it has no options here).
+    pub const KVM: QemuAccel = QemuAccel {
+        accelerator: Accelerator::Kvm,
+        tsc_khz: None,
+        tb_size_mib: None,
+    };
+
+    /// TCG with these options.
+    pub fn tcg(tsc_khz: Option<u64>, tb_size_mib: Option<u32>) -> QemuAccel {
+        QemuAccel {
+            accelerator: Accelerator::Tcg,
+            tsc_khz,
+            tb_size_mib,
+        }
+    }
+
+    /// The host's accelerator (KVM where it is really usable, TCG otherwise) with the options smolvm
+    /// uses for it.
+    pub fn from_host(caps: &HostCapabilities) -> QemuAccel {
+        match caps.accelerator {
+            Accelerator::Kvm => QemuAccel::KVM,
+            Accelerator::Tcg => QemuAccel::tcg(caps.tsc_khz, tcg_tb_size()),
         }
     }
 }
@@ -163,12 +172,12 @@ pub struct QemuBackend {
     /// `qemu-system-x86_64` to run.
     pub binary: PathBuf,
     /// Accelerator for every VM it launches.
-    pub accel: Accel,
+    pub accel: QemuAccel,
 }
 
 impl QemuBackend {
     /// A backend running `binary` with `accel`.
-    pub fn new(binary: impl Into<PathBuf>, accel: Accel) -> QemuBackend {
+    pub fn new(binary: impl Into<PathBuf>, accel: QemuAccel) -> QemuBackend {
         QemuBackend {
             binary: binary.into(),
             accel,
@@ -179,7 +188,7 @@ impl QemuBackend {
     /// prerequisites are not met.
     pub fn from_host(caps: &HostCapabilities) -> Result<QemuBackend, BackendError> {
         match &caps.tools.qemu_system {
-            Some(q) => Ok(QemuBackend::new(q.path.clone(), Accel::from_host(caps))),
+            Some(q) => Ok(QemuBackend::new(q.path.clone(), QemuAccel::from_host(caps))),
             None => Err(BackendError::Unavailable {
                 backend: BackendKind::Qemu,
                 reason: caps.check_prerequisites(BackendKind::Qemu).join("; "),

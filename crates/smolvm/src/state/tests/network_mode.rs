@@ -81,7 +81,7 @@ fn user_mode_leases_share_addresses_but_not_ports() {
         assert_eq!(u.guest_ip, USER_GUEST_IP);
         assert_eq!(u.gateway_ip, USER_GATEWAY_IP);
         assert_eq!(u.netmask, USER_NETMASK);
-        assert_eq!(u.tap_device, "");
+        assert_eq!(u.tap_device, None);
         assert_eq!(u.guest_mac, "02:00:0a:00:02:0f");
     }
     let ports: Vec<_> = [&t1, &u1, &u2, &t2]
@@ -156,7 +156,7 @@ fn a_version_1_database_is_migrated_and_reads_as_tap_mode() {
     let mut s = env.store();
     let net = s.get_vm("old").unwrap().unwrap().info.network.unwrap();
     assert_eq!(net.mode, NetworkMode::Tap);
-    assert_eq!(net.tap_device, "smv-2");
+    assert_eq!(net.tap_device.as_deref(), Some("smv-2"));
     assert_eq!(net.ssh_host_port, Some(42000));
     // Allocation after the migration still sees the old lease.
     let next = s
@@ -225,4 +225,90 @@ fn tap_mode_uniqueness_is_still_enforced_by_the_schema() {
     // Positive control: the same statement with a free address and a TAP name is accepted, so the
     // refusals above came from the constraints and not from a malformed statement.
     assert_eq!(lease("172.16.0.9", "smv-9").unwrap(), 1);
+}
+
+#[test]
+fn a_version_4_database_stores_no_tap_as_null_after_migration() {
+    let env = Env::new();
+    // A version-4 database as that build left it: a user-mode lease with tap_device ''.
+    let mut c = rusqlite::Connection::open(env.db()).unwrap();
+    let tx = c.transaction().unwrap();
+    for step in &crate::state::schema::MIGRATIONS[..4] {
+        tx.execute_batch(step).unwrap();
+    }
+    tx.pragma_update(None, "user_version", 4).unwrap();
+    tx.commit().unwrap();
+    let config = serde_json::to_string(&env.config("old-user")).unwrap();
+    for id in ["old-user", "old-tap"] {
+        c.execute(
+            "INSERT INTO vms (id, status, backend, config, created_at, updated_at)
+             VALUES (?1, 'stopped', 'qemu', ?2, 1, 1)",
+            [id, &config.replace("old-user", id)],
+        )
+        .unwrap();
+    }
+    c.execute_batch(
+        "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac,
+                             ssh_host_port) VALUES
+             ('old-user', 'user', '10.0.2.15', '10.0.2.2', '255.255.255.0', '', '02:00:0a:00:02:0f', 42000),
+             ('old-tap', 'tap', '172.16.0.2', '172.16.0.1', '255.255.0.0', 'smv-2', '02:00:ac:10:00:02', 42001);",
+    )
+    .unwrap();
+    drop(c);
+
+    let mut s = env.store();
+    let user = s.get_vm("old-user").unwrap().unwrap().info.network.unwrap();
+    assert_eq!((user.mode, user.tap_device), (NetworkMode::User, None));
+    let tap = s.get_vm("old-tap").unwrap().unwrap().info.network.unwrap();
+    assert_eq!(tap.tap_device.as_deref(), Some("smv-2"));
+    // New user-mode leases are NULL too; the next TAP lease skips the migrated one.
+    s.create_vm(
+        &env.config("new-user"),
+        BackendKind::Qemu,
+        Some(NetworkMode::User),
+    )
+    .unwrap();
+    let next = s
+        .create_vm(
+            &env.config("new-tap"),
+            BackendKind::Qemu,
+            Some(NetworkMode::Tap),
+        )
+        .unwrap();
+    assert_eq!(
+        next.info.network.unwrap().tap_device.as_deref(),
+        Some("smv-3")
+    );
+    drop(s);
+    let c = rusqlite::Connection::open(env.db()).unwrap();
+    let nulls: i64 = c
+        .query_row(
+            "SELECT count(*) FROM leases WHERE mode = 'user' AND tap_device IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(nulls, 2);
+    // The schema keeps it so: a TAP lease needs a name, a user lease has none.
+    let insert = |id: &str, mode: &str, tap: Option<&str>| {
+        c.execute(
+            "INSERT INTO vms (id, status, backend, config, created_at, updated_at)
+             SELECT ?1, status, backend, config, created_at, updated_at FROM vms WHERE id = 'new-tap'",
+            [id],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO leases (vm_id, mode, guest_ip, gateway_ip, netmask, tap_device, guest_mac)
+             VALUES (?1, ?2, '172.16.0.77', '172.16.0.1', '255.255.0.0', ?3, '02:00:00:00:00:77')",
+            rusqlite::params![id, mode, tap],
+        )
+    };
+    assert!(insert("x1", "tap", None).is_err());
+    assert!(insert("x2", "user", Some("")).is_err());
+    assert!(insert("x3", "user", Some("smv-77")).is_err());
+    assert_eq!(insert("x4", "tap", Some("smv-77")).unwrap(), 1);
+    let v: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, i64::from(SCHEMA_VERSION));
 }

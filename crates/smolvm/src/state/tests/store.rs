@@ -108,6 +108,30 @@ fn stored_config_loads_after_its_files_are_gone() {
 }
 
 #[test]
+fn the_agent_choice_is_stored_with_the_vm() {
+    let env = Env::new();
+    let own_init = VmConfig::builder(&env.kernel, &env.rootfs)
+        .vm_id("own-init")
+        .boot_args("console=ttyS0 init=/init")
+        .agent(false)
+        .build()
+        .unwrap();
+    env.store()
+        .create_vm(&own_init, BackendKind::Qemu, None)
+        .unwrap();
+    let rec = env.store().get_vm("own-init").unwrap().unwrap();
+    assert!(!rec.info.config.boots_agent());
+    let raw: String = rusqlite::Connection::open(env.db())
+        .unwrap()
+        .query_row("SELECT config FROM vms WHERE id = 'own-init'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(stored["agent"], false, "{raw}");
+}
+
+#[test]
 fn migrates_an_empty_v0_file() {
     let env = Env::new();
     std::fs::write(env.db(), b"").unwrap();
@@ -315,7 +339,7 @@ fn ip_skips_gateway_and_is_reused_after_delete() {
     assert_ne!(a.guest_ip, GATEWAY_IP);
     assert_eq!(a.gateway_ip, GATEWAY_IP);
     assert_eq!(a.netmask, Ipv4Addr::new(255, 255, 0, 0));
-    assert_eq!(a.tap_device, "smv-2");
+    assert_eq!(a.tap_device.as_deref(), Some("smv-2"));
     assert_eq!(a.guest_mac, "02:00:ac:10:00:02");
     assert_eq!(a.ssh_host_port, Some(42000));
     let b = net(&mut s, "b");
@@ -417,7 +441,7 @@ fn ip_exhaustion_is_a_clear_error_and_the_first_gap_is_used() {
         .unwrap();
     let net = late.info.network.unwrap();
     assert_eq!(net.guest_ip, Ipv4Addr::new(172, 16, 100, 7));
-    assert_eq!(net.tap_device, "smv-25607");
+    assert_eq!(net.tap_device.as_deref(), Some("smv-25607"));
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Host programs smolvm runs: where they are and which version.
+//! Host programs smolvm runs: where they are, which version, and running them ([`run`], with the one
+//! error type [`ToolError`]).
 //!
 //! Programs are looked up on `PATH` plus the sbin directories, which a non-root `PATH` often lacks
 //! (`ip`, `nft`, `mkfs.ext4` live there). Version probes run the program once per path and process
@@ -13,6 +14,11 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+mod run;
+
+pub use run::ToolError;
+pub(crate) use run::{filter, output, require, run};
 
 /// Environment variable naming the Firecracker binary (a path, or a name looked up on `PATH`).
 pub(crate) const FIRECRACKER_BIN_ENV: &str = "SMOLVM_FIRECRACKER_BIN";
