@@ -88,7 +88,7 @@ fn a_dry_run_reports_and_changes_nothing() {
 #[test]
 fn overlays_of_vms_without_a_row_go_and_those_of_known_vms_stay() {
     let e = Env::new();
-    e.create("vm-a", DiskMode::Isolated, NetworkChoice::None)
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
         .unwrap();
     // A VM made from a snapshot whose create (or delete) was killed: its overlay, no row. And one
     // with a name that is not a VM id (never smolvm's): left alone.

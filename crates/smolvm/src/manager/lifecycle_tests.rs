@@ -222,7 +222,7 @@ fn a_delete_killed_half_way_leaves_an_error_row_that_cleanup_all_finishes() {
     // that still said `stopped`, which neither start (its files were gone) nor `cleanup --all` (a
     // stopped VM is healthy) could mend.
     let e = Env::new();
-    e.create("vm-a", DiskMode::Shared, NetworkChoice::Tap)
+    e.create("vm-a", DiskMode::Shared, NetworkMode::Tap)
         .unwrap();
     e.m.start("vm-a", BOOT).unwrap();
     e.m.stop("vm-a", STOP).unwrap();
