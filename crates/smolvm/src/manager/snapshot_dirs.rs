@@ -14,7 +14,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::cleanup::{remove, CleanupReport};
+use super::cleanup::remove;
+use super::cleanup_report::CleanupReport;
 use super::SmolVmManager;
 use crate::error::{Error, Result};
 
