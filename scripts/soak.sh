@@ -174,6 +174,11 @@ cycle() { # worker, number
                 step fork-exec sm exec "$fork_id" -- true || ok=0
                 step fork-delete sm delete "$fork_id" || ok=0
             else ok=0; fi
+            # `fork` keeps the snapshot it took (`<id>-fork-<hex>`); without this every third cycle
+            # would leave one (memory + disk) and fill the data directory.
+            for s in $(sm snapshot list --json 2>/dev/null | jq -r --arg p "$id-fork-" '.[].name | select(startswith($p))'); do
+                step fork-snapshot-delete sm snapshot delete "$s" || ok=0
+            done
             step snapshot-delete sm snapshot delete "s-$id" || ok=0
         else ok=0; fi
     fi
