@@ -43,7 +43,7 @@ use super::cleanup_report::{
 };
 use super::procscan::{scan_vmm_processes, socket_file_vm, VmmProcess};
 use super::SmolVmManager;
-use crate::config::validate_vm_id;
+use crate::config::{validate_vm_id, DiskMode};
 use crate::error::Result;
 use crate::info::VmState;
 
@@ -156,6 +156,12 @@ impl SmolVmManager {
             status: r.info.status,
             process: r.process,
             process_alive: r.process.is_some_and(|p| p.is_alive()),
+            disk_missing: r.info.config.disk_mode() == DiskMode::Isolated
+                && !r
+                    .disk_path
+                    .clone()
+                    .unwrap_or_else(|| super::disk::isolated_disk_path(self.disk_dir(), id))
+                    .exists(),
         });
         Ok(VmFacts {
             row,
@@ -194,12 +200,11 @@ impl SmolVmManager {
                     reason: reason.to_string(),
                 });
             }
-            Action::MarkError => {
+            Action::MarkError(why) => {
                 if !dry_run {
-                    let why = Some("the VMM process is gone (found by cleanup)");
                     let marked = self
                         .state()
-                        .and_then(|mut s| Ok(s.set_status(id, VmState::Error, why)?));
+                        .and_then(|mut s| Ok(s.set_status(id, VmState::Error, Some(why))?));
                     if let Err(e) = marked {
                         report.fail(format!("mark VM {id} as error"), &e);
                         return;

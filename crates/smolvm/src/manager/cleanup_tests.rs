@@ -162,3 +162,27 @@ fn snapshot_directories_without_a_row_and_interrupted_captures_go() {
     e.m.delete_snapshot("kept").unwrap();
     assert!(e.m.cleanup(&CleanupOptions::default()).unwrap().is_empty());
 }
+
+#[test]
+fn a_created_vm_whose_disk_is_gone_is_marked_error_and_deleted_by_cleanup_all() {
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    // What a create leaves whose rollback removed the disk but could not delete the row (the
+    // database was full too).
+    let disk = e.m.disk_dir().join("vm-a.ext4");
+    std::fs::remove_file(&disk).unwrap();
+    let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
+    assert_eq!(report.marked_error, ["vm-a"]);
+    assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Error);
+    let why = e.m.last_error("vm-a").unwrap().unwrap();
+    assert!(why.contains("disk is missing"), "{why}");
+    let report =
+        e.m.cleanup(&CleanupOptions {
+            scope: CleanupScope::All,
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert_eq!(report.deleted_vms, ["vm-a"]);
+    e.assert_gone("vm-a");
+}
