@@ -2,54 +2,21 @@
 //! (with `SMOLVM_E2E=1`, as root) one real VM driven end to end by the CLI inside a network namespace the
 //! test creates and removes.
 
+mod cli_netns;
+#[path = "../../smolvm/tests/netns_util/mod.rs"]
+mod netns_util;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-/// Private data and socket directories (under /tmp: socket paths must stay short).
-struct Dirs {
-    dir: tempfile::TempDir,
-}
+use cli_netns::Dirs;
+use netns_util::{e2e, Netns};
 
-impl Dirs {
-    fn new() -> Dirs {
-        let dir = tempfile::Builder::new()
-            .prefix("smvc")
-            .tempdir_in("/tmp")
-            .unwrap();
-        Dirs { dir }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn sockets(&self) -> PathBuf {
-        self.dir.path().join("s")
-    }
-}
-
-/// `smolvm --data-dir .. --socket-dir .. args...`, inside network namespace `ns` when given.
-fn command(dirs: &Dirs, ns: Option<&str>, args: &[&str]) -> Command {
-    let bin = env!("CARGO_BIN_EXE_smolvm");
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, bin]);
-            c
-        }
-        None => Command::new(bin),
-    };
-    cmd.arg("--data-dir")
-        .arg(dirs.data())
-        .arg("--socket-dir")
-        .arg(dirs.sockets())
-        .args(args)
-        .env_remove("SMOLVM_BACKEND")
-        .env_remove("SMOLVM_DATA_DIR")
-        .stdin(Stdio::null());
-    cmd
+/// Private directories for this file's tests (`smvc...` under /tmp).
+fn dirs() -> Dirs {
+    Dirs::new("smvc")
 }
 
 fn stderr(out: &Output) -> String {
@@ -58,7 +25,7 @@ fn stderr(out: &Output) -> String {
 
 /// Runs a command that must fail; returns its stderr.
 fn fails(dirs: &Dirs, args: &[&str]) -> (Option<i32>, String) {
-    let out = command(dirs, None, args).output().unwrap();
+    let out = dirs.smolvm(None, args);
     assert!(!out.status.success(), "{args:?} succeeded: {out:?}");
     assert!(out.stdout.is_empty(), "{args:?} printed {out:?}");
     (out.status.code(), stderr(&out))
@@ -66,7 +33,7 @@ fn fails(dirs: &Dirs, args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn bad_env_keys_are_named_before_any_vm_is_looked_up() {
-    let d = Dirs::new();
+    let d = dirs();
     let (_, err) = fails(&d, &["env", "set", "no-such-vm", "OK=1", "1BAD=x"]);
     assert!(err.contains("\"1BAD\""), "{err}");
     let (_, err) = fails(&d, &["env", "set", "no-such-vm", "NOEQUALS"]);
@@ -80,7 +47,7 @@ fn bad_env_keys_are_named_before_any_vm_is_looked_up() {
 
 #[test]
 fn cp_needs_exactly_one_guest_side() {
-    let d = Dirs::new();
+    let d = dirs();
     let (_, err) = fails(&d, &["cp", "vm-a:/etc/hostname", "vm-b:/tmp/x"]);
     assert!(err.contains("both SRC and DST"), "{err}");
     let (_, err) = fails(&d, &["cp", "local-a", "./local:b"]);
@@ -95,7 +62,7 @@ fn cp_needs_exactly_one_guest_side() {
 
 #[test]
 fn unknown_vm_is_not_found() {
-    let d = Dirs::new();
+    let d = dirs();
     let (code, err) = fails(&d, &["exec", "no-such-vm", "--", "true"]);
     assert_eq!(code, Some(125), "{err}");
     assert!(err.contains("not found"), "{err}");
@@ -111,7 +78,7 @@ fn unknown_vm_is_not_found() {
     // A local source is checked before the VM: its problem is what gets reported.
     let (_, err) = fails(&d, &["cp", "/no/such/file", "no-such-vm:/tmp/x"]);
     assert!(err.contains("/no/such/file"), "{err}");
-    let local = d.dir.path().join("f");
+    let local = d.0.path().join("f");
     std::fs::write(&local, b"x").unwrap();
     let (_, err) = fails(&d, &["cp", local.to_str().unwrap(), "no-such-vm:/tmp/x"]);
     assert!(err.contains("not found"), "{err}");
@@ -119,8 +86,8 @@ fn unknown_vm_is_not_found() {
 
 #[test]
 fn exec_needs_a_command() {
-    let d = Dirs::new();
-    let out = command(&d, None, &["exec", "vm"]).output().unwrap();
+    let d = dirs();
+    let out = d.smolvm(None, &["exec", "vm"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error: {out:?}");
 }
 
@@ -129,59 +96,16 @@ fn exec_needs_a_command() {
 
 const VM: &str = "cli-e2e";
 
-/// True if the end-to-end test must run; with `SMOLVM_E2E=1` a missing prerequisite fails it.
-fn e2e() -> bool {
-    if std::env::var("SMOLVM_E2E").as_deref() != Ok("1") {
-        eprintln!("skipping the CLI end-to-end test: set SMOLVM_E2E=1 to run it (root, QEMU)");
-        return false;
-    }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    assert!(root, "SMOLVM_E2E=1: the CLI end-to-end test needs root");
-    for tool in ["ip", "qemu-system-x86_64", "mkfs.ext4", "sha256sum"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        assert!(found, "SMOLVM_E2E=1: `{tool}` is not installed");
-    }
-    true
-}
-
-/// A network namespace of this test, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("smolvm-cli-{}", std::process::id());
-        let ok = |args: &[&str]| {
-            let s = Command::new("ip").args(args).status().unwrap();
-            assert!(s.success(), "ip {args:?}");
-        };
-        ok(&["netns", "add", &name]);
-        let ns = Netns(name);
-        ok(&["-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// The CLI bound to one namespace and directory set; deletes the test VM on drop (a failed assertion
 /// must not leave a QEMU behind).
 struct Cli<'a> {
     dirs: &'a Dirs,
-    ns: &'a str,
+    ns: &'a Netns,
 }
 
 impl Cli<'_> {
     fn cmd(&self, args: &[&str]) -> Command {
-        command(self.dirs, Some(self.ns), args)
+        self.dirs.cmd(Some(self.ns), args)
     }
 
     fn out(&self, args: &[&str]) -> Output {
@@ -260,30 +184,24 @@ fn random_file(path: &Path, len: u64) {
     std::fs::write(path, data).unwrap();
 }
 
-/// Shares the image cache of the library's VM tests (same target directory), so the default image is
-/// built once per machine rather than once per test run.
-fn share_image_cache(dirs: &Dirs) {
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolvm-images");
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(dirs.data()).unwrap();
-    std::os::unix::fs::symlink(&cache, dirs.data().join("images")).unwrap();
-}
-
 #[test]
 fn exec_env_cp_end_to_end() {
-    if !e2e() {
+    if !e2e(
+        "the CLI exec/env/cp end-to-end test",
+        &["ip", "qemu-system-x86_64", "mkfs.ext4", "sha256sum"],
+    ) {
         return;
     }
     let ns = Netns::new();
-    let dirs = Dirs::new();
-    share_image_cache(&dirs);
+    let dirs = dirs();
+    dirs.share_image_cache();
     // The image build may fetch the kernel package (apt), which the namespace cannot reach: build (or
     // find it cached) out here, so `create` inside only boots it.
-    let out = command(&dirs, None, &["image", "build"]).output().unwrap();
+    let out = dirs.smolvm(None, &["image", "build"]);
     assert!(out.status.success(), "smolvm image build: {out:?}");
     let cli = Cli {
         dirs: &dirs,
-        ns: &ns.0,
+        ns: &ns,
     };
     cli.ok(&[
         "create",
@@ -480,7 +398,7 @@ fn check_env(cli: &Cli) {
 }
 
 fn check_cp(cli: &Cli, dirs: &Dirs) {
-    let work = dirs.dir.path().join("cp");
+    let work = dirs.0.path().join("cp");
     std::fs::create_dir(&work).unwrap();
     let src = work.join("data.bin");
     random_file(&src, (3 << 20) + 17);

@@ -3,62 +3,31 @@
 //! VM snapshotted, restored and forked by the CLI inside a network namespace the test creates and
 //! removes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod cli_netns;
+#[path = "../../smolvm/tests/netns_util/mod.rs"]
+mod netns_util;
+
+use std::process::Output;
 
 use serde_json::Value;
 
-/// Private data and socket directories (under /tmp: socket paths must stay short).
-struct Dirs(tempfile::TempDir);
+use cli_netns::Dirs;
+use netns_util::{e2e, Netns};
 
-impl Dirs {
-    fn new() -> Dirs {
-        Dirs(
-            tempfile::Builder::new()
-                .prefix("smvs")
-                .tempdir_in("/tmp")
-                .unwrap(),
-        )
-    }
-    fn data(&self) -> PathBuf {
-        self.0.path().join("data")
-    }
-    fn sockets(&self) -> PathBuf {
-        self.0.path().join("s")
-    }
-}
-
-/// `smolvm --data-dir .. --socket-dir .. args...`, inside network namespace `ns` when given.
-fn command(dirs: &Dirs, ns: Option<&str>, args: &[&str]) -> Command {
-    let bin = env!("CARGO_BIN_EXE_smolvm");
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, bin]);
-            c
-        }
-        None => Command::new(bin),
-    };
-    cmd.arg("--data-dir")
-        .arg(dirs.data())
-        .arg("--socket-dir")
-        .arg(dirs.sockets())
-        .args(args)
-        .env_remove("SMOLVM_BACKEND")
-        .env_remove("SMOLVM_DATA_DIR")
-        .stdin(Stdio::null());
-    cmd
+/// Private directories for this file's tests (`smvs...` under /tmp).
+fn dirs() -> Dirs {
+    Dirs::new("smvs")
 }
 
 fn fails(dirs: &Dirs, args: &[&str]) -> String {
-    let out = command(dirs, None, args).output().unwrap();
+    let out = dirs.smolvm(None, args);
     assert!(!out.status.success(), "{args:?} succeeded: {out:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
 fn bad_names_and_missing_snapshots_are_reported_by_name() {
-    let d = Dirs::new();
+    let d = dirs();
     let err = fails(&d, &["snapshot", "info", "nope"]);
     assert!(err.contains("snapshot \"nope\" not found"), "{err}");
     let err = fails(&d, &["snapshot", "create", "some-vm", "Bad/Name"]);
@@ -75,58 +44,16 @@ fn bad_names_and_missing_snapshots_are_reported_by_name() {
     assert!(err.contains("cannot be used with"), "{err}");
 }
 
-fn e2e() -> bool {
-    if std::env::var("SMOLVM_E2E").as_deref() != Ok("1") {
-        eprintln!("skipping the CLI snapshot test: set SMOLVM_E2E=1 to run it (root, QEMU)");
-        return false;
-    }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    assert!(root, "SMOLVM_E2E=1: the CLI snapshot test needs root");
-    for tool in ["ip", "qemu-system-x86_64", "qemu-img", "mkfs.ext4"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        assert!(found, "SMOLVM_E2E=1: `{tool}` is not installed");
-    }
-    true
-}
-
-/// A network namespace of this test, removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("smolvm-snapcli-{}", std::process::id());
-        let ok = |args: &[&str]| {
-            let s = Command::new("ip").args(args).status().unwrap();
-            assert!(s.success(), "ip {args:?}");
-        };
-        ok(&["netns", "add", &name]);
-        let ns = Netns(name);
-        ok(&["-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// The CLI in one namespace; on drop deletes every VM and snapshot of its directories (a failed
 /// assertion must not leave a QEMU behind). Declared after the namespace, so it drops first.
 struct Cli<'a> {
     dirs: &'a Dirs,
-    ns: &'a str,
+    ns: &'a Netns,
 }
 
 impl Cli<'_> {
     fn out(&self, args: &[&str]) -> Output {
-        command(self.dirs, Some(self.ns), args).output().unwrap()
+        self.dirs.smolvm(Some(self.ns), args)
     }
     fn ok(&self, args: &[&str]) -> String {
         let out = self.out(args);
@@ -162,26 +89,22 @@ impl Drop for Cli<'_> {
     }
 }
 
-fn share_image_cache(dirs: &Dirs) {
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolvm-images");
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(dirs.data()).unwrap();
-    std::os::unix::fs::symlink(&cache, dirs.data().join("images")).unwrap();
-}
-
 #[test]
 fn pause_snapshot_restore_fork_end_to_end() {
-    if !e2e() {
+    if !e2e(
+        "the CLI snapshot end-to-end test",
+        &["ip", "qemu-system-x86_64", "qemu-img", "mkfs.ext4"],
+    ) {
         return;
     }
     let ns = Netns::new();
-    let dirs = Dirs::new();
-    share_image_cache(&dirs);
-    let out = command(&dirs, None, &["image", "build"]).output().unwrap();
+    let dirs = dirs();
+    dirs.share_image_cache();
+    let out = dirs.smolvm(None, &["image", "build"]);
     assert!(out.status.success(), "smolvm image build: {out:?}");
     let cli = Cli {
         dirs: &dirs,
-        ns: &ns.0,
+        ns: &ns,
     };
     cli.ok(&[
         "create",
@@ -256,9 +179,7 @@ fn pause_snapshot_restore_fork_end_to_end() {
 
     // Templates: `image build --template` makes the default VM's template; default VMs start from it
     // unless --no-template.
-    let out = command(&dirs, Some(&ns.0), &["image", "build", "--template"])
-        .output()
-        .unwrap();
+    let out = dirs.smolvm(Some(&ns), &["image", "build", "--template"]);
     assert!(out.status.success(), "image build --template: {out:?}");
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("template tpl-"), "{said}");

@@ -35,23 +35,12 @@ pub fn parse_backend(backend: Option<&str>) -> PyResult<Option<BackendKind>> {
     }
 }
 
-/// Parses a network choice (`auto`, `tap`, `user`, `none`).
+/// Parses a network choice (`auto`, `tap`, `user`, `none`) with the library's one parser; the error
+/// names the Python argument, `network`.
 pub fn parse_network(network: &str) -> PyResult<NetworkMode> {
-    Ok(match network {
-        "auto" => NetworkMode::Auto,
-        "tap" => NetworkMode::Tap,
-        "user" => NetworkMode::User,
-        "none" => NetworkMode::None,
-        other => {
-            return Err(to_py(
-                smolvm::ValidationError::new(
-                    "network",
-                    format!("must be auto, tap, user or none; got {other:?}"),
-                )
-                .into(),
-            ))
-        }
-    })
+    network
+        .parse::<NetworkMode>()
+        .map_err(|e| to_py(smolvm::ValidationError::new("network", e.rule).into()))
 }
 
 fn secs(s: f64, what: &str) -> PyResult<Duration> {

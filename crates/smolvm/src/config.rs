@@ -6,17 +6,18 @@
 //! makes a re-validated copy with changes instead.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::network::NetworkPolicy;
 use crate::types::ValidationError;
 
+#[path = "config_kinds.rs"]
+mod kinds;
 #[path = "config_limits.rs"]
 mod limits;
+pub use kinds::{BackendKind, DiskMode};
 pub use limits::HostLimits;
 
 /// Default kernel command line (spec: `boot_args` default).
@@ -33,91 +34,6 @@ pub(crate) const MEM_SIZE_MIB_RANGE: std::ops::RangeInclusive<u32> = 128..=16384
 pub(crate) const DISK_SIZE_MIB_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 20);
 /// Longest allowed VM id.
 pub(crate) const VM_ID_MAX_LEN: usize = 64;
-
-/// Which virtual machine monitor runs a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Firecracker, configured over its REST API on a Unix socket.
-    Firecracker,
-    /// QEMU with the `microvm` machine type.
-    Qemu,
-}
-
-impl BackendKind {
-    /// The lowercase name used in configs, the CLI and the state store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Firecracker => "firecracker",
-            BackendKind::Qemu => "qemu",
-        }
-    }
-
-    /// Parses a backend choice: `firecracker`, `qemu`, or `auto` (returned as `None`).
-    pub fn parse_choice(s: &str) -> Result<Option<BackendKind>, ValidationError> {
-        match s {
-            "auto" => Ok(None),
-            other => other.parse().map(Some),
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "firecracker" => Ok(BackendKind::Firecracker),
-            "qemu" => Ok(BackendKind::Qemu),
-            _ => Err(ValidationError::new(
-                "backend",
-                format!("must be one of \"firecracker\", \"qemu\", \"auto\" or none, got {s:?}"),
-            )),
-        }
-    }
-}
-
-/// Disk lifecycle mode (spec: `disk_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
-pub enum DiskMode {
-    /// Clone the rootfs per VM, so each VM has its own writable copy.
-    #[default]
-    Isolated,
-    /// Boot directly from `rootfs_path`; several VMs may share the image.
-    Shared,
-}
-
-impl DiskMode {
-    /// The lowercase name used in configs and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskMode::Isolated => "isolated",
-            DiskMode::Shared => "shared",
-        }
-    }
-}
-
-impl FromStr for DiskMode {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "isolated" => Ok(DiskMode::Isolated),
-            "shared" => Ok(DiskMode::Shared),
-            _ => Err(ValidationError::new(
-                "disk_mode",
-                format!("must be \"isolated\" or \"shared\", got {s:?}"),
-            )),
-        }
-    }
-}
 
 /// The unvalidated description of a VM: every field of the spec, public and serde-friendly.
 ///

@@ -1,5 +1,9 @@
 //! What the CLI tests that run `smolvm` inside a test network namespace share: private data and socket
-//! directories, the command line that runs the CLI there, and the namespace's resolv.conf.
+//! directories, the command line that runs the CLI there, the shared image cache, and the namespace's
+//! resolv.conf.
+
+// Each test crate uses its own part of these helpers.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -20,6 +24,20 @@ impl Dirs {
         )
     }
 
+    /// The data directory given to the CLI.
+    pub fn data(&self) -> PathBuf {
+        self.0.path().join("data")
+    }
+
+    /// Shares the image cache of the library's VM tests (same target directory), so the default image
+    /// is built once per machine rather than once per test run.
+    pub fn share_image_cache(&self) {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smolvm-images");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::create_dir_all(self.data()).unwrap();
+        std::os::unix::fs::symlink(&cache, self.data().join("images")).unwrap();
+    }
+
     /// `smolvm --data-dir .. --socket-dir .. args...`, inside `ns` when given.
     pub fn cmd(&self, ns: Option<&Netns>, args: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_smolvm");
@@ -32,7 +50,7 @@ impl Dirs {
             None => Command::new(bin),
         };
         cmd.arg("--data-dir")
-            .arg(self.0.path().join("data"))
+            .arg(self.data())
             .arg("--socket-dir")
             .arg(self.0.path().join("s"))
             .args(args)
