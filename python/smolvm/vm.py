@@ -22,7 +22,7 @@ import json
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import _native
 from pydantic import TypeAdapter
@@ -406,6 +406,13 @@ class SmolVMManager:
         st = None if status is None else VMState(status).value
         raw = json.loads(self._native.list_vms(st))
         return [VMInfo.model_validate(r, context={"check_paths": False}) for r in raw]
+
+    def vmm_user(self, vm_id: str) -> Optional[Tuple[int, int]]:
+        """``(uid, gid)`` the VM's VMM runs as when smolvm runs as root: an unprivileged user of the
+        VM's own, so a VMM its guest took over can reach no other VM. ``None``: the VMM runs as the
+        caller (not root, or ``SMOLVM_VMM_USER=off``)."""
+        user = self._native.vmm_user(vm_id)
+        return None if user is None else (int(user[0]), int(user[1]))
 
     def reconcile(self) -> List[str]:
         """Marks VMs recorded as running whose process is gone as ``error``; returns their ids."""

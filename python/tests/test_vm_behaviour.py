@@ -218,3 +218,26 @@ def test_threads_and_processes_run_commands_on_one_vm_at_once(vm_env):
         assert out == _numbered(tag), f"process {tag} got other output"
     vm.stop().delete()
     assert ids(vm_env) == []
+
+
+def test_each_vmm_runs_as_its_own_user_when_root(vm_env):
+    # As root every VM's VMM drops to an unprivileged user of its own; otherwise it runs as the caller.
+    vms = [SmolVM().start(), SmolVM().start()]
+    m = SmolVMManager(data_dir=vm_env)
+    users = []
+    for vm in vms:
+        user = m.vmm_user(vm.vm_id)
+        if os.geteuid() != 0:
+            assert user is None
+            continue
+        assert user is not None and user[0] != 0 and user[0] == user[1]
+        status = open(f"/proc/{m.get(vm.vm_id).pid}/status").read()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        assert uids == [str(user[0])] * 4, status
+        assert vm.run("echo ok").output == "ok"
+        users.append(user)
+    if os.geteuid() == 0:
+        assert users[0] != users[1], "two VMs share a VMM user"
+    for vm in vms:
+        vm.stop().delete()
+    assert ids(vm_env) == []

@@ -207,6 +207,7 @@ mod tests {
             vmm_log: dir.join("vmm.log"),
             store: None,
             cgroup_procs: Vec::new(),
+            run_as: None,
         }
     }
 

@@ -290,6 +290,7 @@ fn manager_like_spec(
         vmm_log: m.vmm_log(id),
         store: Some(m.dirs().store.clone()),
         cgroup_procs: Vec::new(),
+        run_as: None,
     })
 }
 

@@ -15,3 +15,6 @@
 pub mod greeting;
 pub mod mux;
 pub mod owner;
+
+#[doc(hidden)]
+pub mod fuzzing;

@@ -23,6 +23,10 @@ pub struct Cli {
     /// VMM backend: auto, qemu or firecracker [default: auto]
     #[arg(long, global = true, env = "SMOLVM_BACKEND", value_name = "BACKEND")]
     pub backend: Option<cmd::common::BackendChoice>,
+    /// Run VMMs as root instead of each as its VM's own unprivileged user (when smolvm runs as root;
+    /// for debugging a VMM). Same as SMOLVM_VMM_USER=off
+    #[arg(long, global = true)]
+    pub vmm_as_root: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +96,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if cli.vmm_as_root {
+        // Before any thread starts: every manager this process opens (directly or through a VM
+        // handle) reads the switch from the environment.
+        std::env::set_var(smolvm::VMM_USER_ENV, "off");
+    }
     let result = match &cli.command {
         Command::List(a) => cmd::list::list(&cli, a),
         Command::Info(a) => cmd::list::info(&cli, a),

@@ -1,6 +1,6 @@
 //! Entry points for fuzzers and the randomized tests: each takes arbitrary bytes and must return without
-//! panicking, whatever they are. `fuzz/` wraps them for cargo-fuzz; `tests/hostile_input.rs` drives
-//! them with random and mutated frames on stable Rust.
+//! panicking, whatever they are. The AFL++ targets in `fuzz/` at the top of the repository wrap them
+//! (`scripts/fuzz.sh`); `tests/hostile_input.rs` drives them with random and mutated frames in CI.
 
 use crate::frame::{Frame, ProtocolError};
 use crate::request::{Reply, Request};
@@ -64,4 +64,56 @@ pub fn decode_resync(data: &[u8], chunk: usize) -> usize {
         }
     }
     frames
+}
+
+/// The request id fuzz inputs use for "the request the host just sent": a harness whose host side picks
+/// its ids at random replaces it with the real one (see [`retarget`]), so that the fuzzer can reach the
+/// code that handles replies to a live request.
+pub const PLACEHOLDER_ID: u32 = 1;
+
+/// Copies `data` (a stream an agent sends), replacing the request id [`PLACEHOLDER_ID`] by `real` in
+/// every frame header found by walking the length fields from the start. Where a length does not fit
+/// the rest, the rest is copied as it is (the walk cannot know the boundaries of garbage).
+pub fn retarget(data: &[u8], real: u32) -> Vec<u8> {
+    let mut out = data.to_vec();
+    let mut pos = 0usize;
+    while out.len().saturating_sub(pos) >= crate::limits::HEADER_LEN {
+        let h = &out[pos..];
+        let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        if len < crate::limits::HEADER_LEN - 4 || len > out.len() - pos - 4 {
+            break;
+        }
+        let id = pos + 5..pos + 9;
+        if out[id.clone()] == PLACEHOLDER_ID.to_be_bytes() {
+            out[id].copy_from_slice(&real.to_be_bytes());
+        }
+        pos += 4 + len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameType;
+
+    #[test]
+    fn retarget_rewrites_placeholder_ids_in_walked_headers_only() {
+        let a = Frame::new(FrameType::Stdout, PLACEHOLDER_ID, b"x".to_vec())
+            .encode()
+            .unwrap();
+        let b = Frame::new(FrameType::Stdout, 7, vec![0, 0, 0, 1])
+            .encode()
+            .unwrap();
+        let mut data = [a.clone(), b.clone(), a.clone()].concat();
+        data.extend([0, 0, 0, 99, 1, 0, 0, 0, 1]); // a length beyond the end: copied as is
+        let out = retarget(&data, 0xABCD_EF01);
+        let want_a = Frame::new(FrameType::Stdout, 0xABCD_EF01, b"x".to_vec())
+            .encode()
+            .unwrap();
+        let mut want = [want_a.clone(), b, want_a].concat();
+        want.extend([0, 0, 0, 99, 1, 0, 0, 0, 1]);
+        assert_eq!(out, want);
+        assert_eq!(retarget(&[1, 2, 3], 5), [1, 2, 3]);
+    }
 }

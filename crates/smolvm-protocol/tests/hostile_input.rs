@@ -1,6 +1,7 @@
 //! Randomized robustness test: many random and mutated frames through the decoder and both parsers.
 //! Nothing may panic, and no decode may allocate beyond the frame limit (the decoder checks the length
-//! before allocating). Deterministic seeds, so a failure reproduces.
+//! before allocating). Deterministic seeds, so a failure reproduces. The committed corpora of the
+//! coverage-guided fuzzers (`fuzz/corpus/{frames,resync}`) are replayed through the same entry points.
 
 use std::collections::BTreeMap;
 
@@ -249,5 +250,31 @@ fn resync_finds_every_marked_frame_among_random_bytes() {
         }
         let got = decode_resync(&data, 1 + round % 9);
         assert!(got >= marked, "round {round}: {got} < {marked}");
+    }
+}
+
+/// Every file of the committed corpus of fuzz target `target`.
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+#[test]
+fn committed_corpora_replay() {
+    for data in corpus("frames") {
+        decode_stream(&data);
+    }
+    for data in corpus("resync") {
+        if let Some((chunk, rest)) = data.split_first() {
+            decode_resync(rest, usize::from(*chunk));
+        }
     }
 }

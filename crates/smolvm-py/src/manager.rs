@@ -98,6 +98,12 @@ impl Manager {
         let infos = py.allow_threads(|| self.inner.list_vms(status)).py_err()?;
         to_json(&infos)
     }
+    /// `(uid, gid)` the VM's VMM runs as when smolvm runs as root (its own unprivileged user), else
+    /// `None` (the VMM runs as the caller).
+    fn vmm_user(&self, py: Python<'_>, vm_id: &str) -> PyResult<Option<(u32, u32)>> {
+        let user = py.allow_threads(|| self.inner.vmm_user(vm_id)).py_err()?;
+        Ok(user.map(|u| (u.uid, u.gid)))
+    }
     /// Marks running VMs whose VMM is gone as error; returns their ids.
     fn reconcile(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         py.allow_threads(|| self.inner.reconcile()).py_err()

@@ -20,6 +20,7 @@ mod dirs;
 mod error;
 mod exec;
 mod facade;
+mod fuzzing;
 mod host;
 mod image;
 mod info;
@@ -32,6 +33,7 @@ mod state;
 #[cfg(test)]
 mod test_tools;
 mod types;
+mod vmm_user;
 
 /// Largest size of a VM's `console.log` before it moves to `console.log.1` (the console takes at most
 /// twice this on disk).
@@ -69,6 +71,7 @@ pub use snapshot::{SnapshotError, SnapshotInfo};
 pub use ssh::{ssh_argv, SshError, SshTarget};
 pub use state::StateError;
 pub use types::{ValidationError, VmState};
+pub use vmm_user::{VmmUser, VMM_USER_ENV};
 
 /// Internals the sibling crates (CLI, benchmark) and the integration tests reach into. Hidden from
 /// the docs and not a stable API: anything here may change without notice.
@@ -107,6 +110,10 @@ pub mod internals {
     /// Snapshot records as stored (state store tests).
     pub mod snapshot {
         pub use crate::snapshot::{MachineShape, SnapshotRecord};
+    }
+    /// Entry points of the fuzz targets (`fuzz/`) and the seeded `hostile_guest_input` tests.
+    pub mod fuzzing {
+        pub use crate::fuzzing::{agent_replies, console};
     }
     /// The channel owner switch (the benchmark starts a VM without an owner for its comparison).
     pub mod channel {

@@ -275,3 +275,135 @@ fn child_from_id() {
     println!("CHILD-SAW {}", r.output());
     vm.close();
 }
+
+/// The real uid, gid and supplementary groups of process `pid` (all four uid and gid fields must
+/// agree: a VMM that could switch back would hold root in its saved set).
+fn process_ids(pid: u32) -> (u32, u32, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| -> Vec<u32> {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        line[key.len()..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect()
+    };
+    let (uids, gids) = (field("Uid:"), field("Gid:"));
+    assert!(uids.iter().all(|u| *u == uids[0]), "{uids:?}");
+    assert!(gids.iter().all(|g| *g == gids[0]), "{gids:?}");
+    let groups = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (uids[0], gids[0], groups)
+}
+
+#[test]
+fn each_vmm_runs_as_its_own_unprivileged_user() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(scene) = Scene::enter("vmm users", TOOLS) else {
+        return;
+    };
+    let env = &scene.env;
+    let m = &env.manager;
+    // Like root's home: the VMM users cannot even reach the data directory by path.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Root is what the drop is for; the E2E suite runs as root.
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the E2E suite runs as root");
+    let tap = smolvm::CreateOptions {
+        network: NetworkMode::Tap,
+        ..smolvm::CreateOptions::default()
+    };
+    m.create_with(&spec("user-a").build().unwrap(), &tap)
+        .unwrap();
+    m.create_with(&spec("user-b").build().unwrap(), &no_net())
+        .unwrap();
+    let mut users = Vec::new();
+    // Reconnected handles stop their VM when dropped: kept until the end.
+    let mut handles = Vec::new();
+    for id in ["user-a", "user-b"] {
+        let pid = m.start(id, BOOT).unwrap().pid.unwrap();
+        let (uid, gid, groups) = process_ids(pid);
+        assert_ne!(uid, 0, "{id}: the VMM still runs as root");
+        // Exactly the user the manager leased to this VM.
+        assert_eq!(
+            m.vmm_user(id).unwrap(),
+            Some(smolvm::VmmUser { uid, gid: uid }),
+            "{id}"
+        );
+        assert!(
+            (0x7000_0000..0x7FFE_0000).contains(&uid),
+            "{id}: uid {uid} outside the reserved range"
+        );
+        assert_eq!(gid, uid, "{id}");
+        assert_eq!(groups, uid.to_string(), "{id}: no other groups");
+        // The VM's own disk is its VMM's alone; nothing else of the VM is.
+        let disk = smolvm::internals::disk::isolated_disk_path(m.disk_dir(), id);
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o600), "{id}");
+        let qmp = m.get(id).unwrap().socket_path.unwrap();
+        assert_eq!(std::fs::metadata(&qmp).unwrap().uid(), 0, "{id}");
+        // Everything still works through the dropped VMM (the agent channel, the TAP device).
+        let vm = env.reconnect(id);
+        assert_eq!(vm.run("echo ok").unwrap().stdout, "ok\n");
+        users.push((pid, uid));
+        handles.push(vm);
+    }
+    assert_ne!(users[0].1, users[1].1, "two VMs share a VMM user");
+    // The TAP VM's network is up behind its dropped VMM: the host (this namespace) reaches the guest.
+    let guest = m.get("user-a").unwrap().network.unwrap().guest_ip;
+    // Its SSH server answers on the guest address (a TCP handshake through the TAP device).
+    let ssh = std::net::SocketAddr::from((guest, 22));
+    let mut banner = [0u8; 4];
+    let mut conn = std::net::TcpStream::connect_timeout(&ssh, Duration::from_secs(20)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::io::Read::read_exact(&mut conn, &mut banner).unwrap();
+    assert_eq!(&banner, b"SSH-");
+
+    // Snapshot and restore through dropped VMMs: the source goes on, the copy gets a user of its own.
+    m.snapshot("user-b", "snap-b").unwrap();
+    assert_eq!(handles[1].run("echo after").unwrap().stdout, "after\n");
+    let c = m
+        .create_from_snapshot("snap-b", Some("user-c"), BOOT)
+        .unwrap();
+    let (uid_c, _, _) = process_ids(c.pid.unwrap());
+    assert!(
+        uid_c != 0 && uid_c != users[0].1 && uid_c != users[1].1,
+        "{uid_c}"
+    );
+    let vc = env.reconnect("user-c");
+    assert_eq!(vc.run("hostname").unwrap().stdout, "user-c\n");
+    drop(vc);
+    m.delete("user-c").unwrap();
+    m.delete_snapshot("snap-b").unwrap();
+
+    // A restart keeps the VM's user.
+    m.stop("user-b", Duration::from_secs(10)).unwrap();
+    let pid = m.start("user-b", BOOT).unwrap().pid.unwrap();
+    assert_eq!(process_ids(pid).0, users[1].1);
+
+    // The switch: a manager with the drop off runs the VMM as root.
+    let root_manager = smolvm::SmolVmManager::builder()
+        .data_dir(env.data_dir())
+        .socket_dir(env.socket_dir())
+        .backend(smolvm::BackendKind::Qemu)
+        .vmm_user(false)
+        .build()
+        .unwrap();
+    root_manager
+        .create_with(&spec("user-root").build().unwrap(), &no_net())
+        .unwrap();
+    let pid = root_manager.start("user-root", BOOT).unwrap().pid.unwrap();
+    assert_eq!(process_ids(pid).0, 0);
+    assert_eq!(root_manager.vmm_user("user-root").unwrap(), None);
+
+    drop(handles);
+    for id in ["user-a", "user-b", "user-root"] {
+        m.delete(id).unwrap();
+        env.assert_no_leaks(id);
+    }
+}

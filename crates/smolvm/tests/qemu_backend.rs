@@ -96,6 +96,7 @@ fn spec(be: &QemuBackend, dir: &Path, vm_id: &str, net: Option<NetAttachment>) -
         vmm_log: dir.join("vmm.log"),
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
     }
 }
 

@@ -94,6 +94,7 @@ fn render(r: &CleanupReport) -> String {
         ("VM directory", &r.vm_dirs),
         ("disk overlay", &r.overlays),
         ("snapshot directory", &r.snapshot_dirs),
+        ("Firecracker jail", &r.jails),
     ] {
         out.extend(
             paths

@@ -76,11 +76,18 @@ impl ConsolePipe {
     /// Lets the VMM started by `cmd` inherit the write end (only that child: it stays close-on-exec in
     /// this process).
     pub(crate) fn pass_to(&self, cmd: &mut Command) {
+        inherit_fd(cmd, self.write.as_raw_fd());
+    }
+
+    /// Makes the write end the standard output of the VMM started by `cmd` (for a VMM that keeps no
+    /// other inherited descriptor: Firecracker under its jailer). Runs after the command's own stdio
+    /// setup, so it replaces whatever stdout that set.
+    pub(crate) fn as_stdout(&self, cmd: &mut Command) {
         let fd = self.write.as_raw_fd();
-        // SAFETY: fcntl is async-signal-safe and touches only the child's copy of the fd.
+        // SAFETY: dup2 is async-signal-safe and touches only the child's descriptors.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                if libc::dup2(fd, 1) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -116,6 +123,20 @@ impl ConsolePipe {
                 unsafe { libc::waitpid(pid, &mut status, 0) };
             })?;
         Ok(pid as u32)
+    }
+}
+
+/// Lets the child started by `cmd` inherit `fd` under the same number (only that child: the
+/// descriptor stays close-on-exec in this process). `fd` must stay open until the child is spawned.
+pub(crate) fn inherit_fd(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: fcntl is async-signal-safe and touches only the child's copy of the fd.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -117,6 +117,9 @@ pub struct LaunchSpec {
     /// `cgroup.procs` files of the VM's host cgroup(s) (see [`crate::cgroup`]) that the VMM enters
     /// before it execs, so it never runs guest code unbounded. Empty: no group.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The unprivileged user the VMM switches to once it has opened its files and devices, before
+    /// the guest runs (see [`crate::vmm_user`]). `None`: it runs as the caller.
+    pub run_as: Option<crate::vmm_user::VmmUser>,
 }
 
 impl LaunchSpec {
@@ -224,6 +227,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// The control socket path for a VM.
     fn control_socket(&self, socket_dir: &Path, vm_id: &str) -> PathBuf;
+
+    /// Removes what the backend keeps for `vm_id` beyond its VMM process and sockets (Firecracker's
+    /// jail). Call once the VMM is gone; absent is fine.
+    fn release(&self, vm_id: &str) -> Result<(), BackendError> {
+        let _ = vm_id;
+        Ok(())
+    }
 }
 
 /// Errors of the VMM backends.
@@ -319,6 +329,7 @@ mod owner_tests {
             vmm_log: "/v".into(),
             store: Some("/data/a".into()),
             cgroup_procs: Vec::new(),
+            run_as: None,
         };
         let mut cmd = std::process::Command::new("qemu-system-x86_64");
         spec.mark_owner(&mut cmd);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::lock::LOCK_WAIT;
 use super::SmolVmManager;
+use crate::backend::firecracker::jail::{find_jailer, Jail};
 use crate::backend::firecracker::FirecrackerBackend;
 use crate::backend::qemu::QemuBackend;
 use crate::backend::{Backend, BackendError};
@@ -25,9 +26,35 @@ pub trait BackendFactory: Send + Sync + std::fmt::Debug {
     fn make(&self, kind: BackendKind, host: &HostCapabilities) -> Result<Box<dyn Backend>>;
 }
 
-/// The real backends: QEMU from the probed binary and accelerator, Firecracker from its binary.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemBackends;
+/// The real backends: QEMU from the probed binary and accelerator, Firecracker from its binary (through
+/// its jailer where [`with_jails`](Self::with_jails) allows it).
+#[derive(Debug, Default, Clone)]
+pub struct SystemBackends {
+    jail_base: Option<PathBuf>,
+}
+
+impl SystemBackends {
+    /// Real backends whose Firecracker VMMs run through the jailer, with their jails under
+    /// `chroot_base`, whenever this process is root and a `jailer` binary is found
+    /// (`SMOLVM_JAILER_BIN`, beside `firecracker`, or on `PATH`).
+    pub fn with_jails(chroot_base: impl Into<PathBuf>) -> Self {
+        SystemBackends {
+            jail_base: Some(chroot_base.into()),
+        }
+    }
+
+    /// The jail for Firecracker VMMs run by `firecracker`, if they get one here.
+    fn jail(&self, firecracker: &std::path::Path) -> Option<Jail> {
+        let base = self.jail_base.as_ref()?;
+        if !crate::vmm_user::is_root() {
+            return None;
+        }
+        Some(Jail {
+            jailer: find_jailer(firecracker)?,
+            chroot_base: base.clone(),
+        })
+    }
+}
 
 impl BackendFactory for SystemBackends {
     fn make(&self, kind: BackendKind, host: &HostCapabilities) -> Result<Box<dyn Backend>> {
@@ -38,16 +65,17 @@ impl BackendFactory for SystemBackends {
                     host.tools
                         .firecracker
                         .as_ref()
-                        .ok_or_else(|| {
-                            BackendError::Unavailable {
-                        backend: kind,
-                        reason:
-                            "the firecracker binary was not found (set SMOLVM_FIRECRACKER_BIN or \
-                                 put it on PATH)"
-                                .into(),
-                    }
+                        .ok_or_else(|| BackendError::Unavailable {
+                            backend: kind,
+                            reason:
+                                "the firecracker binary was not found (set SMOLVM_FIRECRACKER_BIN \
+                                 or put it on PATH)"
+                                    .into(),
                         })?;
-                Box::new(FirecrackerBackend::new(&bin.path))
+                match self.jail(&bin.path) {
+                    Some(jail) => Box::new(FirecrackerBackend::jailed(&bin.path, jail)),
+                    None => Box::new(FirecrackerBackend::new(&bin.path)),
+                }
             }
         })
     }
@@ -65,6 +93,7 @@ pub struct ManagerBuilder {
     network: Option<HostNetwork>,
     lock_wait: Option<Duration>,
     channel_owner: Option<bool>,
+    vmm_user: Option<bool>,
 }
 
 impl ManagerBuilder {
@@ -119,21 +148,48 @@ impl ManagerBuilder {
         self
     }
 
+    /// Whether the VMM of each VM drops root for the VM's own user when smolvm runs as root (default:
+    /// yes, unless `SMOLVM_VMM_USER=off`; see [`crate::vmm_user`]). Off runs VMMs as root, e.g. to
+    /// debug one.
+    pub fn vmm_user(mut self, enabled: bool) -> Self {
+        self.vmm_user = Some(enabled);
+        self
+    }
+
     /// Resolves the directories, opens the state store and probes the host (unless given).
     pub fn build(self) -> Result<SmolVmManager> {
         let dirs = Dirs::resolve(self.data_dir.as_deref(), self.socket_dir.as_deref())?;
-        let state = StateStore::open(&dirs.db_path())?;
+        // Each store leases VMM user ids from its own slot of the reserved range.
+        let opts = crate::state::StoreOptions {
+            vmm_ids: crate::vmm_user::range_for_store(&crate::dirs::store_tag(&dirs.store)),
+            ..Default::default()
+        };
+        let state = StateStore::open_with(&dirs.db_path(), opts)?;
+        let vmm_user = self
+            .vmm_user
+            .unwrap_or_else(crate::vmm_user::enabled_by_env);
+        let jail_base = dirs.data_dir.join("jail");
         Ok(SmolVmManager {
             dirs,
             backend_choice: self.backend,
             state: Mutex::new(state),
             host: self.host.unwrap_or_else(HostCapabilities::detect),
-            backends: self.backends.unwrap_or_else(|| Arc::new(SystemBackends)),
+            // Jails only where VMMs drop root at all (the jailer needs the VM's user).
+            backends: self.backends.unwrap_or_else(|| {
+                Arc::new(if vmm_user {
+                    SystemBackends::with_jails(jail_base)
+                } else {
+                    SystemBackends::default()
+                })
+            }),
             network: self.network.unwrap_or_else(HostNetwork::system),
             lock_wait: self.lock_wait.unwrap_or(LOCK_WAIT),
             channel_owner: self
                 .channel_owner
                 .unwrap_or_else(crate::channel::owner_enabled),
+            vmm_user: self
+                .vmm_user
+                .unwrap_or_else(crate::vmm_user::enabled_by_env),
         })
     }
 }

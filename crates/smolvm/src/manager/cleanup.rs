@@ -139,6 +139,10 @@ impl SmolVmManager {
             Ok(ids) => report.cgroups = ids,
             Err(e) => report.fail("remove leaked cgroups".into(), &e),
         }
+        match self.leaked_jails(opts.dry_run) {
+            Ok(paths) => report.jails = paths,
+            Err(e) => report.fail("remove leaked jails".into(), &e),
+        }
         Ok(report)
     }
 

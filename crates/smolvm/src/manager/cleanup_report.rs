@@ -91,6 +91,8 @@ pub struct CleanupReport {
     pub retained_disks: Vec<RetainedDisk>,
     /// VM cgroups removed (their VM has no row or no live VMM).
     pub cgroups: Vec<String>,
+    /// Firecracker jails removed (their VM has no row or no live VMM).
+    pub jails: Vec<PathBuf>,
     /// Orphaned TAPs and nft rules, when the network step ran.
     pub network: Option<NetworkCleanup>,
     /// Why the network step did not run.
@@ -104,6 +106,7 @@ impl CleanupReport {
     pub fn is_empty(&self) -> bool {
         self.processes.is_empty()
             && self.cgroups.is_empty()
+            && self.jails.is_empty()
             && self.marked_error.is_empty()
             && self.deleted_vms.is_empty()
             && self.sockets.is_empty()

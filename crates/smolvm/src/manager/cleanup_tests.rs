@@ -186,3 +186,32 @@ fn a_created_vm_whose_disk_is_gone_is_marked_error_and_deleted_by_cleanup_all() 
     assert_eq!(report.deleted_vms, ["vm-a"]);
     e.assert_gone("vm-a");
 }
+
+#[test]
+fn a_jail_without_a_live_vmm_goes_and_that_of_a_running_vm_stays() {
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    e.m.start("vm-a", BOOT).unwrap();
+    e.create("vm-b", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    let base = e.m.jail_base().join("firecracker");
+    for id in ["vm-a", "vm-b", "vm-gone"] {
+        std::fs::create_dir_all(base.join(id).join("root")).unwrap();
+        std::fs::write(base.join(id).join("root/rootfs"), b"x").unwrap();
+    }
+    // A dry run lists and keeps.
+    let dry =
+        e.m.cleanup(&CleanupOptions {
+            dry_run: true,
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert_eq!(dry.jails, [base.join("vm-b"), base.join("vm-gone")]);
+    assert!(base.join("vm-gone").exists());
+    let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
+    assert_eq!(report.jails, [base.join("vm-b"), base.join("vm-gone")]);
+    assert_eq!(names(&base), ["vm-a"]);
+    e.m.delete("vm-a").unwrap();
+    e.m.delete("vm-b").unwrap();
+}

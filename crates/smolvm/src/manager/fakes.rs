@@ -41,6 +41,8 @@ pub(crate) struct Fake {
     pub guest_files: BTreeMap<String, Vec<u8>>,
     /// The launch specs seen.
     pub specs: Vec<LaunchSpec>,
+    /// The VMs whose per-VM backend state was released (`Backend::release`), in order.
+    pub released: Vec<String>,
     /// The fake VMMs' stdin: a VMM runs until this closes or it is killed.
     vmms: Vec<(ProcessIdentity, PathBuf, ChildStdin)>,
 }
@@ -57,6 +59,7 @@ impl FakeBackends {
             calls: Vec::new(),
             guest_files: BTreeMap::new(),
             specs: Vec::new(),
+            released: Vec::new(),
             vmms: Vec::new(),
         })))
     }
@@ -186,6 +189,11 @@ impl Backend for FakeBackend {
             }
         });
         Ok(identity)
+    }
+
+    fn release(&self, vm_id: &str) -> Result<(), BackendError> {
+        self.fake().released.push(vm_id.to_string());
+        Ok(())
     }
 
     fn request_shutdown(&self, control_socket: &Path) -> Result<(), BackendError> {

@@ -204,6 +204,7 @@ impl SmolVmManager {
             Err(e) => {
                 process.kill();
                 remove_sockets(&spec);
+                release_backend(backend, vm_id);
                 self.remove_cgroup(vm_id);
                 return Err(e);
             }
@@ -217,6 +218,7 @@ impl SmolVmManager {
             process.kill();
             self.close_channel(rec);
             remove_sockets(&spec);
+            release_backend(backend, vm_id);
             self.remove_cgroup(vm_id);
             return Err(e.into());
         }
@@ -241,6 +243,7 @@ impl SmolVmManager {
                     process.kill();
                     self.close_channel(rec);
                     remove_sockets(&spec);
+                    release_backend(backend, vm_id);
                     self.remove_cgroup(vm_id);
                     let why = format!("boot did not complete: {e}");
                     self.state()?
@@ -291,6 +294,7 @@ impl SmolVmManager {
                 disk::shared_disk_read_only(),
             ),
         };
+        let run_as = self.prepare_vmm_user(rec, config.disk_mode(), &disk)?;
         Ok(LaunchSpec {
             vm_id: id.clone(),
             vcpu_count: config.vcpu_count(),
@@ -319,6 +323,7 @@ impl SmolVmManager {
             console_log: self.console_log(id),
             vmm_log: self.vmm_log(id),
             store: Some(self.dirs.store.clone()),
+            run_as,
             cgroup_procs: self.prepare_cgroup(rec)?,
         })
     }
@@ -375,8 +380,11 @@ impl SmolVmManager {
         Ok(())
     }
 
+    /// Removes the VM's sockets and what else its backend keeps beyond the VMM (Firecracker's jail).
+    /// Call once the VMM is gone.
     fn remove_vm_sockets(&self, rec: &VmRecord) {
         if let Ok(backend) = self.backend_impl(rec.backend) {
+            release_backend(backend.as_ref(), &rec.info.vm_id);
             let control = backend.control_socket(self.socket_dir(), &rec.info.vm_id);
             // In a socket dir shared with another store, these may be its live VM's sockets.
             if self.check_socket_unclaimed(&control).is_err() {
@@ -450,6 +458,14 @@ impl SmolVmManager {
                 self.disk_dir(),
                 &rec.info.vm_id,
             ));
+        } else if config.disk_mode() == DiskMode::Isolated && crate::vmm_user::is_root() {
+            // A retained disk outlives the VM's VMM user, whose id the next VM may get: it goes back
+            // to root, and the VM that reuses it gets it handed over again at start.
+            if let Some(disk) = &rec.disk_path {
+                if let Err(e) = crate::vmm_user::take_back_file(disk) {
+                    tracing::warn!(vm = %rec.info.vm_id, error = %e, "could not give the retained disk back to root");
+                }
+            }
         }
         for tmp in disk::temp_clones(self.disk_dir(), &rec.info.vm_id) {
             let _ = fs::remove_file(tmp);
@@ -459,6 +475,13 @@ impl SmolVmManager {
         let _ = fs::remove_dir_all(self.vm_dir(&rec.info.vm_id));
         self.remove_vm_sockets(rec);
         self.remove_cgroup(&rec.info.vm_id);
+    }
+}
+
+/// [`Backend::release`](crate::backend::Backend::release), logged on failure (`cleanup` retries).
+fn release_backend(backend: &dyn crate::backend::Backend, vm_id: &str) {
+    if let Err(e) = backend.release(vm_id) {
+        tracing::warn!(vm = %vm_id, error = %e, "could not remove what the backend keeps for the VM (its jail)");
     }
 }
 

@@ -343,3 +343,64 @@ fn an_operation_behind_a_stuck_one_gives_up_naming_the_holder() {
     e.m.delete("vm-a").unwrap();
     e.assert_gone("vm-a");
 }
+
+#[test]
+fn the_backend_releases_its_per_vm_state_whenever_the_vmm_is_gone() {
+    let e = Env::new();
+    let released = || e.vmm.state().released.clone();
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    e.m.start("vm-a", BOOT).unwrap();
+    assert_eq!(released(), Vec::<String>::new(), "nothing while it runs");
+    e.m.stop("vm-a", STOP).unwrap();
+    assert_eq!(released(), ["vm-a"], "a stop releases it");
+    e.m.start("vm-a", BOOT).unwrap();
+    e.m.delete("vm-a").unwrap();
+    assert_eq!(released().last().map(String::as_str), Some("vm-a"));
+    let after_delete = released().len();
+    assert!(after_delete >= 2, "{:?}", released());
+
+    // A boot that fails after the VMM started (the agent never answers) releases it too.
+    e.create("vm-b", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    e.vmm.state().guest = Guest::Hangs;
+    e.m.start("vm-b", Duration::from_millis(800)).unwrap_err();
+    assert_eq!(released()[after_delete..], ["vm-b"]);
+    e.vmm.state().guest = Guest::Ready;
+    e.m.delete("vm-b").unwrap();
+    e.assert_gone("vm-b");
+}
+
+#[test]
+fn as_root_each_vmm_gets_its_vms_own_user_and_disk() {
+    use std::os::unix::fs::MetadataExt;
+    let e = Env::new();
+    for id in ["vm-a", "vm-b"] {
+        e.create(id, DiskMode::Isolated, NetworkMode::None).unwrap();
+        e.m.start(id, BOOT).unwrap();
+    }
+    let specs = e.vmm.state().specs.clone();
+    if !crate::vmm_user::is_root() || !crate::vmm_user::enabled_by_env() {
+        // Without root (or with the switch off) the VMM runs as the caller.
+        assert!(specs.iter().all(|s| s.run_as.is_none()));
+        assert_eq!(e.m.vmm_user("vm-a").unwrap(), None);
+        return;
+    }
+    let ua = e.m.vmm_user("vm-a").unwrap().expect("a user as root");
+    let ub = e.m.vmm_user("vm-b").unwrap().expect("a user as root");
+    assert_ne!(ua, ub);
+    assert_eq!((specs[0].run_as, specs[1].run_as), (Some(ua), Some(ub)));
+    let disk = std::fs::metadata(e.m.disk_dir().join("vm-a.ext4")).unwrap();
+    assert_eq!(
+        (disk.uid(), disk.gid(), disk.mode() & 0o777),
+        (ua.uid, ua.gid, 0o600)
+    );
+    // A restart keeps the user.
+    e.m.stop("vm-a", STOP).unwrap();
+    e.m.start("vm-a", BOOT).unwrap();
+    assert_eq!(e.vmm.state().specs.last().unwrap().run_as, Some(ua));
+    e.m.delete("vm-a").unwrap();
+    e.m.delete("vm-b").unwrap();
+    e.assert_gone("vm-a");
+    e.assert_gone("vm-b");
+}

@@ -25,13 +25,15 @@ mod procscan;
 mod channel;
 mod fork;
 mod images;
+mod jails;
 mod lifecycle;
-mod liveness;
+pub(crate) mod liveness;
 mod pause;
 mod snapshot;
 mod snapshot_dirs;
 mod snapshot_disk;
 mod template;
+mod vmm_user;
 
 #[cfg(test)]
 mod cleanup_tests;
@@ -99,6 +101,8 @@ pub struct SmolVmManager {
     lock_wait: Duration,
     /// QEMU VMs get a channel owner (see [`crate::channel`]).
     channel_owner: bool,
+    /// VMMs drop root for their VM's own user when this process is root (see [`crate::vmm_user`]).
+    vmm_user: bool,
 }
 
 impl SmolVmManager {

@@ -72,6 +72,7 @@ impl SmolVmManager {
         fs::create_dir(&tmp).map_err(|e| Error::io("create directory", &tmp, e))?;
 
         let was_running = rec.info.status == VmState::Running;
+        let vmm_user = self.running_vmm_user(&rec);
         let fail = |action: &'static str| {
             move |e: Error| -> Error {
                 SnapshotError::Failed {
@@ -91,11 +92,25 @@ impl SmolVmManager {
                     .pause(&socket)
                     .map_err(|e| fail("pause the VM")(e.into()))?;
             }
+            // A VMM that dropped root writes its state into a directory lent to it; afterwards the
+            // directory and every file in it are root's alone again (0700/0600).
+            if let Some(user) = vmm_user {
+                crate::vmm_user::lend_dir(&tmp, user).map_err(|e| {
+                    fail("lend the snapshot directory to the VMM")(Error::io("chown", &tmp, e))
+                })?;
+            }
             backend
                 .save_state(&socket, &tmp)
                 .map_err(|e| fail("save memory and device state")(e.into()))?;
             let snap_disk = tmp.join(DISK_FILE);
             super::snapshot_disk::capture(&disk, &snap_disk).map_err(fail("copy the disk"))?;
+            if vmm_user.is_some() || crate::vmm_user::is_root() {
+                crate::vmm_user::take_back_dir(&tmp).map_err(|e| {
+                    fail("take the snapshot directory back from the VMM")(Error::io(
+                        "chown", &tmp, e,
+                    ))
+                })?;
+            }
             let meta = fs::metadata(&snap_disk).map_err(|e| Error::io("stat", &snap_disk, e))?;
             Ok(MachineShape {
                 vcpu_count: rec.info.config.vcpu_count(),

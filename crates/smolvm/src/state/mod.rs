@@ -12,6 +12,7 @@ mod forwards;
 mod leases;
 mod schema;
 mod snapshots;
+mod vmm_users;
 mod vms;
 
 #[cfg(test)]
@@ -43,6 +44,8 @@ pub struct StoreOptions {
     /// Skip ports of the range that another program on this host listens on right now (a bind probe
     /// on the forward's address when allocating). Ports recorded in the store are skipped regardless.
     pub probe_host_ports: bool,
+    /// User (and group) ids handed out to VMMs, one per VM (see [`crate::vmm_user`]).
+    pub vmm_ids: RangeInclusive<u32>,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +53,7 @@ impl Default for StoreOptions {
         StoreOptions {
             ssh_port_range: DEFAULT_SSH_PORT_RANGE,
             probe_host_ports: true,
+            vmm_ids: crate::vmm_user::DEFAULT_RANGE,
         }
     }
 }

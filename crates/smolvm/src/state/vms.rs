@@ -44,15 +44,19 @@ pub struct VmRecord {
     pub updated_at: SystemTime,
     /// Why the VM last failed, if it did.
     pub last_error: Option<String>,
+    /// The user (and group) id its VMM runs as when smolvm runs as root; `None` for a VM created
+    /// before the store leased them (it gets one when it starts).
+    pub vmm_id: Option<u32>,
 }
 
 impl StateStore {
-    /// Records a new VM in state `created`, in one write transaction that also leases its network when
-    /// `network` names a mode: in TAP mode the lowest free guest IP with TAP name and MAC, in user mode
-    /// QEMU's fixed user-network addresses; in both an SSH host port. `None`: no network.
+    /// Records a new VM in state `created`, in one write transaction that also leases its VMM user id
+    /// and its network when `network` names a mode: in TAP mode the lowest free guest IP with TAP name
+    /// and MAC, in user mode QEMU's fixed user-network addresses; in both an SSH host port. `None`: no
+    /// network.
     ///
     /// Fails with [`StateError::VmAlreadyExists`] if the id is taken and [`StateError::Exhausted`] if
-    /// no IP or port is free; nothing is recorded then.
+    /// no IP, port or VMM user id is free; nothing is recorded then.
     pub fn create_vm(
         &mut self,
         config: &VmConfig,
@@ -65,6 +69,7 @@ impl StateStore {
             source,
         })?;
         let (range, probe) = (self.opts.ssh_port_range.clone(), self.opts.probe_host_ports);
+        let vmm_ids = self.opts.vmm_ids.clone();
         self.write(|tx| {
             if exists(tx, id)? {
                 return Err(StateError::VmAlreadyExists(id.to_string()).into());
@@ -85,6 +90,7 @@ impl StateStore {
             if let Some(mode) = network {
                 leases::allocate(tx, id, mode, &range, probe)?;
             }
+            crate::state::vmm_users::allocate(tx, id, &vmm_ids)?;
             load(tx, id)
         })
     }
@@ -261,8 +267,9 @@ fn load(conn: &Connection, id: &str) -> Result<VmRecord, Fail> {
 /// One query for a VM and its lease, so a reader never sees a half-deleted VM.
 const SELECT: &str = "SELECT v.id, v.status, v.backend, v.config, v.pid, v.pid_start_time,
         v.socket_path, v.agent_socket, v.disk_path, v.created_at, v.updated_at, v.last_error,
-        l.guest_ip, l.gateway_ip, l.netmask, l.tap_device, l.guest_mac, l.ssh_host_port, l.mode
-    FROM vms v LEFT JOIN leases l ON l.vm_id = v.id";
+        l.guest_ip, l.gateway_ip, l.netmask, l.tap_device, l.guest_mac, l.ssh_host_port, l.mode,
+        u.uid
+    FROM vms v LEFT JOIN leases l ON l.vm_id = v.id LEFT JOIN vmm_users u ON u.vm_id = v.id";
 
 /// A VM row as stored, before parsing.
 struct RawVm {
@@ -279,6 +286,7 @@ struct RawVm {
     updated_at: i64,
     last_error: Option<String>,
     lease: Option<RawLease>,
+    vmm_id: Option<u32>,
 }
 
 impl RawVm {
@@ -310,6 +318,7 @@ impl RawVm {
             updated_at: r.get(10)?,
             last_error: r.get(11)?,
             lease,
+            vmm_id: r.get(19)?,
         })
     }
 
@@ -366,6 +375,7 @@ impl RawVm {
             created_at,
             updated_at,
             last_error: self.last_error,
+            vmm_id: self.vmm_id,
         })
     }
 }

@@ -14,10 +14,18 @@ use super::api::{
     NetworkInterface, SerialDevice, VmRunState, Vsock,
 };
 use super::http::ApiClient;
+use super::jail::{self, Jail};
 use super::FirecrackerError;
+use crate::backend::console_keeper::{ConsolePipe, CONSOLE_LOG_MAX};
 use crate::backend::{AgentEndpoint, Backend, BackendError, LaunchSpec, NetAttachment};
 use crate::config::BackendKind;
 use crate::process::{spawn_detached, ProcessIdentity};
+
+/// [`spawn_detached`] of a command built elsewhere (it takes the command by value).
+fn spawn_detached_cmd(cmd: &mut Command, log: &Path) -> std::io::Result<ProcessIdentity> {
+    let taken = std::mem::replace(cmd, Command::new(""));
+    spawn_detached(taken, log)
+}
 
 /// The guest vsock port the smolvm agent listens on (shared with the agent).
 pub(crate) use smolvm_protocol::AGENT_VSOCK_PORT;
@@ -41,14 +49,46 @@ const LOG_TAIL_LINES: usize = 20;
 pub(crate) struct FirecrackerBackend {
     /// The `firecracker` binary.
     pub binary: PathBuf,
+    /// Run every VMM through the jailer (see [`Jail`]); `None`: Firecracker runs as the caller.
+    pub jail: Option<Jail>,
 }
 
 impl FirecrackerBackend {
-    /// A backend running `binary`.
+    /// A backend running `binary` directly.
     pub(crate) fn new(binary: impl Into<PathBuf>) -> Self {
         FirecrackerBackend {
             binary: binary.into(),
+            jail: None,
         }
+    }
+
+    /// A backend running `binary` through the jailer of `jail`.
+    pub(crate) fn jailed(binary: impl Into<PathBuf>, jail: Jail) -> Self {
+        FirecrackerBackend {
+            binary: binary.into(),
+            jail: Some(jail),
+        }
+    }
+
+    /// The jailer's command for `spec`, whose VMM user it needs.
+    fn jailed_command(&self, jail: &Jail, spec: &LaunchSpec) -> Result<Command, FirecrackerError> {
+        let user = spec.run_as.ok_or(FirecrackerError::JailNeedsUser)?;
+        let argv = jail.argv(&self.binary, &spec.vm_id, user);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        spec.mark_owner(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// Refuses what a jailed VMM cannot do yet (its snapshot paths would have to live in the jail).
+    fn refuse_jailed(&self, what: &str) -> Result<(), BackendError> {
+        if self.jail.is_some() {
+            return Err(BackendError::Unavailable {
+                backend: BackendKind::Firecracker,
+                reason: format!("{what} of jailed Firecracker VMs is not supported yet"),
+            });
+        }
+        Ok(())
     }
 
     /// The command line that starts the VMM for `spec`: the API socket, plus `--id` so Firecracker's
@@ -86,24 +126,57 @@ impl FirecrackerBackend {
         // Everything that can be checked without side effects is checked before anything is created.
         preflight(spec)?;
         remove_sockets(&spec.control_socket, &spec.agent)?;
-        // Older releases open serial_out_path without creating it; a fresh file per boot also keeps
-        // Firecracker (which writes from offset 0) from interleaving with an old console log.
-        File::create(&spec.console_log).map_err(|source| FirecrackerError::File {
-            action: "create console log",
-            path: spec.console_log.clone(),
+        // The guest's serial console goes into a pipe and a keeper copies it into the console log
+        // with a size cap, as under QEMU (see `console_keeper`): a guest printing forever cannot fill
+        // the disk. Unjailed, Firecracker inherits the pipe and `serial_out_path` is its `/dev/fd`
+        // path; jailed (the jailer closes every other descriptor, and there is no `/dev/fd` in the
+        // jail), the pipe is its stdout, where the serial console goes without `/serial`.
+        let spawn_err = |source| FirecrackerError::Spawn {
+            binary: self.binary.display().to_string(),
             source,
-        })?;
-        let identity = spawn_detached(self.command(spec), &spec.vmm_log).map_err(|source| {
-            FirecrackerError::Spawn {
-                binary: self.binary.display().to_string(),
-                source,
+        };
+        let console = ConsolePipe::new().map_err(spawn_err)?;
+        let (mut cmd, api_spec, serial) = match &self.jail {
+            Some(jail) => {
+                let mut cmd = self.jailed_command(jail, spec)?;
+                let inside = jail.prepare(&self.binary, spec)?;
+                console.as_stdout(&mut cmd);
+                (cmd, inside, false)
             }
-        })?;
+            None => {
+                let mut cmd = self.command(spec);
+                console.pass_to(&mut cmd);
+                let piped = LaunchSpec {
+                    console_log: console.vmm_path(),
+                    ..spec.clone()
+                };
+                (cmd, piped, true)
+            }
+        };
+        let release_jail = || {
+            if let Some(jail) = &self.jail {
+                if let Err(e) = jail.release(&self.binary, &spec.vm_id) {
+                    tracing::warn!(error = %e, "removing the jail after a failed launch");
+                }
+            }
+        };
+        let identity = match spawn_detached_cmd(&mut cmd, &spec.vmm_log) {
+            Ok(id) => id,
+            Err(e) => {
+                release_jail();
+                return Err(spawn_err(e));
+            }
+        };
+        if let Err(e) = console.start_keeper(&spec.console_log, CONSOLE_LOG_MAX) {
+            identity.kill();
+            release_jail();
+            return Err(spawn_err(e));
+        }
         let result = wait_for_socket(&spec.control_socket, &identity, socket_wait).and_then(|()| {
             let mut client = ApiClient::new(&spec.control_socket);
             match restore_from {
-                None => configure(&mut client, spec, None),
-                Some(dir) => super::snapshot::load(&mut client, spec, dir),
+                None => configure_vm(&mut client, &api_spec, None, serial),
+                Some(dir) => super::snapshot::load(&mut client, &api_spec, dir),
             }
         });
         match result {
@@ -115,6 +188,8 @@ impl FirecrackerBackend {
                 if let Err(cleanup) = remove_sockets(&spec.control_socket, &spec.agent) {
                     tracing::warn!(error = %cleanup, "removing sockets after a failed launch");
                 }
+                identity.wait_gone(Duration::from_secs(2));
+                release_jail();
                 Err(FirecrackerError::Launch {
                     vm_id: spec.vm_id.clone(),
                     vmm_log: spec.vmm_log.clone(),
@@ -155,11 +230,13 @@ impl Backend for FirecrackerBackend {
     }
 
     fn save_state(&self, control_socket: &Path, dir: &Path) -> Result<(), BackendError> {
+        self.refuse_jailed("a snapshot")?;
         let mut client = ApiClient::new(control_socket);
         Ok(super::snapshot::create(&mut client, dir)?)
     }
 
     fn restore(&self, spec: &LaunchSpec, dir: &Path) -> Result<ProcessIdentity, BackendError> {
+        self.refuse_jailed("restoring a snapshot")?;
         Ok(self.start_vmm(spec, SOCKET_WAIT, Some(dir))?)
     }
 
@@ -174,14 +251,36 @@ impl Backend for FirecrackerBackend {
     }
 
     fn agent_endpoint(&self, socket_dir: &Path, vm_id: &str) -> AgentEndpoint {
+        let uds_path = match &self.jail {
+            Some(jail) => jail.root(&self.binary, vm_id).join(jail::VSOCK_SOCKET),
+            None => socket_dir.join(format!("{vm_id}.vsock")),
+        };
         AgentEndpoint::FirecrackerVsock {
-            uds_path: socket_dir.join(format!("{vm_id}.vsock")),
+            uds_path,
             port: AGENT_VSOCK_PORT,
         }
     }
 
     fn control_socket(&self, socket_dir: &Path, vm_id: &str) -> PathBuf {
-        socket_dir.join(format!("{vm_id}.fc.sock"))
+        match &self.jail {
+            // The jailed VMM creates it in its `/`; smolvm reaches it from outside.
+            Some(jail) => jail.root(&self.binary, vm_id).join(jail::API_SOCKET),
+            None => socket_dir.join(format!("{vm_id}.fc.sock")),
+        }
+    }
+
+    fn release(&self, vm_id: &str) -> Result<(), BackendError> {
+        match &self.jail {
+            Some(jail) => jail.release(&self.binary, vm_id).map_err(|source| {
+                FirecrackerError::File {
+                    action: "remove the jail",
+                    path: jail.dir(&self.binary, vm_id),
+                    source,
+                }
+                .into()
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -190,10 +289,21 @@ impl Backend for FirecrackerBackend {
 /// `/machine-config`, `/boot-source`, `/drives/rootfs`, `/network-interfaces/eth0` (TAP only), `/vsock`,
 /// `/serial` (console to `spec.console_log`; skipped with a warning by releases without it), and
 /// `PUT /actions` `InstanceStart`. Stops at the first failure.
+#[cfg(test)]
 pub(crate) fn configure(
     client: &mut ApiClient,
     spec: &LaunchSpec,
     logger: Option<&Logger>,
+) -> Result<(), FirecrackerError> {
+    configure_vm(client, spec, logger, true)
+}
+
+/// [`configure`], with `PUT /serial` only when `serial` (a jailed VMM's console is its stdout).
+pub(crate) fn configure_vm(
+    client: &mut ApiClient,
+    spec: &LaunchSpec,
+    logger: Option<&Logger>,
+    serial: bool,
 ) -> Result<(), FirecrackerError> {
     // Checked before the first request so that a spec Firecracker cannot run changes nothing.
     let uds_path = vsock_uds(spec)?;
@@ -239,7 +349,9 @@ pub(crate) fn configure(
         guest_cid: GUEST_CID,
         uds_path: uds_path.to_path_buf(),
     })?;
-    put_serial(client, &spec.console_log)?;
+    if serial {
+        put_serial(client, &spec.console_log)?;
+    }
     client.send(&InstanceActionInfo::new(ActionType::InstanceStart))?;
     Ok(())
 }

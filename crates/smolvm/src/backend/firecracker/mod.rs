@@ -8,6 +8,7 @@
 pub(crate) mod api;
 mod backend;
 pub(crate) mod http;
+pub(crate) mod jail;
 pub(crate) mod snapshot;
 
 #[cfg(test)]
@@ -174,6 +175,21 @@ pub enum FirecrackerError {
     /// The process exited before its API socket accepted connections.
     #[error("firecracker exited before its API socket accepted connections")]
     Exited,
+
+    /// The jailer needs the VM's own user (smolvm runs the jailer only as root, with VMM users on).
+    #[error(
+        "a jailed Firecracker needs the VM's VMM user (smolvm must run as root with VMM users on)"
+    )]
+    JailNeedsUser,
+
+    /// The VM id is not one the jailer accepts.
+    #[error(
+        "VM id {vm_id:?} cannot name a jail: the jailer takes 1-64 ASCII letters, digits and hyphens"
+    )]
+    JailId {
+        /// The id.
+        vm_id: String,
+    },
 
     /// Launching failed; the process was killed and its sockets removed.
     #[error("launching VM {vm_id} with Firecracker failed; last lines of {}:\n{log_tail}", vmm_log.display())]

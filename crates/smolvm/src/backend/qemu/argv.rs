@@ -26,6 +26,9 @@
 //!   smolvm asks of QEMU needs them: no `-daemonize` (smolvm detaches QEMU itself), no helper scripts
 //!   (`script=no`, the TAP device already exists), snapshots migrate to a `file:` URI (no `exec:`).
 //!   Measured with QEMU 10.0.2 under TCG: boot, exec, pause/resume, snapshot, restore and fork all work.
+//! * `-run-with user=UID:GID` when the spec names a VMM user ([`crate::vmm_user`]): QEMU drops root
+//!   after opening its files and devices and before the guest runs; the sandbox then allows the
+//!   set*id calls QEMU itself makes for that ([`SANDBOX_DROPPING_ROOT`]).
 //! * Paths go into `key=value` option strings, where a comma separates options: commas in paths are
 //!   doubled (QEMU's escape), so no path can inject options.
 
@@ -44,6 +47,14 @@ pub(crate) use smolvm_protocol::AGENT_PORT_NAME;
 /// smolvm does not use).
 pub(crate) const SANDBOX: &str =
     "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The sandbox of a QEMU that switches user (`-run-with user=`): QEMU installs its seccomp filter
+/// before it drops root, so `elevateprivileges=deny` would kill it at its own `setgid` ("Bad system
+/// call", checked with QEMU 10.0.2). Allowing the set*id calls gives the dropped process nothing:
+/// after `setuid` from root to another id it holds no capabilities, so it can only "change" to the
+/// ids it already has, and `spawn=deny` still stops it from executing a setuid binary.
+pub(crate) const SANDBOX_DROPPING_ROOT: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
 
 /// The image format of a root disk: `qcow2` for the overlays of VMs made from a snapshot (their
 /// backing file is the snapshot's disk), `raw` for everything else.
@@ -88,12 +99,53 @@ pub fn build_argv(binary: &Path, spec: &LaunchSpec, accel: QemuAccel) -> Vec<OsS
     build_argv_for(binary, spec, accel, KernelEntry::detect(&spec.kernel))
 }
 
+/// The fd set a QEMU that drops root finds its writable root disk in.
+pub(crate) const DISK_FDSET: u32 = 3;
+
+/// Descriptors of the root disk that QEMU inherits instead of opening a path: read-write and
+/// read-only, because QEMU reopens the disk with the other access mode around a migration
+/// (inactivate/activate) and picks the matching descriptor of the set. A QEMU that has dropped root
+/// may not be able to reach the disk's path at all (root's home is 0700).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DiskFds {
+    /// Opened read-write.
+    pub rw: std::os::fd::RawFd,
+    /// Opened read-only.
+    pub ro: std::os::fd::RawFd,
+}
+
+/// [`build_argv`] with the root disk given as `disk_fds` (in [`DISK_FDSET`]) when there are some.
+pub(crate) fn build_argv_with_disk(
+    binary: &Path,
+    spec: &LaunchSpec,
+    accel: QemuAccel,
+    disk_fds: Option<DiskFds>,
+) -> Vec<OsString> {
+    build_argv_full(
+        binary,
+        spec,
+        accel,
+        KernelEntry::detect(&spec.kernel),
+        disk_fds,
+    )
+}
+
 /// The complete argv (program first) that boots `spec` with `accel`, entering the kernel as `entry`.
 pub(crate) fn build_argv_for(
     binary: &Path,
     spec: &LaunchSpec,
     accel: QemuAccel,
     entry: KernelEntry,
+) -> Vec<OsString> {
+    build_argv_full(binary, spec, accel, entry, None)
+}
+
+fn build_argv_full(
+    binary: &Path,
+    spec: &LaunchSpec,
+    accel: QemuAccel,
+    entry: KernelEntry,
+    disk_fds: Option<DiskFds>,
 ) -> Vec<OsString> {
     let mut a = Argv(vec![binary.as_os_str().to_owned()]);
     a.push("-name");
@@ -150,14 +202,24 @@ pub(crate) fn build_argv_for(
     a.push(cmdline);
 
     // Root disk.
-    let mut drive = opt(
-        if disk_format(&spec.disk) == "qcow2" {
-            "id=root,format=qcow2,if=none,file="
-        } else {
-            "id=root,format=raw,if=none,file="
-        },
-        &spec.disk,
-    );
+    let prefix = if disk_format(&spec.disk) == "qcow2" {
+        "id=root,format=qcow2,if=none,file="
+    } else {
+        "id=root,format=raw,if=none,file="
+    };
+    let mut drive = match disk_fds {
+        Some(fds) => {
+            for fd in [fds.rw, fds.ro] {
+                a.push("-add-fd");
+                a.push(format!("fd={fd},set={DISK_FDSET}"));
+            }
+            // QEMU's image locks are per open file: with the disk reopened on the set's other
+            // descriptor it would conflict with itself ("Failed to get write lock"). The disk is this
+            // VM's own file and the VM lock already keeps a second VMM off it.
+            OsString::from(format!("{prefix}/dev/fdset/{DISK_FDSET},file.locking=off"))
+        }
+        None => opt(prefix, &spec.disk),
+    };
     drive.push(if spec.disk_read_only {
         ",readonly=on"
     } else {
@@ -229,7 +291,15 @@ pub(crate) fn build_argv_for(
     a.push("-chardev");
     a.push(qmp);
     a.push_all(&["-mon", "chardev=qmp,mode=control"]);
-    a.push_all(&["-sandbox", SANDBOX]);
+    match spec.run_as {
+        // QEMU opens every file, socket and device above as the caller, then switches to the VM's
+        // own user before the guest runs (`-runas` is deprecated in favour of this).
+        Some(user) => {
+            a.push_all(&["-sandbox", SANDBOX_DROPPING_ROOT, "-run-with"]);
+            a.push(format!("user={}:{}", user.uid, user.gid));
+        }
+        None => a.push_all(&["-sandbox", SANDBOX]),
+    }
     a.0
 }
 

@@ -21,6 +21,7 @@ fn spec() -> LaunchSpec {
         vmm_log: PathBuf::from("/data/vms/vm-1234abcd/vmm.log"),
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
     }
 }
 
@@ -299,4 +300,77 @@ fn the_entry_is_detected_from_the_elf_magic() {
     s.kernel = elf;
     let argv = strings(build_argv(Path::new("q"), &s, QemuAccel::KVM));
     assert_eq!(argv[4], "microvm,acpi=on,pic=off");
+}
+
+#[test]
+fn a_vmm_user_makes_qemu_drop_root_with_a_sandbox_that_lets_it() {
+    let spec = LaunchSpec {
+        run_as: Some(crate::vmm_user::VmmUser {
+            uid: 1879048197,
+            gid: 1879048198,
+        }),
+        ..spec()
+    };
+    let argv = strings(build_argv(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &spec,
+        QemuAccel::KVM,
+    ));
+    let without = strings(build_argv(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &self::spec(),
+        QemuAccel::KVM,
+    ));
+    // Everything up to the sandbox is the same; the end differs exactly so.
+    let n = without.len() - 2;
+    assert_eq!(argv[..n], without[..n]);
+    assert_eq!(
+        argv[n..],
+        [
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny",
+            "-run-with",
+            "user=1879048197:1879048198",
+        ]
+    );
+    assert_eq!(
+        without[n..],
+        [
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]
+    );
+}
+
+#[test]
+fn a_dropping_qemu_gets_its_writable_disk_as_an_fd_set() {
+    let spec = spec();
+    let fds = super::DiskFds { rw: 11, ro: 12 };
+    let argv = strings(super::build_argv_with_disk(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &spec,
+        QemuAccel::KVM,
+        Some(fds),
+    ));
+    let plain = strings(build_argv(
+        Path::new("/usr/bin/qemu-system-x86_64"),
+        &spec,
+        QemuAccel::KVM,
+    ));
+    let at = plain.iter().position(|a| a == "-drive").unwrap();
+    // Both descriptors go into one set right before the drive, which names the set, not the path.
+    assert_eq!(argv[..at], plain[..at]);
+    assert_eq!(
+        argv[at..at + 6],
+        [
+            "-add-fd",
+            "fd=11,set=3",
+            "-add-fd",
+            "fd=12,set=3",
+            "-drive",
+            "id=root,format=raw,if=none,file=/dev/fdset/3,file.locking=off,discard=unmap",
+        ]
+    );
+    assert_eq!(argv[at + 6..], plain[at + 2..]);
+    assert!(!argv.iter().any(|a| a.contains("vm-1234abcd.ext4")));
 }

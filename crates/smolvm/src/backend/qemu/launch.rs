@@ -2,10 +2,12 @@
 //! process and removes the sockets, so a failed launch leaves nothing behind.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::argv::DiskFds;
 use super::{check_socket_path, QemuBackend, QemuError, QmpClient, QmpError, STARTUP_TIMEOUT};
 use crate::backend::console_keeper::{ConsolePipe, CONSOLE_LOG_MAX};
 use crate::backend::{remove_socket, LaunchSpec};
@@ -30,8 +32,8 @@ pub(super) fn launch(
     // Only what this start writes to the (appended) log belongs in its error messages.
     let log_offset = fs::metadata(&spec.vmm_log).map(|m| m.len()).unwrap_or(0);
 
-    let argv_for = |spec: &LaunchSpec| backend.argv(spec);
-    let identity = spawn_with_console(backend, spec, argv_for, "starting QEMU")?;
+    let argv_for = |spec: &LaunchSpec, disk| backend.argv_with_disk(spec, disk);
+    let identity = spawn_with_console(backend, spec, argv_for, &[], "starting QEMU")?;
 
     match wait_for_qmp(&identity, spec, log_offset) {
         Ok(()) => Ok(identity),
@@ -49,11 +51,13 @@ pub(super) fn launch(
 
 /// Spawns QEMU (detached, marked with its store) with its serial console going through a
 /// [`ConsolePipe`] to a keeper that caps the log on disk. `argv_for` builds the argv from a spec whose
-/// console path is the pipe. If the keeper cannot start, QEMU is killed again.
+/// console path is the pipe. `inherit` are further (close-on-exec) descriptors of this process that
+/// QEMU inherits under the same numbers. If the keeper cannot start, QEMU is killed again.
 pub(super) fn spawn_with_console(
     backend: &QemuBackend,
     spec: &LaunchSpec,
-    argv_for: impl Fn(&LaunchSpec) -> Vec<std::ffi::OsString>,
+    argv_for: impl Fn(&LaunchSpec, Option<DiskFds>) -> Vec<std::ffi::OsString>,
+    inherit: &[std::os::fd::RawFd],
     what: &str,
 ) -> Result<ProcessIdentity, QemuError> {
     let spawn_err = |source| QemuError::Spawn {
@@ -63,18 +67,50 @@ pub(super) fn spawn_with_console(
     let console = ConsolePipe::new().map_err(spawn_err)?;
     let mut piped = spec.clone();
     piped.console_log = console.vmm_path();
-    let argv = argv_for(&piped);
+    // A QEMU that drops root gets its writable disk as descriptors (see `DiskFds`); they stay open
+    // here until it is spawned.
+    let disk = match (spec.run_as, spec.disk_read_only) {
+        (Some(_), false) => Some(open_disk(&spec.disk)?),
+        _ => None,
+    };
+    let disk_fds = disk.as_ref().map(|(rw, ro)| DiskFds {
+        rw: rw.as_raw_fd(),
+        ro: ro.as_raw_fd(),
+    });
+    let argv = argv_for(&piped, disk_fds);
     tracing::debug!(vm_id = %spec.vm_id, ?argv, "{what}");
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     spec.mark_owner(&mut cmd);
     console.pass_to(&mut cmd);
+    let mut fds = inherit.to_vec();
+    if let Some(d) = disk_fds {
+        fds.extend([d.rw, d.ro]);
+    }
+    for fd in fds {
+        crate::backend::console_keeper::inherit_fd(&mut cmd, fd);
+    }
     let identity = spawn_detached(cmd, &spec.vmm_log).map_err(spawn_err)?;
     if let Err(e) = console.start_keeper(&spec.console_log, CONSOLE_LOG_MAX) {
         identity.kill();
         return Err(spawn_err(e));
     }
     Ok(identity)
+}
+
+/// The disk opened read-write and read-only (both close-on-exec here).
+fn open_disk(disk: &Path) -> Result<(fs::File, fs::File), QemuError> {
+    let err = |source| QemuError::Disk {
+        path: disk.to_path_buf(),
+        source,
+    };
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(err)?;
+    let ro = fs::File::open(disk).map_err(err)?;
+    Ok((rw, ro))
 }
 
 /// Waits until QEMU's QMP socket completes a handshake, QEMU dies, or [`STARTUP_TIMEOUT`] passes.

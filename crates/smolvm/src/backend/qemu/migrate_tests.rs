@@ -111,13 +111,19 @@ fn save_sets_capabilities_migrates_to_the_file_and_polls() {
     let log = f.log.lock().unwrap().clone();
     assert_eq!(log[0].0, "migrate-set-capabilities");
     assert_eq!(log[0].1, capability_args_for_test());
-    assert_eq!(log[1].0, "migrate");
-    assert_eq!(
-        log[1].1,
-        json!({"uri": format!("file:{}/vm.migration", dir.path().display())})
-    );
-    assert_eq!(log[2].0, "query-migrate");
-    assert_eq!(log.len(), 3);
+    // The stream file is made by smolvm (root's, 0600) and handed over as a descriptor.
+    assert_eq!(log[1], ("add-fd".to_string(), json!({"fdset-id": 2})));
+    assert_eq!(log[2].0, "migrate");
+    assert_eq!(log[2].1, json!({"uri": "file:/dev/fdset/2"}));
+    assert_eq!(log[3].0, "query-migrate");
+    assert_eq!(log[4], ("remove-fd".to_string(), json!({"fdset-id": 2})));
+    assert_eq!(log.len(), 5);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("vm.migration"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 fn capability_args_for_test() -> Value {
@@ -127,7 +133,7 @@ fn capability_args_for_test() -> Value {
 #[test]
 fn a_failed_migration_reports_qemus_reason() {
     let f = fake(|cmd, _, n| match (cmd, n) {
-        ("query-migrate", 3) => json!({"return": {"status": "active"}}),
+        ("query-migrate", 4) => json!({"return": {"status": "active"}}),
         ("query-migrate", _) => {
             json!({"return": {"status": "failed", "error-desc": "No space left on device"}})
         }
@@ -141,9 +147,11 @@ fn a_failed_migration_reports_qemus_reason() {
         commands(&f),
         [
             "migrate-set-capabilities",
+            "add-fd",
             "migrate",
             "query-migrate",
-            "query-migrate"
+            "query-migrate",
+            "remove-fd"
         ]
     );
 }
@@ -156,8 +164,7 @@ fn load_sets_capabilities_loads_and_continues_a_paused_guest() {
         _ => ok(),
     });
     let mut q = QmpClient::connect(&f.path, QMP_TIMEOUT).unwrap();
-    let dir = PathBuf::from("/snap/s1");
-    super::load(&mut q, &dir, Duration::from_secs(5)).unwrap();
+    super::load(&mut q, &super::fdset_uri(), Duration::from_secs(5)).unwrap();
     let log = f.log.lock().unwrap().clone();
     let cmds: Vec<&str> = log.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(
@@ -170,15 +177,16 @@ fn load_sets_capabilities_loads_and_continues_a_paused_guest() {
             "cont"
         ]
     );
-    assert_eq!(log[1].1, json!({"uri": "file:/snap/s1/vm.migration"}));
+    assert_eq!(log[1].1, json!({"uri": "file:/dev/fdset/1"}));
 }
 
 #[test]
-fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
+fn restore_argv_is_the_boot_argv_plus_the_stream_fd_and_incoming_defer() {
     let dir = tempfile::tempdir().unwrap();
     let spec = crate::backend::LaunchSpec {
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
         vm_id: "f1".into(),
         vcpu_count: 2,
         mem_size_mib: 512,
@@ -195,9 +203,12 @@ fn restore_argv_is_the_boot_argv_plus_incoming_defer() {
     };
     let b = backend();
     let boot = b.argv(&spec);
-    let restore = super::restore_argv(&b, &spec);
+    let restore = super::restore_argv(&b, &spec, 9, None);
     assert_eq!(&restore[..boot.len()], &boot[..]);
-    assert_eq!(&restore[boot.len()..], ["-incoming", "defer"]);
+    assert_eq!(
+        &restore[boot.len()..],
+        ["-add-fd", "fd=9,set=1", "-incoming", "defer"]
+    );
 }
 
 #[test]
@@ -206,6 +217,7 @@ fn a_qcow2_overlay_is_attached_as_qcow2() {
     let mut spec = crate::backend::LaunchSpec {
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
         vm_id: "f1".into(),
         vcpu_count: 1,
         mem_size_mib: 256,

@@ -144,6 +144,24 @@ pub enum QemuError {
         #[source]
         source: Box<QemuError>,
     },
+    /// The VM's disk could not be opened to hand it to QEMU.
+    #[error("cannot open the disk {}", path.display())]
+    Disk {
+        /// The disk.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A snapshot's migration stream could not be opened for a restore.
+    #[error("cannot open the snapshot's migration stream {}", path.display())]
+    Snapshot {
+        /// The stream file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A QMP operation failed.
     #[error("QMP on {}", socket.display())]
     Qmp {
@@ -199,6 +217,15 @@ impl QemuBackend {
     /// The argv [`launch`](Backend::launch) would run for `spec`.
     pub fn argv(&self, spec: &LaunchSpec) -> Vec<OsString> {
         build_argv(&self.binary, spec, self.accel)
+    }
+
+    /// [`argv`](Self::argv) with the root disk passed as inherited descriptors.
+    pub(crate) fn argv_with_disk(
+        &self,
+        spec: &LaunchSpec,
+        disk_fds: Option<argv::DiskFds>,
+    ) -> Vec<OsString> {
+        argv::build_argv_with_disk(&self.binary, spec, self.accel, disk_fds)
     }
 
     /// Opens a QMP session on a VM's control socket.

@@ -73,6 +73,50 @@ pub struct QmpStatus {
     pub running: bool,
 }
 
+/// Sends (the start of) `data` on `socket` with `fd` attached as `SCM_RIGHTS`; returns how many bytes
+/// went (the caller writes the rest).
+fn send_with_fd(
+    socket: &UnixStream,
+    data: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer holds one cmsghdr with room for one int (CMSG_SPACE above).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), raw);
+    }
+    loop {
+        // SAFETY: msg points at live buffers; the socket fd is open for the call.
+        let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// One QMP session, in command mode once constructed.
 #[derive(Debug)]
 pub struct QmpClient {
@@ -130,6 +174,26 @@ impl QmpClient {
     /// Runs `command` with optional `arguments` and returns the `return` value. Events arriving before
     /// the reply are kept for [`take_events`](Self::take_events).
     pub fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+        self.execute_passing(command, arguments, None)
+    }
+
+    /// [`execute`](Self::execute), passing `fd` to QEMU with the command (`SCM_RIGHTS`), as `add-fd`
+    /// and `getfd` expect: QEMU then holds its own copy of the descriptor.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        self.execute_passing(command, arguments, Some(fd))
+    }
+
+    fn execute_passing(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "execute": command, "id": id });
@@ -138,8 +202,11 @@ impl QmpClient {
         }
         let mut line = msg.to_string();
         line.push('\n');
-        self.writer
-            .write_all(line.as_bytes())
+        let sent = match fd {
+            Some(fd) => send_with_fd(&self.writer, line.as_bytes(), fd),
+            None => Ok(0),
+        };
+        sent.and_then(|n| self.writer.write_all(&line.as_bytes()[n..]))
             .map_err(|source| QmpError::Io {
                 action: "sending a command",
                 source,

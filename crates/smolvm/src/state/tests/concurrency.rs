@@ -25,6 +25,7 @@ fn options() -> StoreOptions {
     StoreOptions {
         ssh_port_range: 42000..=42999,
         probe_host_ports: false,
+        vmm_ids: crate::vmm_user::DEFAULT_RANGE,
     }
 }
 

@@ -33,6 +33,7 @@ fn store(env: &Env, range: std::ops::RangeInclusive<u16>) -> StateStore {
     let opts = StoreOptions {
         ssh_port_range: range,
         probe_host_ports: false,
+        vmm_ids: crate::vmm_user::DEFAULT_RANGE,
     };
     StateStore::open_with(&env.db, opts).unwrap()
 }

@@ -6,3 +6,4 @@ mod forwards;
 mod network_mode;
 mod snapshots;
 mod store;
+mod vmm_users;

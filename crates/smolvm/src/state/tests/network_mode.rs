@@ -45,6 +45,7 @@ impl Env {
         let opts = StoreOptions {
             ssh_port_range: 42000..=42999,
             probe_host_ports: false,
+            vmm_ids: crate::vmm_user::DEFAULT_RANGE,
         };
         StateStore::open_with(&self.db(), opts).unwrap()
     }
@@ -158,6 +159,10 @@ fn a_version_1_database_is_migrated_and_reads_as_tap_mode() {
     assert_eq!(net.mode, NetworkMode::Tap);
     assert_eq!(net.tap_device.as_deref(), Some("smv-2"));
     assert_eq!(net.ssh_host_port, Some(42000));
+    // A VM from before VMM users has none until it starts; the store leases one on demand.
+    assert_eq!(s.get_vm("old").unwrap().unwrap().vmm_id, None);
+    let old_id = s.vmm_id("old").unwrap();
+    assert_eq!(s.get_vm("old").unwrap().unwrap().vmm_id, Some(old_id));
     // Allocation after the migration still sees the old lease.
     let next = s
         .create_vm(

@@ -53,6 +53,7 @@ impl Env {
         let opts = StoreOptions {
             ssh_port_range: range,
             probe_host_ports: false,
+            vmm_ids: crate::vmm_user::DEFAULT_RANGE,
         };
         StateStore::open_with(&self.db(), opts).unwrap()
     }
@@ -452,6 +453,7 @@ fn busy_ports_are_skipped_when_probing() {
     let probing = StoreOptions {
         ssh_port_range: port..=port,
         probe_host_ports: true,
+        vmm_ids: crate::vmm_user::DEFAULT_RANGE,
     };
     let mut s = StateStore::open_with(&env.db(), probing).unwrap();
     let err = s

@@ -33,6 +33,7 @@ pub(super) fn base_spec(dir: &Path) -> LaunchSpec {
         vmm_log: dir.join("vmm.log"),
         store: None,
         cgroup_procs: Vec::new(),
+        run_as: None,
     }
 }
 

@@ -7,6 +7,8 @@ mod api_tests;
 mod configure_tests;
 mod fake_server;
 mod http_tests;
+mod jail_tests;
+mod jailed_process_tests;
 mod process_tests;
 mod real_binary;
 mod schema;

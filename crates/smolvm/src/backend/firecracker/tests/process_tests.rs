@@ -38,6 +38,8 @@ fn fake_firecracker_process() {
         return;
     };
     let dir = PathBuf::from(dir);
+    let jail_root = std::env::var_os("FAKE_FC_ROOT").map(PathBuf::from);
+    let jailed = jail_root.is_some();
     let mode = fs::read_to_string(dir.join("mode")).unwrap_or_default();
     let mode = mode.trim().to_string();
     fs::write(dir.join("pid"), std::process::id().to_string()).unwrap();
@@ -91,12 +93,31 @@ fn fake_firecracker_process() {
             return Reply::json(200, &info);
         }
         let body = r.json();
+        if r.path == "/serial" && mode == "flood" {
+            // A guest printing 2.5 MiB to its console, newest line last.
+            use std::io::Write;
+            let path = body["serial_out_path"].as_str().unwrap();
+            let mut out = fs::OpenOptions::new().append(true).open(path).unwrap();
+            for i in 0..2560 {
+                out.write_all(format!("{i:>1023}\n").as_bytes()).unwrap();
+            }
+            out.write_all(b"the end\n").unwrap();
+        }
         if r.path == "/actions" && body["action_type"] == "InstanceStart" {
             started.store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        if r.path == "/actions" && body["action_type"] == "InstanceStart" && jailed {
+            // A jailed VMM's serial console is its stdout.
+            println!("fake guest console: booted");
+        }
         if r.path == "/vsock" {
-            // Like Firecracker, create the vsock's host socket.
+            // Like Firecracker, create the vsock's host socket (inside its jail when jailed).
             let uds = body["uds_path"].as_str().unwrap();
+            let uds = match &jail_root {
+                Some(root) => format!("{}{uds}", root.to_string_lossy()),
+                None => uds.to_string(),
+            };
+            let uds = uds.as_str();
             vsock_listeners
                 .lock()
                 .unwrap()
@@ -214,7 +235,16 @@ fn launch_configures_and_starts_then_shutdown_and_cleanup_leave_nothing() {
         ]
     );
     assert!(f.spec.agent.path().exists());
-    assert!(f.spec.console_log.exists());
+    // Firecracker writes its console into the keeper's pipe, not into a file by path.
+    let serial = fs::read_to_string(f.bin("requests.log")).unwrap();
+    let serial = serial
+        .lines()
+        .find(|l| l.starts_with("PUT /serial"))
+        .unwrap();
+    assert!(
+        serial.contains("\"serial_out_path\":\"/dev/fd/"),
+        "{serial}"
+    );
 
     f.backend.request_shutdown(&f.spec.control_socket).unwrap();
     assert!(id.wait_gone(Duration::from_secs(30)));
@@ -324,4 +354,31 @@ fn preflight_failures_start_nothing() {
         assert!(!f.bin("argv").exists(), "nothing may be started");
         assert!(!f.spec.console_log.exists(), "nothing may be created");
     }
+}
+
+#[test]
+fn the_console_goes_through_the_keeper_and_is_capped() {
+    use crate::backend::console_keeper::{rotated_path, CONSOLE_LOG_MAX};
+    let f = Fixture::new("flood");
+    fs::write(&f.spec.console_log, b"an earlier boot\n").unwrap();
+    let id = f.launch(SOCKET_WAIT).unwrap();
+    f.backend.request_shutdown(&f.spec.control_socket).unwrap();
+    assert!(id.wait_gone(Duration::from_secs(30)));
+    // The keeper exits once the VMM (the pipe's only writer) is gone; wait for its last write.
+    let log = &f.spec.console_log;
+    let mut current = Vec::new();
+    for _ in 0..500 {
+        current = fs::read(log).unwrap_or_default();
+        if current.ends_with(b"the end\n") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(current.ends_with(b"the end\n"), "newest output kept");
+    assert!(current.len() as u64 <= CONSOLE_LOG_MAX, "{}", current.len());
+    let previous = fs::read(rotated_path(log)).unwrap();
+    assert!(!previous.is_empty() && previous.len() as u64 <= CONSOLE_LOG_MAX);
+    // 2.5 MiB went in; at most twice the cap is on disk.
+    assert!((current.len() + previous.len()) as u64 <= 2 * CONSOLE_LOG_MAX);
+    remove_sockets(&f.spec.control_socket, &f.spec.agent).unwrap();
 }

@@ -107,3 +107,79 @@ fn real_firecracker_accepts_the_configuration_and_instance_start() {
         .collect();
     assert_eq!(left, Vec::<PathBuf>::new(), "nothing may be left behind");
 }
+
+/// The same through a real `jailer` (found as the manager finds it: `SMOLVM_JAILER_BIN`, beside
+/// `firecracker`, or on `PATH`), as root with an unprivileged VMM user: configuration and
+/// `InstanceStart` accepted by the jailed VMM, the VMM running as that user, and after stop and
+/// release no process, socket or jail left. Skipped with its reason where there is no binary (no
+/// Firecracker backend is a prerequisite here, so even under `SMOLVM_E2E=1` that is a reported skip).
+#[test]
+fn real_jailer_runs_firecracker_jailed_and_everything_is_cleaned_up() {
+    let Some(binary) = firecracker_binary() else {
+        eprintln!(
+            "skipping the real jailer test: no firecracker binary \
+             (set SMOLVM_FIRECRACKER_BIN or put it on PATH)"
+        );
+        return;
+    };
+    let Some(jailer) = crate::backend::firecracker::jail::find_jailer(&binary) else {
+        eprintln!(
+            "skipping the real jailer test: no jailer binary \
+             (set SMOLVM_JAILER_BIN, or put it beside firecracker or on PATH)"
+        );
+        return;
+    };
+    if !crate::vmm_user::is_root() {
+        return missing("the jailer needs root");
+    }
+    if fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return missing("/dev/kvm cannot be opened");
+    }
+    let Some(kernel) = std::env::var_os("SMOLVM_FIRECRACKER_KERNEL").map(PathBuf::from) else {
+        return missing("SMOLVM_FIRECRACKER_KERNEL (an ELF vmlinux) is not set");
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let jail = crate::backend::firecracker::jail::Jail {
+        jailer,
+        chroot_base: dir.path().join("jail"),
+    };
+    let backend = FirecrackerBackend::jailed(&binary, jail.clone());
+    let user = crate::vmm_user::VmmUser::from_id(0x7000_fff0);
+    let mut spec = base_spec(dir.path());
+    fs::copy(&kernel, &spec.kernel).unwrap();
+    spec.control_socket = backend.control_socket(dir.path(), "vm-1");
+    spec.agent = backend.agent_endpoint(dir.path(), "vm-1");
+    spec.disk_read_only = true;
+    spec.run_as = Some(user);
+    fs::File::create(&spec.disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    crate::vmm_user::give_file(&spec.disk, user).unwrap();
+
+    let id = backend
+        .launch(&spec)
+        .unwrap_or_else(|e| panic!("jailed launch failed: {}", chain(&e)));
+    let info: InstanceInfo = ApiClient::new(&spec.control_socket)
+        .get_json("/")
+        .unwrap_or_else(|e| panic!("GET / failed: {}", chain(&e)));
+    assert_eq!(info.state, "Running");
+    assert_eq!(
+        crate::vmm_user::of_process(id.pid),
+        Some(user),
+        "the jailed VMM runs as the VM's user"
+    );
+    if !id.wait_gone(Duration::from_secs(1)) {
+        assert!(id.kill(), "firecracker survived SIGKILL");
+    }
+    assert!(id.wait_gone(Duration::from_secs(10)));
+    backend.release("vm-1").unwrap();
+    assert!(!jail.dir(&binary, "vm-1").exists(), "the jail was removed");
+    assert!(!spec.control_socket.exists() && !spec.agent.path().exists());
+}
