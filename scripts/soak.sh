@@ -9,6 +9,12 @@
 #
 # Bounded in count and time. Runs as root inside a network namespace it creates (and removes), with
 # its own data directory on a small tmpfs and its own socket directory: it never touches other VMs.
+# The host's cgroup hierarchies are mounted again in the namespace's mount namespace (`ip netns exec`
+# gives it a /sys without them), so every VMM runs in its VM's cgroup as it would outside; the audit
+# checks that each VMM sampled was in one and that no group outlives its VM.
+# SIGTERM (or INT) to this script ends the run early: workers finish their cycle, then the audit runs.
+# SOAK_IMAGE picks the image directory (default: target/tmp/smolvm-images/default; the minimal-kernel
+# image default-minimal boots faster and needs no initrd).
 #
 #   scripts/soak.sh [--workers P] [--cycles N] [--minutes M] [--fault-every S] [--tmpfs-mib MIB]
 #
@@ -55,10 +61,20 @@ if [ -z "${SOAK_INSIDE:-}" ]; then
     mount -t tmpfs -o "size=${TMPFS_MIB}m,mode=0700" soak "$WORK/data" || die "mount tmpfs"
     ip netns add "$NS" || { umount "$WORK/data"; die "ip netns add"; }
     ip -n "$NS" link set lo up
+    # The cgroup hierarchies, to mount again inside (see the header).
+    awk '$2 ~ "^/sys/fs/cgroup" && $3 ~ /^(tmpfs|cgroup|cgroup2)$/' /proc/self/mounts >"$WORK/cgroup.mounts"
     SOAK_INSIDE=1 WORK="$WORK" IMAGE="$IMAGE" SMOLVM="$SMOLVM" \
         ip netns exec "$NS" "$0" --workers "$WORKERS" --cycles "$CYCLES" --minutes "$MINUTES" \
-        --fault-every "$FAULT_EVERY" --tmpfs-mib "$TMPFS_MIB"
-    rc=$?
+        --fault-every "$FAULT_EVERY" --tmpfs-mib "$TMPFS_MIB" &
+    inner=$!
+    # An early end: the workers stop after their cycle and the audit still runs.
+    trap 'touch "$WORK/stop"' TERM INT
+    while :; do
+        wait "$inner"; rc=$?
+        # `wait` returns early (status > 128) when a trapped signal arrives; the inner run goes on.
+        kill -0 "$inner" 2>/dev/null || break
+    done
+    trap - TERM INT
     # Whatever the run left (it cleans up itself; this is the last resort on an aborted run).
     for p in $(grep -l -s -- "$WORK" /proc/[0-9]*/cmdline | cut -d/ -f3); do
         [ "$p" != $$ ] && kill -9 "$p" 2>/dev/null
@@ -72,20 +88,46 @@ fi
 # ---------------------------------------------------------------- inside the namespace
 DATA="$WORK/data" SOCK="$WORK/s" EV="$WORK/events"
 mkdir -p "$EV" "$SOCK"
+trap 'touch "$WORK/stop"' TERM INT
+# The host's cgroup hierarchies, in this mount namespace only (v1 hierarchies are shared: mounting one
+# with the same controllers attaches the existing one). Generic mount flags are not controllers.
+CGROUPS=0
+while read -r _ mnt type opts _; do
+    case $type in
+        tmpfs) mount -t tmpfs -o mode=0755 cgroup_root "$mnt" || die "mount tmpfs at $mnt" ;;
+        cgroup2) mkdir -p "$mnt" && mount -t cgroup2 cgroup2 "$mnt" || die "mount cgroup2 at $mnt" ;;
+        cgroup)
+            ctl="$(tr ',' '\n' <<<"$opts" | grep -vxE 'rw|ro|nosuid|nodev|noexec|relatime|noatime|strictatime|clone_children|xattr' | paste -sd,)"
+            # Only the hierarchies VM groups use (a named one without controllers is not needed).
+            grep -qxE 'cpu|memory|pids' <(tr ',' '\n' <<<"$ctl") || continue
+            mkdir -p "$mnt" && mount -t cgroup -o "$ctl" cgroup "$mnt" || die "mount cgroup ($ctl) at $mnt"
+            CGROUPS=1 ;;
+    esac
+    [ "$type" = cgroup2 ] && grep -qw memory "$mnt/cgroup.controllers" 2>/dev/null && CGROUPS=1
+done <"$WORK/cgroup.mounts"
+TAG="$(printf %s "$(realpath "$DATA")" | sha256sum | cut -c1-12)"   # dirs::store_tag
+# This run's VM groups (named <store tag>-<vm id>, under a `smolvm` parent).
+own_groups() { find /sys/fs/cgroup -mindepth 2 -maxdepth 7 -type d -path "*/smolvm/$TAG-*" 2>/dev/null; }
 sm() { "$SMOLVM" --data-dir "$DATA" --socket-dir "$SOCK" --backend qemu "$@"; }
 BOOT_ARGS="$(jq -r .boot_args "$IMAGE/image.json")"
 KERNEL="$(jq -r .kernel "$IMAGE/image.json")" INITRD="$(jq -r .initrd "$IMAGE/image.json")"
 ROOTFS="$(jq -r .rootfs "$IMAGE/image.json")"
+# The minimal-kernel image boots its root disk directly: no initrd.
+[ "$(jq -r .needs_initrd "$IMAGE/image.json")" = false ] && INITRD=""
 DEADLINE=$(( $(date +%s) + MINUTES * 60 ))
 export SMOLVM_TEMPLATES=off
 
 # One line per event: `<kind> <detail>`; counted at the end.
 note() { echo "$2" >>"$EV/$1"; }
+count() { [ -f "$EV/$1" ] && wc -l <"$EV/$1" || echo 0; }
 
 # An error's kind: the step plus the first words of its message, without ids and numbers.
 err_kind() { # step, stderr file, exit status
     local msg
-    msg="$(grep -v '^\s*$' "$2" 2>/dev/null | head -1 | sed -E 's/^(error|Error): //; s/[a-z0-9]*w[0-9]+c[0-9]+[a-z0-9-]*/<vm>/g; s/[0-9]+/N/g' | cut -c1-70)"
+    # The error line, not a log line before it (colours stripped); else the first line.
+    msg="$(sed -E 's/\x1b\[[0-9;]*m//g' "$2" 2>/dev/null | grep -v '^\s*$' | { grep -m1 -E '^(error|Error)' || true; })"
+    [ -n "$msg" ] || msg="$(sed -E 's/\x1b\[[0-9;]*m//g' "$2" 2>/dev/null | grep -v '^\s*$' | head -1)"
+    msg="$(sed -E 's/^(error|Error): //; s/[a-z0-9]*w[0-9]+c[0-9]+[a-z0-9-]*/<vm>/g; s/[0-9]+/N/g' <<<"$msg" | cut -c1-90)"
     [ "$3" = 137 ] && msg="killed (SIGKILL)"
     echo "$1: ${msg:-exit status $3}"
 }
@@ -100,13 +142,14 @@ step() {
     return "$rc"
 }
 
-CREATE_ARGS=(--kernel "$KERNEL" --initrd "$INITRD" --rootfs "$ROOTFS" --boot-args "$BOOT_ARGS"
+CREATE_ARGS=(--kernel "$KERNEL" ${INITRD:+--initrd "$INITRD"} --rootfs "$ROOTFS" --boot-args "$BOOT_ARGS"
     --mem 256 --vcpus 1 --network tap)
 
 cycle() { # worker, number
     local id="w${W}c$2" fork_id="" ok=1
     if step create sm create --id "$id" "${CREATE_ARGS[@]}"; then note created "$id"; else ok=0; fi
     [ $ok = 1 ] && { step start sm start "$id" || ok=0; }
+    [ $ok = 1 ] && check_cgroups
     if [ $ok = 1 ]; then
         if step exec sm exec "$id" -- sh -c 'echo soak-$((6*7))'; then
             grep -qx soak-42 "$EV/stdout.$W" || { note errors "exec: wrong output"; ok=0; }
@@ -131,6 +174,11 @@ cycle() { # worker, number
                 step fork-exec sm exec "$fork_id" -- true || ok=0
                 step fork-delete sm delete "$fork_id" || ok=0
             else ok=0; fi
+            # `fork` keeps the snapshot it took (`<id>-fork-<hex>`); without this every third cycle
+            # would leave one (memory + disk) and fill the data directory.
+            for s in $(sm snapshot list --json 2>/dev/null | jq -r --arg p "$id-fork-" '.[].name | select(startswith($p))'); do
+                step fork-snapshot-delete sm snapshot delete "$s" || ok=0
+            done
             step snapshot-delete sm snapshot delete "s-$id" || ok=0
         else ok=0; fi
     fi
@@ -146,7 +194,7 @@ cycle() { # worker, number
 worker() {
     W="$1"
     local n=0 quota=$(( (CYCLES + WORKERS - $1) / WORKERS ))
-    while [ $n -lt $quota ] && [ "$(date +%s)" -lt "$DEADLINE" ]; do
+    while [ $n -lt $quota ] && [ "$(date +%s)" -lt "$DEADLINE" ] && [ ! -f "$WORK/stop" ]; do
         cycle "$1" "$n"
         n=$((n + 1))
     done
@@ -170,6 +218,27 @@ check_leases() {
     sqlite3 -readonly "$DATA/smolvm.db" "SELECT guest_ip FROM leases WHERE mode = 'tap'
         GROUP BY guest_ip HAVING count(*) > 1" 2>/dev/null | while read -r ip; do
         note lease_violations "db: $ip"; done
+    check_cgroups
+}
+
+# Every live VMM must run in its VM's group (it enters it before exec); the groups seen are counted.
+check_cgroups() {
+    [ "$CGROUPS" = 1 ] || return 0
+    local p g outside=()
+    for p in $(own_pids '^[^ ]*qemu-system'); do
+        g="$(grep -m1 -oE "/smolvm/$TAG-[^/]+" "/proc/$p/cgroup" 2>/dev/null)"
+        if [ -n "$g" ]; then note vmm_in_cgroup "${g##*/}"; else outside+=("$p"); fi
+    done
+    [ ${#outside[@]} = 0 ] && return
+    # A VMM being killed (by a fault, or a failed start) may already have left its group; one still
+    # running outside a second later is a real escape.
+    sleep 1
+    for p in "${outside[@]}"; do
+        grep -q '^State:.*[ZX]' "/proc/$p/status" 2>/dev/null && continue
+        tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -q 'qemu-system' || continue
+        grep -qE "/smolvm/$TAG-" "/proc/$p/cgroup" 2>/dev/null && continue
+        note vmm_outside_cgroup "pid $p: $(tr '\n' ' ' <"/proc/$p/cgroup" 2>/dev/null | cut -c1-200)"
+    done
 }
 
 fault() {
@@ -263,22 +332,35 @@ diff -q <(nft list ruleset) "$WORK/nft.before" >/dev/null || leaks+=("nft rulese
 for f in $(find "$DATA" "$SOCK" \( -type f -o -type s -o -type p \) ! -name 'smolvm.db*' ! -path "$DATA/ssh/*" ! -path "$DATA/bin/*" 2>/dev/null); do
     leaks+=("file $f")
 done
+# Directories of VMs and snapshots (an interrupted capture is a directory) left without a row.
+for d in $(find "$DATA/vms" "$DATA/snapshots" -mindepth 1 -maxdepth 1 2>/dev/null); do leaks+=("directory $d"); done
+# No group of a VM that does not exist (none exists now). A sampled VMM outside its group is a leak of
+# the host limits.
+while read -r g; do [ -n "$g" ] && leaks+=("cgroup $g"); done < <(own_groups)
+[ "$(count vmm_outside_cgroup)" = 0 ] || leaks+=("$(count vmm_outside_cgroup) VMMs sampled outside their cgroup")
+if [ "$CGROUPS" = 1 ] && [ "$(count vmm_in_cgroup)" = 0 ] && [ "$(count created)" -gt 0 ]; then
+    leaks+=("no VMM was ever seen in a cgroup (the cgroup audit saw nothing)")
+fi
 for table in vms leases port_forwards snapshots snapshot_users; do
     n=$(sqlite3 -readonly "$DATA/smolvm.db" "SELECT count(*) FROM $table" 2>/dev/null || echo "?")
     [ "$n" = 0 ] || leaks+=("state: $n rows in $table")
 done
 
-count() { [ -f "$EV/$1" ] && wc -l <"$EV/$1" || echo 0; }
 by_kind() { [ -f "$EV/$1" ] && sort "$EV/$1" | uniq -c | sort -rn | sed 's/^ */    /' || true; }
 REPORT="${SOAK_REPORT:-$WORK/report.json}"
 jq -n --argjson workers "$WORKERS" --argjson seconds $((t1 - t0)) \
     --argjson ok "$(count cycles_ok)" --argjson failed "$(count cycles_failed)" \
-    --argjson created "$(count created)" \
+    --argjson created "$(count created)" --argjson cgroups "$CGROUPS" \
+    --argjson vmm_in_cgroup "$(count vmm_in_cgroup)" \
+    --argjson cgroups_seen "$(sort -u "$EV/vmm_in_cgroup" 2>/dev/null | wc -l)" \
+    --argjson stopped_early "$([ -f "$WORK/stop" ] && echo true || echo false)" \
     --arg faults "$(by_kind faults)" --arg errors "$(by_kind errors)" \
     --arg violations "$(by_kind lease_violations)" \
     --arg leaks "$(printf '%s\n' "${leaks[@]}")" --arg unusable "$(printf '%s\n' "${unusable[@]}")" \
     --slurpfile cleanup <(cat "$WORK/cleanup.json" 2>/dev/null || echo null) \
     '{workers: $workers, seconds: $seconds, cycles_ok: $ok, cycles_failed: $failed, vms_created: $created,
+      stopped_early: $stopped_early, cgroups_mounted: ($cgroups == 1), vmm_samples_in_cgroup: $vmm_in_cgroup,
+      vm_cgroups_seen: $cgroups_seen,
       faults: $faults, errors: $errors, lease_violations: $violations, leaks: $leaks,
       unusable: $unusable, cleanup: $cleanup[0]}' >"$REPORT"
 
@@ -286,6 +368,7 @@ echo "soak: $(( $(count cycles_ok) + $(count cycles_failed) )) cycles in $((t1 -
 echo "faults injected: $(count faults)"; by_kind faults
 echo "errors by kind: $(count errors)"; by_kind errors
 echo "lease violations: $(count lease_violations)"; by_kind lease_violations
+echo "cgroups: $([ "$CGROUPS" = 1 ] && echo mounted || echo "not available"); VMMs sampled in their group: $(count vmm_in_cgroup) ($(sort -u "$EV/vmm_in_cgroup" 2>/dev/null | wc -l) VMs), outside: $(count vmm_outside_cgroup)"
 echo "unusable VMs after cleanup: ${#unusable[@]}"; printf '    %s\n' "${unusable[@]}" | grep -v '^    $'
 echo "leaks: ${#leaks[@]}"; printf '    %s\n' "${leaks[@]}" | grep -v '^    $'
 echo "report: $REPORT"

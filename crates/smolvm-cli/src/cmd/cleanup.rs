@@ -92,6 +92,8 @@ fn render(r: &CleanupReport) -> String {
         ("socket", &r.sockets),
         ("interrupted disk clone", &r.temp_files),
         ("VM directory", &r.vm_dirs),
+        ("disk overlay", &r.overlays),
+        ("snapshot directory", &r.snapshot_dirs),
         ("Firecracker jail", &r.jails),
     ] {
         out.extend(

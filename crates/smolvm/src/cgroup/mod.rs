@@ -30,6 +30,9 @@ const REMOVE_RETRIES: u32 = 100;
 /// CPU quota period, microseconds.
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
+/// Attempts of a create whose parent a concurrent remove took away.
+const CREATE_RETRIES: u32 = 5;
+
 /// Errors of the cgroup area.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -44,6 +47,15 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+}
+
+impl CgroupError {
+    /// A directory on the way was missing (a parent removed meanwhile).
+    fn is_not_found(&self) -> bool {
+        match self {
+            CgroupError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+        }
+    }
 }
 
 /// The limits of one VM's group, resolved from its config.
@@ -204,7 +216,15 @@ impl VmGroups {
         vm_id: &str,
         limits: &CgroupLimits,
     ) -> Result<Vec<PathBuf>, CgroupError> {
-        let r = self.try_create(vm_id, limits);
+        let mut r = self.try_create(vm_id, limits);
+        // The last VM's remove may take away the `smolvm` parent between our mkdir of it and of the
+        // VM's group (ENOENT): start over, the parent is made again.
+        for _ in 0..CREATE_RETRIES {
+            match &r {
+                Err(e) if e.is_not_found() => r = self.try_create(vm_id, limits),
+                _ => break,
+            }
+        }
         if r.is_err() {
             let _ = self.remove(vm_id);
         }
@@ -295,7 +315,24 @@ impl VmGroups {
                 });
             }
         }
+        self.remove_empty_parents();
         first.map_or(Ok(()), Err)
+    }
+
+    /// Removes the `smolvm` parent directories that hold no group any more (the last VM is gone).
+    /// The kernel refuses to remove a cgroup with children (EBUSY or ENOTEMPTY), so a parent that a
+    /// concurrent create just filled stays; a create that finds its parent gone makes it again (see
+    /// [`VmGroups::create`]). Failures are only logged: an empty parent bounds nothing.
+    pub(crate) fn remove_empty_parents(&self) {
+        for p in self.layout.parents() {
+            match self.fs.remove_dir(p) {
+                Ok(()) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::ENOTEMPTY)) => {}
+                Err(e) => {
+                    tracing::debug!(path = %p.display(), error = %e, "could not remove the cgroup parent")
+                }
+            }
+        }
     }
 
     /// Ids of the VMs of this store that have a group (in any controller).

@@ -175,11 +175,15 @@ fn failed_create_removes_the_group() {
     assert!(err.to_string().contains("memory.limit_in_bytes"), "{err}");
     let ops = fs.ops();
     assert_eq!(
-        ops[ops.len() - 3..],
+        ops[ops.len() - 6..],
         [
             "rmdir /cg/cpu/smolvm/abcd1234-vm-1",
             "rmdir /cg/memory/own/smolvm/abcd1234-vm-1",
             "rmdir /cg/pids/smolvm/abcd1234-vm-1",
+            // The parents too, when that was the last group (the kernel refuses otherwise).
+            "rmdir /cg/cpu/smolvm",
+            "rmdir /cg/memory/own/smolvm",
+            "rmdir /cg/pids/smolvm",
         ]
     );
 }
@@ -195,4 +199,128 @@ fn list_returns_only_this_stores_vms() {
         ..FakeFs::default()
     });
     assert_eq!(groups(v1(), &fs).list().unwrap(), vec!["vm-1", "x"]);
+}
+
+/// A directory tree that behaves like cgroupfs where it matters: `mkdir` needs the parent, `rmdir`
+/// refuses a directory with children (EBUSY, as cgroup v1 does).
+#[derive(Debug, Default)]
+struct TreeFs {
+    dirs: Mutex<std::collections::BTreeSet<PathBuf>>,
+    /// Right before the `mkdir` of the first path, the second is removed (a racing remover), once.
+    before_mkdir: Mutex<Option<(PathBuf, PathBuf)>>,
+}
+
+impl TreeFs {
+    fn with_roots(roots: &[&str]) -> std::sync::Arc<TreeFs> {
+        let fs = TreeFs::default();
+        fs.dirs
+            .lock()
+            .unwrap()
+            .extend(roots.iter().map(PathBuf::from));
+        std::sync::Arc::new(fs)
+    }
+    fn has(&self, p: &str) -> bool {
+        self.dirs.lock().unwrap().contains(Path::new(p))
+    }
+}
+
+impl CgroupFs for std::sync::Arc<TreeFs> {
+    fn create_dir(&self, p: &Path) -> io::Result<()> {
+        let race = {
+            let mut b = self.before_mkdir.lock().unwrap();
+            match &*b {
+                Some((at, _)) if at == p => b.take(),
+                _ => None,
+            }
+        };
+        let mut dirs = self.dirs.lock().unwrap();
+        if let Some((_, victim)) = race {
+            dirs.remove(&victim);
+        }
+        if !dirs.contains(p.parent().unwrap()) {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        }
+        dirs.insert(p.to_path_buf());
+        Ok(())
+    }
+    fn write(&self, p: &Path, _: &str) -> io::Result<()> {
+        if self.dirs.lock().unwrap().contains(p.parent().unwrap()) {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ENOENT))
+        }
+    }
+    fn remove_dir(&self, p: &Path) -> io::Result<()> {
+        let mut dirs = self.dirs.lock().unwrap();
+        if dirs.iter().any(|d| d.parent() == Some(p)) {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        dirs.remove(p);
+        Ok(())
+    }
+    fn list_dirs(&self, p: &Path) -> io::Result<Vec<String>> {
+        let dirs = self.dirs.lock().unwrap();
+        Ok(dirs
+            .iter()
+            .filter(|d| d.parent() == Some(p))
+            .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+            .collect())
+    }
+}
+
+fn tree_groups(fs: &std::sync::Arc<TreeFs>) -> VmGroups {
+    VmGroups::new(v1(), Box::new(fs.clone()), "abcd1234")
+}
+
+const ROOTS: [&str; 3] = ["/cg/cpu", "/cg/memory/own", "/cg/pids"];
+const PARENTS: [&str; 3] = ["/cg/cpu/smolvm", "/cg/memory/own/smolvm", "/cg/pids/smolvm"];
+
+#[test]
+fn the_last_vm_takes_the_empty_parents_with_it() {
+    let fs = TreeFs::with_roots(&ROOTS);
+    let g = tree_groups(&fs);
+    let l = CgroupLimits::for_guest(128, None, None, None, None);
+    g.create("vm-1", &l).unwrap();
+    g.create("vm-2", &l).unwrap();
+    g.remove("vm-1").unwrap();
+    // vm-2 still has its groups: the parents stay.
+    assert!(PARENTS.iter().all(|p| fs.has(p)));
+    assert_eq!(g.list().unwrap(), ["vm-2"]);
+    g.remove("vm-2").unwrap();
+    assert!(PARENTS.iter().all(|p| !fs.has(p)), "{:?}", fs.dirs);
+    assert!(ROOTS.iter().all(|p| fs.has(p)), "smolvm's own cgroup stays");
+    assert!(g.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_create_whose_parent_a_remove_took_away_makes_it_again() {
+    let fs = TreeFs::with_roots(&ROOTS);
+    let g = tree_groups(&fs);
+    // The remover's rmdir of the (then empty) memory parent lands between the create's mkdir of
+    // the parent and its mkdir of the group.
+    *fs.before_mkdir.lock().unwrap() = Some((
+        "/cg/memory/own/smolvm/abcd1234-vm-1".into(),
+        "/cg/memory/own/smolvm".into(),
+    ));
+    let procs = g
+        .create(
+            "vm-1",
+            &CgroupLimits::for_guest(128, None, None, None, None),
+        )
+        .unwrap();
+    assert_eq!(procs.len(), 3);
+    for p in PARENTS {
+        assert!(fs.has(&format!("{p}/abcd1234-vm-1")), "{p}: {:?}", fs.dirs);
+    }
+}
+
+#[test]
+fn cleanup_of_leaked_groups_removes_parents_left_empty() {
+    let fs = TreeFs::with_roots(&ROOTS);
+    fs.dirs
+        .lock()
+        .unwrap()
+        .extend(PARENTS.iter().map(PathBuf::from));
+    tree_groups(&fs).remove_empty_parents();
+    assert!(PARENTS.iter().all(|p| !fs.has(p)));
 }

@@ -93,6 +93,10 @@ impl SmolVmManager {
             }
             removed.push(id);
         }
+        // Parents left empty (by an older smolvm, or a remove that raced a create) go too.
+        if !dry_run {
+            groups.remove_empty_parents();
+        }
         Ok(removed)
     }
 }

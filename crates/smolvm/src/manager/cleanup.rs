@@ -16,7 +16,13 @@
 //! * lock files `data_dir/locks/<id>.lock` of ids without a row (removed safely, see
 //!   [`super::lock`]);
 //! * disks `<disk_dir>/<id>.ext4` without a row: these are retained disks (`retain_disk_on_delete`) and
-//!   are only listed, unless [`CleanupOptions::remove_retained_disks`].
+//!   are only listed, unless [`CleanupOptions::remove_retained_disks`];
+//! * disk overlays `<disk_dir>/<id>.qcow2` without a row (a VM made from a snapshot or template whose
+//!   create or delete was killed): never retained, removed.
+//!
+//! Then, store-wide, snapshot directories `data_dir/snapshots/<name>` without a row and interrupted
+//! snapshot captures `.<name>.tmp-*` (see [`super::cleanup_snapshots`]), while no snapshot is being
+//! taken.
 //!
 //! Then host networking: TAPs and nft rules tagged for VMs that neither have a row here nor a live VMM
 //! process anywhere on the host ([`HostNetwork::cleanup_orphans`]). Tags do not name the data
@@ -31,128 +37,22 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use super::cleanup_plan::{decide, Action, RowFacts, VmFacts};
+use super::cleanup_report::{
+    CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
+};
 use super::procscan::{scan_vmm_processes, socket_file_vm, VmmProcess};
 use super::SmolVmManager;
-use crate::config::{validate_vm_id, BackendKind};
+use crate::config::{validate_vm_id, DiskMode};
 use crate::error::Result;
 use crate::info::VmState;
-use crate::network::CleanupReport as NetworkCleanup;
-
-/// Which VMs `cleanup` may act on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum CleanupScope {
-    /// Orphans only: kill VMMs without rows, mark dead VMs `error`, remove stale files and network
-    /// leftovers. Rows are never deleted.
-    #[default]
-    Orphans,
-    /// Orphans, and delete every VM whose VMM died or that is in `error` (`--all`).
-    All,
-    /// Only this VM id: its orphans, and delete it if its VMM died or it is in `error`.
-    Vm(String),
-}
-
-/// Options of [`SmolVmManager::cleanup`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CleanupOptions {
-    /// Only report what would be done.
-    pub dry_run: bool,
-    /// Which VMs.
-    pub scope: CleanupScope,
-    /// Also remove disks without a row (retained disks), which are otherwise only listed.
-    pub remove_retained_disks: bool,
-}
-
-/// A VMM process cleanup killed (or would kill).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OrphanProcess {
-    /// The VM its control socket names.
-    pub vm_id: String,
-    /// Its pid.
-    pub pid: u32,
-    /// Which VMM.
-    pub backend: BackendKind,
-    /// Its control socket.
-    pub control_socket: PathBuf,
-    /// Why it is an orphan.
-    pub reason: String,
-}
-
-/// A disk without a row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RetainedDisk {
-    /// The VM id its name carries (a later create with this id and `retain_disk_on_delete` reuses it).
-    pub vm_id: String,
-    /// The disk.
-    pub path: PathBuf,
-    /// Whether it was (or, in a dry run, would be) removed.
-    pub removed: bool,
-}
-
-/// A step that failed; the others still ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CleanupFailure {
-    /// What was being cleaned up.
-    pub item: String,
-    /// The error with its causes.
-    pub error: String,
-}
-
-/// What [`SmolVmManager::cleanup`] found and did (in a dry run: would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct CleanupReport {
-    /// Nothing was changed.
-    pub dry_run: bool,
-    /// VMM processes killed.
-    pub processes: Vec<OrphanProcess>,
-    /// VMs marked `error` because their VMM died.
-    pub marked_error: Vec<String>,
-    /// VMs deleted completely.
-    pub deleted_vms: Vec<String>,
-    /// Stale socket files removed.
-    pub sockets: Vec<PathBuf>,
-    /// Interrupted disk clones removed.
-    pub temp_files: Vec<PathBuf>,
-    /// VM directories without a row removed.
-    pub vm_dirs: Vec<PathBuf>,
-    /// Disks without a row (listed; removed only when asked).
-    pub retained_disks: Vec<RetainedDisk>,
-    /// VM cgroups removed (their VM has no row or no live VMM).
-    pub cgroups: Vec<String>,
-    /// Firecracker jails removed (their VM has no row or no live VMM).
-    pub jails: Vec<PathBuf>,
-    /// Orphaned TAPs and nft rules, when the network step ran.
-    pub network: Option<NetworkCleanup>,
-    /// Why the network step did not run.
-    pub network_skipped: Option<String>,
-    /// Steps that failed.
-    pub failures: Vec<CleanupFailure>,
-}
-
-impl CleanupReport {
-    /// True if nothing was found (retained disks that were only listed count as nothing to do).
-    pub fn is_empty(&self) -> bool {
-        self.processes.is_empty()
-            && self.cgroups.is_empty()
-            && self.jails.is_empty()
-            && self.marked_error.is_empty()
-            && self.deleted_vms.is_empty()
-            && self.sockets.is_empty()
-            && self.temp_files.is_empty()
-            && self.vm_dirs.is_empty()
-            && self.retained_disks.iter().all(|d| !d.removed)
-            && self.network.as_ref().is_none_or(NetworkCleanup::is_empty)
-            && self.failures.is_empty()
-    }
-}
 
 /// Files found in the manager's directories, by VM id.
 #[derive(Debug, Default)]
 struct Files {
     sockets: BTreeMap<String, Vec<PathBuf>>,
     disks: BTreeMap<String, PathBuf>,
+    overlays: BTreeMap<String, PathBuf>,
     temp_files: BTreeMap<String, Vec<PathBuf>>,
     vm_dirs: BTreeMap<String, PathBuf>,
     /// Ids with a lock file (left by an older smolvm, or by a crash during delete).
@@ -181,6 +81,7 @@ impl SmolVmManager {
         ids.extend(self.own_vmms(&all_vmms).map(|p| p.vm_id.clone()));
         ids.extend(files.sockets.keys().cloned());
         ids.extend(files.disks.keys().cloned());
+        ids.extend(files.overlays.keys().cloned());
         ids.extend(files.temp_files.keys().cloned());
         ids.extend(files.vm_dirs.keys().cloned());
         ids.extend(files.locks.iter().cloned());
@@ -229,6 +130,10 @@ impl SmolVmManager {
             }
             report.deleted_vms.push(id);
         }
+        // Snapshots belong to the store, not to one VM.
+        if !matches!(opts.scope, CleanupScope::Vm(_)) {
+            self.cleanup_snapshot_dirs(opts.dry_run, &mut report);
+        }
         self.cleanup_network(opts, &all_vmms, &mut report);
         match self.leaked_cgroups(opts.dry_run, true) {
             Ok(ids) => report.cgroups = ids,
@@ -255,6 +160,12 @@ impl SmolVmManager {
             status: r.info.status,
             process: r.process,
             process_alive: r.process.is_some_and(|p| p.is_alive()),
+            disk_missing: r.info.config.disk_mode() == DiskMode::Isolated
+                && !r
+                    .disk_path
+                    .clone()
+                    .unwrap_or_else(|| super::disk::isolated_disk_path(self.disk_dir(), id))
+                    .exists(),
         });
         Ok(VmFacts {
             row,
@@ -271,6 +182,7 @@ impl SmolVmManager {
             }),
             sockets: existing(files.sockets.get(id).cloned().unwrap_or_default()),
             disk: files.disks.get(id).filter(|p| p.exists()).cloned(),
+            overlay: files.overlays.get(id).filter(|p| p.exists()).cloned(),
             temp_files: existing(files.temp_files.get(id).cloned().unwrap_or_default()),
             vm_dir: files.vm_dirs.get(id).filter(|p| p.exists()).cloned(),
         })
@@ -292,12 +204,11 @@ impl SmolVmManager {
                     reason: reason.to_string(),
                 });
             }
-            Action::MarkError => {
+            Action::MarkError(why) => {
                 if !dry_run {
-                    let why = Some("the VMM process is gone (found by cleanup)");
                     let marked = self
                         .state()
-                        .and_then(|mut s| Ok(s.set_status(id, VmState::Error, why)?));
+                        .and_then(|mut s| Ok(s.set_status(id, VmState::Error, Some(why))?));
                     if let Err(e) = marked {
                         report.fail(format!("mark VM {id} as error"), &e);
                         return;
@@ -319,6 +230,11 @@ impl SmolVmManager {
             Action::RemoveVmDir(p) => {
                 if remove(&p, dry_run, true, report) {
                     report.vm_dirs.push(p);
+                }
+            }
+            Action::RemoveOverlay(p) => {
+                if remove(&p, dry_run, false, report) {
+                    report.overlays.push(p);
                 }
             }
             Action::RetainedDisk { path, remove: rm } => {
@@ -397,6 +313,11 @@ impl SmolVmManager {
                 .filter(|i| validate_vm_id(i).is_ok())
             {
                 f.disks.insert(id.to_string(), path);
+            } else if let Some(id) = name
+                .strip_suffix(".qcow2")
+                .filter(|i| validate_vm_id(i).is_ok())
+            {
+                f.overlays.insert(id.to_string(), path);
             } else if let Some((id, _)) = name.split_once(".tmp-") {
                 // Ids have no dots, so the first one ends the id; a name without a valid id is still
                 // an interrupted clone, handled under the lock of the (invalid) id, which nothing uses.
@@ -423,19 +344,6 @@ impl SmolVmManager {
     }
 }
 
-impl CleanupReport {
-    fn fail(&mut self, item: String, e: &dyn std::error::Error) {
-        let mut error = e.to_string();
-        let mut cause = e.source();
-        while let Some(c) = cause {
-            error.push_str(": ");
-            error.push_str(&c.to_string());
-            cause = c.source();
-        }
-        self.failures.push(CleanupFailure { item, error });
-    }
-}
-
 fn list_dir(dir: &Path) -> Vec<(OsString, PathBuf)> {
     let mut out: Vec<_> = fs::read_dir(dir)
         .into_iter()
@@ -456,7 +364,7 @@ fn existing(paths: Vec<PathBuf>) -> Vec<PathBuf> {
 
 /// Removes a file (or a directory tree); a path that vanished meanwhile counts as removed. Returns
 /// false (after recording the failure) if it could not be removed.
-fn remove(path: &Path, dry_run: bool, dir: bool, report: &mut CleanupReport) -> bool {
+pub(super) fn remove(path: &Path, dry_run: bool, dir: bool, report: &mut CleanupReport) -> bool {
     if dry_run {
         return true;
     }

@@ -16,6 +16,9 @@ pub(crate) struct RowFacts {
     pub process: Option<ProcessIdentity>,
     /// Whether that process is alive.
     pub process_alive: bool,
+    /// The VM has a disk of its own (isolated mode) and it is not there: a create whose rollback
+    /// could not remove the row (a full or locked database), or files removed behind its back.
+    pub disk_missing: bool,
 }
 
 /// Everything found for one VM id.
@@ -33,11 +36,19 @@ pub(crate) struct VmFacts {
     pub sockets: Vec<PathBuf>,
     /// `<disk_dir>/<id>.ext4`, if it exists.
     pub disk: Option<PathBuf>,
+    /// `<disk_dir>/<id>.qcow2` (the overlay of a VM made from a snapshot or template), if it exists.
+    pub overlay: Option<PathBuf>,
     /// Interrupted disk clones `<disk_dir>/<id>.tmp-*`.
     pub temp_files: Vec<PathBuf>,
     /// `<data_dir>/vms/<id>`, if it exists.
     pub vm_dir: Option<PathBuf>,
 }
+
+/// Why cleanup marked a running VM `error`.
+pub(crate) const VMM_GONE: &str = "the VMM process is gone (found by cleanup)";
+/// Why cleanup marked a VM without a VMM `error`.
+pub(crate) const DISK_GONE: &str =
+    "its disk is missing (found by cleanup): it cannot start; delete it";
 
 /// One step of cleanup for one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +60,9 @@ pub(crate) enum Action {
         /// Why it is an orphan.
         reason: &'static str,
     },
-    /// The row says running but its VMM is gone: set status `error`.
-    MarkError,
+    /// The row says running but its VMM is gone, or a VM without a VMM lost its disk: set status
+    /// `error` with this reason.
+    MarkError(&'static str),
     /// Delete the VM completely (`SmolVmManager::delete`).
     Delete,
     /// Remove a stale socket file.
@@ -67,6 +79,9 @@ pub(crate) enum Action {
     },
     /// Remove the VM directory (logs, keys) of a VM without a row.
     RemoveVmDir(PathBuf),
+    /// Remove the disk overlay of a VM without a row (never retained: VMs made from a snapshot or
+    /// template do not keep their disk).
+    RemoveOverlay(PathBuf),
 }
 
 /// Decides what to do about one VM. `delete_dead`: delete VMs whose VMM died or that are in `error`
@@ -99,10 +114,14 @@ pub(crate) fn decide(facts: &VmFacts, delete_dead: bool, remove_retained: bool) 
         .is_some_and(|r| r.status.has_vmm() && r.process_alive);
     if let Some(row) = &facts.row {
         let died = row.status.has_vmm() && !row.process_alive;
-        if delete_dead && (died || row.status == VmState::Error) {
+        // Such a VM can never start again; only its row is left to remove.
+        let broken = !row.status.has_vmm() && row.disk_missing;
+        if delete_dead && (died || broken || row.status == VmState::Error) {
             actions.push(Action::Delete);
         } else if died {
-            actions.push(Action::MarkError);
+            actions.push(Action::MarkError(VMM_GONE));
+        } else if broken && row.status != VmState::Error {
+            actions.push(Action::MarkError(DISK_GONE));
         }
     }
     if !live && !facts.foreign_live {
@@ -116,6 +135,9 @@ pub(crate) fn decide(facts: &VmFacts, delete_dead: bool, remove_retained: bool) 
                 path: d.clone(),
                 remove: remove_retained,
             });
+        }
+        if let Some(d) = &facts.overlay {
+            actions.push(Action::RemoveOverlay(d.clone()));
         }
         if let Some(d) = &facts.vm_dir {
             actions.push(Action::RemoveVmDir(d.clone()));
@@ -147,6 +169,7 @@ mod tests {
             status,
             process: process.map(|p| proc(p).identity),
             process_alive: alive,
+            disk_missing: false,
         })
     }
 
@@ -154,6 +177,7 @@ mod tests {
         VmFacts {
             sockets: vec!["/s/vm.qmp".into(), "/s/vm.agent".into()],
             disk: Some("/d/vm.ext4".into()),
+            overlay: Some("/d/vm.qcow2".into()),
             temp_files: vec!["/d/vm.tmp-77".into()],
             vm_dir: Some("/data/vms/vm".into()),
             ..VmFacts::default()
@@ -194,11 +218,13 @@ mod tests {
         assert_eq!(kills(&a), [7]);
         assert!(a.contains(&Action::RemoveSocket("/s/vm.qmp".into())));
         assert!(a.contains(&Action::RemoveVmDir("/data/vms/vm".into())));
+        // An overlay is never a retained disk: it goes even without `remove_retained`.
+        assert!(a.contains(&Action::RemoveOverlay("/d/vm.qcow2".into())));
         assert!(a.contains(&Action::RetainedDisk {
             path: "/d/vm.ext4".into(),
             remove: false
         }));
-        assert!(!a.contains(&Action::Delete) && !a.contains(&Action::MarkError));
+        assert!(!a.contains(&Action::Delete) && !a.contains(&Action::MarkError(VMM_GONE)));
         let a = decide(&facts, false, true);
         assert!(a.contains(&Action::RetainedDisk {
             path: "/d/vm.ext4".into(),
@@ -226,15 +252,16 @@ mod tests {
             ..files()
         };
         let a = decide(&facts, false, false);
-        assert_eq!(a[0], Action::MarkError);
+        assert_eq!(a[0], Action::MarkError(VMM_GONE));
         assert!(a.contains(&Action::RemoveSocket("/s/vm.agent".into())));
         // The disk and VM directory belong to the row: never touched here.
-        assert!(!a
-            .iter()
-            .any(|x| matches!(x, Action::RetainedDisk { .. } | Action::RemoveVmDir(_))));
+        assert!(!a.iter().any(|x| matches!(
+            x,
+            Action::RetainedDisk { .. } | Action::RemoveVmDir(_) | Action::RemoveOverlay(_)
+        )));
         let a = decide(&facts, true, false);
         assert_eq!(a[0], Action::Delete);
-        assert!(!a.contains(&Action::MarkError));
+        assert!(!a.contains(&Action::MarkError(VMM_GONE)));
     }
 
     #[test]
@@ -292,6 +319,33 @@ mod tests {
             !a.iter().any(|x| matches!(x, Action::RemoveSocket(_))),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn a_vm_without_a_vmm_whose_disk_is_gone_is_marked_or_deleted() {
+        // Found by the soak: a create whose disk copy failed on a full disk could not remove its row
+        // either (the database was full too): a `created` row without disk that no start can use.
+        for status in [VmState::Created, VmState::Stopped] {
+            let facts = VmFacts {
+                row: row(status, None, false).map(|r| RowFacts {
+                    disk_missing: true,
+                    ..r
+                }),
+                ..VmFacts::default()
+            };
+            assert_eq!(decide(&facts, false, false), [Action::MarkError(DISK_GONE)]);
+            assert_eq!(decide(&facts, true, false), [Action::Delete]);
+        }
+        // A running VM's VMM holds its disk open; its row is judged by its VMM alone.
+        let facts = VmFacts {
+            row: row(VmState::Running, Some(5), true).map(|r| RowFacts {
+                disk_missing: true,
+                ..r
+            }),
+            processes: vec![proc(5)],
+            ..VmFacts::default()
+        };
+        assert!(decide(&facts, true, false).is_empty());
     }
 
     #[test]

@@ -86,6 +86,108 @@ fn a_dry_run_reports_and_changes_nothing() {
 }
 
 #[test]
+fn overlays_of_vms_without_a_row_go_and_those_of_known_vms_stay() {
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    // A VM made from a snapshot whose create (or delete) was killed: its overlay, no row. And one
+    // with a name that is not a VM id (never smolvm's): left alone.
+    let ghost = e.m.disk_dir().join("vm-ghost.qcow2");
+    std::fs::write(&ghost, b"QFI\xfb").unwrap();
+    std::fs::write(e.m.disk_dir().join("vm-a.qcow2"), b"QFI\xfb").unwrap();
+    std::fs::write(e.m.disk_dir().join("not.an.id.qcow2"), b"x").unwrap();
+    let dry =
+        e.m.cleanup(&CleanupOptions {
+            dry_run: true,
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert_eq!(dry.overlays, std::slice::from_ref(&ghost));
+    assert!(ghost.exists());
+    let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
+    assert_eq!(report.overlays, std::slice::from_ref(&ghost));
+    assert!(!ghost.exists());
+    assert!(e.m.disk_dir().join("vm-a.qcow2").exists(), "vm-a has a row");
+    // Its delete takes the overlay with it, even one it never recorded (killed before that).
+    e.m.delete("vm-a").unwrap();
+    assert!(!e.m.disk_dir().join("vm-a.qcow2").exists());
+    std::fs::remove_file(e.m.disk_dir().join("not.an.id.qcow2")).unwrap();
+    e.assert_gone("vm-a");
+}
+
+#[test]
+fn snapshot_directories_without_a_row_and_interrupted_captures_go() {
+    use crate::snapshot::{MachineShape, SnapshotRecord};
+    let e = Env::new();
+    let root = e.m.snapshots_dir();
+    for d in ["kept", "ghost", ".kept2.tmp-4242-0000abcd"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join("disk.img"), b"x").unwrap();
+    }
+    let config = e.config("src", DiskMode::Isolated);
+    let record = SnapshotRecord {
+        name: "kept".into(),
+        source_vm: "src".into(),
+        backend: crate::config::BackendKind::Qemu,
+        config,
+        machine: MachineShape {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            vmm_version: "fake".into(),
+            accel: "tcg".into(),
+            capabilities: Vec::new(),
+            disk_size: 1,
+            disk_mtime_ns: 0,
+            network: false,
+        },
+        dir: root.join("kept"),
+        size_bytes: 1,
+        created_at: std::time::SystemTime::now(),
+    };
+    assert!(e.m.state().unwrap().insert_snapshot(&record).unwrap());
+    // A VM-scoped cleanup leaves the store's snapshots alone.
+    let scoped =
+        e.m.cleanup(&CleanupOptions {
+            scope: CleanupScope::Vm("vm-x".into()),
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert!(scoped.snapshot_dirs.is_empty());
+    let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
+    assert_eq!(
+        report.snapshot_dirs,
+        [root.join(".kept2.tmp-4242-0000abcd"), root.join("ghost")]
+    );
+    assert_eq!(names(&root), ["kept"]);
+    e.m.delete_snapshot("kept").unwrap();
+    assert!(e.m.cleanup(&CleanupOptions::default()).unwrap().is_empty());
+}
+
+#[test]
+fn a_created_vm_whose_disk_is_gone_is_marked_error_and_deleted_by_cleanup_all() {
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    // What a create leaves whose rollback removed the disk but could not delete the row (the
+    // database was full too).
+    let disk = e.m.disk_dir().join("vm-a.ext4");
+    std::fs::remove_file(&disk).unwrap();
+    let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
+    assert_eq!(report.marked_error, ["vm-a"]);
+    assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Error);
+    let why = e.m.last_error("vm-a").unwrap().unwrap();
+    assert!(why.contains("disk is missing"), "{why}");
+    let report =
+        e.m.cleanup(&CleanupOptions {
+            scope: CleanupScope::All,
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert_eq!(report.deleted_vms, ["vm-a"]);
+    e.assert_gone("vm-a");
+}
+
+#[test]
 fn a_jail_without_a_live_vmm_goes_and_that_of_a_running_vm_stays() {
     let e = Env::new();
     e.create("vm-a", DiskMode::Isolated, NetworkMode::None)

@@ -16,6 +16,9 @@ use crate::exec::{AgentClient, ExecError};
 use crate::info::{VmInfo, VmState};
 use crate::state::{RunningVmm, VmRecord};
 
+/// The `last_error` of a VM while it is being deleted; it stays if the delete is interrupted.
+pub(crate) const DELETE_INTERRUPTED: &str =
+    "delete was interrupted: `delete` again or `cleanup --all` finishes it";
 /// How long `stop` waits for the agent connection before falling back to the VMM's power button.
 const AGENT_STOP_CONNECT: Duration = Duration::from_secs(1);
 
@@ -402,6 +405,11 @@ impl SmolVmManager {
     pub fn delete(&self, vm_id: &str) -> Result<()> {
         let lock = self.lock(vm_id)?;
         let rec = self.record(vm_id)?;
+        // Marked first: a delete killed half-way (its disk or network already gone) must not leave a
+        // row that looks like a healthy stopped VM. An `error` row is finished by `delete` again or
+        // `cleanup --all`. `rec` keeps the VMM's identity for the halt below.
+        self.state()?
+            .set_status(vm_id, VmState::Error, Some(DELETE_INTERRUPTED))?;
         // A retained disk must be consistent: let the guest flush it. Otherwise a kill is enough.
         let grace = if rec.info.config.retain_disk_on_delete() {
             Duration::from_secs(3)
@@ -445,6 +453,11 @@ impl SmolVmManager {
                 .clone()
                 .unwrap_or_else(|| disk::isolated_disk_path(self.disk_dir(), &rec.info.vm_id));
             disk::remove_disk(&disk);
+            // A VM made from a snapshot killed between making its overlay and recording it.
+            let _ = fs::remove_file(super::snapshot_disk::overlay_path(
+                self.disk_dir(),
+                &rec.info.vm_id,
+            ));
         } else if config.disk_mode() == DiskMode::Isolated && crate::vmm_user::is_root() {
             // A retained disk outlives the VM's VMM user, whose id the next VM may get: it goes back
             // to root, and the VM that reuses it gets it handed over again at start.

@@ -214,6 +214,36 @@ fn a_failed_delete_marks_error_and_a_retry_finishes() {
 }
 
 #[test]
+fn a_delete_killed_half_way_leaves_an_error_row_that_cleanup_all_finishes() {
+    if !have_ssh_keygen("a_delete_killed_half_way_leaves_an_error_row") {
+        return;
+    }
+    // Found by the soak: a `delete` SIGKILLed after it had begun tearing a stopped VM down left a row
+    // that still said `stopped`, which neither start (its files were gone) nor `cleanup --all` (a
+    // stopped VM is healthy) could mend.
+    let e = Env::new();
+    e.create("vm-a", DiskMode::Shared, NetworkMode::Tap)
+        .unwrap();
+    e.m.start("vm-a", BOOT).unwrap();
+    e.m.stop("vm-a", STOP).unwrap();
+    // It dies while removing the VM's firewall rules (its VMM already gone).
+    e.net.die_once(&["nft", "-j", "list"]);
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.m.delete("vm-a")));
+    assert!(died.is_err(), "the delete was to die at `nft -j list`");
+    assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Error);
+    let why = e.m.last_error("vm-a").unwrap().unwrap();
+    assert!(why.contains("delete was interrupted"), "{why}");
+    let report =
+        e.m.cleanup(&CleanupOptions {
+            scope: CleanupScope::All,
+            ..CleanupOptions::default()
+        })
+        .unwrap();
+    assert_eq!(report.deleted_vms, ["vm-a"]);
+    e.assert_gone("vm-a");
+}
+
+#[test]
 fn a_create_killed_during_the_disk_clone_is_mended_by_cleanup() {
     let e = Env::new();
     // What a create killed half-way through the clone leaves: a temporary clone, the VM directory and

@@ -17,6 +17,7 @@ mod builder;
 mod cgroups;
 mod cleanup;
 mod cleanup_plan;
+mod cleanup_report;
 mod egress;
 mod net;
 mod procscan;
@@ -29,6 +30,7 @@ mod lifecycle;
 pub(crate) mod liveness;
 mod pause;
 mod snapshot;
+mod snapshot_dirs;
 mod snapshot_disk;
 mod template;
 mod vmm_user;
@@ -43,7 +45,7 @@ mod lifecycle_tests;
 pub(crate) mod test_env;
 
 pub use builder::{BackendFactory, ManagerBuilder, SystemBackends};
-pub use cleanup::{
+pub use cleanup_report::{
     CleanupFailure, CleanupOptions, CleanupReport, CleanupScope, OrphanProcess, RetainedDisk,
 };
 pub use egress::{DomainRefresh, EgressStatus};

@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::snapshot_dirs::SnapshotDirsLock;
 use super::SmolVmManager;
 use crate::backend::qemu::{migrate, QemuAccel};
 use crate::config::{BackendKind, DiskMode};
@@ -61,6 +62,8 @@ impl SmolVmManager {
         let backend = self.backend_impl(rec.backend)?;
         let root = self.snapshots_dir();
         fs::create_dir_all(&root).map_err(|e| Error::io("create directory", &root, e))?;
+        // Held until the row is in: `cleanup` must not take the directory for a leftover meanwhile.
+        let _capturing = SnapshotDirsLock::shared(&root, self.lock_wait)?;
         let tmp = root.join(format!(
             ".{name}.tmp-{}-{:08x}",
             std::process::id(),

@@ -42,6 +42,8 @@ pub(crate) struct RecordingCommands {
     files: Mutex<BTreeMap<String, String>>,
     caps: Mutex<NetCapabilities>,
     busy_ports: Mutex<Vec<u16>>,
+    /// Argv prefixes at which the caller "dies" (the call panics), once each.
+    deaths: Mutex<Vec<Vec<String>>>,
 }
 
 impl Default for RecordingCommands {
@@ -52,6 +54,7 @@ impl Default for RecordingCommands {
             files: Mutex::default(),
             caps: Mutex::new(NetCapabilities::all()),
             busy_ports: Mutex::default(),
+            deaths: Mutex::default(),
         }
     }
 }
@@ -80,6 +83,12 @@ impl RecordingCommands {
     /// Makes calls matching `prefix` fail with `stderr` (once).
     pub(crate) fn fail_once(&self, prefix: &[&str], stderr: &str) {
         self.push(prefix, true, Err(stderr.to_string()));
+    }
+
+    /// Makes the next call matching `prefix` panic: the calling process "dies" at that point (tests
+    /// catch the unwind and look at what the interrupted operation left).
+    pub(crate) fn die_once(&self, prefix: &[&str]) {
+        lock(&self.deaths).push(prefix.iter().map(|s| s.to_string()).collect());
     }
 
     fn push(&self, prefix: &[&str], once: bool, result: Result<String, String>) {
@@ -145,6 +154,16 @@ impl NetCommands for RecordingCommands {
         let argv: Vec<&str> = std::iter::once(program)
             .chain(args.iter().map(String::as_str))
             .collect();
+        let dies = {
+            let mut deaths = lock(&self.deaths);
+            let hit = deaths
+                .iter()
+                .position(|d| argv.starts_with(&d.iter().map(String::as_str).collect::<Vec<_>>()));
+            hit.map(|i| deaths.remove(i))
+        };
+        if dies.is_some() {
+            panic!("simulated death at `{}`", display_command(program, args));
+        }
         let mut responses = lock(&self.responses);
         let matches = |r: &Response| {
             argv.starts_with(&r.prefix.iter().map(String::as_str).collect::<Vec<_>>())
