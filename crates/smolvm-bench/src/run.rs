@@ -192,8 +192,18 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             },
         ),
     };
+    // The baseline launches QEMU as the caller with the disk opened by path; smolvm's VMMs run as
+    // the same user so both sides run the identical argv (a dropped VMM gets its disk as fds).
+    let mut builder = SmolVmManager::builder().data_dir(&data_dir).vmm_user(false);
+    if let Some(s) = socket_dir.as_deref() {
+        builder = builder.socket_dir(s);
+    }
+    if let Some(k) = opts.backend {
+        builder = builder.backend(k);
+    }
     let manager = Arc::new(
-        SmolVmManager::new(Some(&data_dir), socket_dir.as_deref(), opts.backend)
+        builder
+            .build()
             .map_err(|e| BenchError::step("open the manager", e))?,
     );
     let backend = manager
