@@ -39,17 +39,6 @@ pub fn run(mut stages: Stages) -> ! {
         crate::log("no host channel: neither a virtio-serial nor a vsock device exists");
     }
     let port = if serial { wait_for_port() } else { None };
-    // The first command of the first host must not pay for translating the exec path (TCG).
-    let warm_config = crate::server::Config::default();
-    match crate::server::warm::exec_path(
-        &warm_config,
-        &HOOKS,
-        crate::server::warm::EXEC_WARMUP_LIMIT,
-    ) {
-        Ok(true) => stages.mark("exec_warm"),
-        Ok(false) => crate::log("exec warm-up did not finish in time: continuing without it"),
-        Err(e) => crate::log(&format!("exec warm-up: {e}")),
-    }
     stages.mark("ready");
     let ready = Ready {
         protocol_version: PROTOCOL_VERSION,

@@ -253,8 +253,6 @@ fn boots_to_ready_reconnects_and_powers_off() {
         "sshd_listening",
         // The login-shell warm-up (agent's warmup module) finished before Ready.
         "shell_warm",
-        // The agent served one command to itself through its exec path (server::warm).
-        "exec_warm",
         "ready",
     ] {
         assert!(
