@@ -165,6 +165,14 @@ fn namespaces() -> (Netns, Netns) {
     host.ip(&["addr", "add", &format!("{UPLINK_IP}/24"), "dev", "up0"]);
     host.ip(&["link", "set", "up0", "up"]);
     host.ip(&["route", "add", "default", "via", &WORLD_IP.to_string()]);
+    // A user-mode guest's ping becomes an unprivileged ICMP socket of its VMM, which runs as the VM's
+    // own uid/gid: allowed only for gids in `ping_group_range`. A new namespace starts at "1 0" (none);
+    // systemd hosts set "0 2147483647", as here (README: Networking).
+    host.run(&[
+        "sh",
+        "-c",
+        "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range",
+    ]);
     world.ip(&["addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"]);
     world.ip(&["link", "set", "eth0", "up"]);
     (host, world)
