@@ -110,8 +110,10 @@ TAG="$(printf %s "$(realpath "$DATA")" | sha256sum | cut -c1-12)"   # dirs::stor
 own_groups() { find /sys/fs/cgroup -mindepth 2 -maxdepth 7 -type d -path "*/smolvm/$TAG-*" 2>/dev/null; }
 sm() { "$SMOLVM" --data-dir "$DATA" --socket-dir "$SOCK" --backend qemu "$@"; }
 BOOT_ARGS="$(jq -r .boot_args "$IMAGE/image.json")"
-KERNEL="$(jq -r .kernel "$IMAGE/image.json")" INITRD="$(jq -r .initrd "$IMAGE/image.json")"
-ROOTFS="$(jq -r .rootfs "$IMAGE/image.json")"
+# The image's files, found in $IMAGE: image.json records absolute paths as seen by whoever built it,
+# which may be another data directory's symlink to this cache (a test's temporary one, gone by now).
+in_image() { printf '%s/%s' "$IMAGE" "$(basename "$(jq -r ".$1" "$IMAGE/image.json")")"; }
+KERNEL="$(in_image kernel)" INITRD="$(in_image initrd)" ROOTFS="$(in_image rootfs)"
 # The minimal-kernel image boots its root disk directly: no initrd.
 [ "$(jq -r .needs_initrd "$IMAGE/image.json")" = false ] && INITRD=""
 DEADLINE=$(( $(date +%s) + MINUTES * 60 ))
