@@ -3,27 +3,11 @@
 //! plus a replay of the fuzzers' committed corpora (`fuzz/corpus/{greeting,mux}`), so CI runs the same
 //! code the coverage-guided fuzzers run. Deterministic seeds: a failure reproduces.
 
-use std::path::Path;
-
 use smolvm_channel::fuzzing::{greeting, mux_upstream};
-use smolvm_protocol::fuzzing::PLACEHOLDER_ID;
+use smolvm_protocol::fuzzing::{corpus, Rng, PLACEHOLDER_ID};
 use smolvm_protocol::{
     with_sync, BootStage, Done, ErrorKind, ErrorReply, ExitStatus, Frame, FrameType, Ready, Reply,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// One piece of an agent's stream: a valid reply (mostly for the live request), a greeting, a frame
 /// of any type with a random payload, or raw garbage.
@@ -97,20 +81,6 @@ fn stream(seed: u64) -> Vec<u8> {
         data.truncate(data.len().saturating_sub(rng.below(8)));
     }
     data
-}
-
-/// Every file of the committed corpus of fuzz target `target`.
-fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "empty corpus {}", dir.display());
-    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 
 #[test]

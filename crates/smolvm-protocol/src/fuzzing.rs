@@ -117,3 +117,43 @@ mod tests {
         assert_eq!(retarget(&[1, 2, 3], 5), [1, 2, 3]);
     }
 }
+
+/// A tiny deterministic generator (xorshift64) for the seeded randomized tests of every crate, so a
+/// failing seed reproduces. The seed must not be 0.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Every file of the committed corpus of fuzz target `target` (`fuzz/corpus/<target>` of this
+/// repository), sorted by name, for the tests that replay what the coverage-guided fuzzers found.
+pub fn corpus(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+}

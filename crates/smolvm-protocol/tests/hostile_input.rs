@@ -5,28 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use smolvm_protocol::fuzzing::{decode_resync, decode_stream};
+use smolvm_protocol::fuzzing::{corpus, decode_resync, decode_stream, Rng};
 use smolvm_protocol::{
     BootStage, Command, Done, EnvSet, EnvUnset, EnvVars, ErrorKind, ErrorReply, ExecStart,
     ExitStatus, FileRead, FileWrite, Frame, FrameType, Hello, Ready, Reply, Request,
 };
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 /// One valid frame of every kind.
 fn valid_frames() -> Vec<Frame> {
@@ -251,20 +234,6 @@ fn resync_finds_every_marked_frame_among_random_bytes() {
         let got = decode_resync(&data, 1 + round % 9);
         assert!(got >= marked, "round {round}: {got} < {marked}");
     }
-}
-
-/// Every file of the committed corpus of fuzz target `target`.
-fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "empty corpus {}", dir.display());
-    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 
 #[test]

@@ -3,29 +3,14 @@
 //! plus a replay of the fuzzers' committed corpora (`fuzz/corpus/{agent,console}`), so CI runs the same
 //! code the coverage-guided fuzzers run. Deterministic seeds: a failure reproduces.
 
-use std::path::Path;
-
 use smolvm::internals::fuzzing::{agent_replies, console};
-use smolvm_protocol::fuzzing::PLACEHOLDER_ID;
+use smolvm_protocol::fuzzing::{corpus, Rng, PLACEHOLDER_ID};
 use smolvm_protocol::{Done, EnvVars, ExitStatus, Frame, FrameType, Reply};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    /// Up to `max - 1` random bytes.
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = self.below(max);
-        (0..n).map(|_| self.next() as u8).collect()
-    }
+/// Up to `max - 1` random bytes.
+fn some_bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
+    let n = rng.below(max);
+    rng.bytes(n)
 }
 
 /// A reply a hostile agent might send for the live request: valid, valid with odd values, or a frame
@@ -37,8 +22,8 @@ fn reply(rng: &mut Rng) -> Vec<u8> {
         PLACEHOLDER_ID
     };
     let frame = match rng.below(8) {
-        0 => Reply::Stdout(rng.bytes(200)).to_frame(id).unwrap(),
-        1 => Reply::FileData(rng.bytes(200)).to_frame(id).unwrap(),
+        0 => Reply::Stdout(some_bytes(rng, 200)).to_frame(id).unwrap(),
+        1 => Reply::FileData(some_bytes(rng, 200)).to_frame(id).unwrap(),
         2 => Reply::Exit(ExitStatus {
             code: Some(rng.next() as i32),
             signal: (rng.below(2) == 0).then(|| rng.next() as i32),
@@ -69,24 +54,10 @@ fn reply(rng: &mut Rng) -> Vec<u8> {
         }
         _ => {
             let t = FrameType::ALL[rng.below(FrameType::ALL.len())];
-            Frame::new(t, id, rng.bytes(100))
+            Frame::new(t, id, some_bytes(rng, 100))
         }
     };
     frame.encode().unwrap()
-}
-
-/// Every file of the committed corpus of fuzz target `target`.
-fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "empty corpus {}", dir.display());
-    files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
 
 #[test]
@@ -114,7 +85,7 @@ fn console_keeper_and_tails_survive_random_output() {
                 0 => data.extend(b"\r\n\n  \r"),
                 1 => data.extend(vec![b'x'; rng.below(300)]),
                 2 => data.extend("ünïcode ✓ line\n".as_bytes()),
-                _ => data.extend(rng.bytes(200)),
+                _ => data.extend(some_bytes(&mut rng, 200)),
             }
         }
         console(&data);

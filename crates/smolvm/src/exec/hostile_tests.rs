@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use smolvm_protocol::fuzzing::Rng;
 use smolvm_protocol::{Done, Frame, FrameType, Reply, PROTOCOL_VERSION};
 
 use super::tests::{ready_bytes, with_agent, SHORT};
@@ -91,21 +92,6 @@ fn a_downloaded_file_never_gets_setuid_setgid_or_sticky_bits() {
     assert_eq!(client.download_file("/x", &local).unwrap(), 10);
     let mode = std::fs::metadata(&local).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o755, "mode {mode:o}");
-}
-
-/// A tiny deterministic generator (xorshift), so a failing case reproduces from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// A reply frame a hostile agent might send: valid, valid with odd values, or garbage of any type.
