@@ -13,7 +13,7 @@ use smolvm_protocol::{
 /// of any type with a random payload, or raw garbage.
 fn piece(rng: &mut Rng) -> Vec<u8> {
     let id = match rng.below(4) {
-        0 => rng.next() as u32,
+        0 => rng.next_u64() as u32,
         1 => 0,
         _ => PLACEHOLDER_ID,
     };
@@ -24,7 +24,7 @@ fn piece(rng: &mut Rng) -> Vec<u8> {
             .encode()
             .unwrap(),
         1 => Reply::Exit(ExitStatus {
-            code: Some(rng.next() as i32),
+            code: Some(rng.next_u64() as i32),
             signal: None,
             timed_out: rng.below(2) == 0,
         })
@@ -41,11 +41,11 @@ fn piece(rng: &mut Rng) -> Vec<u8> {
             let ready = Ready {
                 protocol_version: rng.below(4) as u32,
                 agent_version: "x".repeat(rng.below(40)),
-                nonce: (rng.below(2) == 0).then(|| rng.next()),
+                nonce: (rng.below(2) == 0).then(|| rng.next_u64()),
                 boot_stages: (0..rng.below(4))
                     .map(|i| BootStage {
                         name: format!("s{i}"),
-                        micros: rng.next(),
+                        micros: rng.next_u64(),
                     })
                     .collect(),
             };
@@ -63,10 +63,10 @@ fn piece(rng: &mut Rng) -> Vec<u8> {
             .unwrap(),
         5 => {
             let t = FrameType::ALL[rng.below(FrameType::ALL.len())];
-            let payload = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+            let payload = (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect();
             Frame::new(t, id, payload).encode().unwrap()
         }
-        _ => (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+        _ => (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect(),
     }
 }
 

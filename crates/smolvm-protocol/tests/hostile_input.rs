@@ -147,7 +147,7 @@ fn mutated_valid_frames_never_panic() {
         for _ in 0..=rng.below(4) {
             let pos = rng.below(data.len());
             match rng.below(5) {
-                0 => data[pos] = rng.next() as u8,
+                0 => data[pos] = rng.next_u64() as u8,
                 1 => data[pos] ^= 1 << rng.below(8),
                 2 => data.truncate(pos),
                 3 => {

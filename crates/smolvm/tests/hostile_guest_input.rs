@@ -17,7 +17,7 @@ fn some_bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
 /// of any type with a random or odd JSON payload.
 fn reply(rng: &mut Rng) -> Vec<u8> {
     let id = if rng.below(6) == 0 {
-        rng.next() as u32
+        rng.next_u64() as u32
     } else {
         PLACEHOLDER_ID
     };
@@ -25,15 +25,15 @@ fn reply(rng: &mut Rng) -> Vec<u8> {
         0 => Reply::Stdout(some_bytes(rng, 200)).to_frame(id).unwrap(),
         1 => Reply::FileData(some_bytes(rng, 200)).to_frame(id).unwrap(),
         2 => Reply::Exit(ExitStatus {
-            code: Some(rng.next() as i32),
-            signal: (rng.below(2) == 0).then(|| rng.next() as i32),
+            code: Some(rng.next_u64() as i32),
+            signal: (rng.below(2) == 0).then(|| rng.next_u64() as i32),
             timed_out: rng.below(4) == 0,
         })
         .to_frame(id)
         .unwrap(),
         3 => Reply::Done(Done {
             bytes: (rng.below(2) == 0).then(|| rng.below(400) as u64),
-            mode: (rng.below(2) == 0).then(|| rng.next() as u32),
+            mode: (rng.below(2) == 0).then(|| rng.next_u64() as u32),
         })
         .to_frame(id)
         .unwrap(),

@@ -97,7 +97,7 @@ fn a_downloaded_file_never_gets_setuid_setgid_or_sticky_bits() {
 /// A reply frame a hostile agent might send: valid, valid with odd values, or garbage of any type.
 fn hostile_frame(rng: &mut Rng, id: u32) -> Frame {
     let id = if rng.below(8) == 0 {
-        rng.next() as u32
+        rng.next_u64() as u32
     } else {
         id
     };
@@ -108,7 +108,7 @@ fn hostile_frame(rng: &mut Rng, id: u32) -> Frame {
         2 => br#"{"kind":"no_such_kind","message":"\u0000\u001b[2J"}"#.to_vec(),
         3 => br#"{"vars":{"A":"1","":"x","B=C":"\n"}}"#.to_vec(),
         4 => Vec::new(),
-        _ => (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+        _ => (0..rng.below(300)).map(|_| rng.next_u64() as u8).collect(),
     };
     Frame::new(frame_type, id, payload)
 }
