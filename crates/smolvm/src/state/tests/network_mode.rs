@@ -2,54 +2,13 @@
 //! TAP-mode leases stay unique, and a version-1 database is migrated with its leases read as TAP mode.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
+use super::Env;
 use crate::state::leases::{USER_GATEWAY_IP, USER_GUEST_IP, USER_NETMASK};
 use crate::state::schema::SCHEMA_VERSION;
-use crate::state::{StateStore, StoreOptions};
+use crate::state::StateStore;
+use crate::BackendKind;
 use crate::NetworkMode;
-use crate::{BackendKind, VmConfig};
-
-struct Env {
-    dir: tempfile::TempDir,
-    kernel: PathBuf,
-    rootfs: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("vmlinux");
-        let rootfs = dir.path().join("rootfs.ext4");
-        std::fs::write(&kernel, b"k").unwrap();
-        std::fs::write(&rootfs, b"r").unwrap();
-        Env {
-            dir,
-            kernel,
-            rootfs,
-        }
-    }
-
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("smolvm.db")
-    }
-
-    fn config(&self, id: &str) -> VmConfig {
-        VmConfig::builder(&self.kernel, &self.rootfs)
-            .vm_id(id)
-            .build()
-            .unwrap()
-    }
-
-    fn store(&self) -> StateStore {
-        let opts = StoreOptions {
-            ssh_port_range: 42000..=42999,
-            probe_host_ports: false,
-            vmm_ids: crate::vmm_user::DEFAULT_RANGE,
-        };
-        StateStore::open_with(&self.db(), opts).unwrap()
-    }
-}
 
 #[test]
 fn user_mode_leases_share_addresses_but_not_ports() {

@@ -6,58 +6,13 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::Env;
 use crate::process::ProcessIdentity;
 use crate::state::leases::GATEWAY_IP;
 use crate::state::schema::SCHEMA_VERSION;
 use crate::state::{RunningVmm, StateError, StateStore, StoreOptions};
 use crate::NetworkMode;
 use crate::{BackendKind, VmConfig, VmState};
-
-struct Env {
-    dir: tempfile::TempDir,
-    kernel: PathBuf,
-    rootfs: PathBuf,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("vmlinux");
-        let rootfs = dir.path().join("rootfs.ext4");
-        std::fs::write(&kernel, b"k").unwrap();
-        std::fs::write(&rootfs, b"r").unwrap();
-        Env {
-            dir,
-            kernel,
-            rootfs,
-        }
-    }
-
-    fn db(&self) -> PathBuf {
-        self.dir.path().join("smolvm.db")
-    }
-
-    fn config(&self, id: &str) -> VmConfig {
-        VmConfig::builder(&self.kernel, &self.rootfs)
-            .vm_id(id)
-            .build()
-            .unwrap()
-    }
-
-    /// A store without the host port probe, so results do not depend on what else runs here.
-    fn store(&self) -> StateStore {
-        self.store_with_ports(42000..=42999)
-    }
-
-    fn store_with_ports(&self, range: std::ops::RangeInclusive<u16>) -> StateStore {
-        let opts = StoreOptions {
-            ssh_port_range: range,
-            probe_host_ports: false,
-            vmm_ids: crate::vmm_user::DEFAULT_RANGE,
-        };
-        StateStore::open_with(&self.db(), opts).unwrap()
-    }
-}
 
 fn user_version(path: &Path) -> i64 {
     let c = rusqlite::Connection::open(path).unwrap();
@@ -365,7 +320,7 @@ fn ip_skips_gateway_and_is_reused_after_delete() {
 #[test]
 fn port_exhaustion_is_a_clear_error_and_records_nothing() {
     let env = Env::new();
-    let mut s = env.store_with_ports(43000..=43001);
+    let mut s = env.store_with(43000..=43001, crate::vmm_user::DEFAULT_RANGE);
     s.create_vm(&env.config("p1"), BackendKind::Qemu, Some(NetworkMode::Tap))
         .unwrap();
     s.create_vm(&env.config("p2"), BackendKind::Qemu, Some(NetworkMode::Tap))
@@ -465,7 +420,7 @@ fn busy_ports_are_skipped_when_probing() {
         .unwrap_err();
     assert!(matches!(err, StateError::Exhausted { .. }), "{err}");
     drop(s);
-    let mut s = env.store_with_ports(port..=port);
+    let mut s = env.store_with(port..=port, crate::vmm_user::DEFAULT_RANGE);
     let rec = s
         .create_vm(
             &env.config("busy"),
