@@ -123,27 +123,7 @@ fn dns_server(world: &Netns, fixture: Arc<Mutex<Ipv4Addr>>) -> Dns {
 
 /// The host namespace with an uplink to the world namespace, which holds every address of the test.
 fn namespaces() -> (Netns, Netns) {
-    let (host, world) = (Netns::new(), Netns::new());
-    host.ip(&[
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &world.name,
-    ]);
-    host.ip(&["addr", "add", &format!("{UPLINK_IP}/24"), "dev", "up0"]);
-    host.ip(&["link", "set", "up0", "up"]);
-    host.ip(&["route", "add", "default", "via", DNS_IP]);
-    for a in [DNS_IP, LISTED, FIRST, SECOND] {
-        world.ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"]);
-    }
-    world.ip(&["link", "set", "eth0", "up"]);
-    (host, world)
+    cli_netns::host_and_world(UPLINK_IP, &[DNS_IP, LISTED, FIRST, SECOND])
 }
 
 /// Reads the banner of `addr:port` from inside the guest: `Some(banner line)` or `None` when the

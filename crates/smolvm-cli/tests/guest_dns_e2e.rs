@@ -149,22 +149,7 @@ fn start_servers(host: &Netns, world: &Netns) -> Servers {
 
 /// The host namespace (where smolvm and QEMU run) with an uplink to the world namespace.
 fn namespaces() -> (Netns, Netns) {
-    let (host, world) = (Netns::new(), Netns::new());
-    host.ip(&[
-        "link",
-        "add",
-        "up0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &world.name,
-    ]);
-    host.ip(&["addr", "add", &format!("{UPLINK_IP}/24"), "dev", "up0"]);
-    host.ip(&["link", "set", "up0", "up"]);
-    host.ip(&["route", "add", "default", "via", &WORLD_IP.to_string()]);
+    let (host, world) = cli_netns::host_and_world(UPLINK_IP, &[&WORLD_IP.to_string()]);
     // A user-mode guest's ping becomes an unprivileged ICMP socket of its VMM, which runs as the VM's
     // own uid/gid: allowed only for gids in `ping_group_range`. A new namespace starts at "1 0" (none);
     // systemd hosts set "0 2147483647", as here (README: Networking).
@@ -173,8 +158,6 @@ fn namespaces() -> (Netns, Netns) {
         "-c",
         "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range",
     ]);
-    world.ip(&["addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"]);
-    world.ip(&["link", "set", "eth0", "up"]);
     (host, world)
 }
 

@@ -84,3 +84,30 @@ impl Drop for NsResolvConf {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A "host" namespace (where smolvm and its guests run) with a veth uplink `up0` at `uplink_ip/24` and
+/// a default route via `world_ips[0]`, and a "world" namespace holding `world_ips` (each /24) on the
+/// peer `eth0`: a small internet the test builds.
+pub fn host_and_world(uplink_ip: &str, world_ips: &[&str]) -> (Netns, Netns) {
+    let (host, world) = (Netns::new(), Netns::new());
+    host.ip(&[
+        "link",
+        "add",
+        "up0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &world.name,
+    ]);
+    host.ip(&["addr", "add", &format!("{uplink_ip}/24"), "dev", "up0"]);
+    host.ip(&["link", "set", "up0", "up"]);
+    host.ip(&["route", "add", "default", "via", world_ips[0]]);
+    for a in world_ips {
+        world.ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"]);
+    }
+    world.ip(&["link", "set", "eth0", "up"]);
+    (host, world)
+}
