@@ -4,19 +4,17 @@
 //! stdout, and that the jail goes when the VMM is gone or the launch fails.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::configure_tests::base_spec;
+use super::process_tests::stand_in;
 use crate::backend::firecracker::backend::SOCKET_WAIT;
 use crate::backend::firecracker::jail::Jail;
 use crate::backend::firecracker::{FirecrackerBackend, FirecrackerError};
 use crate::backend::{Backend, LaunchSpec};
 use crate::process::ProcessIdentity;
 use crate::vmm_user::VmmUser;
-
-const FAKE_TEST: &str = "backend::firecracker::tests::process_tests::fake_firecracker_process";
 
 /// Parses the jailer's options, makes `<base>/<exec name>/<id>/root`, and runs the fake there.
 const JAILER: &str = r#"#!/bin/sh
@@ -47,15 +45,7 @@ struct Fixture {
 impl Fixture {
     fn new(mode: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        fs::create_dir(&bin).unwrap();
-        let jailer = bin.join("jailer");
-        fs::write(&jailer, JAILER).unwrap();
-        fs::set_permissions(&jailer, fs::Permissions::from_mode(0o755)).unwrap();
-        let exe = std::env::current_exe().unwrap();
-        fs::write(bin.join("exe"), exe.to_str().unwrap()).unwrap();
-        fs::write(bin.join("test"), FAKE_TEST).unwrap();
-        fs::write(bin.join("mode"), mode).unwrap();
+        let jailer = stand_in(dir.path(), "jailer", JAILER, mode);
         let jail = Jail {
             jailer,
             chroot_base: dir.path().join("jail"),

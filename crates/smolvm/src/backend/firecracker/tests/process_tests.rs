@@ -18,6 +18,21 @@ use crate::process::ProcessIdentity;
 
 const FAKE_TEST: &str = "backend::firecracker::tests::process_tests::fake_firecracker_process";
 
+/// Writes the executable stand-in `name` (`script`) into `<dir>/bin`, with what it needs beside it: this
+/// test binary, the fake's test name and the fake's `mode`. Returns the stand-in's path.
+pub(super) fn stand_in(dir: &Path, name: &str, script: &str, mode: &str) -> PathBuf {
+    let bin = dir.join("bin");
+    fs::create_dir(&bin).unwrap();
+    let path = bin.join(name);
+    fs::write(&path, script).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    fs::write(bin.join("exe"), exe.to_str().unwrap()).unwrap();
+    fs::write(bin.join("test"), FAKE_TEST).unwrap();
+    fs::write(bin.join("mode"), mode).unwrap();
+    path
+}
+
 /// argv is `--api-sock <path> --id <id>`; the test binary, the test name and the mode sit beside it.
 const SCRIPT: &str = r#"#!/bin/sh
 # Stand-in for firecracker in smolvm's tests.
@@ -145,15 +160,7 @@ struct Fixture {
 impl Fixture {
     fn new(mode: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        fs::create_dir(&bin).unwrap();
-        let script = bin.join("firecracker");
-        fs::write(&script, SCRIPT).unwrap();
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-        let exe = std::env::current_exe().unwrap();
-        fs::write(bin.join("exe"), exe.to_str().unwrap()).unwrap();
-        fs::write(bin.join("test"), FAKE_TEST).unwrap();
-        fs::write(bin.join("mode"), mode).unwrap();
+        let script = stand_in(dir.path(), "firecracker", SCRIPT, mode);
         let sockets = dir.path().join("sock");
         fs::create_dir(&sockets).unwrap();
 
