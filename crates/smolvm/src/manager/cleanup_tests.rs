@@ -77,11 +77,7 @@ fn a_dry_run_reports_and_changes_nothing() {
     let rec = e.m.state().unwrap().get_vm("vm-a").unwrap().unwrap();
     assert_eq!(rec.info.status, VmState::Running);
     // The real run then removes what the dry run only listed (the host cgroup included).
-    e.m.cleanup(&CleanupOptions {
-        scope: CleanupScope::All,
-        ..CleanupOptions::default()
-    })
-    .unwrap();
+    e.cleanup_all();
     e.assert_gone("vm-a");
 }
 
@@ -177,12 +173,7 @@ fn a_created_vm_whose_disk_is_gone_is_marked_error_and_deleted_by_cleanup_all() 
     assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Error);
     let why = e.m.last_error("vm-a").unwrap().unwrap();
     assert!(why.contains("disk is missing"), "{why}");
-    let report =
-        e.m.cleanup(&CleanupOptions {
-            scope: CleanupScope::All,
-            ..CleanupOptions::default()
-        })
-        .unwrap();
+    let report = e.cleanup_all();
     assert_eq!(report.deleted_vms, ["vm-a"]);
     e.assert_gone("vm-a");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::fakes::Guest;
 use super::test_env::{chain, have_ssh_keygen, names, Env, BOOT, STOP};
-use super::{CleanupOptions, CleanupScope, NetworkMode};
+use super::{CleanupOptions, NetworkMode};
 use crate::config::{BackendKind, DiskMode};
 use crate::error::Error;
 use crate::info::VmState;
@@ -233,12 +233,7 @@ fn a_delete_killed_half_way_leaves_an_error_row_that_cleanup_all_finishes() {
     assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Error);
     let why = e.m.last_error("vm-a").unwrap().unwrap();
     assert!(why.contains("delete was interrupted"), "{why}");
-    let report =
-        e.m.cleanup(&CleanupOptions {
-            scope: CleanupScope::All,
-            ..CleanupOptions::default()
-        })
-        .unwrap();
+    let report = e.cleanup_all();
     assert_eq!(report.deleted_vms, ["vm-a"]);
     e.assert_gone("vm-a");
 }
@@ -298,12 +293,7 @@ fn a_vmm_that_died_is_marked_error_and_deleted_by_cleanup_all() {
     let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
     assert_eq!(report.marked_error, ["vm-a"]);
     assert_eq!(e.m.get("vm-a").unwrap().status, VmState::Error);
-    let report =
-        e.m.cleanup(&CleanupOptions {
-            scope: CleanupScope::All,
-            ..CleanupOptions::default()
-        })
-        .unwrap();
+    let report = e.cleanup_all();
     assert_eq!(report.deleted_vms, ["vm-a"]);
     e.assert_gone("vm-a");
 }

@@ -133,6 +133,16 @@ impl Env {
         out
     }
 
+    /// `cleanup --all` (every VM that cannot run is deleted), which must succeed.
+    pub(crate) fn cleanup_all(&self) -> super::CleanupReport {
+        self.m
+            .cleanup(&CleanupOptions {
+                scope: super::CleanupScope::All,
+                ..CleanupOptions::default()
+            })
+            .unwrap()
+    }
+
     /// Asserts that the VM `id` is gone completely: row, files, VMM; and that `cleanup` finds nothing.
     pub(crate) fn assert_gone(&self, id: &str) {
         assert!(
