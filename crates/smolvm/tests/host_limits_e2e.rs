@@ -105,6 +105,8 @@ fn the_vmm_is_bounded_by_its_own_cgroup_which_delete_and_cleanup_remove() {
         assert!(!g.exists(), "{} survived delete", g.display());
     }
 
+    // Delete also removed the `smolvm` parents when this was the last VM (the common case on a
+    // fresh machine), so the ghost makes them again, as a crashed create would have.
     // A group a crash left behind (no row) is found and removed by cleanup.
     let tag = name.strip_suffix("-lim").unwrap();
     let ghosts: Vec<PathBuf> = [&mem, &pids, &cpu]
@@ -112,7 +114,7 @@ fn the_vmm_is_bounded_by_its_own_cgroup_which_delete_and_cleanup_remove() {
         .map(|g| g.parent().unwrap().join(format!("{tag}-ghost")))
         .collect();
     for g in &ghosts {
-        std::fs::create_dir(g).unwrap();
+        std::fs::create_dir_all(g).unwrap();
     }
     let report = m.cleanup(&CleanupOptions::default()).unwrap();
     assert_eq!(report.cgroups, vec!["ghost".to_string()]);

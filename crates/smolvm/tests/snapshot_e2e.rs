@@ -11,7 +11,7 @@ use std::time::Duration;
 use scene_util::{no_net, Scene};
 use smolvm::internals::backend::qemu::{QemuAccel, QemuBackend};
 use smolvm::SnapshotError;
-use smolvm::{BackendKind, Error, VmState};
+use smolvm::{BackendKind, CleanupOptions, Error, VmState};
 use smolvm::{CreateOptions, NetworkMode, SmolVmManager};
 use vm_util::{processes_mentioning, spec, TestEnv};
 
@@ -352,6 +352,12 @@ fn bad_snapshots_are_refused_by_name_and_leave_nothing_behind() {
     );
     assert_only_vms(env, &["e-src"]);
     assert!(processes_mentioning(&env.socket_dir().join("e-c")).is_empty());
+    // Not even the host cgroup the failed VMM was started in (cleanup would find and list it).
+    let dry = CleanupOptions {
+        dry_run: true,
+        ..CleanupOptions::default()
+    };
+    assert_eq!(m.cleanup(&dry).unwrap().cgroups, Vec::<String>::new());
     std::fs::write(&mig, &saved).unwrap();
 
     // A missing file.

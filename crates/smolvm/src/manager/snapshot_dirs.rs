@@ -131,7 +131,9 @@ mod tests {
         let busy = SnapshotDirsLock::exclusive(d.path(), Duration::from_millis(50)).unwrap_err();
         assert!(busy.to_string().contains("busy"), "{busy}");
         drop((a, b));
-        let ex = SnapshotDirsLock::exclusive(d.path(), Duration::ZERO)
+        // Not `ZERO`: a process another test forks at this moment shares the open directory (and
+        // its lock) until it execs, which closes it; the lock is free again a moment later.
+        let ex = SnapshotDirsLock::exclusive(d.path(), Duration::from_secs(5))
             .unwrap()
             .expect("the directory exists");
         assert!(SnapshotDirsLock::shared(d.path(), Duration::from_millis(50)).is_err());

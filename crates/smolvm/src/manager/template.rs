@@ -211,6 +211,8 @@ impl SmolVmManager {
                     p.kill();
                 }
                 self.close_channel(rec);
+                // The launch spec made the VM's cgroup before the VMM started.
+                self.remove_cgroup(id);
                 if let Ok(b) = self.backend_impl(rec.backend) {
                     let _ = crate::backend::remove_socket(&b.control_socket(self.socket_dir(), id));
                     let _ = crate::backend::remove_socket(
@@ -299,6 +301,7 @@ impl SmolVmManager {
             p.kill();
         }
         self.close_channel(rec);
+        self.remove_cgroup(id);
         if let Err(undo) = self.teardown_network(rec) {
             tracing::warn!(vm = %id, error = %undo, "rollback could not remove the network");
         }
