@@ -30,8 +30,9 @@ pub static HOOKS: Hooks = Hooks {
     power_off: crate::power::request_power_off,
 };
 
-/// Serves the host forever on whichever channels the machine has.
-pub fn run(mut stages: Stages) -> ! {
+/// Serves the host forever on whichever channels the machine has. With a `gate` (the first agent of
+/// a boot) it warms its exec path and answers `Ready` only once PID 1 opened the gate.
+pub fn run(mut stages: Stages, gate: Option<crate::gate::GateReceiver>) -> ! {
     let ids = crate::modules::virtio_ids(Path::new("/sys"));
     let serial = ids.contains(&VIRTIO_ID_CONSOLE);
     let vsock = ids.contains(&VIRTIO_ID_VSOCK);
@@ -39,6 +40,19 @@ pub fn run(mut stages: Stages) -> ! {
         crate::log("no host channel: neither a virtio-serial nor a vsock device exists");
     }
     let port = if serial { wait_for_port() } else { None };
+    if let Some(gate) = gate {
+        // The first command of the first host must not pay for translating the exec path (TCG).
+        match crate::server::warm::exec_path(
+            &crate::server::Config::default(),
+            &HOOKS,
+            crate::server::warm::EXEC_WARMUP_LIMIT,
+        ) {
+            Ok(true) => stages.mark("exec_warm"),
+            Ok(false) => crate::log("exec warm-up did not finish in time: continuing without it"),
+            Err(e) => crate::log(&format!("exec warm-up: {e}")),
+        }
+        stages.merge(gate.wait(crate::gate::GATE_LIMIT));
+    }
     stages.mark("ready");
     let ready = Ready {
         protocol_version: PROTOCOL_VERSION,

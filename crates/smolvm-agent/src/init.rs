@@ -1,9 +1,12 @@
 //! Stage 2: PID 1 on the root disk.
 //!
-//! PID 1 sets the guest up single-threaded (mounts, host name, network, authorised key, SSH server, a
-//! shell warm-up running alongside: [`crate::warmup`]), then forks the *agent process*, which serves the host channel with as many threads as it likes.
-//! PID 1 itself only waits for signals: it reaps every zombie (`waitpid(-1)`), restarts the agent process
-//! or the SSH server if they die, and powers off on request.
+//! PID 1 mounts the file systems, then forks the *agent process*, which serves the host channel with as
+//! many threads as it likes, and goes on single-threaded: host name, authorised key, SSH server,
+//! network. The agent finds its port and warms its exec path meanwhile (another vCPU), and answers
+//! `Ready` only once PID 1 has sent it the stages of that work through the [`crate::gate`] (so `Ready`
+//! still means the SSH server listens). PID 1 itself then only waits for signals: it reaps every zombie
+//! (`waitpid(-1)`), restarts the agent process or the SSH server if they die, and powers off on
+//! request.
 //!
 //! Why a separate process: PID 1 must reap any child, but the request server waits for the commands it
 //! starts by pid; if both lived in one process, PID 1's `waitpid(-1)` would steal the server's exit
@@ -12,6 +15,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cmdline::BootParams;
+use crate::gate::{GateReceiver, GateSender};
 use crate::stages::Stages;
 use crate::{power, setup, sys};
 
@@ -65,9 +69,18 @@ pub fn run(mut stages: Stages) -> ! {
     };
     setup::make_root_writable(params.read_only);
     stages.mark("mounts_done");
-    // Runs on another vCPU (or in the gaps) while PID 1 sets up the rest; waited for before `Ready`.
-    let warm_started = Instant::now();
-    let warmup = crate::warmup::start(&crate::server::Config::default().shell);
+    // The agent starts now, while PID 1 does the rest; it answers `Ready` once the gate opens.
+    let (gate_tx, mut agent) = match crate::gate::gate() {
+        Ok((tx, rx)) => {
+            let pid = spawn_agent(&stages, &signals, Some((&tx, rx)));
+            (Some(tx), Some(Supervised::new(pid)))
+        }
+        Err(e) => {
+            crate::log(&format!("make the Ready gate: {e}; the agent starts last"));
+            (None, None)
+        }
+    };
+    let forked_at = stages.0.len();
 
     for w in &params.warnings {
         crate::log(w);
@@ -99,14 +112,15 @@ pub fn run(mut stages: Stages) -> ! {
             crate::log("the SSH server is not listening on port 22: continuing without it");
         }
     }
-    if let Some(pid) = warmup {
-        if crate::warmup::finish(pid, warm_started, crate::warmup::WARMUP_LIMIT) {
-            stages.mark("shell_warm");
-        }
-    }
 
     let mode = power::detect_mode(Some(&params));
-    let mut agent = Supervised::new(spawn_agent(&stages, &signals));
+    let mut agent = match (gate_tx, agent.take()) {
+        (Some(tx), Some(agent)) => {
+            tx.open(&Stages(stages.0[forked_at..].to_vec()));
+            agent
+        }
+        _ => Supervised::new(spawn_agent(&stages, &signals, None)),
+    };
     supervise(&signals, mode, &stages, &mut agent, &mut sshd)
 }
 
@@ -120,16 +134,27 @@ fn start_sshd() -> Option<libc::pid_t> {
     }
 }
 
-/// Forks the agent process. PID 1 is still single-threaded here, so fork is safe.
-fn spawn_agent(stages: &Stages, signals: &[libc::c_int]) -> Option<libc::pid_t> {
+/// Forks the agent process. PID 1 is still single-threaded here, so fork is safe. With a `gate` (the
+/// first start at boot) the agent waits on its receiving end before `Ready` (PID 1 keeps the sending
+/// end); a restarted agent answers at once.
+fn spawn_agent(
+    stages: &Stages,
+    signals: &[libc::c_int],
+    gate: Option<(&GateSender, GateReceiver)>,
+) -> Option<libc::pid_t> {
     match sys::fork() {
         Ok(0) => {
+            // Only PID 1 may hold the sending end, or the agent would never see it closed.
+            let gate = gate.map(|(tx, rx)| {
+                tx.close_in_child();
+                rx
+            });
             // The child starts with PID 1's blocked signals: restore default delivery, and block the
             // host channel's event signals before any thread exists, so every thread inherits that.
             let _ = sys::sigmask(libc::SIG_UNBLOCK, signals);
             let _ = sys::sigmask(libc::SIG_BLOCK, &crate::serial::signals());
             crate::button::watch();
-            crate::channel::run(stages.clone())
+            crate::channel::run(stages.clone(), gate)
         }
         Ok(pid) => Some(pid),
         Err(e) => {
@@ -171,7 +196,7 @@ fn supervise(
         // Restart at most once a second, so a crash loop cannot starve the guest.
         if agent.pid.is_none() {
             backoff(agent);
-            agent.pid = spawn_agent(stages, signals);
+            agent.pid = spawn_agent(stages, signals, None);
         }
         if sshd.pid.is_none() && std::path::Path::new(setup::DROPBEAR).exists() {
             backoff(sshd);

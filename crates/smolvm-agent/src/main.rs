@@ -17,6 +17,7 @@ mod button;
 mod channel;
 mod cmdline;
 mod elfid;
+mod gate;
 mod identity;
 mod init;
 mod modules;
@@ -28,7 +29,6 @@ mod setup;
 mod stage1;
 mod stages;
 mod sys;
-mod warmup;
 mod wget;
 
 /// Prints one line to the console (stderr of PID 1 is /dev/console).

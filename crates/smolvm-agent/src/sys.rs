@@ -185,16 +185,3 @@ pub fn reap_one() -> io::Result<Option<libc::pid_t>> {
         p => Ok(Some(p)),
     }
 }
-
-/// Reaps the child `pid` without blocking: true if it had exited (and is reaped now), false if it still
-/// runs.
-pub fn try_reap(pid: libc::pid_t) -> io::Result<bool> {
-    let mut status = 0;
-    // SAFETY: valid out pointer.
-    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    match rc {
-        r if r < 0 => Err(io::Error::last_os_error()),
-        0 => Ok(false),
-        _ => Ok(true),
-    }
-}

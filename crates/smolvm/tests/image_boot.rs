@@ -251,8 +251,8 @@ fn boots_to_ready_reconnects_and_powers_off() {
         "mounts_done",
         "sshd_started",
         "sshd_listening",
-        // The login-shell warm-up (agent's warmup module) finished before Ready.
-        "shell_warm",
+        // The agent served one command to itself (server::warm) while PID 1 still worked.
+        "exec_warm",
         "ready",
     ] {
         assert!(
@@ -260,6 +260,24 @@ fn boots_to_ready_reconnects_and_powers_off() {
             "stage {want} missing: {stages:?}"
         );
     }
+    // The agent started early, but `Ready` still came after the SSH server listened (the gate), and
+    // the stages PID 1 and the agent recorded are reported in time order.
+    let at = |name: &str| {
+        ready
+            .boot_stages
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .micros
+    };
+    assert!(at("ready") >= at("sshd_listening"), "{stages:?}");
+    assert!(
+        ready
+            .boot_stages
+            .windows(2)
+            .all(|w| w[0].micros <= w[1].micros),
+        "{stages:?}"
+    );
     // The virtio-serial channel serves every new host connection, even an immediate reconnect (the
     // guest cannot see such a flap through read(); each host's Hello carries a new nonce instead).
     assert_eq!(s.run("echo hi", None).unwrap().stdout, "hi\n");

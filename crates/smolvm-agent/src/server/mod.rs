@@ -17,6 +17,7 @@ mod exec;
 mod files;
 mod out;
 mod reaper;
+pub(crate) mod warm;
 
 use std::collections::HashMap;
 use std::fs::File;
