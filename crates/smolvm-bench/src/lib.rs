@@ -10,6 +10,7 @@ mod image;
 pub mod machine;
 pub mod mem;
 pub mod netns;
+mod parallel;
 pub mod report;
 pub mod run;
 mod sections;

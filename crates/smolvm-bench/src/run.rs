@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::machine::Machine;
 use super::report::{BenchReport, ImageFiles, Section, SectionReport, Settings, REPORT_SCHEMA};
 use super::workdir::WorkDir;
-use super::{coldstart, sections, BenchError};
+use super::{coldstart, parallel, sections, BenchError};
 use smolvm::internals::backend::qemu::QemuBackend;
 use smolvm::BackendKind;
 use smolvm::SmolVmManager;
@@ -268,7 +268,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
                     .find(|r| r.section == Section::ColdStart)
                     .and_then(|r| r.row(coldstart::TOTAL_ROW))
                     .and_then(|r| r.stats.as_ref().map(|s| s.median));
-                coldstart::parallel(&ctx, single, &mut rep)
+                parallel::parallel(&ctx, single, &mut rep)
             }
         };
         match result {
