@@ -134,13 +134,25 @@ err_kind() { # step, stderr file, exit status
     echo "$1: ${msg:-exit status $3}"
 }
 
+# Keeps the whole error text (colours stripped, at most 12 lines) of the first error of each kind: kinds
+# are cut to 90 characters, which hides the cause at the end of a chain. `example KIND FILE`
+example() {
+    (
+        flock 9
+        grep -qxF "== $1" "$EV/error_examples" 2>/dev/null && exit 0
+        { echo "== $1"; sed -E 's/\x1b\[[0-9;]*m//g' "$2" 2>/dev/null | grep -v '^\s*$' | head -12; } >>"$EV/error_examples"
+    ) 9>>"$EV/error_examples.lock"
+}
+
 # Runs one step of worker $W; on failure records its kind. `step NAME cmd...`
 step() {
-    local name="$1" rc; shift
+    local name="$1" rc kind; shift
     "$@" >"$EV/stdout.$W" 2>"$EV/stderr.$W"
     rc=$?
     [ "$rc" = 0 ] && return 0
-    note errors "$(err_kind "$name" "$EV/stderr.$W" "$rc")"
+    kind="$(err_kind "$name" "$EV/stderr.$W" "$rc")"
+    note errors "$kind"
+    [ "$rc" = 137 ] || example "$kind" "$EV/stderr.$W"
     return "$rc"
 }
 
@@ -358,17 +370,21 @@ jq -n --argjson workers "$WORKERS" --argjson seconds $((t1 - t0)) \
     --argjson stopped_early "$([ -f "$WORK/stop" ] && echo true || echo false)" \
     --arg faults "$(by_kind faults)" --arg errors "$(by_kind errors)" \
     --arg violations "$(by_kind lease_violations)" \
+    --arg examples "$(cat "$EV/error_examples" 2>/dev/null)" \
     --arg leaks "$(printf '%s\n' "${leaks[@]}")" --arg unusable "$(printf '%s\n' "${unusable[@]}")" \
     --slurpfile cleanup <(cat "$WORK/cleanup.json" 2>/dev/null || echo null) \
     '{workers: $workers, seconds: $seconds, cycles_ok: $ok, cycles_failed: $failed, vms_created: $created,
       stopped_early: $stopped_early, cgroups_mounted: ($cgroups == 1), vmm_samples_in_cgroup: $vmm_in_cgroup,
       vm_cgroups_seen: $cgroups_seen,
-      faults: $faults, errors: $errors, lease_violations: $violations, leaks: $leaks,
+      faults: $faults, errors: $errors, error_examples: $examples, lease_violations: $violations, leaks: $leaks,
       unusable: $unusable, cleanup: $cleanup[0]}' >"$REPORT"
 
 echo "soak: $(( $(count cycles_ok) + $(count cycles_failed) )) cycles in $((t1 - t0)) s ($(count cycles_ok) clean, $(count cycles_failed) hit a fault), $(count created) VMs created"
 echo "faults injected: $(count faults)"; by_kind faults
 echo "errors by kind: $(count errors)"; by_kind errors
+if [ -s "$EV/error_examples" ]; then
+    echo "first full error of each kind:"; sed 's/^/    /' "$EV/error_examples"
+fi
 echo "lease violations: $(count lease_violations)"; by_kind lease_violations
 echo "cgroups: $([ "$CGROUPS" = 1 ] && echo mounted || echo "not available"); VMMs sampled in their group: $(count vmm_in_cgroup) ($(sort -u "$EV/vmm_in_cgroup" 2>/dev/null | wc -l) VMs), outside: $(count vmm_outside_cgroup)"
 echo "unusable VMs after cleanup: ${#unusable[@]}"; printf '    %s\n' "${unusable[@]}" | grep -v '^    $'

@@ -82,7 +82,11 @@ pub(crate) fn is_root() -> bool {
 /// The user a running process `pid` runs as (its real uid and gid, from `/proc/<pid>/status`), or
 /// `None` if it is gone or unreadable.
 pub(crate) fn of_process(pid: u32) -> Option<VmmUser> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    of_status(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The real uid and gid of a `/proc/<pid>/status` text.
+pub(crate) fn of_status(status: &str) -> Option<VmmUser> {
     let first = |key: &str| -> Option<u32> {
         let line = status.lines().find(|l| l.starts_with(key))?;
         line[key.len()..].split_whitespace().next()?.parse().ok()

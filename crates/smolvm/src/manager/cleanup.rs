@@ -146,13 +146,25 @@ impl SmolVmManager {
         Ok(report)
     }
 
-    /// VMM processes that provably belong to this store (marker and socket directory).
+    /// VMM processes that provably belong to this store: marker and socket directory, or, for a jailed
+    /// Firecracker (no marker survives the jailer), the uid this store leased to its VM. A jailed VMM
+    /// whose VM has no row any more cannot be proven ours and is left alone.
     pub(crate) fn own_vmms<'a>(
         &'a self,
         all: &'a [VmmProcess],
     ) -> impl Iterator<Item = &'a VmmProcess> {
-        all.iter()
-            .filter(|p| p.belongs_to(&self.dirs.store, self.socket_dir()))
+        all.iter().filter(|p| {
+            p.belongs_to(&self.dirs.store, self.socket_dir())
+                || p.jailed_uid.is_some_and(|uid| {
+                    let leased = self
+                        .state()
+                        .and_then(|s| Ok(s.get_vm(&p.vm_id)?))
+                        .ok()
+                        .flatten()
+                        .and_then(|r| r.vmm_id);
+                    leased == Some(uid)
+                })
+        })
     }
 
     fn facts(&self, id: &str, all_vmms: &[VmmProcess], files: &Files) -> Result<VmFacts> {

@@ -161,6 +161,7 @@ mod tests {
             vm_id: "vm".into(),
             control_socket: "/s/vm.qmp".into(),
             store: Some("/data".into()),
+            jailed_uid: None,
         }
     }
 

@@ -206,3 +206,59 @@ fn a_jail_without_a_live_vmm_goes_and_that_of_a_running_vm_stays() {
     e.m.delete("vm-a").unwrap();
     e.m.delete("vm-b").unwrap();
 }
+
+/// A process whose command line is a jailed Firecracker's (`firecracker ... --id <vm> ... --api-sock
+/// /api.sock`, no store marker: the jailer clears the environment), running as `uid`.
+fn jailed_stand_in(vm_id: &str, uid: u32) -> crate::process::ProcessIdentity {
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new("sh")
+        .arg0("firecracker")
+        .args([
+            "-c",
+            "sleep 60",
+            "sh",
+            "--id",
+            vm_id,
+            "--api-sock",
+            "/api.sock",
+        ])
+        .env_clear()
+        .uid(uid)
+        .gid(uid)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    for _ in 0..500 {
+        if std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.starts_with(b"firecracker"))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::spawn(move || child.wait());
+    crate::process::ProcessIdentity::of(pid).unwrap()
+}
+
+#[test]
+fn a_jailed_firecracker_left_by_a_crash_is_killed_only_with_the_vms_leased_uid() {
+    if !crate::vmm_user::is_root() {
+        eprintln!("skipped: needs root (per-VM VMM users and a process of another uid)");
+        return;
+    }
+    let e = Env::new();
+    e.create("vm-j", DiskMode::Isolated, NetworkMode::None)
+        .unwrap();
+    let user = e.m.vmm_user("vm-j").unwrap().expect("a VMM user as root");
+    // A start killed after the jailer ran but before the VMM was recorded leaves this behind; a jailed
+    // VMM with the same id but another uid (another store's) is not provably ours.
+    let ours = jailed_stand_in("vm-j", user.uid);
+    let foreign = jailed_stand_in("vm-j", user.uid + 1);
+    let report = e.m.cleanup(&CleanupOptions::default()).unwrap();
+    let killed: Vec<u32> = report.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(killed, [ours.pid]);
+    assert!(!ours.is_alive());
+    assert!(foreign.is_alive());
+    assert_eq!(e.m.get("vm-j").unwrap().status, VmState::Created);
+    foreign.kill();
+}

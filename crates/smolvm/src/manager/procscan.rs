@@ -4,6 +4,12 @@
 //! without any state, which is what a crash leaves us with. The store that owns a VMM is named by the
 //! [`STORE_ENV`] variable in its environment (`/proc/<pid>/environ`); the socket directory alone proves
 //! nothing, since several stores may share one.
+//!
+//! A Firecracker started through its jailer is the exception: the jailer clears the environment and
+//! the VMM sees only its chroot, so its command line is `firecracker --id <vm_id> ... --api-sock
+//! /api.sock`. It is recognised by that, and its real uid (the VM's own VMM user) is kept so that a
+//! store can prove it is its own: the uid leased to that VM id in its state (see
+//! `SmolVmManager::own_vmms`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -31,6 +37,8 @@ pub(crate) struct VmmProcess {
     pub control_socket: PathBuf,
     /// The store (canonical data directory) its environment names; `None` if unmarked or unreadable.
     pub store: Option<PathBuf>,
+    /// For a jailed Firecracker (control socket `/api.sock` inside its chroot): the uid it runs as.
+    pub jailed_uid: Option<u32>,
 }
 
 impl VmmProcess {
@@ -60,9 +68,13 @@ pub(crate) fn scan_vmm_processes(proc_root: &Path) -> Vec<VmmProcess> {
         let Ok(cmdline) = std::fs::read(dir.join("cmdline")) else {
             continue;
         };
-        let Some((backend, control_socket, vm_id)) = parse_vmm_argv(&split_cmdline(&cmdline))
-        else {
-            continue;
+        let argv = split_cmdline(&cmdline);
+        let (backend, control_socket, vm_id, jailed) = match parse_vmm_argv(&argv) {
+            Some((backend, socket, id)) => (backend, socket, id, false),
+            None => match jailed_firecracker_vm(&argv) {
+                Some(id) => (BackendKind::Firecracker, jailed_api_socket(), id, true),
+                None => continue,
+            },
         };
         let stat = std::fs::read_to_string(dir.join("stat"))
             .ok()
@@ -79,6 +91,11 @@ pub(crate) fn scan_vmm_processes(proc_root: &Path) -> Vec<VmmProcess> {
                 store: std::fs::read(dir.join("environ"))
                     .ok()
                     .and_then(|env| store_of_environ(&env)),
+                jailed_uid: jailed
+                    .then(|| std::fs::read_to_string(dir.join("status")).ok())
+                    .flatten()
+                    .and_then(|st| crate::vmm_user::of_status(&st))
+                    .map(|u| u.uid),
             }),
             _ => {}
         }
@@ -120,22 +137,44 @@ pub(crate) fn parse_vmm_argv(argv: &[OsString]) -> Option<(BackendKind, PathBuf,
             .find_map(|p| socket_vm(PathBuf::from(OsString::from_vec(p)), QMP_SUFFIX))
             .map(|(path, id)| (BackendKind::Qemu, path, id))
     } else if program == b"firecracker" {
-        let mut args = argv[1..].iter();
-        while let Some(a) = args.next() {
-            let value = match a.as_bytes().strip_prefix(b"--api-sock") {
-                Some(b"") => args.next().map(|v| v.as_bytes().to_vec()),
-                Some(rest) => rest.strip_prefix(b"=").map(<[u8]>::to_vec),
-                None => None,
-            };
-            if let Some(v) = value {
-                let path = PathBuf::from(OsString::from_vec(v));
-                return socket_vm(path, FC_SUFFIX).map(|(p, id)| (BackendKind::Firecracker, p, id));
-            }
-        }
-        None
+        let path = PathBuf::from(option_value(argv, "--api-sock")?);
+        socket_vm(path, FC_SUFFIX).map(|(p, id)| (BackendKind::Firecracker, p, id))
     } else {
         None
     }
+}
+
+/// The API socket of a jailed Firecracker as it sees it (inside its chroot).
+fn jailed_api_socket() -> PathBuf {
+    Path::new("/").join(crate::backend::firecracker::jail::API_SOCKET)
+}
+
+/// If `argv` is a jailed Firecracker's (`--api-sock /api.sock` and the jailer's `--id`), its VM id.
+pub(crate) fn jailed_firecracker_vm(argv: &[OsString]) -> Option<String> {
+    if Path::new(argv.first()?).file_name()?.as_bytes() != b"firecracker" {
+        return None;
+    }
+    if Path::new(&option_value(argv, "--api-sock")?) != jailed_api_socket() {
+        return None;
+    }
+    let id = option_value(argv, "--id")?.into_string().ok()?;
+    validate_vm_id(&id).ok()?;
+    Some(id)
+}
+
+/// The value of the first `--name VALUE` or `--name=VALUE` in `argv` after the program.
+fn option_value(argv: &[OsString], name: &str) -> Option<OsString> {
+    let mut args = argv.get(1..)?.iter();
+    while let Some(a) = args.next() {
+        match a.as_bytes().strip_prefix(name.as_bytes()) {
+            Some(b"") => return args.next().cloned(),
+            Some(rest) if rest.starts_with(b"=") => {
+                return Some(OsString::from_vec(rest[1..].to_vec()))
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The VM id of a control socket path `<dir>/<vm_id><suffix>`, if it is one.
@@ -186,210 +225,5 @@ pub(crate) fn socket_file_vm(name: &OsStr) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs;
-
-    fn argv(words: &[&str]) -> Vec<OsString> {
-        words.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn recognises_qemu_by_its_qmp_chardev() {
-        let a = argv(&[
-            "/usr/bin/qemu-system-x86_64",
-            "-M",
-            "microvm",
-            "-chardev",
-            "socket,id=agent,path=/run/s/vm-1.agent,server=on,wait=off",
-            "-chardev",
-            "socket,id=qmp,path=/run/s/vm-1.qmp,server=on,wait=off",
-        ]);
-        assert_eq!(
-            parse_vmm_argv(&a),
-            Some((BackendKind::Qemu, "/run/s/vm-1.qmp".into(), "vm-1".into()))
-        );
-        // Commas in the directory are doubled by smolvm's argv builder.
-        let a = argv(&[
-            "qemu-system-x86_64",
-            "-chardev",
-            "socket,id=qmp,path=/a,,b/x.qmp,server=on",
-        ]);
-        assert_eq!(parse_vmm_argv(&a).unwrap().1, PathBuf::from("/a,b/x.qmp"));
-    }
-
-    #[test]
-    fn recognises_firecracker_by_its_api_socket() {
-        for a in [
-            argv(&[
-                "firecracker",
-                "--api-sock",
-                "/s/vm-2.fc.sock",
-                "--id",
-                "vm-2",
-            ]),
-            argv(&["/opt/bin/firecracker", "--api-sock=/s/vm-2.fc.sock"]),
-        ] {
-            assert_eq!(
-                parse_vmm_argv(&a),
-                Some((
-                    BackendKind::Firecracker,
-                    "/s/vm-2.fc.sock".into(),
-                    "vm-2".into()
-                ))
-            );
-        }
-    }
-
-    #[test]
-    fn ignores_everything_else() {
-        for a in [
-            argv(&[]),
-            argv(&["sleep", "100", "path=/s/vm.qmp"]),
-            argv(&[
-                "qemu-system-x86_64",
-                "-chardev",
-                "socket,id=mon,path=/s/monitor.sock",
-            ]),
-            argv(&[
-                "qemu-system-x86_64",
-                "-chardev",
-                "socket,path=/s/Bad_Id.qmp",
-            ]),
-            argv(&["firecracker", "--api-sock"]),
-            argv(&["firecracker", "--api-sock", "/s/api.socket"]),
-            argv(&["not-qemu-system", "-chardev", "socket,path=/s/vm.qmp"]),
-        ] {
-            assert_eq!(parse_vmm_argv(&a), None, "{a:?}");
-        }
-    }
-
-    #[test]
-    fn the_store_marker_is_read_from_the_environment() {
-        assert_eq!(
-            store_of_environ(b"A=1\0SMOLVM_STORE=/d/x y\0B=2\0"),
-            Some(PathBuf::from("/d/x y"))
-        );
-        assert_eq!(store_of_environ(b"SMOLVM_STORE=\0"), None);
-        assert_eq!(store_of_environ(b"XSMOLVM_STORE=/d\0"), None);
-        assert_eq!(store_of_environ(b""), None);
-    }
-
-    #[test]
-    fn ownership_needs_the_marker_and_the_socket_dir() {
-        let p = |store: Option<&str>, sock: &str| VmmProcess {
-            identity: ProcessIdentity {
-                pid: 1,
-                start_time: 1,
-            },
-            backend: BackendKind::Qemu,
-            vm_id: "x".into(),
-            control_socket: sock.into(),
-            store: store.map(PathBuf::from),
-        };
-        let (store, dir) = (Path::new("/data/a"), Path::new("/s"));
-        assert!(p(Some("/data/a"), "/s/x.qmp").belongs_to(store, dir));
-        // Another store's VMM with its socket in the same directory (the shared default of old).
-        assert!(!p(Some("/data/b"), "/s/x.qmp").belongs_to(store, dir));
-        // No marker: unprovable, so never ours.
-        assert!(!p(None, "/s/x.qmp").belongs_to(store, dir));
-        assert!(!p(Some("/data/a"), "/t/x.qmp").belongs_to(store, dir));
-    }
-
-    #[test]
-    fn cmdline_bytes_split_on_nul() {
-        assert_eq!(
-            split_cmdline(b"a\0b c\0\0d\0"),
-            argv(&["a", "b c", "", "d"])
-        );
-        assert!(split_cmdline(b"").is_empty());
-    }
-
-    #[test]
-    fn socket_files_name_their_vm() {
-        for (name, id) in [
-            ("vm-1.qmp", Some("vm-1")),
-            ("vm-1.agent", Some("vm-1")),
-            ("vm-1.chan", Some("vm-1")),
-            ("vm-1.fc.sock", Some("vm-1")),
-            ("vm-1.vsock", Some("vm-1")),
-            ("vm-1.vsock_1024", Some("vm-1")),
-            ("vm-1.vsock_x", None),
-            ("notes.txt", None),
-            ("BAD.qmp", None),
-            (".qmp", None),
-        ] {
-            assert_eq!(socket_file_vm(OsStr::new(name)), id, "{name}");
-        }
-    }
-
-    /// A fake /proc: one QEMU, one zombie QEMU, one Firecracker, one unrelated process, one
-    /// unreadable entry and a non-pid directory.
-    #[test]
-    fn scans_a_proc_tree() {
-        let root = tempfile::tempdir().unwrap();
-        let stat = |state: char, start: u64| {
-            format!("1 (x y) {state} 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0")
-        };
-        let add = |pid: &str, cmd: &[u8], st: Option<String>| {
-            let d = root.path().join(pid);
-            fs::create_dir(&d).unwrap();
-            fs::write(d.join("cmdline"), cmd).unwrap();
-            if pid == "10" {
-                fs::write(d.join("environ"), b"PATH=/bin\0SMOLVM_STORE=/data/a\0").unwrap();
-            }
-            if let Some(s) = st {
-                fs::write(d.join("stat"), s).unwrap();
-            }
-        };
-        add(
-            "10",
-            b"qemu-system-x86_64\0-chardev\0socket,id=qmp,path=/s/a.qmp\0",
-            Some(stat('S', 500)),
-        );
-        add(
-            "11",
-            b"qemu-system-x86_64\0-chardev\0socket,path=/s/z.qmp\0",
-            Some(stat('Z', 501)),
-        );
-        add(
-            "12",
-            b"firecracker\0--api-sock\0/t/b.fc.sock\0",
-            Some(stat('R', 502)),
-        );
-        add("13", b"bash\0-c\0true\0", Some(stat('S', 503)));
-        add(
-            "14",
-            b"qemu-system-x86_64\0-chardev\0socket,path=/s/gone.qmp\0",
-            None,
-        );
-        fs::create_dir(root.path().join("self-not-a-pid")).unwrap();
-        let found = scan_vmm_processes(root.path());
-        assert_eq!(
-            found,
-            [
-                VmmProcess {
-                    identity: ProcessIdentity {
-                        pid: 10,
-                        start_time: 500
-                    },
-                    backend: BackendKind::Qemu,
-                    vm_id: "a".into(),
-                    control_socket: "/s/a.qmp".into(),
-                    store: Some("/data/a".into()),
-                },
-                VmmProcess {
-                    identity: ProcessIdentity {
-                        pid: 12,
-                        start_time: 502
-                    },
-                    backend: BackendKind::Firecracker,
-                    vm_id: "b".into(),
-                    control_socket: "/t/b.fc.sock".into(),
-                    store: None,
-                },
-            ]
-        );
-        assert!(scan_vmm_processes(&root.path().join("missing")).is_empty());
-    }
-}
+#[path = "procscan_tests.rs"]
+mod tests;
