@@ -68,6 +68,10 @@ pub fn run(mut stages: Stages) -> ! {
         }
     };
     setup::make_root_writable(params.read_only);
+    if setup::root_is_read_only() {
+        // `shared` disk mode: what smolvm writes (SSH keys, environment) goes to tmpfs copies.
+        crate::rwdirs::make_writable();
+    }
     stages.mark("mounts_done");
     // The agent starts now, while PID 1 does the rest; it answers `Ready` once the gate opens.
     let (gate_tx, mut agent) = match crate::gate::gate() {

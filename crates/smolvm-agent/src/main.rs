@@ -23,6 +23,7 @@ mod init;
 mod modules;
 mod net;
 mod power;
+mod rwdirs;
 mod serial;
 mod server;
 mod setup;

@@ -59,7 +59,8 @@ pub fn make_root_writable(read_only: bool) {
     }
 }
 
-fn root_is_read_only() -> bool {
+/// True if `/` is mounted read-only.
+pub fn root_is_read_only() -> bool {
     // SAFETY: statvfs is plain data, filled by the kernel.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path and out pointer.

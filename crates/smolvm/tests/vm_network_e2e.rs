@@ -52,13 +52,22 @@ impl Env {
     }
 
     fn create(&self, id: &str, network: NetworkMode) -> VmInfo {
-        let config = VmConfig::builder(self.image.join("vmlinuz"), self.image.join("rootfs.ext4"))
+        self.create_with(id, network, |c| c)
+    }
+
+    /// [`create`](Self::create) with the config spec changed by `tweak` first.
+    fn create_with(
+        &self,
+        id: &str,
+        network: NetworkMode,
+        tweak: impl FnOnce(smolvm::VmConfigSpec) -> smolvm::VmConfigSpec,
+    ) -> VmInfo {
+        let spec = VmConfig::builder(self.image.join("vmlinuz"), self.image.join("rootfs.ext4"))
             .vm_id(id)
             .initrd_path(self.image.join("initrd.img"))
             .boot_args(&self.boot_args)
-            .mem_size_mib(256)
-            .build()
-            .unwrap();
+            .mem_size_mib(256);
+        let config = tweak(spec).build().unwrap();
         self.m
             .create_with(
                 &config,
@@ -277,4 +286,49 @@ fn user_mode_guest_is_reached_through_its_loopback_forward() {
     assert!(!sh(&["ip", "link", "show"]).contains("smv-"));
     env.m.delete("net-u").unwrap();
     env.assert_no_leftovers();
+}
+
+/// A `shared`-disk guest boots the image read-only, yet takes SSH logins (its host key pinned, the
+/// client key authorised) and keeps its environment variables: both go to tmpfs copies of
+/// `/etc/dropbear`, `/root` and `/etc/profile.d`, and the image itself is not written.
+#[test]
+fn a_shared_disk_guest_takes_ssh_logins_and_environment_variables() {
+    if !e2e(
+        "shared-disk guest over SSH",
+        &["ssh", "ssh-keygen", "dropbearconvert", "debugfs"],
+    ) {
+        return;
+    }
+    let Some((image, boot_args)) = image() else {
+        return;
+    };
+    let ns = Netns::new();
+    let _in = ns.enter();
+    let env = Env::new(image.clone(), boot_args);
+    let mtime = || {
+        std::fs::metadata(image.join("rootfs.ext4"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before = mtime();
+    env.create_with("net-s", NetworkMode::User, |c| {
+        c.disk_mode(smolvm::DiskMode::Shared)
+            .env_var("SMOLVM_SHARED", "yes")
+    });
+    env.boot("net-s");
+    let cmds = env.m.get_ssh_commands("net-s", "root", None, None).unwrap();
+    let (code, out, _) = paste(
+        &cmds["localhost_port"],
+        "'hostname; . /etc/profile; echo $SMOLVM_SHARED; touch /cannot 2>/dev/null || echo read-only'",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "net-s\nyes\nread-only"),
+        "console:\n{}",
+        std::fs::read_to_string(env.m.console_log("net-s")).unwrap_or_default()
+    );
+    env.m.delete("net-s").unwrap();
+    env.assert_no_leftovers();
+    assert_eq!(mtime(), before, "the shared image was written");
 }
