@@ -304,6 +304,18 @@ impl SmolVmManager {
         Ok(())
     }
 
+    /// Gives the running guest of `rec` its own identity (host name, network, clock, entropy, its own
+    /// pinned SSH host key) through `client`: for a VM that booted cold from a template's disk. A
+    /// failure is logged: the VM runs and its agent works, only SSH refuses the template's host key.
+    pub(super) fn give_identity(&self, rec: &VmRecord, client: &AgentClient) {
+        let given = self
+            .new_host_key(rec)
+            .and_then(|key| Ok(client.set_identity(&identity(rec, key))?));
+        if let Err(e) = given {
+            tracing::warn!(vm = %rec.info.vm_id, error = %e, "could not give the VM its own identity after a cold boot from its template's disk");
+        }
+    }
+
     /// A new SSH host key for the new VM (VMs with a network only), pinned in its known_hosts; the
     /// Dropbear-format private key is handed to the guest with its identity.
     fn new_host_key(&self, rec: &VmRecord) -> Result<Option<Vec<u8>>> {
