@@ -9,6 +9,7 @@
 //! guest code outside it.
 
 pub(crate) mod layout;
+mod mount;
 
 use std::fs::File;
 use std::io;
@@ -173,6 +174,13 @@ impl VmGroups {
     pub(crate) fn detect(store_tag: &str) -> Option<VmGroups> {
         let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let root = Path::new("/sys/fs/cgroup");
+        match mount::mount_if_missing(root, &proc_cgroup) {
+            Ok(true) => tracing::debug!("mounted the cgroup hierarchies in this mount namespace"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not mount the cgroup hierarchies in this mount namespace")
+            }
+        }
         // Pure v2 mounts at the root; a hybrid host mounts it at `unified`.
         let (v2_mount, controllers) = [root.to_path_buf(), root.join("unified")]
             .into_iter()
@@ -182,8 +190,8 @@ impl VmGroups {
             })
             .unwrap_or_else(|| (root.to_path_buf(), String::new()));
         let layout = layout::choose(&proc_cgroup, &v2_mount, Some(&controllers), root)?;
-        // `/proc/self/cgroup` names hierarchies that need not be mounted here: `ip netns exec` gives
-        // its command a fresh /sys without any cgroupfs. The cgroup smolvm runs in must exist.
+        // `/proc/self/cgroup` names hierarchies that need not be mounted here (see [`mount`] for
+        // when smolvm mounts them itself). The cgroup smolvm runs in must exist.
         let mounted = layout
             .parents()
             .iter()
