@@ -177,6 +177,11 @@ impl VmGroups {
         match mount::mount_if_missing(root, &proc_cgroup) {
             Ok(true) => tracing::debug!("mounted the cgroup hierarchies in this mount namespace"),
             Ok(false) => {}
+            // Not allowed (a container without CAP_SYS_ADMIN): no groups, as before, and no warning
+            // on every call.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                tracing::debug!(error = %e, "not allowed to mount the cgroup hierarchies here")
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not mount the cgroup hierarchies in this mount namespace")
             }
