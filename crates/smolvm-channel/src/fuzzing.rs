@@ -138,8 +138,9 @@ fn next_frame(
     }
 }
 
-/// A fresh private directory under the system's temporary directory.
-fn scratch_dir(what: &str) -> PathBuf {
+/// A fresh private directory under the system's temporary directory (also the library's fuzzing
+/// entry points' scratch space).
+pub fn scratch_dir(what: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "smolvm-fuzz-{what}-{}-{}",

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cli_netns::{Dirs, NsResolvConf};
+use cli_netns::{DeleteOnDrop, Dirs, NsResolvConf};
 use netns_util::{e2e, enter_ns, ChildGuard, Netns, Server};
 
 /// The world's DNS server (also the uplink's next hop).
@@ -180,7 +180,11 @@ fn allow_lists_none_and_open_are_enforced_on_a_running_vm() {
         Server::start(&world, sock(FIRST, 80), "first"),
         Server::start(&world, sock(SECOND, 80), "second"),
     ];
-    let _guard = DeleteOnDrop { d: &d, ns: &host };
+    let _guard = DeleteOnDrop {
+        dirs: &d,
+        ns: &host,
+        ids: vec![VM],
+    };
 
     // Bad input is refused before anything is made, naming the field and the value.
     let out = d.smolvm(
@@ -304,16 +308,4 @@ fn allow_lists_none_and_open_are_enforced_on_a_running_vm() {
     // Nothing of the VM's policy is left in the host's ruleset.
     let rules = host.run(&["nft", "list", "ruleset"]);
     assert!(!rules.contains(&format!("eg_{VM}")), "{rules}");
-}
-
-/// Deletes the test's VM when it ends, whether it passed or panicked.
-struct DeleteOnDrop<'a> {
-    d: &'a Dirs,
-    ns: &'a Netns,
-}
-
-impl Drop for DeleteOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.d.smolvm(Some(self.ns), &["delete", VM]);
-    }
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cli_netns::{Dirs, NsResolvConf};
+use cli_netns::{DeleteOnDrop, Dirs, NsResolvConf};
 use netns_util::{e2e, enter_ns, Netns};
 
 /// The "internet": the DNS and HTTP server's address, in the world namespace.
@@ -281,7 +281,7 @@ fn guests_fetch_a_page_by_name_in_tap_and_user_mode_and_fail_cleanly_offline() {
     // A failing assertion must not leave the VMs running: deleted on the way out, inside the host
     // namespace, before the namespaces go.
     let _guard = DeleteOnDrop {
-        d: &d,
+        dirs: &d,
         ns: &host,
         ids: vms.iter().map(|(vm, _)| *vm).collect(),
     };
@@ -309,21 +309,6 @@ fn guests_fetch_a_page_by_name_in_tap_and_user_mode_and_fail_cleanly_offline() {
     for (vm, _) in vms {
         let out = d.smolvm(Some(&host), &["delete", vm]);
         assert!(out.status.success(), "delete {vm}: {out:?}");
-    }
-}
-
-/// Deletes the VMs of a test when it ends, whether it passed or panicked.
-struct DeleteOnDrop<'a> {
-    d: &'a Dirs,
-    ns: &'a Netns,
-    ids: Vec<&'static str>,
-}
-
-impl Drop for DeleteOnDrop<'_> {
-    fn drop(&mut self) {
-        for vm in &self.ids {
-            let _ = self.d.smolvm(Some(self.ns), &["delete", vm]);
-        }
     }
 }
 

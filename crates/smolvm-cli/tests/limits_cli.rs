@@ -7,7 +7,7 @@ mod cli_netns;
 #[path = "../../smolvm/tests/netns_util/mod.rs"]
 mod netns_util;
 
-use cli_netns::Dirs;
+use cli_netns::{DeleteOnDrop, Dirs};
 use netns_util::{e2e, Netns};
 
 const VM: &str = "lim-cli";
@@ -47,9 +47,11 @@ fn a_vm_started_under_ip_netns_exec_runs_in_its_cgroup_with_its_limits() {
         assert!(out.status.success(), "{args:?}: {out:?}");
         out.stdout
     };
-    let cleanup = scopeguard(|| {
-        let _ = dirs.smolvm(Some(&ns), &["delete", VM]);
-    });
+    let cleanup = DeleteOnDrop {
+        dirs: &dirs,
+        ns: &ns,
+        ids: vec![VM],
+    };
     run(&[
         "create",
         "--id",
@@ -83,17 +85,4 @@ fn a_vm_started_under_ip_netns_exec_runs_in_its_cgroup_with_its_limits() {
     run(&["delete", VM]);
     assert!(!pids.exists(), "delete left {}", pids.display());
     drop(cleanup);
-}
-
-/// Runs `f` when dropped (a failed assertion must not leave a VMM behind).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }

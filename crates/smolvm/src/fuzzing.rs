@@ -8,10 +8,9 @@ use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use smolvm_channel::fuzzing::scratch_dir;
 use smolvm_protocol::fuzzing::retarget;
 use smolvm_protocol::{with_sync, Decoder, Frame, FrameType, Ready, Request, PROTOCOL_VERSION};
 
@@ -161,17 +160,4 @@ fn wait_gone(pid: u32) {
     while crate::process::proc_stat(pid).is_some_and(|s| s.state != 'Z') {
         std::thread::sleep(Duration::from_millis(1));
     }
-}
-
-/// A fresh private directory under the system's temporary directory.
-fn scratch_dir(what: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "smolvm-fuzz-{what}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create a scratch directory");
-    dir
 }

@@ -66,6 +66,22 @@ impl Dirs {
     }
 }
 
+/// Deletes VMs through the CLI (inside `ns`) when dropped, whether the test passed or panicked: a
+/// failed assertion must not leave a VMM behind.
+pub struct DeleteOnDrop<'a> {
+    pub dirs: &'a Dirs,
+    pub ns: &'a Netns,
+    pub ids: Vec<&'a str>,
+}
+
+impl Drop for DeleteOnDrop<'_> {
+    fn drop(&mut self) {
+        for vm in &self.ids {
+            let _ = self.dirs.smolvm(Some(self.ns), &["delete", vm]);
+        }
+    }
+}
+
 /// `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` mounts over `/etc/resolv.conf`; removed on drop.
 pub struct NsResolvConf(PathBuf);
 
