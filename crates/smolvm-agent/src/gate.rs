@@ -93,14 +93,6 @@ impl GateReceiver {
     }
 }
 
-impl Stages {
-    /// Adds `later` and keeps the list in time order (the agent's and PID 1's stamps interleave).
-    pub fn merge(&mut self, later: Stages) {
-        self.0.extend(later.0);
-        self.0.sort_by_key(|s| s.micros);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,12 @@ impl Stages {
         });
     }
 
+    /// Adds `later` and keeps the list in time order (the agent's and PID 1's stamps interleave).
+    pub fn merge(&mut self, later: Stages) {
+        self.0.extend(later.0);
+        self.0.sort_by_key(|s| s.micros);
+    }
+
     /// True if a stage of that name was recorded.
     pub fn has(&self, name: &str) -> bool {
         self.0.iter().any(|s| s.name == name)

@@ -142,6 +142,14 @@ fn default_socket_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// A path as a C string for a system call (fails on interior NUL bytes).
+pub(crate) fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
+    })
+}
+
 /// A short tag naming the store `store` (a canonical data directory): the first hex digits of its
 /// SHA-256, stable across runs.
 pub(crate) fn store_tag(store: &Path) -> String {

@@ -289,8 +289,8 @@ fn user_mode_guest_is_reached_through_its_loopback_forward() {
 }
 
 /// A `shared`-disk guest boots the image read-only, yet takes SSH logins (its host key pinned, the
-/// client key authorised) and keeps its environment variables: both go to tmpfs copies of
-/// `/etc/dropbear`, `/root` and `/etc/profile.d`, and the image itself is not written.
+/// client key authorised) and keeps its environment variables: both go to the agent's tmpfs copies of
+/// `/etc` and `/root`, and the image itself is not written.
 #[test]
 fn a_shared_disk_guest_takes_ssh_logins_and_environment_variables() {
     if !e2e(

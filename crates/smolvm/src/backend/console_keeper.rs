@@ -20,7 +20,6 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,10 +99,8 @@ impl ConsolePipe {
     /// spawned. Returns the keeper's pid (a thread here reaps it).
     pub(crate) fn start_keeper(self, log: &Path, cap: u64) -> io::Result<u32> {
         // Everything the child needs is prepared here: it must not allocate.
-        let current = CString::new(log.as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("console log path holds a NUL byte"))?;
-        let rotated = CString::new(rotated_path(log).as_os_str().as_bytes())
-            .map_err(|_| io::Error::other("console log path holds a NUL byte"))?;
+        let current = crate::dirs::cpath(log)?;
+        let rotated = crate::dirs::cpath(&rotated_path(log))?;
         let read = self.read.as_raw_fd();
         // SAFETY: the child only runs `keep`, which makes async-signal-safe system calls and exits.
         let pid = unsafe { libc::fork() };

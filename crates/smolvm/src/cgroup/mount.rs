@@ -124,43 +124,31 @@ fn mount(
     flags: libc::c_ulong,
     data: &str,
 ) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let (source, target, fstype, data) = (
-        c(source.as_bytes())?,
-        c(target.as_os_str().as_bytes())?,
-        c(fstype.as_bytes())?,
-        c(data.as_bytes())?,
-    );
+    let text = |s: &str| {
+        std::ffi::CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let path = crate::dirs::cpath(target)?;
+    let (source, fs, data) = (text(source)?, text(fstype)?, text(data)?);
     // SAFETY: NUL-terminated strings alive for the call.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
+            path.as_ptr(),
+            fs.as_ptr(),
             flags,
             data.as_ptr().cast(),
         )
     };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!(
-                "mount {} at {}: {e}",
-                fstype.to_string_lossy(),
-                target.to_string_lossy()
-            ),
-        ));
+        let msg = format!("mount {fstype} at {}: {e}", target.display());
+        return Err(io::Error::new(e.kind(), msg));
     }
     Ok(())
 }
 
 fn umount_lazy(target: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let t = std::ffi::CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let t = crate::dirs::cpath(target)?;
     // SAFETY: a NUL-terminated path alive for the call.
     if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } != 0 {
         return Err(io::Error::last_os_error());

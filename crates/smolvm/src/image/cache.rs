@@ -97,17 +97,9 @@ impl Drop for BuildDir {
     }
 }
 
-/// A path as a C string (fails on interior NUL bytes).
-fn cpath(p: &Path) -> std::io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
-    })
-}
-
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    let a = cpath(a)?;
-    let b = cpath(b)?;
+    let a = crate::dirs::cpath(a)?;
+    let b = crate::dirs::cpath(b)?;
     // SAFETY: valid NUL-terminated paths relative to the current directory (absolute in practice).
     let rc = unsafe {
         libc::renameat2(
