@@ -71,11 +71,12 @@ pub(crate) fn plan(proc_cgroup: &str) -> Option<Plan> {
 /// in PID 1's mount namespace, and `root` is an empty directory. True if it mounted them. On a
 /// failure half-way, what it mounted is detached again.
 pub(crate) fn mount_if_missing(root: &Path, proc_cgroup: &str) -> io::Result<bool> {
-    if !crate::vmm_user::is_root() || !own_mount_namespace() {
+    // The directory first: on every ordinary host it is not empty, and this runs on each detect.
+    let empty = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
+    if !empty || !crate::vmm_user::is_root() || !own_mount_namespace() {
         return Ok(false);
     }
-    let empty = std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_none());
-    let Some(plan) = plan(proc_cgroup).filter(|_| empty) else {
+    let Some(plan) = plan(proc_cgroup) else {
         return Ok(false);
     };
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

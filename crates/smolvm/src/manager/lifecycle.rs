@@ -162,14 +162,15 @@ impl SmolVmManager {
         }
         // A VMM a crash left behind for this VM would hold its disk and sockets.
         self.kill_stray_vmms(vm_id, None);
-        let mut on_template_disk = false;
-        if rec.info.status == VmState::Created {
-            if let Some(started) = self.start_from_template(&rec, deadline)? {
+        let template = match rec.info.status {
+            VmState::Created => self.state()?.snapshot_of(vm_id)?,
+            _ => None,
+        };
+        if let Some(t) = &template {
+            // `None`: unusable; it boots cold from the template's disk (identity given after boot).
+            if let Some(started) = self.start_from_template(&rec, t, deadline)? {
                 return Ok(started);
             }
-            // Its template could not be restored: it boots cold from the template's disk, which
-            // holds the template VM's SSH host key; it gets its own once the agent is up.
-            on_template_disk = self.state()?.snapshot_of(vm_id)?.is_some();
         }
         let backend = self.backend_impl(rec.backend)?;
         self.check_socket_unclaimed(&backend.control_socket(self.socket_dir(), vm_id))?;
@@ -183,7 +184,7 @@ impl SmolVmManager {
             }
         }
         let client = booted?;
-        if let (true, Some(c)) = (on_template_disk, &client) {
+        if let (Some(_), Some(c)) = (&template, &client) {
             self.give_identity(&rec, c);
         }
         Ok((self.get(vm_id)?, client))

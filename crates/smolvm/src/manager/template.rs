@@ -179,21 +179,19 @@ impl SmolVmManager {
         }
     }
 
-    /// The first start of a VM created from a template (called by `start` under the VM's lock): restore,
-    /// identity, environment variables. `Ok(None)` when the VM has no template or the template can no
+    /// The first start of a VM created from `template` (called by `start` under the VM's lock): restore,
+    /// identity, environment variables. `Ok(None)` when the template can no
     /// longer be restored here (removed, another VMM version): it then boots cold from its own disk,
     /// which holds the template's disk as captured. On a failed restore the VM stays `created` with the
     /// error recorded.
     pub(super) fn start_from_template(
         &self,
         rec: &VmRecord,
+        template: &str,
         deadline: Instant,
     ) -> Result<Option<(VmInfo, Option<AgentClient>)>> {
-        let Some(template) = self.state()?.snapshot_of(&rec.info.vm_id)? else {
-            return Ok(None);
-        };
         let usable = self
-            .snapshot_record(&template)
+            .snapshot_record(template)
             .and_then(|snap| self.check_restorable(&snap, rec.backend).map(|()| snap));
         let snap = match usable {
             Ok(snap) => snap,
@@ -202,7 +200,6 @@ impl SmolVmManager {
                 return Ok(None);
             }
         };
-        let template = template.as_str();
         let id = &rec.info.vm_id;
         let client = match self.boot_restored(&snap, rec, deadline) {
             Ok(c) => c,
