@@ -1,50 +1,20 @@
 //! Host port forwards in the state store: allocation from the SSH range, conflicts, release.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
+use super::Env;
 use crate::state::forwards::{PortForwardRequest, Protocol};
-use crate::state::{StateError, StateStore, StoreOptions};
+use crate::state::{StateError, StateStore};
+use crate::BackendKind;
 use crate::NetworkMode;
-use crate::{BackendKind, VmConfig};
-
-struct Env {
-    _dir: tempfile::TempDir,
-    db: PathBuf,
-    kernel: PathBuf,
-    rootfs: PathBuf,
-}
-
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = dir.path().join("vmlinux");
-    let rootfs = dir.path().join("rootfs.ext4");
-    std::fs::write(&kernel, b"k").unwrap();
-    std::fs::write(&rootfs, b"r").unwrap();
-    Env {
-        db: dir.path().join("smolvm.db"),
-        _dir: dir,
-        kernel,
-        rootfs,
-    }
-}
 
 fn store(env: &Env, range: std::ops::RangeInclusive<u16>) -> StateStore {
-    let opts = StoreOptions {
-        ssh_port_range: range,
-        probe_host_ports: false,
-        vmm_ids: crate::vmm_user::DEFAULT_RANGE,
-    };
-    StateStore::open_with(&env.db, opts).unwrap()
+    env.store_with(range, crate::vmm_user::DEFAULT_RANGE)
 }
 
 fn create(s: &mut StateStore, env: &Env, id: &str) -> u16 {
-    let config = VmConfig::builder(&env.kernel, &env.rootfs)
-        .vm_id(id)
-        .build()
-        .unwrap();
     let rec = s
-        .create_vm(&config, BackendKind::Qemu, Some(NetworkMode::Tap))
+        .create_vm(&env.config(id), BackendKind::Qemu, Some(NetworkMode::Tap))
         .unwrap();
     rec.info.network.unwrap().ssh_host_port.unwrap()
 }
@@ -60,7 +30,7 @@ fn req(addr: [u8; 4], host_port: Option<u16>, guest_port: u16) -> PortForwardReq
 
 #[test]
 fn allocated_forwards_never_collide_with_ssh_ports() {
-    let env = env();
+    let env = Env::new();
     let mut s = store(&env, 42000..=42003);
     assert_eq!(create(&mut s, &env, "a"), 42000);
     let f = s
@@ -94,7 +64,7 @@ fn allocated_forwards_never_collide_with_ssh_ports() {
 
 #[test]
 fn explicit_ports_conflict_only_where_they_would_clash() {
-    let env = env();
+    let env = Env::new();
     let mut s = store(&env, 42000..=42009);
     let ssh = create(&mut s, &env, "a");
     create(&mut s, &env, "b");
@@ -153,7 +123,7 @@ fn explicit_ports_conflict_only_where_they_would_clash() {
 
 #[test]
 fn bad_forward_requests_are_refused() {
-    let env = env();
+    let env = Env::new();
     let mut s = store(&env, 42000..=42009);
     let err = s
         .add_port_forward("ghost", &req([127, 0, 0, 1], None, 80))
