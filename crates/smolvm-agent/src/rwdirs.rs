@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::sys;
@@ -48,7 +48,7 @@ fn writable_copy(target: &Path) -> io::Result<()> {
     let flags = libc::MS_NOSUID | libc::MS_NODEV;
     sys::mount("tmpfs", &stage, Some("tmpfs"), flags, Some(&mode))?;
     let done = copy_tree(target, &stage)
-        .and_then(|()| chown(&stage, meta.uid(), meta.gid()))
+        .and_then(|()| lchown(&stage, Some(meta.uid()), Some(meta.gid())))
         .and_then(|()| sys::move_mount(&stage, target));
     if done.is_err() {
         let _ = sys::umount(&stage, libc::MNT_DETACH);
@@ -78,13 +78,9 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         } else {
             continue;
         }
-        chown(&dst, meta.uid(), meta.gid())?;
+        lchown(&dst, Some(meta.uid()), Some(meta.gid()))?;
     }
     Ok(())
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
 
 #[cfg(test)]
